@@ -1,0 +1,103 @@
+"""Run a :class:`~connectome.blockwise.task.Task`: prepare, skip done blocks, execute, report.
+
+1. (driver) check/record the block layout against existing done-markers (``--restart`` resets);
+2. (driver) run the task's optional setup (e.g. create the workspace), create the output arrays;
+3. every process lists the blocks without a marker and hands them to the executor;
+4. blocks that keep failing stop the stage with :class:`StageFailed` naming the block and cause;
+5. (driver) append a run record (total / already done / processed / failed / seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from connectome.blockwise.executors import Executor, SerialExecutor
+from connectome.blockwise.markers import MarkerStore
+from connectome.blockwise.task import BlockJob, BlockResult, Task
+from connectome.errors import StageFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    stage: str
+    run_id: str
+    total: int
+    already_done: int
+    processed: int
+    failed: int
+    seconds: float
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, stage: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=stage, unit="block", disable=not enabled,
+                dynamic_ncols=True, leave=True)
+
+
+def run_task(task: Task, executor: Executor | None = None, progress: bool = False,
+             restart: bool = False) -> RunReport:
+    from connectome.workspace import Workspace
+
+    executor = executor or SerialExecutor()
+    markers = MarkerStore(task.workspace / "blockwise" / task.stage)
+    t0 = time.perf_counter()
+
+    def prepare():
+        if task.setup is not None:
+            task.setup()
+        already = markers.prepare(task.layout(), restart=restart)
+        ws = Workspace.open(task.workspace)
+        for out in task.outputs:
+            ws.require_array(out.name, out.dtype, out.chunks_zyx, attrs=dict(out.attrs),
+                             fill_value=out.fill_value, recreate=restart)
+        return already, uuid.uuid4().hex[:12]
+
+    already, run_id = executor.run_on_driver(prepare)
+    done = markers.done_ids()
+    todo = [b for b in task.grid.blocks() if b.block_id not in done]
+    total = task.grid.num_blocks
+    if executor.is_driver:
+        log.info("stage %s: %d blocks (%s), %d already done, %d to run on executor '%s'",
+                 task.stage, total, "x".join(map(str, task.grid.grid_shape_zyx)), total - len(todo),
+                 len(todo), executor.name)
+    job = BlockJob(task.process_block, str(markers.dir), run_id, task.max_retries)
+    bar = _progress_bar(progress and executor.is_driver, total, total - len(todo), task.stage)
+    failures: list[BlockResult] = []
+
+    def on_result(res: BlockResult) -> bool:
+        bar.update(1 if res.ok else 0)
+        if res.attempts > 1 and res.ok:
+            log.warning("stage %s: block %s succeeded after %d attempts", task.stage, res.block_id, res.attempts)
+        if not res.ok:
+            failures.append(res)
+            return False
+        return True
+
+    try:
+        results = executor.map(job, todo, on_result)
+    finally:
+        bar.close()
+    failed = [r for r in results if not r.ok]
+    processed = sum(1 for r in results if r.ok)
+    report = RunReport(task.stage, run_id, total, total - len(todo), processed, len(failed),
+                       round(time.perf_counter() - t0, 3))
+    if executor.is_driver:
+        markers.append_run(report.to_json())
+        log.info("stage %s: processed %d blocks in %.1f s (%d failed)", task.stage, processed,
+                 report.seconds, len(failed))
+    if failed:
+        first = failed[0]
+        block = next(b for b in task.grid.blocks() if b.block_id == first.block_id)
+        box = " ".join(f"{a}[{b}:{e}]" for a, b, e in zip("zyx", block.write_box.begin_zyx, block.write_box.end_zyx))
+        raise StageFailed(f"stage '{task.stage}' failed on block {first.block_id} ({box}) after "
+                          f"{first.attempts} attempts: {first.error}")
+    return report

@@ -1,0 +1,226 @@
+"""The ``connectome`` command line: parse, validate, call the library.
+
+Exit codes: 0 done; 2 bad input or usage (one line on stderr naming what is wrong);
+1 internal failure (a block kept failing, a bug). See ``shared/CONTRACT.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+from connectome import __version__
+from connectome.errors import ConnectomeError, UserInputError
+
+log = logging.getLogger("connectome")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit code 2 (no usage dump)."""
+
+    def error(self, message):  # noqa: D401
+        raise UserInputError(f"{self.prog}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared options (defined once)
+
+def _stage_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("execution")
+    g.add_argument("--config", metavar="FILE.yaml", help="the stage's typed config (YAML); unknown keys are rejected")
+    g.add_argument("--executor", default="local", help="serial | local (default) | dask | mpi")
+    g.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes for --executor local")
+    g.add_argument("--scheduler-file", metavar="PATH", help="dask scheduler file for --executor dask")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
+    g.add_argument("--restart", action="store_true",
+                   help="discard this stage's done-markers and recompute every block")
+    return p
+
+
+def _common_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return p
+
+
+def _executor(args):
+    from connectome.blockwise import EXECUTORS, make_executor
+
+    if args.executor not in EXECUTORS:
+        raise UserInputError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {args.executor!r}")
+    if args.workers is not None and args.workers < 1:
+        raise UserInputError(f"--workers: expected a positive number, got {args.workers}")
+    return make_executor(args.executor, workers=args.workers, scheduler_file=args.scheduler_file)
+
+
+def _progress(args) -> bool:
+    return sys.stderr.isatty() if args.progress is None else bool(args.progress)
+
+
+def _run(args, task, command: str) -> int:
+    """Run a planned task with the executor chosen on the command line."""
+    from connectome.blockwise import run_task
+    from connectome.logsetup import add_log_file
+
+    with _executor(args) as executor:
+        if executor.is_driver:
+            path = add_log_file(task.workspace, command)
+            if path:
+                log.debug("log file %s", path)
+        else:  # MPI ranks > 0 stay quiet
+            logging.getLogger().handlers[0].setLevel(logging.ERROR)
+        report = run_task(task, executor, progress=_progress(args), restart=args.restart)
+    if executor.is_driver:
+        print(f"{command}: {report.processed} blocks processed, {report.already_done} already done, "
+              f"{report.total} total, {report.seconds:.1f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+def cmd_import(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import importer
+    from connectome.workspace import parse_zyx
+
+    voxel = parse_zyx(args.voxel_size, "--voxel-size")
+    overrides = {}
+    if args.intensity_range:
+        parts = args.intensity_range.split(",")
+        try:
+            lo, hi = (float(v) for v in parts)
+        except ValueError:
+            raise UserInputError(f"--intensity-range: expected LO,HI numbers, got {args.intensity_range!r}") from None
+        overrides["intensity_range"] = [lo, hi]
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    cfg = load_config(importer.ImportConfig, args.config, overrides)
+    task = importer.plan(args.src, args.workspace, voxel, cfg)
+    return _run(args, task, "import")
+
+
+def cmd_smooth(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import smooth
+    from connectome.workspace import parse_zyx
+
+    overrides = {}
+    if args.sigma_nm:
+        overrides["sigma_nm"] = list(parse_zyx(args.sigma_nm, "--sigma-nm", positive=False))
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    cfg = load_config(smooth.SmoothConfig, args.config, overrides)
+    task = smooth.plan(args.workspace, cfg)
+    return _run(args, task, "smooth")
+
+
+def cmd_synth(args) -> int:
+    from connectome.synth import generate
+    from connectome.workspace import parse_zyx
+
+    shape = parse_zyx(args.shape, "--shape", cast=int) if args.shape else None
+    out = generate(args.out, shape_zyx=shape, seed=args.seed, preset=args.preset, preview=args.preview,
+                   progress=_progress(args))
+    print(f"synth: wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from connectome.evaluate import evaluate_workspace, format_table
+
+    results = evaluate_workspace(args.workspace, args.truth)
+    print(format_table(results))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from connectome.workspace import Workspace
+
+    ws = Workspace.open(args.workspace, mode="r")
+    print(f"workspace {ws.path}: shape (z,y,x) {list(ws.shape_zyx)}, voxel size {list(ws.voxel_size_nm)} nm")
+    for name in ws.array_names():
+        a = ws.array(name)
+        print(f"  {name:16s} {str(a.dtype):8s} chunks {list(a.chunks)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common, stage = _common_options(), _stage_options()
+    parser = _Parser(prog="connectome", description="Reconstruct neural circuits from serial-section EM.")
+    parser.add_argument("--version", action="version", version=f"connectome {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("import", parents=[common, stage], help="import an aligned volume into WS/volume.zarr/raw",
+                       description="Import an aligned volume (zarr array, multi-page TIFF, folder of per-section "
+                                   "TIFF/PNG, or file.h5:/dataset) as WS/volume.zarr/raw (uint8). uint16 input is "
+                                   "rescaled: the 0.1..99.9th percentiles of a sample map to 0..255.")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--voxel-size", required=True, metavar="Z,Y,X", help="voxel size in nm, e.g. 40,8,8")
+    p.add_argument("--intensity-range", metavar="LO,HI", help="fixed input range mapped to 0..255")
+    p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("smooth", parents=[common, stage], help="Gaussian-smoothed copy of raw (blockwise, with halo)")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--sigma-nm", metavar="Z,Y,X", help="Gaussian sigma in nm (default 40,16,16)")
+    p.add_argument("--block-shape", metavar="Z,Y,X")
+    p.set_defaults(func=cmd_smooth)
+
+    p = sub.add_parser("synth", parents=[common], help="synthesise an EM dataset with full ground truth")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--shape", metavar="Z,Y,X", help="volume shape in voxels (default: from the preset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=["small", "demo", "bench"], default="small")
+    p.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a workspace against ground truth")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--truth", required=True, metavar="DIR", help="a `connectome synth` output folder")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", parents=[common], help="describe a workspace")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from connectome.logsetup import setup_logging
+
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
+        setup_logging(args.verbose, args.quiet)
+        return int(args.func(args) or 0)
+    except UserInputError as exc:
+        print(f"connectome: error: {exc}", file=sys.stderr)
+        return 2
+    except ConnectomeError as exc:
+        print(f"connectome: failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("connectome: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal failure: full traceback in the log, one line on stderr
+        log.debug("internal error", exc_info=True)
+        print(f"connectome: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("CONNECTOME_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Typed, frozen stage configs, loadable from YAML.
+
+Every stage has one frozen dataclass config (nested dataclasses allowed) with defaults. A YAML
+file given with ``--config`` overrides fields; unknown keys and wrong types are rejected with a
+message that names the file and the key, e.g.::
+
+    config.yaml: unknown key 'blokwise' in SmoothConfig (known: blockwise, sigma_nm, ...)
+    config.yaml: 'blockwise.block_shape_zyx' expects a list of 3 ints, got 'big'
+
+Supported field types: bool, int, float, str, ``Literal[...]``, ``Optional[T]``,
+``tuple[T, ...]``, ``tuple[T, T, T]`` and nested config dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
+
+from connectome.errors import UserInputError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockwiseConfig:
+    """How a stage cuts the volume into blocks and how hard it retries."""
+
+    #: Write-box shape of one block (z, y, x) in voxels; also the output chunk shape.
+    block_shape_zyx: tuple[int, int, int] = (32, 256, 256)
+    #: A block that raises is retried this many times before the stage fails.
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if any(b <= 0 for b in self.block_shape_zyx):
+            raise ValueError(f"block_shape_zyx must be positive, got {list(self.block_shape_zyx)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+class _ConfigTypeError(Exception):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])}s"
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_describe(args[0])}s"
+        return "a list (" + ", ".join(_describe(a) for a in args) + ")"
+    if origin is typing.Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(_describe(a) for a in args) + " or null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    bad = _ConfigTypeError(key, f"'{key}' expects {_describe(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise bad
+        return _build(tp, value, prefix=key + ".")
+    if origin is typing.Union:
+        if value is None and type(None) in get_args(tp):
+            return None
+        for arg in get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except _ConfigTypeError:
+                pass
+        raise bad
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise bad
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise bad
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise bad
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise _ConfigTypeError(prefix + str(unknown[0]),
+                               f"unknown key '{prefix}{unknown[0]}' in {cls.__name__} "
+                               f"(known: {', '.join(sorted(fields))})")
+    kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise _ConfigTypeError(prefix.rstrip("."), f"{cls.__name__}: {exc}") from None
+
+
+def config_from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise UserInputError(f"{source}: expected a mapping of {cls.__name__} fields, "
+                             f"got {type(data).__name__}")
+    try:
+        return _build(cls, data)
+    except _ConfigTypeError as exc:
+        raise UserInputError(f"{source}: {exc.message}") from None
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> T:
+    """Load a stage config from a YAML file (or defaults when ``path`` is None).
+
+    ``overrides`` (from command-line options) are applied on top of the file, key by key
+    (nested keys as dotted names, e.g. ``{"blockwise.block_shape_zyx": [16, 128, 128]}``).
+    """
+    import yaml
+
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise UserInputError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserInputError(f"{p}: not valid YAML ({first})") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserInputError(f"{p}: cannot read config ({exc})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserInputError(f"{p}: expected a mapping of {cls.__name__} fields at the top level, "
+                                 f"got {type(loaded).__name__}")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return config_from_dict(cls, data, source=source)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-able dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
