@@ -1,0 +1,1 @@
+"""Flood-Filling Network neuron segmentation (training with Horovod, blockwise inference). See issue 6."""

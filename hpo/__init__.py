@@ -1,0 +1,1 @@
+"""DeepHyper hyperparameter sweeps over stage configs. See issue 9."""

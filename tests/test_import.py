@@ -171,3 +171,29 @@ def test_rerun_is_a_no_op_and_changed_layout_is_refused(tmp_path, volume_u8, cli
     raw = Workspace.open(ws).array("raw")
     assert raw.chunks == (8, 32, 32)
     np.testing.assert_array_equal(np.asarray(raw[:]), volume_u8)
+
+
+def test_import_memory_is_bounded_by_the_block_not_the_volume(tmp_path):
+    """Out-of-core: importing a 512 MiB volume in 8 MiB blocks must not hold the volume in memory."""
+    import subprocess
+    import sys
+
+    shape = (64, 2048, 4096)  # 512 MiB of uint8
+    src = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=shape, chunks=(8, 1024, 1024), dtype="uint8",
+                          zarr_format=3)
+    pattern = (np.arange(2048 * 4096, dtype=np.uint32).reshape(2048, 4096) % 251).astype(np.uint8)
+    for z in range(0, shape[0], 8):
+        src[z:z + 8] = pattern[None] + np.uint8(z)
+    probe = ("import resource, subprocess, sys\n"
+             "r = subprocess.run(sys.argv[1:])\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+             "sys.exit(r.returncode)")
+    cmd = [sys.executable, "-c", probe, sys.executable, "-m", "connectome", "import", str(tmp_path / "big.zarr"),
+           "--workspace", str(tmp_path / "ws"), "--voxel-size", "40,8,8", "--block-shape", "8,512,2048",
+           "--executor", "serial", "-q"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    peak = int(r.stdout.strip().splitlines()[-1])
+    assert peak < 400 * 2**20, f"peak RSS {peak / 2**20:.0f} MiB for a 512 MiB volume"
+    raw = Workspace.open(tmp_path / "ws").array("raw")
+    np.testing.assert_array_equal(np.asarray(raw[37]), pattern + np.uint8(32))
