@@ -133,9 +133,11 @@ def cmd_synth(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from connectome.evaluate import evaluate_workspace, format_table
+    from connectome.config import load_config
+    from connectome.evaluate import EvaluateConfig, evaluate_workspace, format_table
 
-    results = evaluate_workspace(args.workspace, args.truth)
+    cfg = load_config(EvaluateConfig, args.config)
+    results = evaluate_workspace(args.workspace, args.truth, cfg)
     print(format_table(results))
     return 0
 
@@ -186,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", parents=[common], help="score a workspace against ground truth")
     p.add_argument("--workspace", required=True, metavar="WS")
     p.add_argument("--truth", required=True, metavar="DIR", help="a `connectome synth` output folder")
+    p.add_argument("--config", metavar="FILE.yaml", help="evaluation thresholds (EvaluateConfig)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("info", parents=[common], help="describe a workspace")

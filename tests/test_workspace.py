@@ -86,3 +86,26 @@ def test_require_array_spec_mismatch(tmp_path):
 def test_parse_zyx_errors(text):
     with pytest.raises(UserInputError, match="--voxel-size"):
         parse_zyx(text, "--voxel-size")
+
+
+def test_chunk_writes_go_through_a_temporary_file(tmp_path, monkeypatch):
+    """Atomic writes: a chunk is written to a temporary file and renamed into place, so a killed
+    writer can never leave a torn chunk under its real name."""
+    import pathlib
+
+    ws = Workspace.create(tmp_path / "ws", (4, 8, 8), (40, 8, 8))
+    arr = ws.require_array("raw", "uint8", (2, 4, 4))
+    opened = []
+    real_open = pathlib.Path.open
+
+    def spy(self, mode="r", *a, **k):
+        if "w" in mode or "+" in mode or "x" in mode:
+            opened.append(self.name)
+        return real_open(self, mode, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "open", spy)
+    arr[:] = 5
+    monkeypatch.undo()
+    assert len(opened) == 8  # one per chunk
+    assert all(name.endswith(".partial") for name in opened), opened
+    assert int(np.asarray(Workspace.open(tmp_path / "ws").array("raw")[:]).sum()) == 5 * 4 * 8 * 8

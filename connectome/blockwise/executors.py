@@ -166,11 +166,11 @@ class DaskExecutor(Executor):
 
         if not blocks:
             return []
-        run_id = getattr(job, "run_id", "run")
+        prefix = f"{os.path.basename(getattr(job, 'stage_dir', 'stage'))}-{getattr(job, 'run_id', 'run')}"
 
         def submit(block):
             # retries=1 covers a worker lost mid-block; exceptions are retried inside the job.
-            return self.client.submit(job, block, key=f"{block.block_id}-{run_id}", pure=False, retries=1)
+            return self.client.submit(job, block, key=f"{prefix}-{block.block_id}", pure=False, retries=1)
 
         def wait_one(pending):
             return wait(list(pending), return_when="FIRST_COMPLETED").done

@@ -1,0 +1,50 @@
+"""The evaluation's typed, frozen config (loadable with :func:`connectome.config.load_config`).
+
+Every threshold a metric uses is a field here, so a report states exactly what it measured
+(``evaluation.json`` carries the config it was computed with).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    #: Volumes are read in blocks of this shape (z, y, x); memory is bounded by a few blocks.
+    block_shape_zyx: tuple[int, int, int] = (16, 512, 512)
+    #: Alignment residual: side of the square patches (px) compared by phase correlation.
+    #: Clipped to the section size; patches lie on a non-overlapping grid.
+    patch_px: int = 128
+    #: Alignment residual: patches whose std (grey levels) is below this in either volume are
+    #: skipped (blank or flat regions carry no displacement information).
+    patch_min_std: float = 2.0
+    #: Alignment QC: residuals above this (px) are counted as bad (Allen montage QC uses 4 px).
+    residual_flag_px: float = 4.0
+    #: Segmentation split/merge counts: an overlap of a truth object and a segment counts when it
+    #: holds at least ``overlap_min_voxels`` voxels and at least ``overlap_min_fraction`` of the
+    #: truth object or of the segment (whichever is smaller).
+    overlap_min_fraction: float = 0.05
+    overlap_min_voxels: int = 100
+    #: Synapse matching: largest distance (nm) between a predicted and a true synapse location
+    #: for them to match (CREMI / synful use 400 nm).
+    synapse_match_distance_nm: float = 400.0
+    #: Connectivity: edge-level scores are reported for edges with at least each of these
+    #: synapse counts (1 = every edge; 2 = the "neuron-pair level" of synful/CREMI reports).
+    edge_min_synapses: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        if len(self.block_shape_zyx) != 3 or any(int(b) <= 0 for b in self.block_shape_zyx):
+            raise ValueError(f"block_shape_zyx must be 3 positive ints, got {list(self.block_shape_zyx)}")
+        if self.patch_px < 8:
+            raise ValueError(f"patch_px must be >= 8, got {self.patch_px}")
+        if self.patch_min_std < 0 or self.residual_flag_px < 0:
+            raise ValueError("patch_min_std and residual_flag_px must be >= 0")
+        if not 0 <= self.overlap_min_fraction <= 1:
+            raise ValueError(f"overlap_min_fraction must be in [0, 1], got {self.overlap_min_fraction}")
+        if self.overlap_min_voxels < 1:
+            raise ValueError(f"overlap_min_voxels must be >= 1, got {self.overlap_min_voxels}")
+        if not self.synapse_match_distance_nm > 0:
+            raise ValueError(f"synapse_match_distance_nm must be > 0, got {self.synapse_match_distance_nm}")
+        if not self.edge_min_synapses or any(k < 1 for k in self.edge_min_synapses):
+            raise ValueError(f"edge_min_synapses must be ints >= 1, got {list(self.edge_min_synapses)}")

@@ -1,0 +1,122 @@
+"""``format_table``: the evaluation results as a readable, aligned text table.
+
+One row per metric, grouped by section; a section the workspace has no output for reads
+"not run", one whose truth is missing reads "no truth". Values that are undefined (e.g.
+precision with no predictions) print as "n/a".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+#: (section key, title, [(dotted metric key, label), ...]) in print order.
+LAYOUT = [
+    ("stitching", "stitching", [
+        ("n_tiles", "tiles compared"),
+        ("n_missing_tiles", "tiles missing from the estimate"),
+        ("error_median_px", "tile position error median (px)"),
+        ("error_max_px", "tile position error max (px)"),
+    ]),
+    ("alignment", "alignment", [
+        ("n_patches_used", "patches compared"),
+        ("residual_median_px", "residual median (px)"),
+        ("residual_max_px", "residual max (px)"),
+        ("fraction_over_flag", "fraction of patches over flag"),
+        ("worst_section", "worst section (largest median)"),
+        ("ncc_neighbour_mean", "neighbour NCC mean"),
+        ("truth_ncc_neighbour_mean", "neighbour NCC mean of truth"),
+    ]),
+    ("vessels", "vessel mask", [
+        ("iou", "IoU"),
+        ("dice", "Dice"),
+        ("precision", "voxel precision"),
+        ("recall", "voxel recall"),
+    ]),
+    ("segmentation", "segmentation", [
+        ("voi_split", "VOI split H(seg|truth) (bits)"),
+        ("voi_merge", "VOI merge H(truth|seg) (bits)"),
+        ("arand_error", "adapted Rand error"),
+        ("arand_precision", "adapted Rand precision"),
+        ("arand_recall", "adapted Rand recall"),
+        ("n_split_truth_objects", "split truth objects"),
+        ("n_merger_segments", "merger segments"),
+        ("n_truth_objects", "truth objects"),
+        ("n_segments", "segments overlapping neurons"),
+        ("unlabelled_fraction", "unlabelled neuron voxels"),
+    ]),
+    ("synapses", "synapses", [
+        ("n_predicted", "predicted"),
+        ("n_true", "true"),
+        ("n_matched", "matched"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("f1", "F1"),
+        ("partner_accuracy", "partner accuracy"),
+    ]),
+    ("connectivity", "connectivity", lambda section: [
+        (f"{key}.{m}", f"edge {m if m != 'f1' else 'F1'} (>= {key[len('edges_min'):]} synapse"
+                       f"{'s' if key != 'edges_min1' else ''})")
+        for key in sorted((k for k in section if k.startswith("edges_min")), key=lambda k: int(k[9:]))
+        for m in ("precision", "recall", "f1")
+    ] + [
+        ("weighted.precision", "synapse-weighted precision"),
+        ("weighted.recall", "synapse-weighted recall"),
+        ("weighted.f1", "synapse-weighted F1"),
+    ]),
+]
+
+
+def _get(section: Mapping[str, Any], dotted: str):
+    node: Any = section
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The results of :func:`connectome.evaluate.evaluate_workspace` as an aligned table."""
+    rows: list[tuple[str, str, str]] = []
+    for key, title, metrics in LAYOUT:
+        section = results.get(key)
+        if not isinstance(section, Mapping):
+            continue
+        status = section.get("status", "ok")
+        if status not in ("ok",):
+            reason = section.get("reason")
+            rows.append((title, status + (f" ({reason})" if reason else ""), ""))
+            continue
+        first = True
+        for dotted, label in (metrics(section) if callable(metrics) else metrics):
+            value = _get(section, dotted)
+            if value is _MISSING:
+                continue
+            rows.append((title if first else "", label, _fmt(value)))
+            first = False
+    header = ("section", "metric", "value")
+    w0 = max(len(header[0]), *(len(r[0]) for r in rows)) if rows else len(header[0])
+    w1 = max(len(header[1]), *(len(r[1]) for r in rows)) if rows else len(header[1])
+    w2 = max(len(header[2]), *(len(r[2]) for r in rows)) if rows else len(header[2])
+    lines = [f"evaluation of {results.get('workspace', '?')} against {results.get('truth', '?')}",
+             f"{header[0]:<{w0}}  {header[1]:<{w1}}  {header[2]:>{w2}}",
+             f"{'-' * w0}  {'-' * w1}  {'-' * w2}"]
+    for a, b, c in rows:
+        lines.append(f"{a:<{w0}}  {b:<{w1}}  {c:>{w2}}".rstrip())
+    return "\n".join(lines)
