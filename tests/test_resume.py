@@ -149,3 +149,16 @@ def test_changed_fingerprint_refused_then_restart(tmp_path):
     assert report.processed == 8 and report.already_done == 0
     layout = json.loads((tmp_path / "ws" / "blockwise" / "test" / "layout.json").read_text())
     assert layout["fingerprint"] == {"v": 2}
+
+
+def test_corrupt_input_chunk_fails_the_stage_with_exit_1_naming_the_block(tmp_path):
+    ws = _prepared_workspace(tmp_path)
+    chunk = ws / "volume.zarr" / "raw" / "c" / "0" / "0" / "0"
+    assert chunk.is_file()
+    chunk.write_bytes(b"\x00garbage, not zstd" * 8)
+    r = run_cli("smooth", "--workspace", ws, "--sigma-nm", "0,0,0", "--block-shape", "32,256,256",
+                "--executor", "serial")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert "stage 'smooth' failed on block z0_y0_x0 (z[0:24] y[0:96] x[0:96]) after 3 attempts" in last
+    assert "Traceback" not in r.stderr
