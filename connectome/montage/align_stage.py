@@ -1,0 +1,248 @@
+"""``connectome align``: stitched montages -> the aligned volume ``WS/volume.zarr/raw``.
+
+Three blockwise tasks, each resumable, each parallel under any executor:
+
+1. ``align`` (one block per section ``z``): register ``z`` to its predecessor, the nearest
+   lower section that has a montage (:func:`.align.register_pair`).
+2. ``align-bridge`` (one block per section; most do nothing): where a match of step 1 failed
+   or a section shows a fold -- at ``z`` or at ``z``'s predecessor -- match ``z`` also to the
+   earlier sections down to ``z - max_skip`` (z-2..z-4), nearest first, until one matches well,
+   so a bad section can be skipped.
+3. ``align-render`` (blocks over ``(z, y, x)`` of the workspace frame): its driver-only setup
+   composes the section transforms (below); each block then warps its part of every section
+   out of the montages (bounded memory: a block reads only the montage region it maps to).
+
+Composition (driver, sequential in z, cheap: grids only). The first section with a montage is
+the reference (``T = identity``, the aligned frame). For each later section ``z``, candidate
+references are its successful matches, nearest first; the first whose own transform is known
+and good is used: ``T_z = P_{z<-r} o D(T_r)``. A section is *bad* when it shows a fold
+(:func:`.align.fold_score` > ``max_fold_score``) or has no usable match. A folded section that
+still matched keeps that (elastic) transform; otherwise a bad section gets its coarse
+affine (``A_{z<-prev} o T_prev``) if the coarse step found a clear peak, else the transform
+interpolated linearly in z between the nearest good sections. Later sections use a bad section
+as their reference only when no good one within ``max_skip`` matches (then they are noted as
+"chained through bad section").
+
+Drift control ``D``: every pairwise estimate adds a little error, and composition sums them,
+so the non-affine part of ``T`` would wander without bound along z (and so would the
+deformation it imposes on the data). ``D(T)`` keeps the best-fit affine of ``T`` and only
+``warp_memory`` times the rest, so a section's own warp is passed on to the next section
+damped (like the in-plane springs of an elastic mesh, SOFIMA's k0); the affine drift of the
+stack (translation, rotation, compression) is passed on in full. Note that content-based
+alignment cannot tell the physical drift of the sections from the slant of oblique structures
+through them; over many sections the latter accumulates in the affine part (see the README).
+
+Outputs (``WS/align/``)::
+
+    matches/z00005_r00004.npz    the pair map P (montage frame of r -> montage frame of z)
+    transforms/z00005.npz        T_z on a grid over the aligned frame (see :mod:`.warp`)
+    sections.json                per section: status (reference/aligned/bridged/bad/missing), ref
+    pairs.csv                    one row per attempted pair: matches, residual, NCC before/after, flags
+    preview_z005.png             red (z-1) / green (z) overlays, before | after, for a few sections
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
+from connectome.config import BlockwiseConfig, config_to_dict
+from connectome.montage.align import MatchParams, fold_score, register_pair
+from connectome.montage.align_report import write_report  # noqa: F401 (used by the CLI)
+from connectome.montage.align_store import (align_dir, bridge_refs, match_path, n_sections, present_sections,
+                                            prev_section, section_health, stitch_fingerprint, transform_path)
+from connectome.montage.compose import Compose
+from connectome.montage.store import is_driver_process, open_montages  # noqa: F401 (used by the CLI)
+from connectome.montage.warp import DisplacementGrid
+
+log = logging.getLogger(__name__)
+
+STAGES = ("align", "align-bridge", "align-render")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    #: registration of one section pair (coarse affine, patches, filtering, smooth field)
+    pair: MatchParams = field(default_factory=MatchParams)
+    #: bridge bad sections by matching to z-2 .. z-max_skip
+    max_skip: int = 4
+    #: node spacing (px) of the stored section transforms over the aligned frame
+    grid_spacing_px: int = 32
+    #: sections whose montage shows a straight dark band scoring above this are folded (bad)
+    max_fold_score: float = 10.0
+    #: drift control: fraction of a section's non-affine warp handed on to the next section
+    #: (1 = plain composition, 0 = only the affine part is handed on)
+    warp_memory: float = 0.8
+    #: spline order of the final resampling (1 = bilinear, 3 = cubic)
+    interpolation_order: int = 3
+    #: how many evenly spaced sections get a preview PNG (bad and bridged ones always do)
+    preview_sections: int = 4
+    #: render blocks (and chunks of raw)
+    blockwise: BlockwiseConfig = field(default_factory=lambda: BlockwiseConfig(block_shape_zyx=(8, 256, 256)))
+
+    def __post_init__(self):
+        if self.max_skip < 1 or self.grid_spacing_px < 4:
+            raise ValueError("max_skip >= 1 and grid_spacing_px >= 4 are required")
+        if not 0 <= self.warp_memory <= 1:
+            raise ValueError(f"warp_memory must be in [0, 1], got {self.warp_memory}")
+        if self.interpolation_order not in (0, 1, 3):
+            raise ValueError(f"interpolation_order must be 0, 1 or 3, got {self.interpolation_order}")
+
+
+Config = AlignConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# step 1 and 2: pair matches
+
+@dataclass(frozen=True)
+class MatchSection:
+    """Block processor: match section z to each of ``refs[z]`` in order (in canvas coordinates,
+    stored in montage coordinates); with ``first_ok`` it stops at the first good match."""
+
+    workspace: str
+    refs: tuple[tuple[int, ...], ...]
+    params: MatchParams
+    first_ok: bool = False
+
+    def __call__(self, block: Block) -> None:
+        z = block.index_zyx[0]
+        if not self.refs[z]:
+            return
+        montage, coverage, attrs = open_montages(self.workspace)
+        off = np.asarray(attrs["offset_yx"], dtype=np.float64)
+        moving = np.asarray(montage[z])
+        mmask = np.asarray(coverage[z]) > 0
+        fold = fold_score(moving, mmask)
+        for r in self.refs[z]:
+            res = register_pair(np.asarray(montage[r]), np.asarray(coverage[r]) > 0, moving, mmask, self.params,
+                                distance=z - r)
+            # canvas -> montage frame: P_m(q) = P_c(q + off) - off
+            grid = DisplacementGrid(tuple(res.grid.origin_yx - off), res.grid.spacing, res.grid.disp_yx)
+            lin = res.affine[:, :2]
+            aff = np.hstack([lin, (res.affine[:, 2] + lin @ off - off)[:, None]])
+            info = {"z": z, "ref": r, "ok": res.ok, "reason": res.reason, "n_candidates": res.n_candidates,
+                    "n_accepted": res.n_accepted, "residual_median_px": res.residual_median_px,
+                    "residual_max_px": res.residual_max_px, "coarse_peak_ratio": res.coarse_peak_ratio,
+                    "ncc_before": res.ncc_before, "ncc_after": res.ncc_after, "fold_score": fold, **res.stats}
+            grid.to_npz(match_path(self.workspace, z, r), affine_yx=aff, info=np.array(json.dumps(info)))
+            if self.first_ok and res.ok:
+                break
+
+
+@dataclass(frozen=True)
+class ResetOnRestart:
+    """Driver-only setup of step 1: with ``--restart`` the old matches and transforms go too."""
+
+    workspace: str
+    restart: bool
+
+    def __call__(self) -> None:
+        if self.restart:
+            import shutil
+
+            for sub in ("matches", "transforms"):
+                shutil.rmtree(align_dir(self.workspace) / sub, ignore_errors=True)
+
+
+def plan_match(workspace: str | Path, config: AlignConfig = AlignConfig(), restart: bool = False) -> Task:
+    """Step 1: every section against its predecessor."""
+    present, attrs = present_sections(workspace)
+    n = n_sections(workspace)
+    refs = [tuple() for _ in range(n)]
+    for z in present:
+        p = prev_section(present, z)
+        if p is not None:
+            refs[z] = (p,)
+    fp = {"stitch": stitch_fingerprint(attrs), "config": config_to_dict(config), "refs": [list(r) for r in refs]}
+    return Task("align", Path(workspace), BlockGrid((n, 1, 1), (1, 1, 1)),
+                MatchSection(str(workspace), tuple(refs), config.pair), fp, (),
+                max_retries=config.blockwise.max_retries, setup=ResetOnRestart(str(workspace), restart))
+
+
+def plan_bridge(workspace: str | Path, config: AlignConfig = AlignConfig()) -> Task:
+    """Step 2: extra matches around failed matches and folded sections (reads step 1's results)."""
+    present, attrs = present_sections(workspace)
+    n = n_sections(workspace)
+    failed, folded = section_health(workspace, present, config.max_fold_score)
+    refs = bridge_refs(present, n, failed | folded, config.max_skip)
+    fp = {"stitch": stitch_fingerprint(attrs), "config": config_to_dict(config), "refs": [list(r) for r in refs]}
+    if failed or folded:
+        log.info("align: failed matches at z=%s, folds at z=%s; bridging from up to z-%d", sorted(failed),
+                 sorted(folded), config.max_skip)
+    return Task("align-bridge", Path(workspace), BlockGrid((n, 1, 1), (1, 1, 1)),
+                MatchSection(str(workspace), tuple(refs), config.pair, first_ok=True), fp, (),
+                max_retries=config.blockwise.max_retries)
+
+
+# ---------------------------------------------------------------------------------------------
+# step 3: render
+
+@dataclass(frozen=True)
+class RenderBlock:
+    workspace: str
+    present: tuple[int, ...]
+    order: int
+
+    def __call__(self, block: Block) -> None:
+        from scipy import ndimage
+
+        from connectome.workspace import open_array
+
+        montage, coverage, attrs = open_montages(self.workspace)
+        off = np.asarray(attrs["offset_yx"], dtype=np.float64)
+        (z0, y0, x0), (z1, y1, x1) = block.write_box.begin_zyx, block.write_box.end_zyx
+        out = np.zeros(block.write_box.shape_zyx, dtype=np.uint8)
+        hc, wc = montage.shape[1:]
+        for z in range(z0, z1):
+            if z not in self.present:
+                continue
+            t = DisplacementGrid.from_npz(transform_path(self.workspace, z))
+            c = t.dense((y0, x0), (y1 - y0, x1 - x0)) + off
+            pad = 2 + self.order
+            lo = np.floor(c.reshape(-1, 2).min(axis=0)).astype(int) - pad
+            hi = np.ceil(c.reshape(-1, 2).max(axis=0)).astype(int) + pad + 1
+            lo_c, hi_c = np.maximum(lo, 0), np.minimum(hi, (hc, wc))
+            if np.any(hi_c <= lo_c):
+                continue
+            img = np.asarray(montage[z, lo_c[0]:hi_c[0], lo_c[1]:hi_c[1]]).astype(np.float32)
+            cov = np.asarray(coverage[z, lo_c[0]:hi_c[0], lo_c[1]:hi_c[1]]).astype(np.float32)
+            cc = [c[..., 0] - lo_c[0], c[..., 1] - lo_c[1]]
+            vals = ndimage.map_coordinates(img, cc, order=self.order, mode="nearest")
+            inside = ndimage.map_coordinates(cov, cc, order=0, mode="constant", cval=0.0) > 0
+            out[z - z0] = np.where(inside, np.clip(np.rint(vals), 0, 255), 0).astype(np.uint8)
+        open_array(self.workspace, "raw", mode="r+")[block.write_box.slices] = out
+
+
+def _matches_digest(workspace) -> str:
+    h = hashlib.sha1()
+    for p in sorted((align_dir(workspace) / "matches").glob("*.npz")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def plan_render(workspace: str | Path, config: AlignConfig = AlignConfig()) -> Task:
+    """Step 3: compose (setup) and warp blockwise into ``raw``."""
+    from connectome.workspace import Workspace
+
+    ws = Workspace.open(workspace)
+    present, attrs = present_sections(workspace)
+    shape = ws.shape_zyx
+    bs = tuple(config.blockwise.block_shape_zyx)
+    fp = {"stitch": stitch_fingerprint(attrs), "matches": _matches_digest(workspace),
+          "config": config_to_dict(config)}
+    out = OutputSpec("raw", "uint8", bs, attrs={"aligned_by": "connectome align",
+                                                "interpolation_order": config.interpolation_order})
+    return Task("align-render", ws.path, BlockGrid(shape, bs), RenderBlock(str(ws.path), tuple(present),
+                                                                         config.interpolation_order),
+                fp, (out,), max_retries=config.blockwise.max_retries,
+                setup=Compose(str(ws.path), tuple(present), tuple(shape[1:]), config))
+
+

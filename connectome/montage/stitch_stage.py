@@ -1,0 +1,442 @@
+"""``connectome stitch``: tiles -> one montage per section, blockwise over sections.
+
+One block = one section (``BlockGrid((n_sections, 1, 1), (1, 1, 1))``, block ``z{k}_y0_x0``
+is the k-th section counted from the manifest's first section). A block reads the section's
+tiles, registers every pair of overlapping neighbours on their overlap strips
+(:func:`.pairwise.match_overlap`), places the tiles by robust least squares
+(:mod:`.solve`), equalises tile gains and renders the montage with feathered seams
+(:mod:`.render`). Sections are independent, so any executor runs them in parallel; each
+finished section leaves a done-marker and is skipped on resume.
+
+Outputs (``WS/stitch/``)::
+
+    montages.zarr/           zarr v3 group, attribute "montage" (canvas offset, frame, ...)
+      montage                uint8 (z, Hc, Wc): element [z, i, j] = montage point (i - oy, j - ox)
+      coverage               uint8 {0, 1}: 1 where at least one tile covers the pixel
+    sections/z00000.json     one result file per section (written by its block, atomically)
+    tiles.csv                section,row,col,x,y,nominal_x,nominal_y,gain,group,placed
+    pairs.csv                one row per neighbour pair: offsets, peak quality, residual, accepted
+    sections.csv             one row per section: status, counts, residuals, isolated tiles
+    bad_tiles.csv            tiles left out with --skip-bad-tiles, and why
+
+``x, y`` in ``tiles.csv`` are the estimated top-left positions in the section's montage frame,
+whose origin is the top-left of the section's tile (row 0, col 0) (so that tile is at 0, 0;
+see :mod:`.solve` for the rule when it is missing). The canvas is sized from the nominal
+positions of all sections plus ``margin_px`` on every side.
+
+The workspace (``WS/volume.zarr``) is created here with the frame of the first section
+(section 0): shape ``(n_sections, H, W)`` where ``H, W`` is that section's montage extent
+from its nominal tile positions (``frame_shape_yx`` overrides it, e.g. to match a synthetic
+truth volume), voxel size from ``voxel_size_nm``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from connectome.blockwise import Block, BlockGrid, Task
+from connectome.blockwise.markers import atomic_write_text
+from connectome.config import config_to_dict
+from connectome.errors import UserInputError
+from connectome.montage.manifest import Manifest, TileRecord, TileSpec, check_tiles, read_manifest, read_tile
+from connectome.montage.stitch_report import write_tables  # noqa: F401 (used by the CLI)
+from connectome.montage.store import (_open_montages, is_driver_process, montages_path,  # noqa: F401
+                                      open_montages, section_result_path)
+from connectome.stages.intensity import IntensityMap
+
+log = logging.getLogger(__name__)
+
+STAGE = "stitch"
+
+
+@dataclass(frozen=True)
+class StitchConfig:
+    #: voxel size (z, y, x) in nm of the workspace created here
+    voxel_size_nm: tuple[float, float, float] = (40.0, 8.0, 8.0)
+    #: leave out (and report) missing, unreadable or odd-sized tiles instead of stopping
+    skip_bad_tiles: bool = False
+    #: (y, x) size of the aligned frame; None = the first section's nominal montage extent
+    frame_shape_yx: Optional[tuple[int, int]] = None
+    #: search range (+/- px) around the nominal offset of two neighbours
+    max_shift_px: int = 12
+    #: smallest template edge (px) of an overlap strip; the search range shrinks to keep it
+    min_template_px: int = 8
+    #: neighbours count only if their nominal overlap spans this fraction of the tile edge
+    min_overlap_fraction: float = 0.5
+    #: Gaussian smoothing (noise) and optional high-pass (shading) before matching, px
+    smooth_sigma_px: float = 1.0
+    highpass_sigma_px: float = 0.0
+    #: acceptance of a pair: NCC peak, peak ratio (best / second local maximum), sharpness
+    min_ncc: float = 0.3
+    min_peak_ratio: float = 1.1
+    min_sharpness: float = 0.02
+    #: pairs whose residual after the solve exceeds this are dropped (worst first), px
+    max_residual_px: float = 3.0
+    #: equalise tile gains from the overlaps
+    gain_correction: bool = True
+    #: width of the linear seam ramp, px; None = the median nominal overlap
+    feather_px: Optional[float] = None
+    #: spline order used to place tiles at subpixel positions (0..5)
+    interpolation_order: int = 3
+    #: free canvas around the nominal extents of all sections, px
+    margin_px: int = 64
+    #: chunk (y, x) of the montage arrays
+    chunk_yx: tuple[int, int] = (512, 512)
+    #: a section that raises is retried this many times
+    max_retries: int = 2
+
+    def __post_init__(self):
+        if any(not v > 0 for v in self.voxel_size_nm):
+            raise ValueError(f"voxel_size_nm must be positive, got {list(self.voxel_size_nm)}")
+        if self.frame_shape_yx is not None and any(v <= 0 for v in self.frame_shape_yx):
+            raise ValueError(f"frame_shape_yx must be positive, got {list(self.frame_shape_yx)}")
+        if self.max_shift_px < 1 or self.min_template_px < 3:
+            raise ValueError("max_shift_px must be >= 1 and min_template_px >= 3")
+        if not 0 < self.min_overlap_fraction <= 1:
+            raise ValueError(f"min_overlap_fraction must be in (0, 1], got {self.min_overlap_fraction}")
+        if not 0 <= self.interpolation_order <= 5:
+            raise ValueError(f"interpolation_order must be 0..5, got {self.interpolation_order}")
+        if self.margin_px < 0 or any(c <= 0 for c in self.chunk_yx) or self.max_retries < 0:
+            raise ValueError("margin_px >= 0, chunk_yx > 0 and max_retries >= 0 are required")
+
+
+Config = StitchConfig
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Geometry decided at plan time from the manifest (nominal positions only)."""
+
+    first_section: int
+    n_sections: int
+    reference_section: int
+    tile_hw: tuple[int, int]
+    canvas_hw: tuple[int, int]
+    offset_yx: tuple[int, int]
+    frame_yx: tuple[int, int]
+    feather_px: float
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _section_origin(tiles: tuple[TileRecord, ...]) -> tuple[float, float] | None:
+    """Nominal (y, x) of tile (0, 0) if listed, else None."""
+    for t in tiles:
+        if t.row == 0 and t.col == 0:
+            return (t.y, t.x)
+    return None
+
+
+def _reference(tiles: tuple[TileRecord, ...]) -> TileRecord:
+    return min(tiles, key=lambda t: (t.row, t.col))
+
+
+def _nominal_rel(tiles, all_tiles) -> np.ndarray:
+    """Nominal (y, x) of ``tiles`` relative to the section's origin (see :mod:`.solve`)."""
+    origin = _section_origin(all_tiles) or (_reference(tiles).y, _reference(tiles).x)
+    return np.array([(t.y - origin[0], t.x - origin[1]) for t in tiles], dtype=np.float64).reshape(-1, 2)
+
+
+def neighbour_pairs(nominal_yx: np.ndarray, tile_hw, min_overlap_fraction: float) -> list[tuple[int, int]]:
+    """Index pairs (a, b), a < b, of tiles whose nominal rectangles overlap along a side."""
+    h, w = tile_hw
+    out = []
+    for a in range(len(nominal_yx)):
+        for b in range(a + 1, len(nominal_yx)):
+            dy, dx = np.abs(nominal_yx[b] - nominal_yx[a])
+            oy, ox = h - dy, w - dx
+            if oy <= 0 or ox <= 0:
+                continue
+            if max(oy / h, ox / w) >= min_overlap_fraction:
+                out.append((a, b))
+    return out
+
+
+def _layout(manifest: Manifest, full: Manifest, spec: TileSpec, cfg: StitchConfig) -> Layout:
+    sections = manifest.sections()
+    first, last = min(full.sections()), max(full.sections())
+    h, w = spec.shape_hw
+    lo = np.array([np.inf, np.inf])
+    hi = np.array([-np.inf, -np.inf])
+    overlaps = []
+    ref_section = sections[0]
+    frame = None
+    for s in sections:
+        tiles = manifest.section_tiles(s)
+        rel = _nominal_rel(tiles, full.section_tiles(s))
+        lo = np.minimum(lo, rel.min(axis=0))
+        hi = np.maximum(hi, rel.max(axis=0) + (h, w))
+        for a, b in neighbour_pairs(rel, (h, w), cfg.min_overlap_fraction):
+            d = np.abs(rel[b] - rel[a])
+            overlaps.append(min(h - d[0], w - d[1]))
+        if s == ref_section:
+            ext = rel.max(axis=0) + (h, w)
+            frame = (int(math.ceil(ext[0] - 1e-9)), int(math.ceil(ext[1] - 1e-9)))
+    if cfg.frame_shape_yx is not None:
+        frame = tuple(int(v) for v in cfg.frame_shape_yx)
+    offset = (int(math.ceil(cfg.margin_px - min(lo[0], 0))), int(math.ceil(cfg.margin_px - min(lo[1], 0))))
+    canvas = (int(math.ceil(hi[0])) + offset[0] + cfg.margin_px, int(math.ceil(hi[1])) + offset[1] + cfg.margin_px)
+    feather = cfg.feather_px if cfg.feather_px is not None else (float(np.median(overlaps)) if overlaps else 1.0)
+    return Layout(first, last - first + 1, ref_section, (h, w), canvas, offset, frame, max(1.0, feather))
+
+
+def _intensity(manifest: Manifest, spec: TileSpec) -> IntensityMap:
+    """uint8 tiles are used as they are; uint16 tiles map the 0.1..99.9th percentiles of up to
+    16 evenly spaced tiles linearly to 0..255 (the rule of ``connectome import``)."""
+    if spec.dtype == "uint8":
+        return IntensityMap("copy")
+    idx = np.unique(np.linspace(0, len(manifest.tiles) - 1, min(16, len(manifest.tiles))).round().astype(int))
+    sample = []
+    for i in idx:
+        try:
+            sample.append(read_tile(manifest.tiles[i], spec)[::4, ::4].ravel())
+        except ValueError as exc:
+            raise UserInputError(str(exc)) from None
+    lo, hi = (float(v) for v in np.percentile(np.concatenate(sample), (0.1, 99.9)))
+    return IntensityMap("linear", lo, hi if hi > lo else lo + 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# one section
+
+@dataclass(frozen=True)
+class StitchSection:
+    """Block processor: stitch the section of one block."""
+
+    workspace: str
+    tiles: tuple[tuple[TileRecord, ...], ...]     # per z index (may be empty: missing section)
+    origins: tuple[Optional[tuple[float, float]], ...]  # nominal (y, x) of tile (0, 0) per z, if listed
+    spec: TileSpec
+    intensity: IntensityMap
+    layout: Layout
+    config: StitchConfig
+
+    def __call__(self, block: Block) -> None:
+        z = block.index_zyx[0]
+        result = stitch_section(z, self.tiles[z], self.origins[z], self.spec, self.intensity, self.layout,
+                                self.config, montages_path(self.workspace))
+        atomic_write_text(section_result_path(self.workspace, z), json.dumps(result, indent=1))
+
+
+def _as_float_tile(img: np.ndarray, intensity: IntensityMap) -> np.ndarray:
+    if intensity.rule == "copy":
+        return img.astype(np.float32)
+    scale = np.float32(255.0 / max(intensity.hi - intensity.lo, 1e-9))
+    return np.clip((img.astype(np.float32) - np.float32(intensity.lo)) * scale, 0, 255)
+
+
+def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSpec, intensity: IntensityMap,
+                   layout: Layout, cfg: StitchConfig, montage_store: Path) -> dict:
+    """Register, solve, render and store one section; returns its result record."""
+    from connectome.montage.pairwise import match_overlap, prefilter
+    from connectome.montage.render import estimate_gains, render_montage
+    from connectome.montage.solve import PairEq, solve_positions
+
+    section = layout.first_section + z
+    group = _open_montages(montage_store, mode="r+")
+    canvas = np.zeros(layout.canvas_hw, dtype=np.uint8)
+    covered = np.zeros(layout.canvas_hw, dtype=np.uint8)
+    record = {"section": section, "z": z, "status": "missing", "tiles": [], "pairs": [], "bad_tiles": []}
+    tiles = tuple(sorted(tiles, key=lambda t: (t.row, t.col)))
+    images, kept = [], []
+    for t in tiles:
+        try:
+            images.append(_as_float_tile(read_tile(t, spec), intensity))
+            kept.append(t)
+        except ValueError as exc:
+            if not cfg.skip_bad_tiles:
+                raise
+            record["bad_tiles"].append({"row": t.row, "col": t.col, "path": t.path, "reason": str(exc)})
+    if kept:
+        ref = kept.index(_reference(tuple(kept)))
+        origin = origin00 if origin00 is not None else (kept[ref].y, kept[ref].x)
+        nominal = np.array([(t.y - origin[0], t.x - origin[1]) for t in kept], dtype=np.float64)
+        is00 = kept[ref].row == 0 and kept[ref].col == 0
+        origin_offset = None if (is00 or origin00 is None) else tuple(-nominal[ref])
+        filtered = [prefilter(im, cfg.smooth_sigma_px, cfg.highpass_sigma_px) for im in images]
+        pair_idx = neighbour_pairs(nominal, spec.shape_hw, cfg.min_overlap_fraction)
+        rows, eqs, eq_rows = [], [], []
+        for a, b in pair_idx:
+            d0 = nominal[b] - nominal[a]
+            m = match_overlap(filtered[a], filtered[b], (float(d0[0]), float(d0[1])), cfg.max_shift_px,
+                              cfg.min_template_px)
+            row = {"row_a": kept[a].row, "col_a": kept[a].col, "row_b": kept[b].row, "col_b": kept[b].col,
+                   "nominal_dx": float(d0[1]), "nominal_dy": float(d0[0])}
+            reasons = []
+            if m is None:
+                reasons.append("overlap too small")
+            else:
+                pk = m.peak
+                row.update(dx=m.offset_yx[1], dy=m.offset_yx[0], ncc=pk.peak, peak_ratio=min(pk.peak_ratio, 99.0),
+                           sharpness=pk.sharpness, search_px=m.search_px)
+                if pk.at_border:
+                    reasons.append(f"peak at the edge of the +/-{m.search_px} px search")
+                if pk.peak < cfg.min_ncc:
+                    reasons.append(f"ncc {pk.peak:.2f} < {cfg.min_ncc}")
+                if pk.peak_ratio < cfg.min_peak_ratio:
+                    reasons.append(f"peak ratio {pk.peak_ratio:.2f} < {cfg.min_peak_ratio}")
+                if pk.sharpness < cfg.min_sharpness:
+                    reasons.append(f"sharpness {pk.sharpness:.3f} < {cfg.min_sharpness}")
+            row["accepted"] = not reasons
+            row["reason"] = "; ".join(reasons)
+            if not reasons:
+                eq_rows.append(len(rows))
+                eqs.append(PairEq(a, b, m.offset_yx))
+            rows.append(row)
+        sol = solve_positions(nominal, eqs, ref, cfg.max_residual_px, origin_offset_yx=origin_offset)
+        for row in rows:
+            row["used"] = False
+        for k, r_i in enumerate(eq_rows):
+            rows[r_i]["used"] = bool(sol.used[k])
+            rows[r_i]["residual_px"] = float(sol.residual_px[k])
+            if not sol.used[k]:
+                rows[r_i]["reason"] = f"dropped by the solve (residual {sol.residual_px[k]:.2f} px)"
+        used_pairs = [(e.a, e.b) for e, u in zip(eqs, sol.used) if u]
+        gains = (estimate_gains(images, sol.positions_yx, used_pairs) if cfg.gain_correction
+                 else np.ones(len(images)))
+        # nominal positions in the solved frame, for the table
+        nominal_solved = nominal - (nominal[ref] + (np.asarray(origin_offset) if origin_offset else 0.0))
+        img, cov, clipped = render_montage(images, sol.positions_yx, gains, layout.canvas_hw, layout.offset_yx,
+                                           layout.feather_px, order=cfg.interpolation_order)
+        canvas = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        covered = cov.astype(np.uint8)
+        degree = np.zeros(len(kept), dtype=int)
+        for a, b in used_pairs:
+            degree[a] += 1
+            degree[b] += 1
+        isolated = []
+        for i, t in enumerate(kept):
+            placed = "solved" if sol.component[i] == 0 else ("isolated" if degree[i] == 0 else "detached group")
+            if placed != "solved" and len(kept) > 1:
+                isolated.append(f"r{t.row}c{t.col}")
+            record["tiles"].append({"row": t.row, "col": t.col, "x": float(sol.positions_yx[i, 1]),
+                                    "y": float(sol.positions_yx[i, 0]), "nominal_x": float(nominal_solved[i, 1]),
+                                    "nominal_y": float(nominal_solved[i, 0]), "gain": float(gains[i]),
+                                    "group": int(sol.component[i]), "placed": placed if len(kept) > 1 else "single"})
+        res_used = sol.residual_px[sol.used] if len(eqs) else np.zeros(0)
+        record.update(status="ok", pairs=rows, summary={
+            "n_tiles": len(kept), "n_pairs": len(rows), "n_accepted": len(eqs), "n_used": int(sol.used.sum()),
+            "n_dropped": sol.n_dropped, "n_groups": int(sol.component.max()) + 1 if len(kept) else 0,
+            "isolated": " ".join(isolated),
+            "residual_median_px": float(np.median(res_used)) if res_used.size else float("nan"),
+            "residual_max_px": float(res_used.max()) if res_used.size else float("nan"),
+            "extent_h": int(math.ceil(float((sol.positions_yx[:, 0] + spec.shape_hw[0]).max()))),
+            "extent_w": int(math.ceil(float((sol.positions_yx[:, 1] + spec.shape_hw[1]).max()))),
+            "clipped_tiles": clipped, "coverage": float(cov.mean())})
+    if tiles and not kept:
+        record["status"] = "empty"
+    group["montage"][z] = canvas
+    group["coverage"][z] = covered
+    return json.loads(json.dumps(record, allow_nan=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# the montage store
+
+@dataclass(frozen=True)
+class PrepareOutputs:
+    """Driver-only setup: the montage store and the workspace (refuses to clobber)."""
+
+    workspace: str
+    layout: Layout
+    chunk_yx: tuple[int, int]
+    voxel_size_nm: tuple[float, float, float]
+    attrs_json: str
+    bad_tiles_json: str
+    restart: bool
+
+    def __call__(self) -> None:
+        from connectome.workspace import Workspace
+
+        lay = self.layout
+        shape = (lay.n_sections,) + tuple(lay.canvas_hw)
+        chunks = (1, min(self.chunk_yx[0], shape[1]), min(self.chunk_yx[1], shape[2]))
+        path = montages_path(self.workspace)
+        attrs = json.loads(self.attrs_json)
+        create = True
+        if (path / "zarr.json").is_file():
+            group = _open_montages(path, mode="r+")
+            old = dict(group.attrs).get("montage", {})
+            same = (old.get("fingerprint") == attrs["fingerprint"] and "montage" in group and
+                    tuple(group["montage"].shape) == shape and tuple(group["montage"].chunks) == chunks)
+            if not same and not self.restart:
+                raise UserInputError(f"{path}: was stitched from another manifest or config; rerun with --restart "
+                                     "to replace it")
+            create = not same
+        Workspace.create(self.workspace, (lay.n_sections,) + tuple(lay.frame_yx), self.voxel_size_nm)
+        atomic_write_text(Path(self.workspace) / "stitch" / "plan_bad_tiles.json", self.bad_tiles_json)
+        if not create:
+            return
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        group = _open_montages(path, mode="w")
+        for name in ("montage", "coverage"):
+            group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0)
+        group.attrs["montage"] = attrs
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def plan(manifest_path: str | Path, workspace: str | Path, config: StitchConfig = StitchConfig(),
+         restart: bool = False) -> Task:
+    """Validate the manifest and every tile header; nothing is written until the task runs."""
+    ws = Path(workspace)
+    if ws.exists() and not ws.is_dir():
+        raise UserInputError(f"workspace {ws}: exists and is not a directory")
+    full = read_manifest(manifest_path)
+    manifest, spec, bad = check_tiles(full, skip_bad_tiles=config.skip_bad_tiles)
+    layout = _layout(manifest, full, spec, config)
+    intensity = _intensity(manifest, spec)
+    if (ws / "volume.zarr").exists():
+        from connectome.workspace import Frame, Workspace
+
+        Workspace.open(ws).check_frame(Frame((layout.n_sections,) + tuple(layout.frame_yx),
+                                             tuple(float(v) for v in config.voxel_size_nm)))
+    per_z = [tuple() for _ in range(layout.n_sections)]
+    origins = [None] * layout.n_sections
+    for s in full.sections():
+        z = s - layout.first_section
+        per_z[z] = manifest.section_tiles(s)
+        origins[z] = _section_origin(full.section_tiles(s))
+    fingerprint = {"manifest": {"path": str(Path(manifest_path).resolve()), "sha1": _digest(str(manifest_path)),
+                                "n_tiles": len(full.tiles), "bad_tiles": [b.message() for b in bad]},
+                   "tile_spec": {"shape_hw": list(spec.shape_hw), "dtype": spec.dtype},
+                   "intensity": intensity.to_json(), "layout": layout.to_json(), "config": config_to_dict(config)}
+    attrs = {"fingerprint": fingerprint, "offset_yx": list(layout.offset_yx), "frame_yx": list(layout.frame_yx),
+             "first_section": layout.first_section, "reference_section": layout.reference_section,
+             "tile_shape_hw": list(spec.shape_hw), "sections_with_tiles": manifest.sections(),
+             "convention": "montage[z, i, j] = point (y, x) = (i - offset_y, j - offset_x) of section "
+                           "first_section + z's montage frame (origin = top-left of its tile (0, 0))"}
+    proc = StitchSection(str(ws), tuple(per_z), tuple(origins), spec, intensity, layout, config)
+    grid = BlockGrid((layout.n_sections, 1, 1), (1, 1, 1))
+    bad_json = json.dumps([{"section": b.tile.section, "row": b.tile.row, "col": b.tile.col, "path": b.tile.path,
+                            "reason": b.reason} for b in bad])
+    setup = PrepareOutputs(str(ws), layout, tuple(config.chunk_yx), tuple(config.voxel_size_nm),
+                           json.dumps(attrs), bad_json, restart)
+    return Task(STAGE, ws, grid, proc, fingerprint, (), max_retries=config.max_retries, setup=setup)
+
+
+def parse_yx(text: str, what: str) -> list[int]:
+    """``"Y,X"`` -> [y, x] positive ints, with a one-line error naming ``what``."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UserInputError(f"{what}: expected two comma-separated integers Y,X, got {text!r}") from None
+    if len(values) != 2 or any(v <= 0 for v in values):
+        raise UserInputError(f"{what}: expected two positive integers Y,X, got {text!r}")
+    return values

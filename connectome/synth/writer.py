@@ -1,0 +1,142 @@
+"""Where a synthetic dataset goes and how it is written.
+
+Layout of ``OUT`` (see ``shared/CONTRACT.md``, "Synthetic dataset")::
+
+    OUT/
+      synth.json              parameters, seed, preset, shape, voxel size, measured statistics
+      tiles/manifest.csv      section,row,col,path,x,y   (nominal stage positions, px)
+      tiles/s0003/r01_c02.png 8-bit grayscale tiles
+      truth.zarr/             zarr v3 group: raw (uint8), neurons (uint64), vessels (uint8),
+                              synapse_clefts (uint64); each with voxel_size_nm [z, y, x]
+      truth/synapses.csv      synapse_id,z,y,x,pre_segment_id,post_segment_id,score
+      truth/connectivity.csv  pre_segment_id,post_segment_id,synapse_count,mean_score
+      truth/tiles.csv         section,row,col,x,y,gain,offset   (true positions, px)
+      truth/sections.json     per section: transform aligned -> montage, flags
+      preview.png             with --preview
+
+``OUT`` must be missing, empty, or an earlier ``connectome synth`` output (recognised by
+``synth.json`` or the in-progress marker ``.synth-incomplete``). A complete earlier output made
+with the same parameters and seed is kept as it is (the command is idempotent); otherwise the
+generator's own entries are removed and rewritten; other files are left alone. The marker is
+written first and removed last, so a killed run is recognised and redone by the next one.
+Small files are written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from connectome.errors import UserInputError
+
+MARKER = ".synth-incomplete"
+OWNED = ("tiles", "truth.zarr", "truth", "preview.png", "synth.json", MARKER)
+TRUTH_ARRAYS = {"raw": np.uint8, "neurons": np.uint64, "vessels": np.uint8, "synapse_clefts": np.uint64}
+
+
+def _norm(obj):
+    return json.loads(json.dumps(obj))
+
+
+def prepare(out: Path, fingerprint: dict) -> bool:
+    """Check and claim ``out``. True when it already holds this exact, complete dataset."""
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"synth: OUT {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        meta_path, marker = out / "synth.json", out / MARKER
+        if not meta_path.is_file() and not marker.is_file():
+            raise UserInputError(f"synth: OUT {out} is not empty and is not a `connectome synth` output "
+                                 "(no synth.json); give a new or empty folder")
+        if meta_path.is_file() and not marker.exists():
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                meta = {}
+            if meta.get("fingerprint") == _norm(fingerprint):
+                return True
+        try:
+            for name in OWNED:
+                p = out / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists() or p.is_symlink():
+                    p.unlink()
+        except OSError as exc:
+            raise UserInputError(f"synth: OUT {out}: cannot replace the earlier output ({exc.strerror or exc})") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps(_norm(fingerprint)))
+        (out / "tiles").mkdir(exist_ok=True)
+        (out / "truth").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"synth: OUT {out} is not writable ({exc.strerror or exc})") from None
+    return False
+
+
+def finish(out: Path) -> None:
+    (out / MARKER).unlink(missing_ok=True)
+
+
+def create_truth(path: Path, cfg) -> dict:
+    """Create ``truth.zarr`` and its four arrays; return them by name."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    from connectome.workspace import Frame
+
+    shape = tuple(int(s) for s in cfg.shape_zyx)
+    chunks = tuple(int(min(c, s)) for c, s in zip(cfg.chunk_zyx, shape))
+    vs = [float(v) for v in cfg.voxel_size_nm]
+    group = zarr.open_group(LocalStore(str(path)), mode="w", zarr_format=3)
+    group.attrs["connectome"] = Frame(shape, tuple(vs)).to_json()
+    arrays = {}
+    for name, dtype in TRUTH_ARRAYS.items():
+        arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                                          attributes={"voxel_size_nm": vs})
+    return arrays
+
+
+def _atomic(path: Path):
+    tmp = path.with_name(path.name + ".tmp")
+    return tmp
+
+
+def write_csv(path: Path, header, rows) -> None:
+    tmp = _atomic(path)
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = _atomic(path)
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def tile_relpath(section: int, row: int, col: int, fmt: str) -> str:
+    return f"s{section:04d}/r{row:02d}_c{col:02d}.{fmt}"
+
+
+def write_tile(tiles_dir: Path, rel: str, img: np.ndarray, fmt: str) -> None:
+    path = tiles_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "png":
+        from PIL import Image
+
+        Image.fromarray(img).save(path, format="PNG", compress_level=1)
+    else:
+        import tifffile
+
+        tifffile.imwrite(path, img, photometric="minisblack")
+
+
+def fmt_float(v: float, nd: int = 4) -> str:
+    return f"{float(v):.{nd}f}".rstrip("0").rstrip(".") if np.isfinite(v) else "nan"

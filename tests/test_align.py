@@ -1,0 +1,328 @@
+"""`connectome align`: accuracy against known transforms, damaged and missing sections, QC
+outputs, SIGKILL resume and identical output across executors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import BIN, run_cli, tree_digest
+from connectome.montage.qc import ncc
+from connectome.montage.testdata import forward, make_dataset, texture
+from connectome.montage.warp import DisplacementGrid
+
+
+def _stitch_align(data: Path, ws: Path, *extra: str, executor: str = "local") -> None:
+    r = run_cli("stitch", "--tiles", data / "tiles" / "manifest.csv", "--workspace", ws, "--frame-shape",
+                ",".join(map(str, json.loads((data / "truth" / "sections.json").read_text())["shape_zyx"][1:])),
+                "--executor", executor, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("align", "--workspace", ws, "--executor", executor, "--workers", "2", *extra)
+    assert r.returncode == 0, r.stderr
+
+
+def _sections(ws: Path) -> dict:
+    return {r["z"]: r for r in json.loads((ws / "align" / "sections.json").read_text())}
+
+
+def transform_residuals(data: Path, ws: Path, step: float = 8.0) -> dict:
+    """Per section: |T_est(p) - T_true(p)| (px) on a grid of points p of the aligned frame. Each
+    section's montage frame is compared after removing the stitch's free translation: the
+    median over its tiles of (estimated - true) tile position."""
+    sj = json.loads((data / "truth" / "sections.json").read_text())
+    h, w = sj["shape_zyx"][1:]
+    est, tru = {}, {}
+    for path, store in ((ws / "stitch" / "tiles.csv", est), (data / "truth" / "tiles.csv", tru)):
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                store[(int(r["section"]), int(r["row"]), int(r["col"]))] = (float(r["y"]), float(r["x"]))
+    yy, xx = np.meshgrid(np.arange(0, h, step), np.arange(0, w, step), indexing="ij")
+    pts = np.stack([yy.ravel(), xx.ravel()], axis=1)
+    out = {}
+    for sec in sj["sections"]:
+        s = sec["section"]
+        if sec["missing"]:
+            continue
+        keys = [k for k in est if k[0] == s and k in tru]
+        d = np.median([np.subtract(est[k], tru[k]) for k in keys], axis=0)
+        t = DisplacementGrid.from_npz(ws / "align" / "transforms" / f"z{s:05d}.npz")
+        out[s] = np.hypot(*(t.apply(pts) - (forward(sec["transform"], pts) + d)).T)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# known answers: every section shows the same texture, so the true transforms are recoverable
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    root = tmp_path_factory.mktemp("known")
+    data = make_dataset(root / "data", n_sections=16, tile_px=160, noise=6.0, noise_sections=(7,), seed=11)
+    ws = root / "ws"
+    _stitch_align(data, ws)
+    return data, ws
+
+
+def test_alignment_recovers_the_true_transforms(known):
+    data, ws = known
+    sections = _sections(ws)
+    res = transform_residuals(data, ws)
+    flagged = {z for z, r in sections.items() if r["status"] == "bad"}
+    assert flagged == {7}, sections  # the noise section, and only it
+    good = np.concatenate([v for z, v in res.items() if z not in flagged])
+    print(f"known-answer alignment residual: median {np.median(good):.3f} px, max {good.max():.3f} px")
+    assert np.median(good) <= 1.0 and good.max() <= 3.0
+    # the neighbours of the bad section are fine: 8 was matched to 6 directly
+    assert sections[8]["status"] == "bridged" and sections[8]["ref"] == 6
+    assert res[6].max() <= 3.0 and res[8].max() <= 3.0
+
+
+def test_neighbour_ncc_close_to_truth(known):
+    data, ws = known
+    truth = np.load(data / "truth_raw.npy").astype(np.float64)
+    raw = np.asarray(zarr.open_group(str(ws / "volume.zarr"), mode="r")["raw"][:]).astype(np.float64)
+    pairs = [(z, z + 1) for z in range(15) if 7 not in (z, z + 1)]
+    ours = np.mean([ncc(raw[a], raw[b]) for a, b in pairs])
+    want = np.mean([ncc(truth[a], truth[b]) for a, b in pairs])
+    before = np.mean([r["ncc_before"] for r in _pairs_table(ws) if r["used"] == 1])
+    print(f"neighbour NCC: truth {want:.3f}, aligned {ours:.3f}, montages before alignment {before:.3f}")
+    assert ours >= want - 0.05
+    assert before < ours - 0.2
+
+
+def _pairs_table(ws: Path) -> list[dict]:
+    with open(ws / "align" / "pairs.csv") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        out.append({k: (float(v) if v not in ("",) and k not in ("flags", "status") else v) for k, v in r.items()})
+    return out
+
+
+def test_qc_outputs(known):
+    data, ws = known
+    rows = _pairs_table(ws)
+    for col in ("n_accepted", "residual_median_px", "ncc_before", "ncc_after", "flags", "used", "ok"):
+        assert col in rows[0]
+    used = [r for r in rows if r["used"] == 1]
+    assert len(used) == 14 and all(r["ncc_after"] > r["ncc_before"] for r in used)
+    bad = [r for r in rows if r["z"] == 7]
+    assert bad and all(r["ok"] == 0 and "flagged bad" in r["flags"] for r in bad)
+    previews = sorted(p.name for p in (ws / "align").glob("preview_z*.png"))
+    assert "preview_z007.png" in previews and "preview_z008.png" in previews and len(previews) >= 4
+    from PIL import Image
+
+    with Image.open(ws / "align" / "preview_z008.png") as im:
+        assert im.mode == "RGB" and im.size[0] > im.size[1]
+    assert len(list((ws / "align" / "transforms").glob("z*.npz"))) == 16
+    raw = zarr.open_group(str(ws / "volume.zarr"), mode="r")["raw"]
+    assert raw.dtype == np.uint8 and raw.shape == (16, 256, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic tissue (`connectome synth`): a fold and a missing section
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory):
+    from connectome.synth import generate
+
+    root = tmp_path_factory.mktemp("fold")
+    data = generate(root / "data", preset="small", seed=6, missing_sections=1, damaged_sections=1)
+    ws = root / "ws"
+    _stitch_align(data, ws)
+    return data, ws
+
+
+def test_fold_is_flagged_and_bridged_missing_section_left_empty(folded):
+    data, ws = folded
+    sj = json.loads((data / "truth" / "sections.json").read_text())
+    damaged = [s["section"] for s in sj["sections"] if s["damaged"]]
+    missing = [s["section"] for s in sj["sections"] if s["missing"]]
+    assert damaged == [6] and missing == [10]
+    sections = _sections(ws)
+    assert {z for z, r in sections.items() if r["status"] == "bad"} == {6}
+    assert sections[6]["reason"].startswith("fold score")
+    assert sections[7]["status"] == "bridged" and sections[7]["ref"] == 5
+    assert sections[10]["status"] == "missing" and sections[11]["ref"] == 9
+    raw = np.asarray(zarr.open_group(str(ws / "volume.zarr"), mode="r")["raw"][:])
+    assert not raw[10].any()
+    truth = np.asarray(zarr.open_group(str(data / "truth.zarr"), mode="r")["raw"][:]).astype(np.float64)
+    pairs = [(z, z + 1) for z in range(15) if not {z, z + 1} & {6, 10}]
+    ours = [ncc(raw[a].astype(np.float64), raw[b].astype(np.float64)) for a, b in pairs]
+    want = [ncc(truth[a], truth[b]) for a, b in pairs]
+    print(f"synth neighbour NCC: truth {np.mean(want):.3f}, aligned {np.mean(ours):.3f}")
+    assert min(np.subtract(ours, want)) >= -0.05
+    res = transform_residuals(data, ws)
+    good = np.concatenate([v for z, v in res.items() if z != 6])
+    # reported, not asserted: on this data the content itself drifts (oblique neurites), see README
+    print(f"synth absolute transform residual: median {np.median(good):.2f} px, max {good.max():.2f} px")
+
+
+# ---------------------------------------------------------------------------------------------
+# resumption and executors (a small known-answer set)
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    data = make_dataset(root / "data", n_sections=6, frame_hw=(200, 200), tile_px=128, seed=5)
+    ref = root / "ref"
+    _stitch_align(data, ref, "--block-shape", "2,64,64", executor="serial")
+    return data, ref
+
+
+def _fresh_copy(ref: Path, ws: Path) -> None:
+    """A copy of a stitched and aligned workspace with everything of `align` removed."""
+    shutil.copytree(ref, ws, ignore=shutil.ignore_patterns("align", "logs", "align-*"))
+    shutil.rmtree(ws / "volume.zarr" / "raw")
+
+
+def _aligned(ws: Path) -> dict:
+    out = tree_digest(ws / "volume.zarr" / "raw")
+    out.update({f"t/{k}": v for k, v in tree_digest(ws / "align" / "transforms").items()})
+    return out
+
+
+def test_sigkill_then_resume_is_bit_identical(small, tmp_path):
+    data, ref = small
+    ws = tmp_path / "ws"
+    _fresh_copy(ref, ws)
+    done = ws / "blockwise" / "align-render" / "done"
+    cmd = [sys.executable, "-m", "connectome", "align", "--workspace", str(ws), "--block-shape", "2,64,64",
+           "--executor", "local", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.1"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 8):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    finished = len(os.listdir(done))
+    assert 8 <= finished < 48, "the kill must land mid-render"
+    r = run_cli("align", "--workspace", ws, "--block-shape", "2,64,64", "--executor", "local", "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"{48 - finished} blocks processed, {finished} already done" in r.stdout
+    assert _aligned(ws) == _aligned(ref)
+    assert (ws / "align" / "pairs.csv").read_bytes() == (ref / "align" / "pairs.csv").read_bytes()
+
+
+@pytest.mark.parametrize("executor", ["local", "mpi"])
+def test_identical_output_across_executors(small, tmp_path, executor):
+    data, ref = small
+    ws = tmp_path / f"ws_{executor}"
+    _fresh_copy(ref, ws)
+    args = ["align", "--workspace", str(ws), "--block-shape", "2,64,64"]
+    if executor == "mpi":
+        r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
+                            "--executor", "mpi"], capture_output=True, text=True, timeout=300)
+    else:
+        r = run_cli(*args, "--executor", executor, "--workers", "2")
+    assert r.returncode == 0, r.stderr
+    assert _aligned(ws) == _aligned(ref)
+
+
+def test_rerun_does_nothing_and_align_needs_stitch(small, tmp_path):
+    data, ref = small
+    before = _aligned(ref)
+    r = run_cli("align", "--workspace", ref, "--block-shape", "2,64,64", "--executor", "serial")
+    assert r.returncode == 0 and "align-render: 0 blocks processed, 48 already done" in r.stdout
+    assert _aligned(ref) == before
+    from connectome.workspace import Workspace
+
+    Workspace.create(tmp_path / "bare", (4, 32, 32), (40, 8, 8))
+    r = run_cli("align", "--workspace", tmp_path / "bare")
+    assert r.returncode == 2 and "run `connectome stitch` first" in r.stderr
+    r = run_cli("align", "--workspace", tmp_path / "nowhere")
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# units with known answers
+
+def test_register_pair_recovers_an_affine_and_a_smooth_warp():
+    from scipy import ndimage
+
+    from connectome.montage.align import MatchParams, register_pair
+
+    world = texture((420, 420), seed=9)
+    fixed = world[10:410, 10:410]
+    a = np.array([[np.cos(0.004), -np.sin(0.004), 3.3], [np.sin(0.004), np.cos(0.004), -5.2]])
+    yy, xx = np.mgrid[:400, :400].astype(float)
+    bump = 1.5 * np.exp(-((yy - 200) ** 2 + (xx - 150) ** 2) / (2 * 60.0 ** 2))
+    # moving(P(q)) = fixed(q) with P(q) = A q + (bump, 0): sample fixed at P^-1 by fixed-point iteration
+    q = np.stack([yy, xx], -1)
+    p = q.copy()
+    ainv = np.linalg.inv(a[:, :2])
+    for _ in range(8):
+        b = 1.5 * np.exp(-((p[..., 0] - 200) ** 2 + (p[..., 1] - 150) ** 2) / (2 * 60.0 ** 2))
+        p = (q - a[:, 2] - np.stack([b, np.zeros_like(b)], -1)) @ ainv.T
+    moving = ndimage.map_coordinates(world, [p[..., 0] + 10, p[..., 1] + 10], order=3, mode="nearest")
+    mask = np.ones((400, 400), bool)
+    res = register_pair(fixed, mask, moving, mask, MatchParams())
+    assert res.ok, res.reason
+    pts = np.stack(np.meshgrid(np.arange(60, 340, 20.0), np.arange(60, 340, 20.0), indexing="ij"), -1).reshape(-1, 2)
+    want = pts @ a[:, :2].T + a[:, 2]
+    want[:, 0] += 1.5 * np.exp(-((pts[:, 0] - 200) ** 2 + (pts[:, 1] - 150) ** 2) / (2 * 60.0 ** 2))
+    err = np.hypot(*(res.grid.apply(pts) - want).T)
+    assert np.median(err) < 0.3 and err.max() < 1.0, (np.median(err), err.max())
+
+
+def test_displacement_grid_compose_and_storage(tmp_path):
+    from connectome.montage.warp import compose, identity_grid
+
+    g = identity_grid((0, 0), (99, 99), 10.0)
+    shift = DisplacementGrid(g.origin_yx, g.spacing, g.disp_yx + (1.5, -2.0))
+    lin = DisplacementGrid(g.origin_yx, g.spacing, g.nodes() * 0.01)
+    pts = np.array([[10.0, 20.0], [55.5, 31.2]])
+    np.testing.assert_allclose(compose(shift, lin).apply(pts), pts * 1.01 + (1.5, -2.0), atol=1e-9)
+    np.testing.assert_allclose(lin.dense((10, 20), (2, 3))[1, 2], (11 * 1.01, 22 * 1.01), atol=1e-9)
+    shift.to_npz(tmp_path / "t.npz")
+    back = DisplacementGrid.from_npz(tmp_path / "t.npz")
+    np.testing.assert_array_equal(back.disp_yx, shift.disp_yx)
+    assert back.origin_yx == shift.origin_yx and back.spacing == shift.spacing
+
+
+def test_fold_score_sees_a_dark_band_only():
+    from connectome.montage.align import fold_score
+
+    img = texture((300, 300), seed=4)
+    mask = np.ones_like(img, bool)
+    clean = fold_score(img, mask)
+    yy, xx = np.mgrid[:300, :300]
+    band = np.abs((yy - 150) * 0.8 + (xx - 140) * 0.6) < 5
+    folded = np.where(band, 0.35 * img + 12, img)
+    assert clean < 10 < fold_score(folded, mask)
+
+
+def test_config_defaults_pinned_and_loadable(tmp_path):
+    from connectome.config import load_config
+    from connectome.errors import UserInputError
+    from connectome.montage.align_stage import AlignConfig
+    from connectome.montage.stitch_stage import StitchConfig
+
+    s, a = StitchConfig(), AlignConfig()
+    assert (s.max_shift_px, s.min_ncc, s.min_peak_ratio, s.max_residual_px, s.voxel_size_nm) == \
+        (12, 0.3, 1.1, 3.0, (40.0, 8.0, 8.0))
+    assert (a.pair.patch_px, a.pair.stride_px, a.pair.min_peak_ratio, a.max_skip, a.warp_memory) == \
+        (96, 32, 1.3, 4, 0.8)
+    assert a.blockwise.block_shape_zyx == (8, 256, 256)
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("pair:\n  patch_px: 128\n  stride_px: 48\nmax_skip: 3\n")
+    loaded = load_config(AlignConfig, cfg)
+    assert loaded.pair.patch_px == 128 and loaded.pair.stride_px == 48 and loaded.max_skip == 3
+    cfg.write_text("pair:\n  patchpx: 128\n")
+    with pytest.raises(UserInputError, match="unknown key 'pair.patchpx'"):
+        load_config(AlignConfig, cfg)
+    cfg.write_text("pair:\n  patch_px: 97\n")
+    with pytest.raises(UserInputError, match="patch_px must be even"):
+        load_config(AlignConfig, cfg)
