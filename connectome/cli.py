@@ -121,6 +121,81 @@ def cmd_smooth(args) -> int:
     return _run(args, task, "smooth")
 
 
+def cmd_stitch(args) -> int:
+    from connectome.config import load_config
+    from connectome.montage import stitch_stage
+    from connectome.workspace import parse_zyx
+
+    overrides = {}
+    if args.voxel_size:
+        overrides["voxel_size_nm"] = list(parse_zyx(args.voxel_size, "--voxel-size"))
+    if args.frame_shape:
+        overrides["frame_shape_yx"] = stitch_stage.parse_yx(args.frame_shape, "--frame-shape")
+    if args.skip_bad_tiles:
+        overrides["skip_bad_tiles"] = True
+    cfg = load_config(stitch_stage.StitchConfig, args.config, overrides)
+    task = stitch_stage.plan(args.tiles, args.workspace, cfg, restart=args.restart)
+    rc = _run(args, task, "stitch")
+    if stitch_stage.is_driver_process():
+        stitch_stage.write_tables(args.workspace)
+    return rc
+
+
+def cmd_align(args) -> int:
+    from connectome.config import load_config
+    from connectome.montage import align_stage
+    from connectome.workspace import parse_zyx
+
+    overrides = {}
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    cfg = load_config(align_stage.AlignConfig, args.config, overrides)
+    rc = _run(args, align_stage.plan_match(args.workspace, cfg, restart=args.restart), "align")
+    rc = rc or _run(args, align_stage.plan_bridge(args.workspace, cfg), "align-bridge")
+    rc = rc or _run(args, align_stage.plan_render(args.workspace, cfg), "align-render")
+    if align_stage.is_driver_process():
+        align_stage.write_report(args.workspace, cfg)
+    return rc
+
+
+def cmd_mask_vessels(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import load_stage
+    from connectome.workspace import parse_zyx
+
+    vessel = load_stage("mask-vessels")
+    overrides = {}
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    cfg = load_config(vessel.Config, args.config, overrides)
+    rc = _run(args, vessel.plan_prob(args.workspace, cfg, args.model), "mask-vessels")
+    return rc or _run(args, vessel.plan_mask(args.workspace, cfg), "mask-vessels-post")
+
+
+def cmd_train_vessel(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import load_stage
+
+    train = load_stage("train-vessel")
+    overrides = {}
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
+        overrides["trainer.steps"] = args.steps
+    cfg = load_config(train.Config, args.config, overrides)
+    summary = train.train_vessel(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart)
+    if summary.get("stopped"):
+        print(f"train vessel: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    if summary:  # rank 0
+        val = summary["validation"]
+        ious = ", ".join(f"seed {v['seed']}: {v['iou']:.4f}" for v in val.get("volumes", []))
+        print(f"train vessel: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
+              f"model in {summary['model_dir']}" + (f"; validation IoU {ious}" if ious else ""))
+    return 0
+
+
 def cmd_synth(args) -> int:
     from connectome.synth import generate
     from connectome.workspace import parse_zyx
@@ -175,6 +250,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-nm", metavar="Z,Y,X", help="Gaussian sigma in nm (default 40,16,16)")
     p.add_argument("--block-shape", metavar="Z,Y,X")
     p.set_defaults(func=cmd_smooth)
+
+    p = sub.add_parser("stitch", parents=[common, stage], help="stitch tiles into section montages",
+                       description="Register overlapping neighbour tiles, place all tiles of a section by robust "
+                                   "least squares and render one montage per section (WS/stitch/montages.zarr); "
+                                   "creates the workspace; QC in WS/stitch/{tiles,pairs,sections}.csv.")
+    p.add_argument("--tiles", required=True, metavar="MANIFEST.csv", help="tile manifest: section,row,col,path,x,y")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--voxel-size", metavar="Z,Y,X", help="voxel size in nm of the workspace (default 40,8,8)")
+    p.add_argument("--frame-shape", metavar="Y,X",
+                   help="(y, x) size of the aligned frame (default: the first section's montage extent)")
+    p.add_argument("--skip-bad-tiles", action="store_true",
+                   help="report and leave out missing, unreadable or odd-sized tiles instead of stopping")
+    p.set_defaults(func=cmd_stitch)
+
+    p = sub.add_parser("align", parents=[common, stage], help="align the stitched sections into WS/volume.zarr/raw",
+                       description="Register every section to its predecessor (coarse affine + elastic field; bad "
+                                   "sections bridged from z-2..z-4), compose the transforms along z and render the "
+                                   "aligned volume blockwise; QC in WS/align/pairs.csv and preview PNGs.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--block-shape", metavar="Z,Y,X", help="render block (and raw chunk) shape in voxels")
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("mask-vessels", parents=[common, stage], help="blood-vessel mask with a 2D U-Net",
+                       description="Predict WS/volume.zarr/vessel_prob (uint8, 0..255 = 0..1) from raw with a 2D "
+                                   "U-Net on a global tile grid, then threshold, fill holes and remove specks per "
+                                   "section into WS/volume.zarr/vessel_mask (uint8 {0,1}). Both steps are blockwise "
+                                   "and resumable.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped unet/models/vessel)")
+    p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
+    p.set_defaults(func=cmd_mask_vessels)
+
+    p = sub.add_parser("train", help="train a model (KIND: vessel)",
+                       description="Train a model into a self-describing model directory. Runs as one process or "
+                                   "data-parallel under horovodrun / mpiexec (one process per rank).")
+    train_kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
+    k = train_kinds.add_parser("vessel", parents=[common], help="the 2D U-Net vessel model",
+                               description="Train the 2D vessel U-Net on `connectome synth` folders "
+                                           "(truth.zarr: raw, vessels). Resumes from MODEL_DIR/train/checkpoints.")
+    k.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="a `connectome synth` output folder (repeat for several)")
+    k.add_argument("--val", action="append", default=[], metavar="DIR",
+                   help="a held-out `connectome synth` folder for validation (repeat for several)")
+    k.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model directory to write")
+    k.add_argument("--config", metavar="FILE.yaml", help="VesselTrainConfig (YAML); unknown keys are rejected")
+    k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
+    k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
+    k.set_defaults(func=cmd_train_vessel)
 
     p = sub.add_parser("synth", parents=[common], help="synthesise an EM dataset with full ground truth")
     p.add_argument("out", metavar="OUT")

@@ -12,6 +12,8 @@ import importlib
 REGISTRY: dict[str, str] = {
     "import": "connectome.stages.importer",
     "smooth": "connectome.stages.smooth",
+    "mask-vessels": "unet.vessel",
+    "train-vessel": "unet.train",
 }
 
 
