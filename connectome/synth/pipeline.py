@@ -45,6 +45,7 @@ from connectome.synth.volume import Geometry, compute_block, grow
 log = logging.getLogger("connectome.synth")
 FORMAT = 1
 GEN_PAD_NM = 300.0
+GRID_CELL_MIN_NM = 40.0  # clearance grid cell (nm); coarser for volumes over 25M cells
 
 
 def build_geometry(cfg, plan, seed: int):
@@ -56,7 +57,7 @@ def build_geometry(cfg, plan, seed: int):
     world_lo, world_hi = world.bounds_nm(v)
     truth_hi = np.array([nz, h, w]) * v
     gen_lo, gen_hi = world_lo - GEN_PAD_NM, world_hi + GEN_PAD_NM
-    cell = max(40.0, float(np.prod(gen_hi - gen_lo) / 25e6) ** (1 / 3))
+    cell = max(GRID_CELL_MIN_NM, float(np.prod(gen_hi - gen_lo) / 25e6) ** (1 / 3))
     grid = ClearanceGrid(gen_lo, gen_hi, cell, REACH_NM)
     vessel = make_vessel(cfg, truth_hi, gen_lo, gen_hi, rng(seed, "vessel"))
     if vessel is not None:
