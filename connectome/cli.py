@@ -217,6 +217,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from connectome.demo import run_demo
+
+    return run_demo(args.workspace, preset=args.preset, seed=args.seed, progress=_progress(args))
+
+
 def cmd_info(args) -> int:
     from connectome.workspace import Workspace
 
@@ -313,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, metavar="DIR", help="a `connectome synth` output folder")
     p.add_argument("--config", metavar="FILE.yaml", help="evaluation thresholds (EvaluateConfig)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", parents=[common], help="synthesise data, run the available stages, evaluate")
+    p.add_argument("--workspace", default="demo_ws", metavar="WS")
+    p.add_argument("--preset", choices=["small", "demo"], default="demo")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", parents=[common], help="describe a workspace")
     p.add_argument("--workspace", required=True, metavar="WS")
