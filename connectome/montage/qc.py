@@ -93,6 +93,6 @@ def write_preview(path: str | Path, before: tuple[np.ndarray, np.ndarray], after
     img = Image.fromarray(canvas[::step, ::step])
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    from connectome.montage.warp import atomic_write_bytes
+    from connectome.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), buf.getvalue())

@@ -20,13 +20,13 @@ An *affine* is a 2x3 matrix ``M`` acting on ``(y, x)``: ``M @ (y, x, 1)``.
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from connectome.atomic import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,6 @@ class DisplacementGrid:
     def from_npz(cls, path: str | Path) -> "DisplacementGrid":
         with np.load(str(path)) as f:
             return cls(tuple(float(v) for v in f["origin_yx"]), float(f["spacing"]), np.array(f["disp_yx"]))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def grid_over(begin_yx: tuple[float, float], end_yx: tuple[float, float], spacing: float) -> tuple[tuple[float, float], tuple[int, int]]:
