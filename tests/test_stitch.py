@@ -282,14 +282,16 @@ def test_sigkill_then_resume_is_bit_identical(synth_small, stitched, tmp_path):
         assert (ws / "stitch" / table).read_bytes() == (stitched / "stitch" / table).read_bytes()
 
 
-@pytest.mark.parametrize("executor", ["serial", "mpi"])
-def test_identical_output_across_executors(synth_small, stitched, tmp_path, executor):
+@pytest.mark.parametrize("executor", ["serial", "dask", "mpi"])
+def test_identical_output_across_executors(synth_small, stitched, tmp_path, executor, request):
     ws = tmp_path / f"ws_{executor}"
     args = ["stitch", "--tiles", str(synth_small / "tiles" / "manifest.csv"), "--workspace", str(ws),
             "--frame-shape", "256,256"]
     if executor == "mpi":
         r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
                             "--executor", "mpi"], capture_output=True, text=True, timeout=300)
+    elif executor == "dask":
+        r = run_cli(*args, "--executor", "dask", "--scheduler-file", request.getfixturevalue("dask_cluster"))
     else:
         r = run_cli(*args, "--executor", executor)
     assert r.returncode == 0, r.stderr

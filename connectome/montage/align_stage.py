@@ -12,10 +12,11 @@ Three blockwise tasks, each resumable, each parallel under any executor:
    composes the section transforms (below); each block then warps its part of every section
    out of the montages (bounded memory: a block reads only the montage region it maps to).
 
-Composition (driver, sequential in z, cheap: grids only). The first section with a montage is
-the reference (``T = identity``, the aligned frame). For each later section ``z``, candidate
+Composition (driver, cheap: grids only). The first section with a montage is the reference
+(``T = identity``, the aligned frame). For each later section ``z`` in order, candidate
 references are its successful matches, nearest first; the first whose own transform is known
-and good is used: ``T_z = P_{z<-r} o D(T_r)``. A section is *bad* when it shows a fold
+and good is chosen (``T_z = P_{z<-r} o T_r``), and every other good match of a good section is
+kept as a redundant constraint. A section is *bad* when it shows a fold
 (:func:`.align.fold_score` > ``max_fold_score``) or has no usable match. A folded section that
 still matched keeps that (elastic) transform; otherwise a bad section gets its coarse
 affine (``A_{z<-prev} o T_prev``) if the coarse step found a clear peak, else the transform
@@ -23,14 +24,14 @@ interpolated linearly in z between the nearest good sections. Later sections use
 as their reference only when no good one within ``max_skip`` matches (then they are noted as
 "chained through bad section").
 
-Drift control ``D``: every pairwise estimate adds a little error, and composition sums them,
-so the non-affine part of ``T`` would wander without bound along z (and so would the
-deformation it imposes on the data). ``D(T)`` keeps the best-fit affine of ``T`` and only
-``warp_memory`` times the rest, so a section's own warp is passed on to the next section
-damped (like the in-plane springs of an elastic mesh, SOFIMA's k0); the affine drift of the
-stack (translation, rotation, compression) is passed on in full. Note that content-based
-alignment cannot tell the physical drift of the sections from the slant of oblique structures
-through them; over many sections the latter accumulates in the affine part (see the README).
+Drift control: all transforms that rest on matches are solved *jointly* (:mod:`.zsolve`), each
+match weighted by how similar its two sections are after registration, with a weak pull of
+every section towards its stitched stage frame (``drift_prior``), separately for translation,
+the linear part and the non-affine warp. Plain composition would sum every pairwise error --
+above all the apparent motion of structures that run obliquely through the sections, which
+content-based matching cannot tell from the sections' own drift -- so the stack would shear
+and wander without bound along z. Matches between near-identical sections (NCC ~ 1) pin their
+sections and the prior then has no visible effect.
 
 Outputs (``WS/align/``)::
 
@@ -60,6 +61,7 @@ from connectome.montage.align_store import (align_dir, bridge_refs, match_path, 
 from connectome.montage.compose import Compose
 from connectome.montage.store import is_driver_process, open_montages  # noqa: F401 (used by the CLI)
 from connectome.montage.warp import DisplacementGrid
+from connectome.montage.zsolve import DriftPrior
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,10 @@ class AlignConfig:
     #: node spacing (px) of the stored section transforms over the aligned frame
     grid_spacing_px: int = 32
     #: sections whose montage shows a straight dark band scoring above this are folded (bad)
-    max_fold_score: float = 10.0
-    #: drift control: fraction of a section's non-affine warp handed on to the next section
-    #: (1 = plain composition, 0 = only the affine part is handed on)
-    warp_memory: float = 0.8
+    max_fold_score: float = 3.8
+    #: drift control: pull of each section towards its stitched stage frame, per kind of motion,
+    #: relative to one match (see :mod:`.zsolve`; all 0 = plain composition of the matches)
+    drift_prior: DriftPrior = field(default_factory=DriftPrior)
     #: spline order of the final resampling (1 = bilinear, 3 = cubic)
     interpolation_order: int = 3
     #: how many evenly spaced sections get a preview PNG (bad and bridged ones always do)
@@ -89,8 +91,6 @@ class AlignConfig:
     def __post_init__(self):
         if self.max_skip < 1 or self.grid_spacing_px < 4:
             raise ValueError("max_skip >= 1 and grid_spacing_px >= 4 are required")
-        if not 0 <= self.warp_memory <= 1:
-            raise ValueError(f"warp_memory must be in [0, 1], got {self.warp_memory}")
         if self.interpolation_order not in (0, 1, 3):
             raise ValueError(f"interpolation_order must be 0, 1 or 3, got {self.interpolation_order}")
 

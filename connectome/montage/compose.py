@@ -14,50 +14,44 @@ import numpy as np
 from connectome.blockwise.markers import atomic_write_text
 from connectome.montage.align_store import (align_dir, match_path, n_sections, planned_refs, prev_section,
                                             read_match, section_health, transform_path)
-from connectome.montage.warp import DisplacementGrid, affine_apply, compose, identity_grid
+from connectome.montage.warp import DisplacementGrid, affine_apply, identity_grid
+from connectome.montage.zsolve import Edge, solve
 
 if TYPE_CHECKING:  # the config lives with the stage, which imports this module
     from connectome.montage.align_stage import AlignConfig
 
 
-def _affine_grid(aff: np.ndarray, like: DisplacementGrid) -> DisplacementGrid:
-    nodes = like.nodes()
-    return DisplacementGrid(like.origin_yx, like.spacing, nodes @ aff[:, :2].T + aff[:, 2] - nodes)
-
-
-def _split_affine(t: DisplacementGrid) -> tuple[np.ndarray, DisplacementGrid]:
-    """(best-fit affine of ``t`` over its nodes, ``t`` minus that affine as a displacement grid)."""
-    from connectome.montage.warp import fit_affine
-
-    nodes = t.nodes().reshape(-1, 2)
-    aff = fit_affine(nodes, t.apply(nodes))
-    rest = (t.apply(nodes) - affine_apply(aff, nodes)).reshape(t.disp_yx.shape)
-    return aff, DisplacementGrid(t.origin_yx, t.spacing, rest)
-
-
-def _damped(t: DisplacementGrid, memory: float) -> DisplacementGrid:
-    """``t`` with its non-affine part scaled by ``memory`` (drift control)."""
-    if memory >= 1.0:
-        return t
-    aff, rest = _split_affine(t)
-    return DisplacementGrid(t.origin_yx, t.spacing, _affine_grid(aff, t).disp_yx + memory * rest.disp_yx)
-
-
 def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int], config: "AlignConfig") -> dict:
-    """Compose and store every section transform; returns the per-section records."""
+    """Compose and store every section transform; returns the per-section records.
+
+    Pass 1 (in z order) decides each section's status and reference exactly as described in
+    :mod:`.align_stage`; pass 2 solves all transforms that rest on matches (or on a bad
+    section's coarse affine) jointly with drift control (:mod:`.zsolve`); pass 3 interpolates
+    the sections left without any transform."""
     n = n_sections(workspace)
     base = identity_grid((0.0, 0.0), (frame_hw[0] - 1.0, frame_hw[1] - 1.0), float(config.grid_spacing_px))
     failed, folded = section_health(workspace, present, config.max_fold_score)
-    transforms: dict[int, DisplacementGrid] = {}
     records: dict[int, dict] = {}
+    edges: list[Edge] = []
+    has_t: set[int] = set()
     ref0 = present[0]
-    transforms[ref0] = base
+    has_t.add(ref0)
     records[ref0] = {"z": ref0, "status": "reference", "ref": None}
     refs = planned_refs(workspace, present, n, config, with_bridges=True)
+
+    def match_edges(z, chosen, usable):
+        # the chosen match, plus every other good match of a good section (redundancy); a match
+        # over d sections carries d sections' worth of oblique-content motion: weight 1/d
+        picked = [chosen] + [(r, m) for r, m in usable if r != chosen[0] and records[z]["status"] != "bad"
+                             and records[r]["status"] != "bad"]
+        for r, (grid, _, info) in picked:
+            edges.append(Edge(z, r, config.drift_prior.match_weight(info["ncc_after"], z - r), grid.displacement))
+        has_t.add(z)
+
     for z in present[1:]:
         p = prev_section(present, z)
         cands = sorted({r for r in refs[z] if match_path(workspace, z, r).is_file()}, reverse=True)
-        usable = [(r, m) for r in cands for m in [read_match(workspace, z, r)] if m[2]["ok"] and r in transforms]
+        usable = [(r, m) for r in cands for m in [read_match(workspace, z, r)] if m[2]["ok"] and r in has_t]
         good = [(r, m) for r, m in usable if records[r]["status"] != "bad"]
         # a good reference if there is one; else, rather than giving up, the nearest bad section
         # that has a transform (its own match or its coarse affine)
@@ -67,29 +61,32 @@ def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int],
             records[z] = {"z": z, "status": "bad", "ref": p,
                           "reason": f"fold score {info['fold_score']:.1f} > {config.max_fold_score}"}
             if chosen is not None:  # the fold breaks part of the section: keep its own (elastic) match
-                r, (grid, _, _) = chosen
-                transforms[z] = compose(grid, _damped(transforms[r], config.warp_memory))
-                records[z].update(ref=r, fallback=f"own match to z={r}")
+                records[z].update(ref=chosen[0], fallback=f"own match to z={chosen[0]}")
+                match_edges(z, chosen, usable)
                 continue
             chosen = None
         if chosen is not None:
-            r, (grid, _, info) = chosen
-            transforms[z] = compose(grid, _damped(transforms[r], config.warp_memory))
+            r = chosen[0]
             records[z] = {"z": z, "status": "aligned" if r == p else "bridged", "ref": r}
             if records[r]["status"] == "bad":
                 records[z]["note"] = f"chained through bad section z={r}"
+            match_edges(z, chosen, good)
             continue
         m = read_match(workspace, z, p)
         info = m[2] if m else {}
         if z not in folded:
             records[z] = {"z": z, "status": "bad", "ref": p, "reason": info.get("reason") or "no usable match"}
-        good_p = p in transforms and records[p]["status"] != "bad"
-        if m is not None and info.get("coarse_ok") and good_p:
-            tp = transforms[p]
-            nodes = tp.nodes()
-            transforms[z] = DisplacementGrid(tp.origin_yx, tp.spacing, affine_apply(m[1], tp.apply(nodes)) - nodes)
+        if m is not None and info.get("coarse_ok") and p in has_t and records[p]["status"] != "bad":
+            aff = m[1]
+            w = config.drift_prior.match_weight(info["ncc_after"], z - p)
+            edges.append(Edge(z, p, w, lambda q, a=aff: affine_apply(a, q) - q))
+            has_t.add(z)
             records[z]["fallback"] = "coarse affine"
-    # bad sections without a coarse transform: interpolate between good neighbours
+    nodes = base.nodes()
+    solved = solve(nodes, ref0, [z for z in present[1:] if z in has_t], edges, config.drift_prior)
+    transforms = {ref0: base}
+    transforms.update({z: DisplacementGrid(base.origin_yx, base.spacing, u) for z, u in solved.items()})
+    # bad sections without any transform: interpolate between good neighbours
     good = [z for z in present if z in transforms and records[z]["status"] != "bad"]
     for z in present:
         if z in transforms:
