@@ -80,6 +80,12 @@ class TrainJob(Protocol):
     def fingerprint(self) -> dict[str, Any]:
         """JSON-able description of what is trained (model, data, loss)."""
 
+    # Optional: a *stateful* job (FFN training moves its field of view by its own predictions)
+    # also defines ``observe(step, logits)``, called with the batch's output logits (numpy) after
+    # every step. Its batches then depend on earlier outputs, so they are not prefetched, and
+    # the job resets its state whenever ``step % checkpoint_every == 0`` and on resumption, so
+    # that a resume from a periodic checkpoint continues exactly as the uninterrupted run.
+
 
 @dataclass
 class TrainResult:
@@ -254,6 +260,8 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
         log.info("training on %d rank(s), global batch %d, peak learning rate %.3g", size, size * cfg.batch_size,
                  cfg.learning_rate * cfg.lr_scale(size))
 
+    observe = getattr(job, "observe", None)
+
     @tf.function(reduce_retracing=True)
     def train_step(x, y):
         with tf.GradientTape() as tape:
@@ -264,7 +272,7 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
         if cfg.grad_clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, cfg.grad_clip_norm)
         opt.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        return loss, logits
 
     def validate(step: int) -> dict[str, float]:
         sums = job.validate(model, rank, size)
@@ -298,7 +306,7 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
     steady_steps = 0
     window_t, window_n = time.perf_counter(), 0
     stopped = False
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") if cfg.prefetch else None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches") if cfg.prefetch and not observe else None
     pending: dict[int, Any] = {}
 
     def next_batch(step: int):
@@ -315,7 +323,10 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
     with _StopFlag() as stop:
         for step in range(start, cfg.steps):
             x, y = next_batch(step)
-            loss = float(train_step(tf.convert_to_tensor(x), tf.convert_to_tensor(y)).numpy())
+            loss_t, logits = train_step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+            loss = float(loss_t.numpy())
+            if observe is not None:
+                observe(step, logits.numpy())
             if step == start:
                 # optimizer state exists now on every rank: make it rank 0's (canonical Horovod)
                 session.broadcast_variables(opt.variables())

@@ -1,0 +1,244 @@
+"""FFN training with field-of-view (FOV) movement, on the shared data-parallel trainer.
+
+Each batch slot runs its own *episode*, as in google/ffn's training but re-implemented:
+
+1. draw an example centre (equally per object-fraction partition, :mod:`ffn.data`), cut the
+   example box (one FOV plus one move ``delta`` in every direction) of the standardised image and
+   of the object mask, augment both (flips, (y, x) transpose);
+2. the seed (logits over the box) starts at ``logit(0.05)`` with ``logit(0.95)`` at the centre;
+3. step 1 trains on the centre FOV; the slot writes the predicted logits back into its seed and,
+   for each of the 6 faces of the FOV at ``+/- delta`` from the centre, moves there if the
+   largest predicted probability on that face is >= ``move_threshold`` (0.9): later steps train
+   on those FOVs with the seed *as the network left it* (so it learns to continue and correct
+   its own masks); when no move is left the slot starts a new episode.
+
+Labels are the object mask softened to 0.05 / 0.95; the loss is the mean sigmoid cross-entropy
+over the FOV; gradients are clipped (trainer ``grad_clip_norm``). The slots' state depends on
+the model's outputs (the job is *stateful*: :mod:`connectome.training.loop` calls
+:meth:`FFNJob.observe`); every slot restarts at steps that are multiples of the checkpoint
+interval and on resumption, so a run resumed from a periodic checkpoint draws exactly the
+examples of an uninterrupted one. Every rank draws its own episodes (seeded by seed, rank, step
+and slot): disjoint sampling without coordination.
+
+Validation: a fixed set of episodes from held-out volumes is run by inference (centre FOV, then
+the moves it accepts, no gradients) and the final mask over each example box is compared with the
+true object mask at probability 0.9: voxel precision, recall and F1 (the checkpoint score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ffn.data import CentreSampler, augment, crop
+from ffn.model import PAD_PROB, SEED_PROB, FFNModelConfig, logit
+
+#: the 6 moves (axis, sign)
+MOVES = tuple((ax, sg) for ax in range(3) for sg in (-1, 1))
+
+
+@dataclass(frozen=True)
+class FFNExampleConfig:
+    #: objects smaller than this (voxels, at the model's resolution) give no example centres
+    min_object_voxels: int = 1000
+    #: centres kept per object-fraction partition (bounded memory)
+    max_per_partition: int = 20000
+    #: move where the predicted probability on a face reaches this
+    move_threshold: float = 0.9
+    #: soft labels
+    label_low: float = 0.05
+    label_high: float = 0.95
+    #: validation episodes per held-out volume
+    val_episodes_per_volume: int = 16
+
+    def __post_init__(self):
+        if not 0 < self.move_threshold < 1:
+            raise ValueError(f"move_threshold must be in (0, 1), got {self.move_threshold}")
+        if not 0 <= self.label_low < self.label_high <= 1:
+            raise ValueError("labels need 0 <= label_low < label_high <= 1")
+
+
+@dataclass
+class TrainingVolume:
+    """One labelled volume at the model's resolution: standardised image (float32), labels
+    (int), and its example-centre sampler."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    sampler: CentreSampler
+
+
+@dataclass
+class _Slot:
+    image: np.ndarray | None = None   # example box, standardised
+    label: np.ndarray | None = None   # example box, soft labels
+    seed: np.ndarray | None = None    # example box, logits
+    queue: list = field(default_factory=list)
+    pos: tuple | None = None          # FOV centre in box coordinates (of the current step)
+    first: bool = True                # the current step is the episode's centre FOV
+
+
+def new_episode(vol: TrainingVolume, centre, model: FFNModelConfig, ex: FFNExampleConfig,
+                rng: np.random.Generator | None) -> _Slot:
+    shape = model.example_zyx
+    img = crop(vol.image, centre, shape)
+    lab = crop(vol.labels, centre, shape) == vol.labels[tuple(centre)]
+    if rng is not None:
+        img, lab = augment([img, lab], rng, transpose_xy=model.fov_zyx[1] == model.fov_zyx[2])
+    soft = np.where(lab, ex.label_high, ex.label_low).astype(np.float32)
+    seed = np.full(shape, logit(PAD_PROB), np.float32)
+    mid = tuple(s // 2 for s in shape)
+    seed[mid] = logit(SEED_PROB)
+    return _Slot(img.astype(np.float32), soft, seed, [mid], None, True)
+
+
+def fov_slices(pos, fov_zyx) -> tuple[slice, ...]:
+    return tuple(slice(p - f // 2, p - f // 2 + f) for p, f in zip(pos, fov_zyx))
+
+
+def accepted_moves(logits_fov: np.ndarray, pos, model: FFNModelConfig, threshold: float) -> list[tuple]:
+    """Face-max movement: the moves ``pos +/- delta`` (along one axis) whose face plane of the
+    FOV (at ``delta`` from the centre) holds a probability >= ``threshold``."""
+    t = logit(threshold)
+    r = model.radius_zyx
+    out = []
+    for ax, sg in MOVES:
+        d = model.deltas_zyx[ax]
+        idx = [slice(None)] * 3
+        idx[ax] = r[ax] + sg * d
+        if float(logits_fov[tuple(idx)].max()) >= t:
+            new = list(pos)
+            new[ax] += sg * d
+            out.append(tuple(new))
+    return out
+
+
+class FFNJob:
+    """:class:`connectome.training.loop.TrainJob` for the FFN (stateful: FOV movement)."""
+
+    score_key = "f1"
+
+    def __init__(self, model: FFNModelConfig, examples: FFNExampleConfig, train: Sequence[TrainingVolume],
+                 val: Sequence[TrainingVolume], seed: int, reset_every: int, fingerprint: dict):
+        self.model, self.ex = model, examples
+        self.train, self.val = list(train), list(val)
+        self.seed, self.reset_every = int(seed), max(1, int(reset_every))
+        self._fingerprint = fingerprint
+        self._slots: list[_Slot] | None = None
+        self._last_step: int | None = None
+        self._predict = None
+        vr = np.random.default_rng([self.seed, 987654])
+        self.val_specs = [(i, v.sampler.draw(vr)) for i, v in enumerate(self.val)
+                          for _ in range(examples.val_episodes_per_volume)]
+
+    # --- TrainJob ------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        return self._fingerprint
+
+    def build_model(self):
+        from ffn.model import build_model
+
+        return build_model(self.model)
+
+    def loss(self, y_true, logits):
+        import tensorflow as tf
+
+        return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y_true, logits=logits))
+
+    def batch(self, step: int, rank: int, size: int, batch_size: int):
+        if self._slots is None or len(self._slots) != batch_size or step % self.reset_every == 0 \
+                or self._last_step != step - 1:
+            self._slots = [_Slot() for _ in range(batch_size)]  # start (or resume): fresh episodes
+        self._last_step = step
+        xs, ys = [], []
+        for k, slot in enumerate(self._slots):
+            if not slot.queue:
+                rng = np.random.default_rng([self.seed, rank, step, k])
+                vol = self.train[int(rng.integers(len(self.train)))]
+                slot = self._slots[k] = new_episode(vol, vol.sampler.draw(rng), self.model, self.ex, rng)
+            else:
+                slot.first = False
+            slot.pos = slot.queue.pop(0)
+            sl = fov_slices(slot.pos, self.model.fov_zyx)
+            xs.append(np.stack([slot.image[sl], slot.seed[sl]], axis=-1))
+            ys.append(slot.label[sl][..., None])
+        return np.stack(xs), np.stack(ys)
+
+    def observe(self, step: int, logits: np.ndarray) -> None:
+        for slot, lg in zip(self._slots, logits[..., 0]):
+            slot.seed[fov_slices(slot.pos, self.model.fov_zyx)] = lg
+            if slot.first:
+                slot.queue = accepted_moves(lg, slot.pos, self.model, self.ex.move_threshold)
+
+    def validate(self, model, shard: int, num_shards: int) -> dict[str, float]:
+        import tensorflow as tf
+
+        if self._predict is None:
+            self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        sums = {"tp": 0.0, "fp": 0.0, "fn": 0.0}
+        t = logit(0.9)
+        for i, centre in self.val_specs[shard::num_shards]:
+            slot = new_episode(self.val[i], centre, self.model, self.ex, None)
+            run_episode(slot, self.model, self.ex.move_threshold,
+                        lambda x: self._predict(tf.convert_to_tensor(x)).numpy())
+            pred, true = slot.seed >= t, slot.label > 0.5
+            sums["tp"] += float(np.count_nonzero(pred & true))
+            sums["fp"] += float(np.count_nonzero(pred & ~true))
+            sums["fn"] += float(np.count_nonzero(~pred & true))
+        return sums
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        tp, fp, fn = sums["tp"], sums["fp"], sums["fn"]
+        p = tp / (tp + fp) if tp + fp else 1.0
+        r = tp / (tp + fn) if tp + fn else 1.0
+        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def run_episode(slot: _Slot, model: FFNModelConfig, move_threshold: float, predict) -> None:
+    """Inference on one example box: the centre FOV, then (in one batch) the moves it accepts."""
+    sl = fov_slices(slot.queue[0], model.fov_zyx)
+    x = np.stack([slot.image[sl], slot.seed[sl]], axis=-1)[None]
+    lg = predict(x)[0, ..., 0]
+    slot.seed[sl] = lg
+    moves = accepted_moves(lg, slot.queue[0], model, move_threshold)
+    if moves:
+        x = np.stack([np.stack([slot.image[fov_slices(p, model.fov_zyx)], slot.seed[fov_slices(p, model.fov_zyx)]],
+                               axis=-1) for p in moves])
+        out = predict(x)[..., 0]
+        for p, lg in zip(moves, out):
+            slot.seed[fov_slices(p, model.fov_zyx)] = lg
+    slot.queue = []
+
+
+def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed: int = 0,
+                         label: str = "neurons", mask: str | None = "vessels") -> TrainingVolume:
+    """A ``connectome synth`` folder (``truth.zarr``: raw, ``label``, optional ``mask``) as a
+    :class:`TrainingVolume`: the image standardised by its percentiles (as the U-Net does:
+    ``(v/255 - p50) / ((p95 - p5) / 3.29)``), example centres from the labels."""
+    from pathlib import Path
+
+    import zarr
+
+    from connectome.errors import UserInputError
+    from unet.data import intensity_stats
+
+    path = Path(path)
+    try:
+        g = zarr.open_group(str(path / "truth.zarr"), mode="r")
+        raw, labels = g["raw"], g[label]
+    except Exception:  # noqa: BLE001 - any failure to open is the same user error
+        raise UserInputError(f"--data {path}: expected a `connectome synth` folder with truth.zarr/raw and "
+                             f"truth.zarr/{label}") from None
+    if raw.shape != labels.shape or any(s < e for s, e in zip(raw.shape, model.example_zyx)):
+        raise UserInputError(f"--data {path}: volume {list(raw.shape)} is smaller than one training example "
+                             f"{list(model.example_zyx)} (or raw and {label} differ in shape)")
+    stats = intensity_stats(raw, 1)
+    image = stats.standardize(np.asarray(raw[:], dtype=np.float32) / 255.0)
+    lab = np.asarray(labels[:])
+    m = np.asarray(g[mask][:]) > 0 if mask and mask in g else None
+    sampler = CentreSampler.from_labels(lab, tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
+                                        model.example_zyx, ex.min_object_voxels, m, ex.max_per_partition, seed)
+    return TrainingVolume(path.name, image, lab, sampler)
