@@ -161,3 +161,95 @@ def test_resume_of_the_stateful_job_is_exact(volumes, tmp_path):
     b = wio.load_npz(tmp_path / "part" / "last_weights.npz")
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# inference: the canvas with an oracle network reproduces a known segmentation
+
+
+def _voronoi(shape, n, seed):
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, 1, (n, 3)) * np.asarray(shape) * np.array([5.0, 1.0, 1.0])  # anisotropic cells
+    zz, yy, xx = np.meshgrid(*(np.arange(s, dtype=float) for s in shape), indexing="ij")
+    d = ((zz[..., None] * 5 - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2 + (xx[..., None] - pts[:, 2]) ** 2)
+    return (d.argmin(-1) + 1).astype(np.int32)
+
+
+def oracle(x: np.ndarray) -> np.ndarray:
+    """A perfect network for images whose voxel values are object ids: the object is the id most
+    common under the seed's positive logits; it predicts +6 on it and -6 elsewhere."""
+    out = np.empty(x.shape[:-1], np.float32)
+    for i, fov in enumerate(x):
+        ids = fov[..., 0][fov[..., 1] > 0].astype(int)
+        obj = np.bincount(ids).argmax()
+        out[i] = np.where(fov[..., 0] == obj, 6.0, -6.0)
+    return out
+
+
+def test_canvas_with_an_oracle_reproduces_the_objects():
+    from connectome.evaluate.segmentation import Contingency, adapted_rand
+    from ffn.inference import Canvas, InferenceConfig, run_canvases
+
+    model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3))
+    labels = _voronoi((12, 40, 40), 12, seed=5)
+    cfg = InferenceConfig(min_segment_voxels=20, batch_size=4)
+    # seeds: one interior point per object (the oracle needs no image-based policy)
+    seeds = np.array([np.argwhere(ndi_erode(labels == k))[0] for k in range(1, 13) if ndi_erode(labels == k).any()])
+    canvases = [Canvas(labels.astype(np.float32), model, cfg) for _ in range(2)]
+    run_canvases([(canvases[0], seeds), (canvases[1], seeds[::-1])], oracle, batch_size=cfg.batch_size)
+    for c in canvases:
+        assert c.n_objects == len(seeds) and (c.seg > 0).all()
+        err = adapted_rand(Contingency.from_labels(labels.astype(np.uint64), c.seg.astype(np.uint64)))[0]
+        assert err < 1e-9
+    # masked voxels are never claimed
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :10] = True
+    c = Canvas(labels.astype(np.float32), model, cfg, mask=mask)
+    seeds = np.array([np.argwhere(ndi_erode((labels == k) & ~mask))[0] for k in range(1, 13)
+                      if ndi_erode((labels == k) & ~mask).any()])
+    run_canvases([(c, seeds)], oracle, batch_size=2)
+    assert (c.seg[mask] == -1).all() and (c.seg[~mask] > 0).all()
+
+
+def ndi_erode(m):
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(m, iterations=1)
+
+
+def test_canvas_rejects_small_objects_and_moves_through_big_ones():
+    from ffn.inference import Canvas, InferenceConfig, run_canvases
+
+    model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3))
+    labels = np.ones((10, 30, 60), np.int32)
+    labels[:, :, 30:] = 2
+    labels[4:6, 10:13, 40:43] = 3                   # 18 voxels: too small
+    cfg = InferenceConfig(min_segment_voxels=50)
+    c = Canvas(labels.astype(np.float32), model, cfg)
+    run_canvases([(c, np.array([[5, 15, 10], [5, 11, 41], [5, 15, 50]]))], oracle, batch_size=3)
+    assert c.n_objects == 2 and c.n_rejected == 1
+    assert (c.seg[labels == 3] == 0).all()
+    assert c.n_fovs > 10                             # it moved across the 30 x 60 section
+    assert np.array_equal(c.seg[labels == 1] > 0, np.ones((labels == 1).sum(), bool))
+
+
+def test_peak_seeds_hit_every_object_and_avoid_boundaries(volumes):
+    from ffn.inference import InferenceConfig, peak_seeds
+
+    _, train, _ = volumes
+    pts = peak_seeds(train.image, None, (40, 8, 8), InferenceConfig())
+    lab = train.labels
+    ids, cnt = np.unique(lab, return_counts=True)
+    big = set(ids[(cnt >= 1000) & (ids > 0)].tolist())
+    hit = set(lab[tuple(pts.T)].tolist())
+    assert len(big & hit) >= 0.95 * len(big)
+    boundary = np.zeros(lab.shape, bool)
+    for ax in (1, 2):
+        d = np.diff(lab, axis=ax) != 0
+        lo, hi = [slice(None)] * 3, [slice(None)] * 3
+        lo[ax], hi[ax] = slice(0, -1), slice(1, None)
+        boundary[tuple(lo)] |= d
+        boundary[tuple(hi)] |= d
+    assert boundary[tuple(pts.T)].mean() < 0.05
+    # deterministic
+    np.testing.assert_array_equal(pts, peak_seeds(train.image, None, (40, 8, 8), InferenceConfig()))
