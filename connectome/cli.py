@@ -196,6 +196,30 @@ def cmd_train_vessel(args) -> int:
     return 0
 
 
+def cmd_train_ffn(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import load_stage
+
+    train = load_stage("train-ffn")
+    overrides = {}
+    if args.steps is not None:
+        if args.steps < 1:
+            raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
+        overrides["trainer.steps"] = args.steps
+    cfg = load_config(train.Config, args.config, overrides)
+    summary = train.train_ffn(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart)
+    if summary.get("stopped"):
+        print(f"train ffn: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    if summary:  # rank 0
+        m = summary["validation"]["episodes_f1_at_0.9"]
+        print(f"train ffn: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
+              f"model in {summary['model_dir']}; validation episodes P/R/F1 at 0.9: "
+              f"{m.get('precision', float('nan')):.3f}/{m.get('recall', float('nan')):.3f}/{m.get('f1', float('nan')):.3f}")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from connectome.synth import generate
     from connectome.workspace import parse_zyx
@@ -288,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
     p.set_defaults(func=cmd_mask_vessels)
 
-    p = sub.add_parser("train", help="train a model (KIND: vessel)",
+    p = sub.add_parser("train", help="train a model (KIND: vessel, ffn)",
                        description="Train a model into a self-describing model directory. Runs as one process or "
                                    "data-parallel under horovodrun / mpiexec (one process per rank).")
     train_kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
@@ -304,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
     k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
     k.set_defaults(func=cmd_train_vessel)
+    k = train_kinds.add_parser("ffn", parents=[common], help="the Flood-Filling Network (neurons)",
+                               description="Train the FFN on `connectome synth` folders (truth.zarr: raw, neurons, "
+                                           "vessels) with FOV movement; data-parallel under horovodrun/mpiexec. "
+                                           "Resumes from MODEL_DIR/train/checkpoints.")
+    k.add_argument("--data", action="append", required=True, metavar="DIR", help="training volume (repeatable)")
+    k.add_argument("--val", action="append", metavar="DIR", help="held-out volume for checkpoint choice (repeatable)")
+    k.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    k.add_argument("--config", metavar="FILE.yaml", help="FFN training config (model, examples, trainer)")
+    k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
+    k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
+    k.set_defaults(func=cmd_train_ffn)
 
     p = sub.add_parser("synth", parents=[common], help="synthesise an EM dataset with full ground truth")
     p.add_argument("out", metavar="OUT")
@@ -343,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         setup_logging(args.verbose, args.quiet)
+        if args.verbose < 2:
+            # TensorFlow's C++ start-up chatter (CPU features, oneDNN notes) would break the
+            # one-line-on-stderr rule of exit code 2; it is imported later, by the stages
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         return int(args.func(args) or 0)
     except UserInputError as exc:
         print(f"connectome: error: {exc}", file=sys.stderr)

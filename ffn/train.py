@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from connectome.training import TrainerConfig
 from ffn.data import CentreSampler, augment, crop
 from ffn.model import PAD_PROB, SEED_PROB, FFNModelConfig, logit
 
@@ -242,3 +243,94 @@ def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed
     sampler = CentreSampler.from_labels(lab, tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
                                         model.example_zyx, ex.min_object_voxels, m, ex.max_per_partition, seed)
     return TrainingVolume(path.name, image, lab, sampler)
+
+
+# ---------------------------------------------------------------------------------------------
+# `connectome train ffn`
+
+def _default_trainer() -> TrainerConfig:
+    return TrainerConfig(steps=20000, batch_size=4, learning_rate=1e-3, warmup_steps=200, checkpoint_every=250,
+                         validate_every=1000, log_every=50, grad_clip_norm=1.0)
+
+
+def _default_model() -> FFNModelConfig:
+    from ffn.model import COMPACT
+
+    return COMPACT
+
+
+@dataclass(frozen=True)
+class FFNTrainConfig:
+    model: FFNModelConfig = field(default_factory=_default_model)
+    examples: FFNExampleConfig = field(default_factory=FFNExampleConfig)
+    trainer: TrainerConfig = field(default_factory=_default_trainer)
+
+
+Config = FFNTrainConfig
+
+
+def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig(), val_dirs: Sequence = (),
+              restart: bool = False, command: Sequence[str] | None = None) -> dict:
+    """Train (or resume) the FFN on ``connectome synth`` folders; export ``out_dir/{model.json,
+    weights.npz}``. Returns a summary on rank 0 (``{"stopped": True, ...}`` after a signal)."""
+    import json
+    import shlex
+    import sys
+    import time
+    from pathlib import Path
+
+    import zarr
+
+    from connectome.config import config_to_dict
+    from connectome.errors import UserInputError
+    from connectome.training import weights as wio
+    from connectome.training.distributed import horovod_session
+    from connectome.training.loop import run_training
+    from ffn.modeldir import write_model_dir
+
+    data, val, out = [Path(d) for d in data_dirs], [Path(d) for d in val_dirs], Path(out_dir)
+    if not data:
+        raise UserInputError("--data: give at least one `connectome synth` folder")
+    if not val:
+        raise UserInputError("--val: give at least one held-out `connectome synth` folder (checkpoints are "
+                             "chosen on it)")
+    for d in data + val:
+        if not (d / "truth.zarr").is_dir():
+            raise UserInputError(f"--data/--val {d}: not a `connectome synth` folder (no truth.zarr)")
+    if {d.resolve() for d in data} & {d.resolve() for d in val}:
+        raise UserInputError("--val: a validation folder is also a training folder")
+    vs = [tuple(zarr.open_group(str(d / "truth.zarr"), mode="r")["raw"].attrs.get("voxel_size_nm", (0, 0, 0)))
+          for d in data]
+    tcfg = cfg.trainer
+    # the trainer fingerprints its own (non-resumable) fields: steps etc. may change on resume
+    job_cfg = {k: v for k, v in config_to_dict(cfg).items() if k != "trainer"}
+    fingerprint = {"task": "ffn", "config": json.loads(json.dumps(job_cfg, default=str)),
+                   "data": [str(d.resolve()) for d in data], "val": [str(d.resolve()) for d in val]}
+    summary: dict = {}
+    with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
+        mine = data[s.rank::s.size] if len(data) >= s.size else data
+        train = [load_training_volume(d, cfg.model, cfg.examples, tcfg.seed) for d in mine]
+        vols_val = [load_training_volume(d, cfg.model, cfg.examples, tcfg.seed) for d in val]
+        job = FFNJob(cfg.model, cfg.examples, train, vols_val, tcfg.seed, tcfg.checkpoint_every, fingerprint)
+        result = run_training(job, tcfg, out / "train", s, restart=restart)
+        if result.stopped_by_signal:
+            s.barrier()
+            return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
+        if s.is_root:
+            arrays = wio.load_npz(result.weights_file)
+            doc = {"inference": {"move_threshold": cfg.examples.move_threshold},
+                   "training": {"command": " ".join(shlex.quote(c) for c in (command or sys.argv)),
+                                "ranks": result.ranks, "global_batch": result.global_batch, "steps": result.steps,
+                                "seconds_last_run": result.seconds, "examples_per_s_last_run": result.examples_per_s,
+                                "data": [str(d) for d in data], "validation_data": [str(d) for d in val],
+                                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "config": json.loads(json.dumps(config_to_dict(cfg), default=str)),
+                                "rank_weight_digests": result.rank_weight_digests},
+                   "validation": {"episodes_f1_at_0.9": result.best_metrics or result.last_metrics,
+                                  "best_step": result.best_step}}
+            write_model_dir(out, arrays, cfg.model, vs[0], doc)
+            summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
+                       "seconds": result.seconds, "validation": doc["validation"],
+                       "rank_weight_digests": result.rank_weight_digests}
+        s.barrier()
+    return summary

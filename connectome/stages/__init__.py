@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "smooth": "connectome.stages.smooth",
     "mask-vessels": "unet.vessel",
     "train-vessel": "unet.train",
+    "train-ffn": "ffn.train",
 }
 
 
