@@ -172,6 +172,22 @@ def cmd_mask_vessels(args) -> int:
     return rc or _run(args, vessel.plan_mask(args.workspace, cfg), "mask-vessels-post")
 
 
+def cmd_segment(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import load_stage
+    from connectome.workspace import parse_zyx
+
+    seg = load_stage("segment")
+    overrides = {}
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    if args.method:
+        overrides["method"] = args.method
+    cfg = load_config(seg.Config, args.config, overrides)
+    rc = _run(args, seg.plan_subvolumes(args.workspace, cfg, args.model), "segment")
+    return rc or _run(args, seg.plan_write(args.workspace, cfg), "segment-write")
+
+
 def cmd_train_vessel(args) -> int:
     from connectome.config import load_config
     from connectome.stages import load_stage
@@ -311,6 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped unet/models/vessel)")
     p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
     p.set_defaults(func=cmd_mask_vessels)
+
+    p = sub.add_parser("segment", parents=[common, stage], help="neuron segmentation with the FFN",
+                       description="Segment neurons into WS/volume.zarr/segmentation (uint64, 0 = none): the "
+                                   "Flood-Filling Network over overlapping subvolumes (one block each, resumable), "
+                                   "then ids reconciled across the overlaps (union-find). vessel_mask voxels are "
+                                   "never claimed. --method baseline runs the classical watershed instead.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--model", metavar="DIR", help="FFN model directory (default: the shipped ffn/models/demo)")
+    p.add_argument("--method", choices=["ffn", "baseline"], help="segmenter (overrides the config's method)")
+    p.add_argument("--block-shape", metavar="Z,Y,X", help="subvolume core (= block and chunk) shape in voxels")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("train", help="train a model (KIND: vessel, ffn)",
                        description="Train a model into a self-describing model directory. Runs as one process or "

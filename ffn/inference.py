@@ -14,7 +14,8 @@ One object from a seed point ``s`` (skipped if ``seg[s] != 0``):
    ``logit(0.05)``) goes through the network and its output logits replace ``seed`` in the FOV;
    for each of the 6 faces of the FOV at ``+/- delta`` from its centre whose largest probability
    is >= ``move_threshold``, the position ``+/- delta`` along that axis is queued (the delta
-   grid through ``s``, clamped inside the volume; skipped if visited). Unlike google/ffn, a
+   grid through ``s``; a step past the volume's valid range is clamped inside, no further;
+   skipped if visited; at most ``max_fovs_per_object`` FOVs per object). Unlike google/ffn, a
    position whose centre voxel already belongs to another object is still visited: the face
    rule alone decides, so an object is not cut off behind a neighbour's boundary voxels (the
    network's low probability inside other objects stops the flood there);
@@ -54,6 +55,8 @@ class InferenceConfig:
     min_segment_voxels: int = 1000
     #: FOVs per forward pass (gathered from several canvases)
     batch_size: int = 16
+    #: stop flooding one object after this many FOVs (a safety net against runaway floods)
+    max_fovs_per_object: int = 4000
     #: seed policy: Gaussian sigma (voxels, z y x) before the gradient, boundary blur sigma
     #: (voxels) of the adaptive threshold, minimum distance between peaks (voxels, y x)
     seed_smooth_sigma_zyx: tuple[float, float, float] = (0.0, 1.0, 1.0)
@@ -67,8 +70,8 @@ class InferenceConfig:
             v = getattr(self, k)
             if not 0 < v < 1:
                 raise ValueError(f"{k} must be in (0, 1), got {v}")
-        if self.min_segment_voxels < 1 or self.batch_size < 1:
-            raise ValueError("min_segment_voxels and batch_size must be >= 1")
+        if self.min_segment_voxels < 1 or self.batch_size < 1 or self.max_fovs_per_object < 1:
+            raise ValueError("min_segment_voxels, batch_size and max_fovs_per_object must be >= 1")
 
 
 def peak_seeds(image: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: InferenceConfig) -> np.ndarray:
@@ -112,6 +115,7 @@ class Canvas:
         self.n_objects = 0
         self.n_fovs = 0
         self.n_rejected = 0
+        self.n_truncated = 0
         self._r = np.asarray(model.radius_zyx)
         self._hi = np.asarray(self.image.shape) - 1 - self._r
 
@@ -121,49 +125,51 @@ class Canvas:
     def _fov(self, pos) -> tuple[slice, ...]:
         return tuple(slice(p - r, p + r + 1) for p, r in zip(pos, self._r))
 
-    def _moves(self, logits: np.ndarray, pos, t_move: float) -> list[tuple[int, int, int]]:
-        """Face-max movement: ``pos +/- delta`` along each axis whose face plane of the FOV (at
-        ``delta`` from its centre) holds a logit >= ``t_move`` (clamped inside the volume)."""
-        out = []
-        for ax in range(3):
-            for sg in (-1, 1):
-                idx = [slice(None)] * 3
-                idx[ax] = int(self._r[ax] + sg * self.model.deltas_zyx[ax])
-                if logits[tuple(idx)].max() < t_move:
-                    continue
-                nb = list(pos)
-                nb[ax] += sg * self.model.deltas_zyx[ax]
-                nb = self._clamp(nb)
-                if nb != tuple(pos):
-                    out.append(nb)
-        return out
-
     def run(self, seeds: np.ndarray) -> Iterator[np.ndarray]:
         """Generator: yields FOV inputs ``(z, y, x, 2)``, receives their logits ``(z, y, x)``."""
         pad = logit(PAD_PROB)
         t_move, t_seg = logit(self.cfg.move_threshold), logit(self.cfg.segment_threshold)
+        d = np.asarray(self.model.deltas_zyx)
         for s in map(tuple, np.asarray(seeds, int).reshape(-1, 3)):
             if self.seg[s] != 0 or self.tried[s]:
                 continue
             self.seed[s] = logit(SEED_PROB)
             lo = np.asarray(s)
             hi = np.asarray(s) + 1
-            start = self._clamp(s)
-            queue, visited = deque([start]), {start}
+            origin = np.asarray(s)
+            # positions are lattice indices k: the FOV centre is origin + k * delta, clamped inside;
+            # at most one step past the valid range on each side (that step is clamped)
+            k_lo = -((origin - self._r + d - 1) // d)
+            k_hi = (self._hi - origin + d - 1) // d
+            queue, visited = deque([(0, 0, 0)]), {(0, 0, 0)}
+            n_fovs = 0
             while queue:
-                pos = queue.popleft()
+                k = queue.popleft()
+                pos = self._clamp(origin + np.asarray(k) * d)
                 sl = self._fov(pos)
                 seed_in = self.seed[sl]
                 x = np.stack([self.image[sl], np.where(np.isnan(seed_in), pad, seed_in)], axis=-1)
                 logits = yield x
                 self.n_fovs += 1
+                n_fovs += 1
                 self.seed[sl] = logits
                 lo = np.minimum(lo, [a.start for a in sl])
                 hi = np.maximum(hi, [a.stop for a in sl])
-                for nb in self._moves(logits, pos, t_move):
-                    if nb not in visited:
-                        visited.add(nb)
-                        queue.append(nb)
+                if n_fovs >= self.cfg.max_fovs_per_object:
+                    self.n_truncated += 1
+                    break
+                for ax in range(3):
+                    for sg in (-1, 1):
+                        idx = [slice(None)] * 3
+                        idx[ax] = int(self._r[ax] + sg * d[ax])
+                        if logits[tuple(idx)].max() < t_move:
+                            continue
+                        nk = list(k)
+                        nk[ax] += sg
+                        nk = tuple(nk)
+                        if k_lo[ax] <= nk[ax] <= k_hi[ax] and nk not in visited:
+                            visited.add(nk)
+                            queue.append(nk)
             box = tuple(slice(a, b) for a, b in zip(lo, hi))
             region = (self.seed[box] >= t_seg) & (self.seg[box] == 0)
             local = tuple(int(v - a) for v, a in zip(s, lo))

@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "mask-vessels": "unet.vessel",
     "train-vessel": "unet.train",
     "train-ffn": "ffn.train",
+    "segment": "ffn.segment",
 }
 
 

@@ -1,0 +1,259 @@
+"""``connectome segment``: neuron segmentation over overlapping subvolumes, reconciled into one
+globally consistent ``WS/volume.zarr/segmentation`` (uint64, 0 = no object).
+
+Two blockwise tasks, each resumable:
+
+1. ``segment-subvolumes`` (one block per subvolume; the block's write box is the subvolume's
+   *core*, its box is the core grown by ``overlap_zyx``): the FFN canvas (:mod:`ffn.inference`)
+   floods the box from its seeds -- or, with ``method: baseline``, the classical watershed of
+   :mod:`ffn.baseline` segments it -- and the local labels are saved to
+   ``WS/segment/subvolumes/<block_id>.npz``. Vessel-mask voxels (``vessel_mask`` if the
+   workspace has it and ``use_vessel_mask``) are never claimed and seed nothing.
+2. ``segment-write``: its driver-only setup matches ids on every overlap and joins them with
+   union-find (:mod:`ffn.reconcile`, rule documented there) into relabelling tables
+   (``WS/segment/relabel.npz``); each block writes its core, relabelled.
+
+The image is standardised with the volume's percentiles, computed once when planning (recorded
+in the fingerprint), so every subvolume sees the same intensities. The network runs at the
+voxel size it was trained at; a workspace whose voxel size differs by more than 30 % is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from connectome.atomic import atomic_write_bytes
+from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
+from connectome.config import BlockwiseConfig, config_to_dict
+from connectome.errors import UserInputError
+from connectome.workspace import Workspace, open_array
+from ffn.inference import InferenceConfig
+from ffn.reconcile import MatchRule, NpzSubvolumeStore, Subvolume, subvolume_grid
+
+log = logging.getLogger(__name__)
+
+STAGE_SUB, STAGE_WRITE = "segment-subvolumes", "segment-write"
+OUT = "segmentation"
+
+
+def default_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "models" / "demo"
+
+
+def _default_blockwise() -> BlockwiseConfig:
+    return BlockwiseConfig(block_shape_zyx=(32, 256, 256))
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    #: "ffn" (the network) or "baseline" (classical watershed, for comparison)
+    method: Literal["ffn", "baseline"] = "ffn"
+    #: FFN inference (thresholds, minimum segment size, seeds, batch)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    #: how far neighbouring subvolumes overlap (voxels, z y x)
+    overlap_zyx: tuple[int, int, int] = (8, 48, 48)
+    #: id matching on the overlaps
+    match: MatchRule = field(default_factory=MatchRule)
+    #: respect WS/volume.zarr/vessel_mask when present
+    use_vessel_mask: bool = True
+    #: TensorFlow threads per worker (0 = TensorFlow's default)
+    threads: int = 1
+    #: subvolume cores = blocks = chunks of the segmentation
+    blockwise: BlockwiseConfig = field(default_factory=_default_blockwise)
+
+    def __post_init__(self):
+        if len(self.overlap_zyx) != 3 or any(int(v) < 0 for v in self.overlap_zyx):
+            raise ValueError(f"overlap_zyx must be three numbers >= 0, got {list(self.overlap_zyx)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+Config = SegmentConfig
+
+_MODELS: dict = {}
+
+
+def _predictor(model_dir: str, sha: str, threads: int):
+    key = (model_dir, sha)
+    if key not in _MODELS:
+        import tensorflow as tf
+
+        if threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass
+        from ffn.modeldir import build_model, read_model_dir
+
+        spec = read_model_dir(model_dir)
+        if spec.weights_sha256 != sha:
+            raise UserInputError(f"{model_dir}: the model changed while the stage was running")
+        model = build_model(spec)
+        fn = tf.function(lambda x: model(x, training=False)[..., 0], reduce_retracing=True)
+        _MODELS.clear()
+        _MODELS[key] = (spec, lambda x: fn(tf.convert_to_tensor(x, tf.float32)).numpy())
+    return _MODELS[key]
+
+
+def _store(workspace) -> NpzSubvolumeStore:
+    return NpzSubvolumeStore(Path(workspace) / "segment" / "subvolumes")
+
+
+def _subvolumes(ws: Workspace, config: SegmentConfig) -> dict[str, Subvolume]:
+    return {s.subvolume_id: s for s in subvolume_grid(ws.shape_zyx, config.blockwise.block_shape_zyx,
+                                                        config.overlap_zyx)}
+
+
+@dataclass(frozen=True)
+class SubvolumeBlock:
+    workspace: str
+    config: SegmentConfig
+    stats: tuple[float, float, float]
+    voxel_nm: tuple[float, float, float]
+    model_dir: Optional[str]
+    sha: Optional[str]
+    has_mask: bool
+
+    def __call__(self, block: Block) -> None:
+        from unet.data import IntensityStats
+
+        ws = Workspace.open(self.workspace)
+        sub = _subvolumes(ws, self.config)[block.block_id]
+        raw = np.asarray(open_array(self.workspace, "raw")[sub.box.slices], np.float32) / 255.0
+        mask = np.asarray(open_array(self.workspace, "vessel_mask")[sub.box.slices]) > 0 if self.has_mask else None
+        image = IntensityStats(*self.stats).standardize(raw)
+        if self.config.method == "baseline":
+            from ffn.baseline import BaselineConfig, segment_baseline
+
+            labels = segment_baseline(np.rint(raw * 255.0).astype(np.uint8), BaselineConfig(), vessel_mask=mask)
+        else:
+            labels = segment_ffn(image, mask, self.voxel_nm, self.config.inference,
+                                 _predictor(self.model_dir, self.sha, self.config.threads))
+        _store(self.workspace).save(sub, np.asarray(labels).astype(np.uint64))
+
+
+def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_and_predict) -> np.ndarray:
+    """One subvolume with the FFN: seeds, canvas, labels (uint64, 0 = none)."""
+    from ffn.inference import Canvas, peak_seeds, run_canvases
+
+    spec, predict = spec_and_predict
+    if any(s < f for s, f in zip(image.shape, spec.model.fov_zyx)):
+        return np.zeros(image.shape, np.uint64)  # a clipped edge subvolume thinner than the FOV
+    canvas = Canvas(image, spec.model, cfg, mask)
+    run_canvases([(canvas, peak_seeds(image, mask, voxel_nm, cfg))], predict, cfg.batch_size)
+    return np.where(canvas.seg > 0, canvas.seg, 0).astype(np.uint64)
+
+
+def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Optional[str], Optional[str]]:
+    if config.method == "baseline":
+        return None, None
+    from ffn.modeldir import build_model, read_model_dir
+
+    path = Path(model_dir) if model_dir else default_model_dir()
+    if not model_dir and not (path / "model.json").is_file():
+        raise UserInputError("segment: no shipped FFN model in this checkout (ffn/models/demo); pass --model DIR "
+                             "(a directory written by `connectome train ffn`)")
+    spec = read_model_dir(path)
+    for have, want, ax in zip(ws.voxel_size_nm, spec.voxel_size_nm, "zyx"):
+        if abs(have - want) > 0.3 * want:
+            raise UserInputError(f"--model {path}: trained at voxel size {list(spec.voxel_size_nm)} nm, the workspace "
+                                 f"has {list(ws.voxel_size_nm)} nm ({ax} differs by more than 30 %)")
+    if any(s < f for s, f in zip(ws.shape_zyx, spec.model.fov_zyx)):
+        raise UserInputError(f"workspace {ws.path}: volume {list(ws.shape_zyx)} is smaller than the model's field of "
+                             f"view {list(spec.model.fov_zyx)}")
+    build_model(spec)  # weights: sha256, names, shapes -> exit 2 here, not in a worker
+    return str(path.resolve()), spec.weights_sha256
+
+
+def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_dir=None) -> Task:
+    from unet.data import intensity_stats
+
+    ws = Workspace.open(workspace)
+    raw = ws.array("raw")
+    model, sha = _resolve_model(ws, config, model_dir)
+    has_mask = bool(config.use_vessel_mask and ws.has("vessel_mask"))
+    if has_mask:
+        vm = ws.array("vessel_mask")
+        if all(np.asarray(vm[z]).all() for z in range(vm.shape[0])):
+            log.warning("segment: the vessel mask covers the whole volume; the segmentation will be empty")
+    stats = intensity_stats(raw, 1)
+    try:
+        _subvolumes(ws, config)
+    except ValueError as exc:
+        raise UserInputError(f"segment config: {exc}") from None
+    grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
+    proc = SubvolumeBlock(str(ws.path), config, (stats.p5, stats.p50, stats.p95), tuple(ws.voxel_size_nm), model, sha,
+                          has_mask)
+    fp = {"method": config.method, "model_sha256": sha, "intensity": stats.to_json(), "vessel_mask": has_mask,
+          "inference": config_to_dict(config.inference), "overlap_zyx": list(config.overlap_zyx)}
+    return Task(STAGE_SUB, ws.path, grid, proc, fp, (), max_retries=config.blockwise.max_retries)
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Driver-only setup of ``segment-write``: overlaps -> union-find -> relabelling tables."""
+
+    workspace: str
+    config: SegmentConfig
+
+    def __call__(self) -> None:
+        from ffn.reconcile import (canonical_order, global_id_offsets, join_edges, overlapping_pairs, pair_edges,
+                                   relabel_tables)
+
+        ws = Workspace.open(self.workspace)
+        store = _store(self.workspace)
+        subs = canonical_order(_subvolumes(ws, self.config).values())
+        offsets, n_ids = global_id_offsets(store, subs)
+        edges = [pair_edges(store, a, b, offsets, self.config.match) for a, b in overlapping_pairs(subs)]
+        roots = join_edges(n_ids, edges)
+        tables = relabel_tables(store, subs, offsets, roots)
+        buf = io.BytesIO()
+        np.savez(buf, **tables)
+        atomic_write_bytes(Path(self.workspace) / "segment" / "relabel.npz", buf.getvalue())
+        n_final = int(max((int(t.max()) for t in tables.values() if t.size), default=0))
+        log.info("segment: %d subvolumes, %d overlapping pairs, %d merges, %d local ids -> %d objects", len(subs),
+                 len(edges), int(sum(e.shape[0] for e in edges)), n_ids, n_final)
+
+
+@dataclass(frozen=True)
+class WriteBlock:
+    workspace: str
+    config: SegmentConfig
+
+    def __call__(self, block: Block) -> None:
+        from ffn.reconcile import reconciled_core
+
+        ws = Workspace.open(self.workspace)
+        sub = _subvolumes(ws, self.config)[block.block_id]
+        with np.load(str(Path(self.workspace) / "segment" / "relabel.npz")) as f:
+            table = np.array(f[sub.subvolume_id])
+        open_array(self.workspace, OUT, mode="r+")[block.write_box.slices] = reconciled_core(_store(self.workspace), sub,
+                                                                                           table)
+
+
+def _subvolumes_digest(workspace) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for p in sorted((Path(workspace) / "segment" / "subvolumes").glob("*.npz")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def plan_write(workspace, config: SegmentConfig = SegmentConfig()) -> Task:
+    ws = Workspace.open(workspace)
+    grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
+    out = OutputSpec(OUT, "uint64", tuple(config.blockwise.block_shape_zyx),
+                     attrs={"from": "raw", "method": config.method, "values": "object id, 0 = no object"})
+    fp = {"subvolumes": _subvolumes_digest(workspace), "match": config_to_dict(config.match),
+          "config": config_to_dict(config)}
+    return Task(STAGE_WRITE, ws.path, grid, WriteBlock(str(ws.path), config), fp, (out,),
+                max_retries=config.blockwise.max_retries, setup=Reconcile(str(ws.path), config))
