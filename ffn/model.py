@@ -82,10 +82,24 @@ REFERENCE = FFNModelConfig()
 COMPACT = FFNModelConfig(depth=6, features=16, fov_zyx=(17, 33, 33), deltas_zyx=(4, 8, 8))
 
 
-def build_model(cfg: FFNModelConfig, name: str = "ffn") -> Any:
-    """The Keras model (layer names are stable: they key the saved weights)."""
+def build_model(cfg: FFNModelConfig, name: str = "ffn", precision: str = "float32") -> Any:
+    """The Keras model (layer names are stable: they key the saved weights). ``precision``
+    "bfloat16" computes in bfloat16 (variables stay float32, the output logits are float32)."""
     import tensorflow as tf
 
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be float32 or bfloat16, got {precision!r}")
+    if precision == "bfloat16":
+        old = tf.keras.mixed_precision.global_policy()
+        tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            return _build(cfg, name, tf)
+        finally:
+            tf.keras.mixed_precision.set_global_policy(old)
+    return _build(cfg, name, tf)
+
+
+def _build(cfg: FFNModelConfig, name: str, tf) -> Any:
     L = tf.keras.layers
     inp = tf.keras.Input(tuple(cfg.fov_zyx) + (2,), name="fov")
     seed = L.Lambda(lambda t: t[..., 1:2], name="seed")(inp)
@@ -99,6 +113,6 @@ def build_model(cfg: FFNModelConfig, name: str = "ffn") -> Any:
         h = L.Conv3D(cfg.features, 3, padding="same", name=f"res{i}_conv_b")(h)
         x = L.Add(name=f"res{i}_add")([x, h])
     x = L.ReLU(name="out_relu")(x)
-    update = L.Conv3D(1, 1, padding="same", name="update")(x)
-    out = L.Add(name="logits")([seed, update])
+    update = L.Conv3D(1, 1, padding="same", name="update", dtype="float32")(x)
+    out = L.Add(name="logits", dtype="float32")([seed, update])
     return tf.keras.Model(inp, out, name=name)

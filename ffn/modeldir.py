@@ -88,7 +88,7 @@ def read_model_dir(path: str | Path, what: str = "--model") -> FFNModelSpec:
     return FFNModelSpec(p, model, vs, inference, p / wfile, wsha, doc)
 
 
-def build_model(spec: FFNModelSpec):
+def build_model(spec: FFNModelSpec, precision: str = "float32"):
     """The Keras model with the directory's weights; UserInputError if they do not fit."""
     from connectome.training import weights as wio
     from ffn.model import build_model as build
@@ -99,7 +99,7 @@ def build_model(spec: FFNModelSpec):
         arrays = wio.load_npz(spec.weights_file)
     except ValueError as exc:
         raise UserInputError(f"{spec.weights_file}: corrupt ({exc})") from None
-    model = build(spec.model)
+    model = build(spec.model, precision=precision)
     try:
         wio.assign(model.weights, arrays)
     except ValueError as exc:

@@ -253,3 +253,16 @@ def test_peak_seeds_hit_every_object_and_avoid_boundaries(volumes):
     assert boundary[tuple(pts.T)].mean() < 0.05
     # deterministic
     np.testing.assert_array_equal(pts, peak_seeds(train.image, None, (40, 8, 8), InferenceConfig()))
+
+
+def test_bfloat16_inference_close_to_float32():
+    tf = pytest.importorskip("tensorflow")
+    from ffn.model import build_model
+
+    cfg = FFNModelConfig(depth=2, features=8, fov_zyx=(5, 9, 9), deltas_zyx=(1, 2, 2))
+    m32, m16 = build_model(cfg), build_model(cfg, precision="bfloat16")
+    m16.set_weights(m32.get_weights())
+    x = tf.convert_to_tensor(np.random.default_rng(0).normal(size=(2, 5, 9, 9, 2)).astype(np.float32))
+    a, b = m32(x).numpy(), m16(x).numpy()
+    assert b.dtype == np.float32 and np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # the global policy is restored
