@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shlex
 import subprocess
@@ -455,6 +456,23 @@ def _describe(d: Path) -> dict:
             "voxel_size_nm": m.get("voxel_size_nm"), "generator": m.get("generator")}
 
 
+def record_test(model_dir: str | Path, volumes: Sequence[dict], commands: Sequence[str],
+                notes: Sequence[str] = ()) -> Path:
+    """Add test results (``volumes``: seed, preset, shape_zyx, iou, dice, precision, recall of
+    volumes never used for training or validation, and the ``commands`` that produced them) and
+    free-text ``notes`` on how the model was made to ``model.json``, and regenerate
+    ``MODEL_CARD.md``; the weights are not touched."""
+    p = Path(model_dir)
+    doc = json.loads((p / "model.json").read_text())
+    doc["test"] = {"volumes": [dict(v) for v in volumes], "commands": list(commands)}
+    if notes:
+        doc["notes"] = list(notes)
+    tmp = p / f".model.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, p / "model.json")
+    return write_model_card(p)
+
+
 def write_model_card(model_dir: str | Path) -> Path:
     """MODEL_CARD.md generated from model.json (numbers are never typed in by hand)."""
     p = Path(model_dir)
@@ -511,6 +529,19 @@ def write_model_card(model_dir: str | Path) -> Path:
                          f"{r['precision']} | {r['recall']} |")
         lines.append("")
         lines.append(f"Mean IoU: {v.get('mean_iou')}")
+    test = doc.get("test")
+    if test:
+        lines += ["", "## Test (unseen seeds)", "",
+                  "Volumes whose seeds were used neither for training nor for choosing the checkpoint or the "
+                  "threshold, through the real command line (full resolution, post-processed):", "",
+                  "```", *test["commands"], "```", "",
+                  "| seed | preset | shape (z,y,x) | IoU | Dice | precision | recall |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in test["volumes"]:
+            lines.append(f"| {r['seed']} | {r['preset']} | {r['shape_zyx']} | {r['iou']:.4f} | {r['dice']:.4f} | "
+                         f"{r['precision']:.4f} | {r['recall']:.4f} |")
+    if doc.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     lines += ["", "## Intended use and limits", "",
               "- Serial-section EM of neuropil at 4-16 nm pixels (the input is resampled to "
               f"{doc['input']['voxel_size_nm_yx'][0]:g} nm by an integer factor; factors more than ~30% off are refused).",
