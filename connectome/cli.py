@@ -188,52 +188,45 @@ def cmd_segment(args) -> int:
     return rc or _run(args, seg.plan_write(args.workspace, cfg), "segment-write")
 
 
-def cmd_train_vessel(args) -> int:
+def _train(args, kind: str, describe) -> int:
+    """``connectome train KIND``: config (+ --steps), train or resume, print a one-line summary
+    (``describe(summary)`` adds the kind's validation figures)."""
     from connectome.config import load_config
     from connectome.stages import load_stage
 
-    train = load_stage("train-vessel")
+    train = load_stage(f"train-{kind}")
     overrides = {}
     if args.steps is not None:
         if args.steps < 1:
             raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
         overrides["trainer.steps"] = args.steps
     cfg = load_config(train.Config, args.config, overrides)
-    summary = train.train_vessel(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart)
+    summary = getattr(train, f"train_{kind}")(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart)
     if summary.get("stopped"):
-        print(f"train vessel: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
+        print(f"train {kind}: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
               "rerun the same command to resume", file=sys.stderr)
         return 130
     if summary:  # rank 0
-        val = summary["validation"]
-        ious = ", ".join(f"seed {v['seed']}: {v['iou']:.4f}" for v in val.get("volumes", []))
-        print(f"train vessel: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
-              f"model in {summary['model_dir']}" + (f"; validation IoU {ious}" if ious else ""))
+        print(f"train {kind}: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
+              f"model in {summary['model_dir']}" + describe(summary))
     return 0
+
+
+def cmd_train_vessel(args) -> int:
+    def describe(summary):
+        ious = ", ".join(f"seed {v['seed']}: {v['iou']:.4f}" for v in summary["validation"].get("volumes", []))
+        return f"; validation IoU {ious}" if ious else ""
+
+    return _train(args, "vessel", describe)
 
 
 def cmd_train_ffn(args) -> int:
-    from connectome.config import load_config
-    from connectome.stages import load_stage
-
-    train = load_stage("train-ffn")
-    overrides = {}
-    if args.steps is not None:
-        if args.steps < 1:
-            raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
-        overrides["trainer.steps"] = args.steps
-    cfg = load_config(train.Config, args.config, overrides)
-    summary = train.train_ffn(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart)
-    if summary.get("stopped"):
-        print(f"train ffn: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
-              "rerun the same command to resume", file=sys.stderr)
-        return 130
-    if summary:  # rank 0
+    def describe(summary):
         m = summary["validation"]["episodes_f1_at_0.9"]
-        print(f"train ffn: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
-              f"model in {summary['model_dir']}; validation episodes P/R/F1 at 0.9: "
-              f"{m.get('precision', float('nan')):.3f}/{m.get('recall', float('nan')):.3f}/{m.get('f1', float('nan')):.3f}")
-    return 0
+        return "; validation episodes P/R/F1 at 0.9: " + "/".join(f"{m.get(k, float('nan')):.3f}"
+                                                                  for k in ("precision", "recall", "f1"))
+
+    return _train(args, "ffn", describe)
 
 
 def cmd_synth(args) -> int:

@@ -86,12 +86,10 @@ def _predictor(model_dir: str, sha: str, threads: int, precision: str = "float32
     if key not in _MODELS:
         import tensorflow as tf
 
+        from connectome.training.distributed import set_threads
+
         if threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass
+            set_threads(threads, 1)
         from ffn.modeldir import build_model, read_model_dir
 
         spec = read_model_dir(model_dir)

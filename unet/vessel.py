@@ -74,14 +74,10 @@ def get_predictor(model_dir: str, weights_sha256: str, batch_size: int, threads:
     """The loaded model, once per process (workers keep it across blocks)."""
     key = (model_dir, weights_sha256, batch_size)
     if key not in _PREDICTORS:
-        import tensorflow as tf
+        from connectome.training.distributed import set_threads
 
         if threads:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass
+            set_threads(threads, 1)
         from unet.infer import Predictor
         from unet.modeldir import build_model, read_model_dir
 

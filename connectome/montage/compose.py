@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 
 from connectome.blockwise.markers import atomic_write_text
 from connectome.montage.align_store import (align_dir, match_path, n_sections, planned_refs, prev_section,

@@ -97,7 +97,8 @@ class Session:
             self.allreduce_sum([0.0])
 
 
-def _set_threads(intra: int, inter: int) -> None:
+def set_threads(intra: int, inter: int) -> None:
+    """TensorFlow's thread pools (0 = its default); a no-op once TensorFlow has started."""
     import tensorflow as tf
 
     try:
@@ -129,7 +130,7 @@ def horovod_session(mode: str = "auto", intra_op_threads: int = 0, inter_op_thre
     if mode not in ("auto", "horovod", "none"):
         raise UserInputError(f"distributed: expected auto, horovod or none, got {mode!r}")
     use = mode == "horovod" or (mode == "auto" and launcher_size() > 1)
-    _set_threads(intra_op_threads, inter_op_threads)
+    set_threads(intra_op_threads, inter_op_threads)
     if not use:
         _pin_gpu(0)
         yield Session(None)
