@@ -17,7 +17,6 @@ weights against their sha256 and the architecture.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from connectome.errors import UserInputError
+from connectome.training.weights import read_model_json, sha256_file
 from ffn.model import FFNModelConfig
 
 FORMAT = "connectome-ffn-model"
@@ -46,30 +46,9 @@ class FFNModelSpec:
     doc: dict
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_model_dir(path: str | Path, what: str = "--model") -> FFNModelSpec:
     p = Path(path)
-    where = f"{what} {p}"
-    if not p.is_dir():
-        raise UserInputError(f"{where}: model directory not found" if not p.exists() else f"{where}: not a directory")
-    mj = p / MODEL_JSON
-    if not mj.is_file():
-        raise UserInputError(f"{where}: no {MODEL_JSON} inside (not a connectome model directory)")
-    try:
-        doc = json.loads(mj.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserInputError(f"{mj}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise UserInputError(f"{mj}: not a connectome FFN model (format must be {FORMAT!r})")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"{mj}: format_version {doc.get('format_version')!r} is not supported")
+    mj, doc = read_model_json(p, FORMAT, FORMAT_VERSION, "FFN", what)
     try:
         a = doc["architecture"]
         model = FFNModelConfig(int(a["depth"]), int(a["features"]), tuple(int(v) for v in a["fov_zyx"]),
@@ -93,7 +72,7 @@ def build_model(spec: FFNModelSpec, precision: str = "float32"):
     from connectome.training import weights as wio
     from ffn.model import build_model as build
 
-    if _sha256(spec.weights_file) != spec.weights_sha256:
+    if sha256_file(spec.weights_file) != spec.weights_sha256:
         raise UserInputError(f"{spec.weights_file}: corrupt or replaced (sha256 differs from {MODEL_JSON})")
     try:
         arrays = wio.load_npz(spec.weights_file)
@@ -122,7 +101,7 @@ def write_model_dir(path: str | Path, arrays: dict[str, np.ndarray], model: FFNM
                      "normalization": {"method": "volume_percentiles",
                                        "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"}}}
     out.update({k: v for k, v in doc.items() if k not in out})
-    out["weights"] = {"file": WEIGHTS, "sha256": _sha256(wpath), "dtype": float_dtype,
+    out["weights"] = {"file": WEIGHTS, "sha256": sha256_file(wpath), "dtype": float_dtype,
                       "size_bytes": wpath.stat().st_size, "parameters": model.n_parameters()}
     tmp = p / f".{MODEL_JSON}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(out, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")

@@ -27,7 +27,6 @@ file against its recorded sha256 and the architecture.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from connectome.errors import UserInputError
+from connectome.training.weights import read_model_json, sha256_file
 from unet.model import UNetConfig
 
 FORMAT = "connectome-unet-model"
@@ -64,33 +64,10 @@ class ModelSpec:
         return int(self.unet.size_multiple()[-1])
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_model_dir(path: str | Path, task: str = "vessel", ndim: int = 2, what: str = "--model") -> ModelSpec:
     p = Path(path)
     where = f"{what} {p}"
-    if not p.exists():
-        raise UserInputError(f"{where}: model directory not found")
-    if not p.is_dir():
-        raise UserInputError(f"{where}: not a directory (expected a model directory with {MODEL_JSON})")
-    mj = p / MODEL_JSON
-    if not mj.is_file():
-        raise UserInputError(f"{where}: no {MODEL_JSON} inside (not a connectome model directory)")
-    try:
-        doc = json.loads(mj.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UserInputError(f"{mj}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise UserInputError(f"{mj}: not a connectome U-Net model (format must be {FORMAT!r})")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"{mj}: format_version {doc.get('format_version')!r} is not supported "
-                             f"(expected {FORMAT_VERSION})")
+    mj, doc = read_model_json(p, FORMAT, FORMAT_VERSION, "U-Net", what)
     if doc.get("task") != task:
         raise UserInputError(f"{where}: is a {doc.get('task')!r} model; this command needs a {task!r} model")
     try:

@@ -65,3 +65,39 @@ def assign(variables, arrays: dict[str, np.ndarray]) -> None:
             raise ValueError(f"variable {v.name} has shape {list(a.shape)} in the file but {list(v.shape)} "
                              "in the architecture")
         v.assign(a.astype(v.dtype.as_numpy_dtype))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_model_json(path: str | Path, fmt: str, version: int, kind: str, what: str = "--model") -> tuple[Path, dict]:
+    """``(model.json path, its content)`` of a model directory, or UserInputError naming the
+    file: missing directory or file, invalid JSON, another format or format version."""
+    import json
+
+    from connectome.errors import UserInputError
+
+    p = Path(path)
+    where = f"{what} {p}"
+    if not p.exists():
+        raise UserInputError(f"{where}: model directory not found")
+    if not p.is_dir():
+        raise UserInputError(f"{where}: not a directory (expected a model directory with model.json)")
+    mj = p / "model.json"
+    if not mj.is_file():
+        raise UserInputError(f"{where}: no model.json inside (not a connectome model directory)")
+    try:
+        doc = json.loads(mj.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserInputError(f"{mj}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise UserInputError(f"{mj}: not a connectome {kind} model (format must be {fmt!r})")
+    if doc.get("format_version") != version:
+        raise UserInputError(f"{mj}: format_version {doc.get('format_version')!r} is not supported "
+                             f"(expected {version})")
+    return mj, doc
