@@ -1,14 +1,16 @@
 """FFN speed: the network's forward rate, and training examples/s with 1 and 2 Horovod ranks.
 
-1. Forward (model only): FOVs/s and achieved GFLOP/s of the compact and the reference network at
+1. Forward (model only): FOVs/s and achieved GFLOP/s of the shipped demo, the compact and the reference network at
    batch 1 and 16, float32 and bfloat16 side by side (same weights).
-2. Inference through the canvas (``--model DIR`` of a trained FFN, on a ``connectome synth``
-   volume): voxels/s of ``segment_ffn`` on one subvolume, and the fraction of its wall time
-   spent in the network's forward pass (goal >= 0.8), with the forward's GFLOP/s there.
+2. Inference through the canvas (the shipped model or ``--model DIR``, on a held-out
+   ``connectome synth`` volume at the model's pixel size): voxels/s of one subvolume, the
+   fraction of its wall time spent in the network's forward pass (goal >= 0.8), the forward's
+   GFLOP/s there, and ARAND / VOI against the truth -- float32 vs bfloat16, and sequential vs
+   concurrent floods (the batching that fills the forward pass).
 3. Training: examples/s of ``connectome train ffn`` with 1 rank and with 2 Horovod ranks
    (``horovodrun --gloo``, 1 thread each), and the scaling efficiency ``eps2 / (2 * eps1)``.
 
-    .venv/bin/python benchmarks/bench_ffn.py [--model DIR] [--steps 40] [--skip-training]
+    .venv/bin/python benchmarks/bench_ffn.py [--model DIR] [--steps 40] [--skip-training] [--skip-canvas]
 
 Run it on a quiet machine: every figure is a rate measured in this run.
 """
@@ -33,10 +35,16 @@ def forward_rates(repeats: int = 3) -> list[dict]:
     import tensorflow as tf
 
     from ffn.model import COMPACT, REFERENCE, build_model
+    from ffn.segment import default_model_dir
 
     tf.config.threading.set_intra_op_parallelism_threads(0)
     rows = []
-    for name, cfg in (("compact", COMPACT), ("reference", REFERENCE)):
+    nets = [("compact", COMPACT), ("reference", REFERENCE)]
+    if (default_model_dir() / "model.json").is_file():
+        from ffn.modeldir import read_model_dir
+
+        nets.insert(0, ("demo (shipped)", read_model_dir(default_model_dir()).model))
+    for name, cfg in nets:
         m32 = build_model(cfg)
         m16 = build_model(cfg, precision="bfloat16")
         m16.set_weights(m32.get_weights())
@@ -58,38 +66,56 @@ def forward_rates(repeats: int = 3) -> list[dict]:
     return rows
 
 
-def canvas_rate(model_dir: str, work: Path) -> dict:
-    from connectome.synth import generate
-    from ffn.inference import InferenceConfig
-    from ffn.segment import _predictor, segment_ffn
-    from ffn.modeldir import read_model_dir
-    from unet.data import intensity_stats
+def canvas_rates(model_dir: str | None, work: Path) -> list[dict]:
+    """One 32 x 256 x 256 subvolume (synth seed 9101, never trained on) through
+    ``segment_ffn_at`` with the model at its own pixel size: voxels/s, forward fraction and
+    GFLOP/s, and ARAND / VOI against the truth, for float32 and bfloat16 and for sequential
+    (1) and concurrent (8) floods."""
     import zarr
 
+    from connectome.evaluate.segmentation import Contingency, adapted_rand, voi
+    from connectome.synth import generate
+    from connectome.workspace import Workspace  # noqa: F401 - import cost outside the timing
+    from ffn.inference import InferenceConfig
+    from ffn.modeldir import read_model_dir
+    from ffn.segment import SegmentConfig, _predictor, default_model_dir, segment_ffn_at
+    from unet.data import intensity_stats, model_factor
+
+    model_dir = str(Path(model_dir or default_model_dir()).resolve())
     syn = generate(work / "syn", preset="small", seed=9101, shape_zyx=(32, 256, 256))
-    raw = zarr.open_group(str(syn / "truth.zarr"), mode="r")["raw"]
-    image = intensity_stats(raw, 1).standardize(np.asarray(raw[:], np.float32) / 255.0)
+    g = zarr.open_group(str(syn / "truth.zarr"), mode="r")
+    raw, truth = np.asarray(g["raw"][:]), np.asarray(g["neurons"][:])
     spec = read_model_dir(model_dir)
-    spec_pred = _predictor(str(Path(model_dir).resolve()), spec.weights_sha256, 0)
-    in_model = [0.0, 0]
+    factor = model_factor(spec.voxel_size_nm[1], 8.0, "bench")
+    stats = intensity_stats(raw, factor)
+    rows = []
+    for precision, conc in (("float32", 8), ("bfloat16", 8), ("float32", 1)):
+        spec_pred = _predictor(model_dir, spec.weights_sha256, 0, precision)
+        in_model = [0.0, 0, 0]
 
-    def timed(x):
+        def timed(x):
+            t = time.perf_counter()
+            out = spec_pred[1](x)
+            in_model[0] += time.perf_counter() - t
+            in_model[1] += len(x)
+            in_model[2] += 1
+            return out
+
+        cfg = SegmentConfig(inference=InferenceConfig(concurrent_objects=conc), precision=precision)
         t = time.perf_counter()
-        out = spec_pred[1](x)
-        in_model[0] += time.perf_counter() - t
-        in_model[1] += len(x)
-        return out
-
-    cfg = InferenceConfig()
-    t = time.perf_counter()
-    labels = segment_ffn(image, None, (40, 8, 8), cfg, (spec_pred[0], timed))
-    wall = time.perf_counter() - t
-    row = {"voxels": int(image.size), "seconds": round(wall, 2), "voxels_per_s": round(image.size / wall),
-           "fovs": in_model[1], "forward_fraction": round(in_model[0] / wall, 3),
-           "forward_gflop_per_s": round(in_model[1] * spec.model.flops_per_fov() / 1e9 / max(in_model[0], 1e-9), 1),
-           "objects": int(len(np.unique(labels)) - 1)}
-    print(json.dumps(row), flush=True)
-    return row
+        labels = segment_ffn_at(raw, None, (40.0, 8.0, 8.0), factor, stats, cfg, (spec_pred[0], timed))
+        wall = time.perf_counter() - t
+        table = Contingency.from_labels(truth, labels).without_truth(0)
+        split, merge = voi(table)
+        rows.append({"precision": precision, "concurrent_objects": conc, "voxels": int(raw.size),
+                     "seconds": round(wall, 2), "voxels_per_s": round(raw.size / wall), "fovs": in_model[1],
+                     "mean_batch": round(in_model[1] / max(1, in_model[2]), 2),
+                     "forward_fraction": round(in_model[0] / wall, 3),
+                     "forward_gflop_per_s": round(in_model[1] * spec.model.flops_per_fov() / 1e9 / max(in_model[0], 1e-9), 1),
+                     "arand": round(adapted_rand(table)[0], 4), "voi_split": round(split, 4), "voi_merge": round(merge, 4),
+                     "objects": int(len(np.unique(labels)) - 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def training_rates(work: Path, steps: int) -> dict:
@@ -123,15 +149,16 @@ def training_rates(work: Path, steps: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="a trained FFN model directory (for the canvas measurement)")
+    p.add_argument("--model", help="FFN model directory for the canvas measurement (default: the shipped one)")
+    p.add_argument("--skip-canvas", action="store_true")
     p.add_argument("--steps", type=int, default=40, help="training steps per run")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
     res = {"forward": forward_rates()}
     with tempfile.TemporaryDirectory() as d:
-        if a.model:
-            res["canvas"] = canvas_rate(a.model, Path(d))
+        if not a.skip_canvas:
+            res["canvas"] = canvas_rates(a.model, Path(d))
         if not a.skip_training:
             res["training"] = training_rates(Path(d), a.steps)
     if a.out:

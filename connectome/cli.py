@@ -229,6 +229,14 @@ def cmd_train_ffn(args) -> int:
     return _train(args, "ffn", describe)
 
 
+def cmd_graph(args) -> int:
+    from connectome.graph import build_graph
+
+    summary = build_graph(args.workspace, min_score=args.min_score, min_synapses=args.min_synapses)
+    print(summary.describe())
+    return 0
+
+
 def cmd_synth(args) -> int:
     from connectome.synth import generate
     from connectome.workspace import parse_zyx
@@ -331,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["ffn", "baseline"], help="segmenter (overrides the config's method)")
     p.add_argument("--block-shape", metavar="Z,Y,X", help="subvolume core (= block and chunk) shape in voxels")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("graph", parents=[common], help="the connectivity graph from WS/synapses.csv",
+                       description="Group the synapses of WS/synapses.csv by (pre, post) segment into "
+                                   "WS/connectivity.csv and WS/connectivity.graphml (node attribute size_voxels from "
+                                   "WS/volume.zarr/segmentation). Synapses with id 0, autapses and those below "
+                                   "--min-score are dropped, then edges with fewer than --min-synapses synapses. "
+                                   "Rules: connectome/graph.py.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--min-score", type=float, default=0.0, metavar="S",
+                   help="drop synapses with score < S (default 0: keep all)")
+    p.add_argument("--min-synapses", type=int, default=1, metavar="K",
+                   help="drop edges with fewer than K synapses (default 1)")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("train", help="train a model (KIND: vessel, ffn)",
                        description="Train a model into a self-describing model directory. Runs as one process or "

@@ -53,8 +53,10 @@ class InferenceConfig:
     segment_threshold: float = 0.6
     #: objects smaller than this (voxels) are rejected
     min_segment_voxels: int = 1000
-    #: FOVs per forward pass (gathered from several canvases)
+    #: FOVs per forward pass (gathered from the concurrent floods of one or several canvases)
     batch_size: int = 16
+    #: objects flooded side by side in one canvas (1 = the classic sequential FFN; see Canvas)
+    concurrent_objects: int = 8
     #: stop flooding one object after this many FOVs (a safety net against runaway floods)
     max_fovs_per_object: int = 4000
     #: seed policy: Gaussian sigma (voxels, z y x) before the gradient, boundary blur sigma
@@ -70,8 +72,8 @@ class InferenceConfig:
             v = getattr(self, k)
             if not 0 < v < 1:
                 raise ValueError(f"{k} must be in (0, 1), got {v}")
-        if self.min_segment_voxels < 1 or self.batch_size < 1 or self.max_fovs_per_object < 1:
-            raise ValueError("min_segment_voxels, batch_size and max_fovs_per_object must be >= 1")
+        if min(self.min_segment_voxels, self.batch_size, self.max_fovs_per_object, self.concurrent_objects) < 1:
+            raise ValueError("min_segment_voxels, batch_size, max_fovs_per_object and concurrent_objects must be >= 1")
 
 
 def peak_seeds(image: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: InferenceConfig) -> np.ndarray:
@@ -98,8 +100,34 @@ def peak_seeds(image: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: Infere
     return pts[order]
 
 
+class _Flood:
+    """One object being flooded: its lattice of FOV positions and its own logits array."""
+
+    def __init__(self, s, origin, seed_arr: np.ndarray, k_lo, k_hi):
+        self.s = s
+        self.origin = np.asarray(origin)
+        self.seed = seed_arr
+        self.k_lo, self.k_hi = k_lo, k_hi
+        self.queue, self.visited = deque([(0, 0, 0)]), {(0, 0, 0)}
+        self.lo, self.hi = np.asarray(s), np.asarray(s) + 1
+        self.n_fovs = 0
+        self.truncated = False
+        self.deferred: list = []   # seeds of cancelled floods, queued again after this commits
+        self.k = None
+        self.sl = None
+
+
 class Canvas:
-    """One subvolume being segmented (see the module doc)."""
+    """One subvolume being segmented (see the module doc).
+
+    ``concurrent_objects`` floods run side by side (their FOVs batched into one forward pass);
+    each has its own logits array. A seed starts a flood only when its voxel is unassigned, not
+    tried, and not already inside an active flood's object (probability >= segment threshold);
+    floods commit in the order they finish (ties: the order they started), so where two floods
+    reached the same voxels the first to finish keeps them. A flood whose seed an earlier-started
+    active flood has reached is cancelled (same object) and its seed queued again, so the work
+    is not repeated. ``concurrent_objects=1`` is the
+    classic sequential FFN. Results are deterministic for a given ``concurrent_objects``."""
 
     def __init__(self, image: np.ndarray, model: FFNModelConfig, cfg: InferenceConfig,
                  mask: np.ndarray | None = None):
@@ -111,11 +139,12 @@ class Canvas:
         if mask is not None:
             self.seg[np.asarray(mask, bool)] = -1
         self.tried = np.zeros(self.image.shape, bool)
-        self.seed = np.full(self.image.shape, np.nan, np.float32)
+        self._free: list[np.ndarray] = []
         self.n_objects = 0
         self.n_fovs = 0
         self.n_rejected = 0
         self.n_truncated = 0
+        self.n_cancelled = 0
         self._r = np.asarray(model.radius_zyx)
         self._hi = np.asarray(self.image.shape) - 1 - self._r
 
@@ -125,75 +154,120 @@ class Canvas:
     def _fov(self, pos) -> tuple[slice, ...]:
         return tuple(slice(p - r, p + r + 1) for p, r in zip(pos, self._r))
 
-    def run(self, seeds: np.ndarray) -> Iterator[np.ndarray]:
-        """Generator: yields FOV inputs ``(z, y, x, 2)``, receives their logits ``(z, y, x)``."""
+    def _array(self) -> np.ndarray:
+        return self._free.pop() if self._free else np.full(self.image.shape, np.nan, np.float32)
+
+    def _start(self, s) -> _Flood:
+        d = np.asarray(self.model.deltas_zyx)
+        arr = self._array()
+        arr[s] = logit(SEED_PROB)
+        # the lattice runs through the first FOV centre: the seed clamped so the FOV fits
+        origin = np.asarray(self._clamp(s))
+        # positions are lattice indices k: the FOV centre is origin + k * delta, clamped inside;
+        # at most one step past the valid range on each side (that step is clamped)
+        k_lo = -((origin - self._r + d - 1) // d)
+        k_hi = (self._hi - origin + d - 1) // d
+        return _Flood(s, origin, arr, k_lo, k_hi)
+
+    def _input(self, f: _Flood, pad: float) -> np.ndarray:
+        f.k = f.queue.popleft()
+        f.sl = self._fov(self._clamp(f.origin + np.asarray(f.k) * np.asarray(self.model.deltas_zyx)))
+        seed_in = f.seed[f.sl]
+        return np.stack([self.image[f.sl], np.where(np.isnan(seed_in), pad, seed_in)], axis=-1)
+
+    def _update(self, f: _Flood, logits: np.ndarray, t_move: float) -> None:
+        d, sl = self.model.deltas_zyx, f.sl
+        self.n_fovs += 1
+        f.n_fovs += 1
+        f.seed[sl] = logits
+        f.lo = np.minimum(f.lo, [a.start for a in sl])
+        f.hi = np.maximum(f.hi, [a.stop for a in sl])
+        if f.n_fovs >= self.cfg.max_fovs_per_object:
+            f.truncated = True
+            f.queue.clear()
+            return
+        for ax in range(3):
+            for sg in (-1, 1):
+                idx = [slice(None)] * 3
+                idx[ax] = int(self._r[ax] + sg * d[ax])
+                if logits[tuple(idx)].max() < t_move:
+                    continue
+                nk = list(f.k)
+                nk[ax] += sg
+                nk = tuple(nk)
+                if f.k_lo[ax] <= nk[ax] <= f.k_hi[ax] and nk not in f.visited:
+                    f.visited.add(nk)
+                    f.queue.append(nk)
+
+    def _commit(self, f: _Flood, t_seg: float) -> None:
+        if f.truncated:
+            self.n_truncated += 1
+        box = tuple(slice(int(a), int(b)) for a, b in zip(f.lo, f.hi))
+        region = (f.seed[box] >= t_seg) & (self.seg[box] == 0)
+        local = tuple(int(v - a) for v, a in zip(f.s, f.lo))
+        if region[local]:
+            cc, _ = ndimage.label(region)
+            obj = cc == cc[local]
+        else:
+            obj = np.zeros_like(region)
+            obj[local] = True
+        if region[local] and obj.sum() >= self.cfg.min_segment_voxels:
+            self.n_objects += 1
+            self.seg[box][obj] = self.n_objects
+        else:
+            self.n_rejected += 1
+            self.tried[box] |= obj
+        f.seed[box] = np.nan
+        self._free.append(f.seed)
+
+    def run(self, seeds: np.ndarray, concurrent_objects: int | None = None) -> Iterator[np.ndarray]:
+        """Generator: yields stacks of FOV inputs ``(n, z, y, x, 2)`` (one per active flood),
+        receives their logits ``(n, z, y, x)``."""
         pad = logit(PAD_PROB)
         t_move, t_seg = logit(self.cfg.move_threshold), logit(self.cfg.segment_threshold)
-        d = np.asarray(self.model.deltas_zyx)
-        for s in map(tuple, np.asarray(seeds, int).reshape(-1, 3)):
-            if self.seg[s] != 0 or self.tried[s]:
-                continue
-            self.seed[s] = logit(SEED_PROB)
-            lo = np.asarray(s)
-            hi = np.asarray(s) + 1
-            origin = np.asarray(s)
-            # positions are lattice indices k: the FOV centre is origin + k * delta, clamped inside;
-            # at most one step past the valid range on each side (that step is clamped)
-            k_lo = -((origin - self._r + d - 1) // d)
-            k_hi = (self._hi - origin + d - 1) // d
-            queue, visited = deque([(0, 0, 0)]), {(0, 0, 0)}
-            n_fovs = 0
-            while queue:
-                k = queue.popleft()
-                pos = self._clamp(origin + np.asarray(k) * d)
-                sl = self._fov(pos)
-                seed_in = self.seed[sl]
-                x = np.stack([self.image[sl], np.where(np.isnan(seed_in), pad, seed_in)], axis=-1)
-                logits = yield x
-                self.n_fovs += 1
-                n_fovs += 1
-                self.seed[sl] = logits
-                lo = np.minimum(lo, [a.start for a in sl])
-                hi = np.maximum(hi, [a.stop for a in sl])
-                if n_fovs >= self.cfg.max_fovs_per_object:
-                    self.n_truncated += 1
-                    break
-                for ax in range(3):
-                    for sg in (-1, 1):
-                        idx = [slice(None)] * 3
-                        idx[ax] = int(self._r[ax] + sg * d[ax])
-                        if logits[tuple(idx)].max() < t_move:
-                            continue
-                        nk = list(k)
-                        nk[ax] += sg
-                        nk = tuple(nk)
-                        if k_lo[ax] <= nk[ax] <= k_hi[ax] and nk not in visited:
-                            visited.add(nk)
-                            queue.append(nk)
-            box = tuple(slice(a, b) for a, b in zip(lo, hi))
-            region = (self.seed[box] >= t_seg) & (self.seg[box] == 0)
-            local = tuple(int(v - a) for v, a in zip(s, lo))
-            if region[local]:
-                cc, _ = ndimage.label(region)
-                obj = cc == cc[local]
-            else:
-                obj = np.zeros_like(region)
-                obj[local] = True
-            if region[local] and obj.sum() >= self.cfg.min_segment_voxels:
-                self.n_objects += 1
-                self.seg[box][obj] = self.n_objects
-            else:
-                self.n_rejected += 1
-                self.tried[box] |= obj
-            self.seed[box] = np.nan
+        n_conc = max(1, int(concurrent_objects or self.cfg.concurrent_objects))
+        todo = deque(map(tuple, np.asarray(seeds, int).reshape(-1, 3)))
+        active: list[_Flood] = []
+        while True:
+            while todo and len(active) < n_conc:
+                s = todo.popleft()
+                if self.seg[s] != 0 or self.tried[s] or any(f.seed[s] >= t_seg for f in active):
+                    continue
+                active.append(self._start(s))
+            if not active:
+                return
+            logits = yield np.stack([self._input(f, pad) for f in active])
+            for f, lg in zip(active, logits):
+                self._update(f, lg, t_move)
+            # two floods that reached one another's seed are (or may merge into) one object: the
+            # later-started one is cancelled and its seed waits until the earlier one commits
+            keep: list[_Flood] = []
+            for f in active:
+                e = next((e for e in keep if e.seed[f.s] >= t_seg or f.seed[e.s] >= t_seg), None)
+                if e is None:
+                    keep.append(f)
+                    continue
+                f.seed[tuple(slice(int(a), int(b)) for a, b in zip(f.lo, f.hi))] = np.nan
+                self._free.append(f.seed)
+                e.deferred += [f.s] + f.deferred
+                self.n_cancelled += 1
+            active = []
+            for f in keep:
+                if f.queue:
+                    active.append(f)
+                else:
+                    self._commit(f, t_seg)
+                    todo.extendleft(reversed(f.deferred))
 
 
 def run_canvases(jobs: list[tuple[Canvas, np.ndarray]], predict: Callable[[np.ndarray], np.ndarray],
-                 batch_size: int, progress: Callable[[int], None] | None = None) -> None:
-    """Drive several canvases in lock step: each round gathers the next FOV of up to
-    ``batch_size`` canvases and evaluates them in one forward pass (``predict``: (n, z, y, x, 2)
-    -> (n, z, y, x) logits)."""
-    pending: list[tuple[Iterator, np.ndarray]] = []
+                 batch_size: int, progress: Callable[[int], None] | None = None,
+                 max_fovs: int | None = None) -> bool:
+    """Drive several canvases in lock step: each round takes the pending FOV stacks of the
+    waiting canvases (whole stacks, up to ``batch_size`` FOVs unless one stack alone is larger)
+    and evaluates them in forward passes of at most ``batch_size`` (``predict``:
+    (n, z, y, x, 2) -> (n, z, y, x) logits). With ``max_fovs``, stop after that many FOVs (the
+    objects being flooded then are left out); returns False if it stopped early."""
     waiting = deque()
     for canvas, seeds in jobs:
         gen = canvas.run(seeds)
@@ -201,13 +275,25 @@ def run_canvases(jobs: list[tuple[Canvas, np.ndarray]], predict: Callable[[np.nd
             waiting.append((gen, next(gen)))
         except StopIteration:
             pass
+    done = 0
     while waiting:
-        pending = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
-        out = predict(np.stack([x for _, x in pending]))
-        for (gen, _), lg in zip(pending, out):
+        pending = [waiting.popleft()]
+        n = len(pending[0][1])
+        while waiting and n + len(waiting[0][1]) <= batch_size:
+            pending.append(waiting.popleft())
+            n += len(pending[-1][1])
+        x = np.concatenate([xs for _, xs in pending])
+        out = np.concatenate([predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        at = 0
+        for gen, xs in pending:
             try:
-                waiting.append((gen, gen.send(lg)))
+                waiting.append((gen, gen.send(out[at:at + len(xs)])))
             except StopIteration:
                 pass
+            at += len(xs)
         if progress is not None:
-            progress(len(pending))
+            progress(n)
+        done += n
+        if max_fovs is not None and done >= max_fovs and waiting:
+            return False
+    return True

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
+from scipy import ndimage
 
 from connectome.atomic import atomic_write_bytes
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
@@ -66,6 +67,13 @@ class SegmentConfig:
     threads: int = 1
     #: network arithmetic: "float32", or "bfloat16" (faster on CPUs/GPUs with bf16 units)
     precision: Literal["float32", "bfloat16"] = "float32"
+    #: a model with coarser input pixels than the data (e.g. 16 nm model, 8 nm data) runs on the
+    #: area-downsampled image; its labels are upsampled and, with this on, their borders snapped
+    #: to the full-resolution membranes (per-section seeded watershed inside the labelled area)
+    refine_upsampled: bool = True
+    #: give voxels no object claimed (membranes, rejected fragments) to the object across the
+    #: lowest image ridge (per-section watershed from the objects; vessel voxels stay 0)
+    fill_unlabelled: bool = True
     #: subvolume cores = blocks = chunks of the segmentation
     blockwise: BlockwiseConfig = field(default_factory=_default_blockwise)
 
@@ -120,23 +128,82 @@ class SubvolumeBlock:
     model_dir: Optional[str]
     sha: Optional[str]
     has_mask: bool
+    #: (y, x) downsampling factor from the workspace's pixels to the model's
+    factor: int = 1
 
     def __call__(self, block: Block) -> None:
         from unet.data import IntensityStats
 
         ws = Workspace.open(self.workspace)
         sub = _subvolumes(ws, self.config)[block.block_id]
-        raw = np.asarray(open_array(self.workspace, "raw")[sub.box.slices], np.float32) / 255.0
+        raw8 = np.asarray(open_array(self.workspace, "raw")[sub.box.slices])
         mask = np.asarray(open_array(self.workspace, "vessel_mask")[sub.box.slices]) > 0 if self.has_mask else None
-        image = IntensityStats(*self.stats).standardize(raw)
         if self.config.method == "baseline":
             from ffn.baseline import BaselineConfig, segment_baseline
 
-            labels = segment_baseline(np.rint(raw * 255.0).astype(np.uint8), BaselineConfig(), vessel_mask=mask)
+            labels = segment_baseline(raw8, BaselineConfig(), vessel_mask=mask)
         else:
-            labels = segment_ffn(image, mask, self.voxel_nm, self.config.inference,
-                                 _predictor(self.model_dir, self.sha, self.config.threads, self.config.precision))
+            labels = segment_ffn_at(raw8, mask, self.voxel_nm, self.factor, IntensityStats(*self.stats),
+                                    self.config, _predictor(self.model_dir, self.sha, self.config.threads,
+                                                            self.config.precision))
         _store(self.workspace).save(sub, np.asarray(labels).astype(np.uint64))
+
+
+def segment_ffn_at(raw8: np.ndarray, mask, voxel_nm, factor: int, stats, config: SegmentConfig,
+                   spec_and_predict) -> np.ndarray:
+    """One subvolume (uint8 raw at the workspace's pixels) with the FFN at the model's pixels:
+    edge-pad (y, x) to a multiple of ``factor``, area-downsample, standardise with ``stats``
+    (percentiles at the model's pixels), segment, upsample the labels (nearest) and, if
+    ``config.refine_upsampled``, snap their borders to the full-resolution image."""
+    from ffn.train import model_resolution
+
+    f = int(factor)
+    if f == 1:
+        image = stats.standardize(np.asarray(raw8, np.float32) / 255.0)
+        labels = segment_ffn(image, mask, voxel_nm, config.inference, spec_and_predict)
+        return snap_to_membranes(raw8, labels, 0, mask, config.fill_unlabelled) if config.fill_unlabelled else labels
+    z, h, w = raw8.shape
+    pad = ((0, 0), (0, -h % f), (0, -w % f))
+    image, _, m = model_resolution(np.pad(raw8, pad, mode="edge"), None,
+                                   None if mask is None else np.pad(mask, pad, mode="edge"), f)
+    coarse = segment_ffn(stats.standardize(image), m, (voxel_nm[0], voxel_nm[1] * f, voxel_nm[2] * f),
+                         config.inference, spec_and_predict)
+    labels = np.repeat(np.repeat(coarse, f, axis=1), f, axis=2)[:, :h, :w]
+    if config.refine_upsampled or config.fill_unlabelled:
+        labels = snap_to_membranes(raw8, labels, f if config.refine_upsampled else 0, mask, config.fill_unlabelled)
+    if mask is not None:
+        labels[mask] = 0
+    return labels
+
+
+def snap_to_membranes(raw8: np.ndarray, labels: np.ndarray, margin: int, mask=None, fill: bool = False,
+                      sigma: float = 1.0) -> np.ndarray:
+    """Per section: each label keeps, as a watershed marker, its pixels farther than ``margin``
+    px from any other value (``margin`` = the upsampling factor: the nearest-upsampled borders
+    are uncertain by that much), and the rest is re-flooded from the markers over the smoothed
+    image inverted (membranes are dark: high ground), so borders land on the full-resolution
+    membranes. The flooded area is the labelled one, or with ``fill`` every pixel outside
+    ``mask`` (vessels stay 0)."""
+    from skimage.segmentation import watershed
+
+    out = np.zeros_like(labels)
+    m = int(margin)
+    for z in range(labels.shape[0]):
+        lab = labels[z]
+        if not lab.any():
+            continue
+        if m:
+            lo = ndimage.minimum_filter(lab, size=2 * m + 1, mode="nearest")
+            hi = ndimage.maximum_filter(lab, size=2 * m + 1, mode="nearest")
+            markers = np.where((lo == hi) & (lab > 0), lab, 0)
+        else:
+            markers = lab
+        area = np.ones(lab.shape, bool) if fill else lab > 0
+        if mask is not None:
+            area &= ~np.asarray(mask[z], bool)
+        elevation = -ndimage.gaussian_filter(raw8[z].astype(np.float32), sigma)
+        out[z] = watershed(elevation, markers, mask=area)
+    return out
 
 
 def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_and_predict) -> np.ndarray:
@@ -153,7 +220,7 @@ def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_an
 
 def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Optional[str], Optional[str]]:
     if config.method == "baseline":
-        return None, None
+        return None, None, 1
     from ffn.modeldir import build_model, read_model_dir
 
     path = Path(model_dir) if model_dir else default_model_dir()
@@ -161,15 +228,28 @@ def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Opt
         raise UserInputError("segment: no shipped FFN model in this checkout (ffn/models/demo); pass --model DIR "
                              "(a directory written by `connectome train ffn`)")
     spec = read_model_dir(path)
-    for have, want, ax in zip(ws.voxel_size_nm, spec.voxel_size_nm, "zyx"):
-        if abs(have - want) > 0.3 * want:
-            raise UserInputError(f"--model {path}: trained at voxel size {list(spec.voxel_size_nm)} nm, the workspace "
-                                 f"has {list(ws.voxel_size_nm)} nm ({ax} differs by more than 30 %)")
-    if any(s < f for s, f in zip(ws.shape_zyx, spec.model.fov_zyx)):
-        raise UserInputError(f"workspace {ws.path}: volume {list(ws.shape_zyx)} is smaller than the model's field of "
-                             f"view {list(spec.model.fov_zyx)}")
+    factor = model_pixel_factor(ws, spec, path)
+    have_z, want_z = ws.voxel_size_nm[0], spec.voxel_size_nm[0]
+    if abs(have_z - want_z) > 0.3 * want_z:
+        raise UserInputError(f"--model {path}: trained at voxel size {list(spec.voxel_size_nm)} nm, the workspace "
+                             f"has {list(ws.voxel_size_nm)} nm (z differs by more than 30 %)")
+    at_model = (ws.shape_zyx[0], ws.shape_zyx[1] // factor, ws.shape_zyx[2] // factor)
+    if any(s < f for s, f in zip(at_model, spec.model.fov_zyx)):
+        raise UserInputError(f"workspace {ws.path}: volume {list(ws.shape_zyx)} ({list(at_model)} at the model's "
+                             f"{spec.voxel_size_nm[1]:g} nm pixels) is smaller than the model's field of view "
+                             f"{list(spec.model.fov_zyx)}")
     build_model(spec)  # weights: sha256, names, shapes -> exit 2 here, not in a worker
-    return str(path.resolve()), spec.weights_sha256
+    return str(path.resolve()), spec.weights_sha256, factor
+
+
+def model_pixel_factor(ws: Workspace, spec, path) -> int:
+    """Integer (y, x) factor from the workspace's pixels to the model's (exit 2 if none fits)."""
+    from unet.data import model_factor
+
+    if ws.voxel_size_nm[1] != ws.voxel_size_nm[2] or spec.voxel_size_nm[1] != spec.voxel_size_nm[2]:
+        raise UserInputError(f"--model {path}: y and x pixel sizes must be equal (workspace {list(ws.voxel_size_nm)} "
+                             f"nm, model {list(spec.voxel_size_nm)} nm)")
+    return model_factor(spec.voxel_size_nm[1], ws.voxel_size_nm[1], f"--model {path}", tolerance=0.3)
 
 
 def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_dir=None) -> Task:
@@ -177,21 +257,26 @@ def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_di
 
     ws = Workspace.open(workspace)
     raw = ws.array("raw")
-    model, sha = _resolve_model(ws, config, model_dir)
+    model, sha, factor = _resolve_model(ws, config, model_dir)
     has_mask = bool(config.use_vessel_mask and ws.has("vessel_mask"))
     if has_mask:
         vm = ws.array("vessel_mask")
         if all(np.asarray(vm[z]).all() for z in range(vm.shape[0])):
             log.warning("segment: the vessel mask covers the whole volume; the segmentation will be empty")
-    stats = intensity_stats(raw, 1)
+    stats = intensity_stats(raw, factor)
     try:
         _subvolumes(ws, config)
     except ValueError as exc:
         raise UserInputError(f"segment config: {exc}") from None
+    bad = [f"{k} {list(v)}" for k, v in (("blockwise.block_shape_zyx", config.blockwise.block_shape_zyx),
+                                         ("overlap_zyx", config.overlap_zyx)) if v[1] % factor or v[2] % factor]
+    if bad:
+        raise UserInputError(f"segment config: {', '.join(bad)}: (y, x) must be multiples of {factor}, the model's "
+                             f"pixel factor (so subvolumes share one coarse pixel grid)")
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
     proc = SubvolumeBlock(str(ws.path), config, (stats.p5, stats.p50, stats.p95), tuple(ws.voxel_size_nm), model, sha,
-                          has_mask)
-    fp = {"method": config.method, "model_sha256": sha, "precision": config.precision, "intensity": stats.to_json(), "vessel_mask": has_mask,
+                          has_mask, factor)
+    fp = {"method": config.method, "model_sha256": sha, "model_factor_yx": factor, "precision": config.precision, "intensity": stats.to_json(), "vessel_mask": has_mask,
           "inference": config_to_dict(config.inference), "overlap_zyx": list(config.overlap_zyx)}
     return Task(STAGE_SUB, ws.path, grid, proc, fp, (), max_retries=config.blockwise.max_retries)
 

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from connectome.training import TrainerConfig
+from unet.augment import AugmentConfig
 from ffn.data import CentreSampler, augment, crop
 from ffn.model import PAD_PROB, SEED_PROB, FFNModelConfig, logit
 
@@ -53,23 +54,49 @@ class FFNExampleConfig:
     label_high: float = 0.95
     #: validation episodes per held-out volume
     val_episodes_per_volume: int = 16
+    #: the model's pixel size in (y, x), nm; 0 = the data's own. Data is area-downsampled by the
+    #: integer factor model / data pixel (8 nm data, 16 nm model -> factor 2), as at inference
+    voxel_size_nm_yx: float = 0.0
+    #: probability that an example's sections are shifted by up to ``section_shift_px`` (model
+    #: px, independently per section, image only): residual misalignment after `connectome align`
+    section_shift_prob: float = 0.5
+    section_shift_px: int = 1
+    #: segmentation validation: the central box of this size (model voxels, z y x; clipped to the
+    #: volume) of every held-out volume is segmented by the canvas, and the pooled adapted Rand
+    #: error and VOI against its labels choose the checkpoint (score = -(ARAND + VOI / 4));
+    #: (0, 0, 0) = episode F1 only
+    val_segment_zyx: tuple[int, int, int] = (24, 96, 96)
+    #: canvas thresholds of that validation (the move threshold is ``move_threshold``)
+    val_segment_threshold: float = 0.6
+    val_min_segment_voxels: int = 200
+    #: budget of one segmentation validation (FOVs per volume; an early, still-diffuse network
+    #: can flood for long) and per object
+    val_segment_max_fovs: int = 20000
+    val_segment_max_fovs_per_object: int = 2000
 
     def __post_init__(self):
         if not 0 < self.move_threshold < 1:
             raise ValueError(f"move_threshold must be in (0, 1), got {self.move_threshold}")
         if not 0 <= self.label_low < self.label_high <= 1:
             raise ValueError("labels need 0 <= label_low < label_high <= 1")
+        if self.voxel_size_nm_yx < 0 or not 0 <= self.section_shift_prob <= 1 or self.section_shift_px < 0:
+            raise ValueError("voxel_size_nm_yx >= 0, section_shift_prob in [0, 1] and section_shift_px >= 0 required")
 
 
 @dataclass
 class TrainingVolume:
-    """One labelled volume at the model's resolution: standardised image (float32), labels
-    (int), and its example-centre sampler."""
+    """One labelled volume at the model's resolution: image in [0, 1] (float32), its intensity
+    percentiles, labels (int), and its example-centre sampler."""
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     sampler: CentreSampler
+    stats: object = None   # unet.data.IntensityStats of ``image``
+    voxel_nm: tuple = (40.0, 8.0, 8.0)   # of ``image`` (the model's input voxels)
+
+    def standardized(self, box: np.ndarray, stats=None) -> np.ndarray:
+        return (stats or self.stats).standardize(box)
 
 
 @dataclass
@@ -83,17 +110,43 @@ class _Slot:
 
 
 def new_episode(vol: TrainingVolume, centre, model: FFNModelConfig, ex: FFNExampleConfig,
-                rng: np.random.Generator | None) -> _Slot:
+                rng: np.random.Generator | None, intensity=None) -> _Slot:
+    """A fresh episode at ``centre``; with ``rng``: flips/transpose, section shifts and (with
+    ``intensity``, a :class:`unet.augment.AugmentConfig`) the U-Net's intensity augmentation
+    (sections as channels: per-section gain/offset, contrast, gamma, blur, noise, defects)."""
     shape = model.example_zyx
     img = crop(vol.image, centre, shape)
     lab = crop(vol.labels, centre, shape) == vol.labels[tuple(centre)]
+    stats = None
     if rng is not None:
         img, lab = augment([img, lab], rng, transpose_xy=model.fov_zyx[1] == model.fov_zyx[2])
+        if ex.section_shift_px and rng.random() < ex.section_shift_prob:
+            img = shift_sections(img, rng, ex.section_shift_px)
+        if intensity is not None and getattr(intensity, "enabled", False):
+            from unet.augment import intensity_augment
+            from unet.data import adjust_stats
+
+            aug, g, noise = intensity_augment(np.moveaxis(img, 0, -1), rng, intensity)
+            img = np.ascontiguousarray(np.moveaxis(aug, -1, 0))
+            stats = adjust_stats(vol.stats, g, noise)
+    img = vol.standardized(img, stats)
     soft = np.where(lab, ex.label_high, ex.label_low).astype(np.float32)
     seed = np.full(shape, logit(PAD_PROB), np.float32)
     mid = tuple(s // 2 for s in shape)
     seed[mid] = logit(SEED_PROB)
     return _Slot(img.astype(np.float32), soft, seed, [mid], None, True)
+
+
+def shift_sections(img: np.ndarray, rng: np.random.Generator, max_px: int) -> np.ndarray:
+    """Each section (axis 0) moved by its own integer (dy, dx) in [-max_px, max_px] (edge
+    values repeat): the misalignment an aligned volume keeps."""
+    out = np.empty_like(img)
+    pad = int(max_px)
+    for z in range(img.shape[0]):
+        dy, dx = (int(v) for v in rng.integers(-pad, pad + 1, 2))
+        p = np.pad(img[z], pad, mode="edge")
+        out[z] = p[pad - dy:pad - dy + img.shape[1], pad - dx:pad - dx + img.shape[2]]
+    return out
 
 
 def fov_slices(pos, fov_zyx) -> tuple[slice, ...]:
@@ -120,17 +173,17 @@ def accepted_moves(logits_fov: np.ndarray, pos, model: FFNModelConfig, threshold
 class FFNJob:
     """:class:`connectome.training.loop.TrainJob` for the FFN (stateful: FOV movement)."""
 
-    score_key = "f1"
-
     def __init__(self, model: FFNModelConfig, examples: FFNExampleConfig, train: Sequence[TrainingVolume],
-                 val: Sequence[TrainingVolume], seed: int, reset_every: int, fingerprint: dict):
+                 val: Sequence[TrainingVolume], seed: int, reset_every: int, fingerprint: dict, intensity=None):
         self.model, self.ex = model, examples
+        self.intensity = intensity
         self.train, self.val = list(train), list(val)
         self.seed, self.reset_every = int(seed), max(1, int(reset_every))
         self._fingerprint = fingerprint
         self._slots: list[_Slot] | None = None
         self._last_step: int | None = None
         self._predict = None
+        self.score_key = "seg_score" if any(examples.val_segment_zyx) and self.val else "f1"
         vr = np.random.default_rng([self.seed, 987654])
         self.val_specs = [(i, v.sampler.draw(vr)) for i, v in enumerate(self.val)
                           for _ in range(examples.val_episodes_per_volume)]
@@ -159,7 +212,8 @@ class FFNJob:
             if not slot.queue:
                 rng = np.random.default_rng([self.seed, rank, step, k])
                 vol = self.train[int(rng.integers(len(self.train)))]
-                slot = self._slots[k] = new_episode(vol, vol.sampler.draw(rng), self.model, self.ex, rng)
+                slot = self._slots[k] = new_episode(vol, vol.sampler.draw(rng), self.model, self.ex, rng,
+                                                    self.intensity)
             else:
                 slot.first = False
             slot.pos = slot.queue.pop(0)
@@ -181,21 +235,61 @@ class FFNJob:
             self._predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         sums = {"tp": 0.0, "fp": 0.0, "fn": 0.0}
         t = logit(0.9)
+        predict = lambda x: self._predict(tf.convert_to_tensor(x)).numpy()  # noqa: E731
         for i, centre in self.val_specs[shard::num_shards]:
             slot = new_episode(self.val[i], centre, self.model, self.ex, None)
-            run_episode(slot, self.model, self.ex.move_threshold,
-                        lambda x: self._predict(tf.convert_to_tensor(x)).numpy())
+            run_episode(slot, self.model, self.ex.move_threshold, predict)
             pred, true = slot.seed >= t, slot.label > 0.5
             sums["tp"] += float(np.count_nonzero(pred & true))
             sums["fp"] += float(np.count_nonzero(pred & ~true))
             sums["fn"] += float(np.count_nonzero(~pred & true))
+        if self.score_key == "seg_score":
+            for k in ("both", "truth_pairs", "seg_pairs", "split_n", "merge_n", "n"):
+                sums[k] = 0.0
+            for vol in self.val[shard::num_shards]:
+                for k, v in self.segment_validation(vol, lambda x: predict(x)[..., 0]).items():
+                    sums[k] += v
         return sums
+
+    def segment_validation(self, vol: TrainingVolume, predict) -> dict[str, float]:
+        """Segment the central ``val_segment_zyx`` box of ``vol`` with the canvas (peak seeds,
+        face-max moves) and return additive sums of the adapted Rand and VOI terms."""
+        from connectome.evaluate.segmentation import Contingency, voi
+        from ffn.inference import Canvas, InferenceConfig, peak_seeds, run_canvases
+
+        shape = np.minimum(np.asarray(self.ex.val_segment_zyx), vol.image.shape)
+        shape = np.maximum(shape, self.model.fov_zyx)
+        lo = (np.asarray(vol.image.shape) - shape) // 2
+        box = tuple(slice(a, a + n) for a, n in zip(lo, shape))
+        image = vol.standardized(vol.image[box])
+        cfg = InferenceConfig(move_threshold=self.ex.move_threshold, segment_threshold=self.ex.val_segment_threshold,
+                              min_segment_voxels=self.ex.val_min_segment_voxels, batch_size=8,
+                              max_fovs_per_object=self.ex.val_segment_max_fovs_per_object)
+        canvas = Canvas(image, self.model, cfg)
+        run_canvases([(canvas, peak_seeds(image, None, vol.voxel_nm, cfg))], predict, cfg.batch_size,
+                     max_fovs=self.ex.val_segment_max_fovs)
+        table = Contingency.from_labels(vol.labels[box], np.maximum(canvas.seg, 0)).without_truth(0)
+        n = float(table.total)
+        if not n:
+            return {"both": 0.0, "truth_pairs": 0.0, "seg_pairs": 0.0, "split_n": 0.0, "merge_n": 0.0, "n": 0.0}
+        c = table.counts.astype(np.float64)
+        a = np.bincount(np.unique(table.truth_ids, return_inverse=True)[1].reshape(-1), weights=c)
+        b = np.bincount(np.unique(table.seg_ids, return_inverse=True)[1].reshape(-1), weights=c)
+        split, merge = voi(table)
+        return {"both": float(c @ c) - n, "truth_pairs": float(a @ a) - n, "seg_pairs": float(b @ b) - n,
+                "split_n": split * n, "merge_n": merge * n, "n": n}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         tp, fp, fn = sums["tp"], sums["fp"], sums["fn"]
         p = tp / (tp + fp) if tp + fp else 1.0
         r = tp / (tp + fn) if tp + fn else 1.0
-        return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+        out = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+        if sums.get("n"):
+            denom = sums["truth_pairs"] + sums["seg_pairs"]
+            arand = 1.0 - 2.0 * sums["both"] / denom if denom > 0 else 1.0
+            vs, vm = sums["split_n"] / sums["n"], sums["merge_n"] / sums["n"]
+            out.update({"arand": arand, "voi_split": vs, "voi_merge": vm, "seg_score": -(arand + (vs + vm) / 4.0)})
+        return out
 
 
 def run_episode(slot: _Slot, model: FFNModelConfig, move_threshold: float, predict) -> None:
@@ -217,14 +311,17 @@ def run_episode(slot: _Slot, model: FFNModelConfig, move_threshold: float, predi
 def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed: int = 0,
                          label: str = "neurons", mask: str | None = "vessels") -> TrainingVolume:
     """A ``connectome synth`` folder (``truth.zarr``: raw, ``label``, optional ``mask``) as a
-    :class:`TrainingVolume`: the image standardised by its percentiles (as the U-Net does:
-    ``(v/255 - p50) / ((p95 - p5) / 3.29)``), example centres from the labels."""
+    :class:`TrainingVolume` at the model's resolution (``ex.voxel_size_nm_yx``): the image
+    area-downsampled (:func:`model_resolution`), labels and mask sampled at the same pixels,
+    example centres from the labels. Standardisation (volume percentiles, as the U-Net and
+    ``connectome segment``: ``(v - p50) / ((p95 - p5) / 3.29)``) is applied per example, after
+    the intensity augmentation."""
     from pathlib import Path
 
     import zarr
 
     from connectome.errors import UserInputError
-    from unet.data import intensity_stats
+    from unet.data import intensity_stats, model_factor
 
     path = Path(path)
     try:
@@ -233,16 +330,33 @@ def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed
     except Exception:  # noqa: BLE001 - any failure to open is the same user error
         raise UserInputError(f"--data {path}: expected a `connectome synth` folder with truth.zarr/raw and "
                              f"truth.zarr/{label}") from None
-    if raw.shape != labels.shape or any(s < e for s, e in zip(raw.shape, model.example_zyx)):
-        raise UserInputError(f"--data {path}: volume {list(raw.shape)} is smaller than one training example "
-                             f"{list(model.example_zyx)} (or raw and {label} differ in shape)")
-    stats = intensity_stats(raw, 1)
-    image = stats.standardize(np.asarray(raw[:], dtype=np.float32) / 255.0)
-    lab = np.asarray(labels[:])
-    m = np.asarray(g[mask][:]) > 0 if mask and mask in g else None
+    vs = tuple(float(v) for v in raw.attrs.get("voxel_size_nm", (40.0, 8.0, 8.0)))
+    factor = model_factor(ex.voxel_size_nm_yx, vs[1], f"--data {path}") if ex.voxel_size_nm_yx else 1
+    shape = (raw.shape[0], raw.shape[1] // factor, raw.shape[2] // factor)
+    if raw.shape != labels.shape or any(s < e for s, e in zip(shape, model.example_zyx)):
+        raise UserInputError(f"--data {path}: volume {list(shape)} (at the model's resolution) is smaller than one "
+                             f"training example {list(model.example_zyx)} (or raw and {label} differ in shape)")
+    stats = intensity_stats(raw, factor)
+    image, lab, m = model_resolution(np.asarray(raw[:]), np.asarray(labels[:]),
+                                     np.asarray(g[mask][:]) > 0 if mask and mask in g else None, factor)
     sampler = CentreSampler.from_labels(lab, tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
                                         model.example_zyx, ex.min_object_voxels, m, ex.max_per_partition, seed)
-    return TrainingVolume(path.name, image, lab, sampler)
+    return TrainingVolume(path.name, image, lab, sampler, stats, (vs[0], vs[1] * factor, vs[2] * factor))
+
+
+def model_resolution(raw: np.ndarray, labels: np.ndarray | None, mask: np.ndarray | None, factor: int):
+    """(image in [0, 1], labels, mask) at ``factor`` x coarser (y, x): the image area-averaged over
+    whole ``factor`` x ``factor`` cells (a remainder at the high edge is dropped), labels and mask
+    taken at each cell's centre pixel."""
+    from unet.data import downsample_mean
+
+    f = int(factor)
+    h, w = raw.shape[1] // f * f, raw.shape[2] // f * f
+    image = downsample_mean(raw[:, :h, :w], f) / 255.0
+    c = f // 2
+    lab = None if labels is None else np.ascontiguousarray(labels[:, c:h:f, c:w:f])
+    m = None if mask is None else np.ascontiguousarray(mask[:, c:h:f, c:w:f])
+    return image.astype(np.float32), lab, m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,11 +373,18 @@ def _default_model() -> FFNModelConfig:
     return COMPACT
 
 
+def _default_augment() -> AugmentConfig:
+    # the U-Net's intensity augmentation (sections as channels); its geometric fields are unused
+    return AugmentConfig()
+
+
 @dataclass(frozen=True)
 class FFNTrainConfig:
     model: FFNModelConfig = field(default_factory=_default_model)
     examples: FFNExampleConfig = field(default_factory=FFNExampleConfig)
     trainer: TrainerConfig = field(default_factory=_default_trainer)
+    #: intensity augmentation (unet.augment.AugmentConfig; ``enabled: false`` turns it off)
+    augment: AugmentConfig = field(default_factory=_default_augment)
 
 
 Config = FFNTrainConfig
@@ -311,7 +432,8 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
         mine = data[s.rank::s.size] if len(data) >= s.size else data
         train = [load_training_volume(d, cfg.model, cfg.examples, tcfg.seed) for d in mine]
         vols_val = [load_training_volume(d, cfg.model, cfg.examples, tcfg.seed) for d in val]
-        job = FFNJob(cfg.model, cfg.examples, train, vols_val, tcfg.seed, tcfg.checkpoint_every, fingerprint)
+        job = FFNJob(cfg.model, cfg.examples, train, vols_val, tcfg.seed, tcfg.checkpoint_every, fingerprint,
+                     cfg.augment)
         result = run_training(job, tcfg, out / "train", s, restart=restart)
         if result.stopped_by_signal:
             s.barrier()
@@ -328,7 +450,10 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
                                 "rank_weight_digests": result.rank_weight_digests},
                    "validation": {"episodes_f1_at_0.9": result.best_metrics or result.last_metrics,
                                   "best_step": result.best_step}}
-            write_model_dir(out, arrays, cfg.model, vs[0], doc)
+            v0 = vs[0]
+            if cfg.examples.voxel_size_nm_yx:  # the model's input pixels, not the data's
+                v0 = (v0[0], cfg.examples.voxel_size_nm_yx, cfg.examples.voxel_size_nm_yx)
+            write_model_dir(out, arrays, cfg.model, v0, doc)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
                        "seconds": result.seconds, "validation": doc["validation"],
                        "rank_weight_digests": result.rank_weight_digests}

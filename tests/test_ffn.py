@@ -113,7 +113,8 @@ def volumes(tmp_path_factory):
     from ffn.train import load_training_volume
 
     root = tmp_path_factory.mktemp("ffn")
-    ex = FFNExampleConfig(min_object_voxels=300, val_episodes_per_volume=6)
+    ex = FFNExampleConfig(min_object_voxels=300, val_episodes_per_volume=6, val_segment_zyx=(8, 48, 48),
+                          val_segment_max_fovs=1500, val_min_segment_voxels=50)
     train = load_training_volume(generate(root / "a", preset="small", seed=401), TINY, ex)
     val = load_training_volume(generate(root / "b", preset="small", seed=402), TINY, ex)
     return ex, train, val
@@ -144,6 +145,9 @@ def test_fov_movement_training_learns_and_moves(volumes, tmp_path):
     val = [e for e in events if e["event"] == "validate"]
     assert [e["step"] for e in val] == [0, 40, 80]
     assert val[-1]["f1"] > val[0]["f1"]          # learned to fill objects
+    # segmentation metrics of the held-out crop are logged and choose the checkpoint
+    assert all(0 <= e["arand"] <= 1 and e["voi_split"] >= 0 and "seg_score" in e for e in val)
+    assert job.score_key == "seg_score"
     # the slots moved: some episodes went past their centre FOV
     ex, train, _ = volumes
     x, _ = job.batch(80, 0, 1, 4)
@@ -209,6 +213,32 @@ def test_canvas_with_an_oracle_reproduces_the_objects():
                       if ndi_erode((labels == k) & ~mask).any()])
     run_canvases([(c, seeds)], oracle, batch_size=2)
     assert (c.seg[mask] == -1).all() and (c.seg[~mask] > 0).all()
+
+
+def test_concurrent_floods_match_the_sequential_canvas_in_fewer_passes():
+    from ffn.inference import Canvas, InferenceConfig, run_canvases
+
+    model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3))
+    labels = _voronoi((12, 40, 40), 12, seed=7)
+    seeds = np.array([np.argwhere(ndi_erode(labels == k))[0] for k in range(1, 13) if ndi_erode(labels == k).any()])
+    results, passes = {}, {}
+    for conc in (1, 6):
+        cfg = InferenceConfig(min_segment_voxels=20, batch_size=8, concurrent_objects=conc)
+        calls = []
+
+        def counted(x):
+            calls.append(len(x))
+            return oracle(x)
+
+        c = Canvas(labels.astype(np.float32), model, cfg)
+        run_canvases([(c, seeds)], counted, batch_size=cfg.batch_size)
+        results[conc], passes[conc] = c.seg.copy(), len(calls)
+        assert max(calls) <= cfg.batch_size
+    # the oracle's objects are disjoint, so the order of commits cannot change them
+    from connectome.evaluate.segmentation import Contingency, adapted_rand
+
+    assert adapted_rand(Contingency.from_labels(results[1].astype(np.uint64), results[6].astype(np.uint64)))[0] < 1e-9
+    assert passes[6] < passes[1] / 2
 
 
 def ndi_erode(m):

@@ -154,6 +154,42 @@ def test_ffn_path_runs_with_a_model_directory(data, tmp_path):
     assert len(list((w / "segment" / "subvolumes").glob("*.npz"))) == 2
 
 
+def test_a_16nm_model_runs_on_8nm_data_at_its_own_pixels(data, tmp_path):
+    root, ws, _ = data
+    # update +6 (pad logit -2.9 -> 3.1 > logit(0.9)): it moves everywhere and every FOV it sees is
+    # one object, so the first seed of each subvolume floods it whole
+    model = _model_dir(tmp_path / "m", voxel=(40, 16, 16), update_bias=6.0)
+    w = _copy(ws, tmp_path / "w")
+    r = run_cli("segment", "--workspace", w, "--model", model, "--block-shape", "16,64,128", "--executor", "serial")
+    assert r.returncode == 0, r.stderr
+    seg = _seg(w)
+    assert seg.shape == (16, 128, 128)
+    assert (seg > 0).all() and len(np.unique(seg)) == 1   # two subvolumes, reconciled into one object
+    bad = tmp_path / "odd.yaml"
+    bad.write_text("overlap_zyx: [4, 9, 9]\n")
+    r = run_cli("segment", "--workspace", _copy(ws, tmp_path / "w2"), "--model", model, "--config", bad)
+    assert r.returncode == 2 and "multiples of 2" in r.stderr, r.stderr
+
+
+def test_upsampled_borders_snap_to_full_resolution_membranes():
+    from ffn.segment import snap_to_membranes
+
+    raw = np.full((2, 32, 48), 200, np.uint8)
+    raw[:, :, 21] = 30                                   # a membrane at x = 21
+    coarse = np.ones((2, 16, 24), np.uint64)
+    coarse[:, :, 12:] = 2                                # the coarse border at x = 24
+    up = np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2)
+    up[1, :, 40:] = 0                                    # unlabelled pixels
+    out = snap_to_membranes(raw, up, 2)
+    assert (out[:, :, :21] == 1).all() and (out[0, :, 22:] == 2).all()
+    assert (out[1, :, 40:] == 0).all()                   # the labelled area only...
+    filled = snap_to_membranes(raw, up, 2, fill=True)
+    assert (filled[1, :, 22:] == 2).all()                # ...unless filling
+    mask = np.zeros(raw.shape, bool)
+    mask[1, :, 44:] = True
+    assert (snap_to_membranes(raw, up, 2, mask=mask, fill=True)[1, :, 44:] == 0).all()
+
+
 def test_bad_input_exit_2(data, tmp_path):
     root, ws, _ = data
     w = _copy(ws, tmp_path / "w")

@@ -14,7 +14,8 @@ from conftest import BIN, run_cli
 pytest.importorskip("horovod.tensorflow")
 
 TINY = """model: {depth: 2, features: 8, fov_zyx: [7, 13, 13], deltas_zyx: [2, 3, 3]}
-examples: {min_object_voxels: 300, val_episodes_per_volume: 4}
+examples: {min_object_voxels: 300, val_episodes_per_volume: 4, val_segment_zyx: [8, 48, 48], val_segment_max_fovs: 1500,
+           val_min_segment_voxels: 50}
 trainer: {batch_size: 2, checkpoint_every: 5, validate_every: 10, log_every: 5, warmup_steps: 2,
           intra_op_threads: 1, inter_op_threads: 1}
 """
