@@ -19,6 +19,8 @@ One object from a seed point ``s`` (skipped if ``seg[s] != 0``):
    position whose centre voxel already belongs to another object is still visited: the face
    rule alone decides, so an object is not cut off behind a neighbour's boundary voxels (the
    network's low probability inside other objects stops the flood there);
+   The flood stops early when the seed voxel ``s`` itself falls below the segment threshold
+   (the object would be rejected in step 3 anyway; google/ffn stops on a weak seed too);
 3. the object is the connected component containing ``s`` of ``seed >= logit(segment_threshold)``
    restricted to unassigned voxels; it gets the next id if it has >= ``min_segment_voxels``
    voxels, else its voxels are marked as tried (no later seed starts there);
@@ -55,8 +57,13 @@ class InferenceConfig:
     min_segment_voxels: int = 1000
     #: FOVs per forward pass (gathered from the concurrent floods of one or several canvases)
     batch_size: int = 16
-    #: objects flooded side by side in one canvas (1 = the classic sequential FFN; see Canvas)
-    concurrent_objects: int = 8
+    #: objects flooded side by side in one canvas (1 = the classic sequential FFN; see Canvas).
+    #: More fills the batch, but floods that later meet in one object repeat work: on a 16 nm
+    #: synth crop 8 took 1.7x the FOVs of 1 (same segmentation), so the default is sequential
+    concurrent_objects: int = 1
+    #: FOV movement step (z, y, x) at inference; (0, 0, 0) = the model's training deltas. Larger
+    #: steps need fewer FOVs per object (the network then sees less of its own earlier output)
+    deltas_zyx: tuple[int, int, int] = (0, 0, 0)
     #: stop flooding one object after this many FOVs (a safety net against runaway floods)
     max_fovs_per_object: int = 4000
     #: seed policy: Gaussian sigma (voxels, z y x) before the gradient, boundary blur sigma
@@ -122,7 +129,7 @@ class Canvas:
 
     ``concurrent_objects`` floods run side by side (their FOVs batched into one forward pass);
     each has its own logits array. A seed starts a flood only when its voxel is unassigned, not
-    tried, and not already inside an active flood's object (probability >= segment threshold);
+    tried, and farther than one FOV from every active flood's bounding box (seeds nearer wait);
     floods commit in the order they finish (ties: the order they started), so where two floods
     reached the same voxels the first to finish keeps them. A flood whose seed an earlier-started
     active flood has reached is cancelled (same object) and its seed queued again, so the work
@@ -132,6 +139,10 @@ class Canvas:
     def __init__(self, image: np.ndarray, model: FFNModelConfig, cfg: InferenceConfig,
                  mask: np.ndarray | None = None):
         self.image = np.asarray(image, np.float32)
+        if any(cfg.deltas_zyx):
+            import dataclasses
+
+            model = dataclasses.replace(model, deltas_zyx=tuple(int(v) for v in cfg.deltas_zyx))
         self.model, self.cfg = model, cfg
         if any(s < f for s, f in zip(self.image.shape, model.fov_zyx)):
             raise ValueError(f"volume {list(self.image.shape)} is smaller than the FOV {list(model.fov_zyx)}")
@@ -186,6 +197,11 @@ class Canvas:
             f.truncated = True
             f.queue.clear()
             return
+        if f.seed[f.s] < self._t_seg:
+            # the seed voxel itself fell below the segment threshold: the object would be
+            # rejected at commit, so stop flooding now (google/ffn stops on a weak seed too)
+            f.queue.clear()
+            return
         for ax in range(3):
             for sg in (-1, 1):
                 idx = [slice(None)] * 3
@@ -225,15 +241,24 @@ class Canvas:
         receives their logits ``(n, z, y, x)``."""
         pad = logit(PAD_PROB)
         t_move, t_seg = logit(self.cfg.move_threshold), logit(self.cfg.segment_threshold)
+        self._t_seg = t_seg
         n_conc = max(1, int(concurrent_objects or self.cfg.concurrent_objects))
-        todo = deque(map(tuple, np.asarray(seeds, int).reshape(-1, 3)))
+        todo = list(map(tuple, np.asarray(seeds, int).reshape(-1, 3)))
+        margin = tuple(int(v) for v in self.model.fov_zyx)
         active: list[_Flood] = []
         while True:
-            while todo and len(active) < n_conc:
-                s = todo.popleft()
-                if self.seg[s] != 0 or self.tried[s] or any(f.seed[s] >= t_seg for f in active):
-                    continue
-                active.append(self._start(s))
+            # start floods (in seed order) from seeds outside every active flood's bounding box;
+            # seeds inside one wait for it (it is probably flooding their object)
+            i = 0
+            while i < len(todo) and len(active) < n_conc:
+                s = todo[i]
+                if self.seg[s] != 0 or self.tried[s]:
+                    del todo[i]
+                elif any(all(lo - m <= v < hi + m for v, lo, hi, m in zip(s, f.lo, f.hi, margin)) for f in active):
+                    i += 1
+                else:
+                    del todo[i]
+                    active.append(self._start(s))
             if not active:
                 return
             logits = yield np.stack([self._input(f, pad) for f in active])
@@ -257,7 +282,7 @@ class Canvas:
                     active.append(f)
                 else:
                     self._commit(f, t_seg)
-                    todo.extendleft(reversed(f.deferred))
+                    todo[:0] = f.deferred
 
 
 def run_canvases(jobs: list[tuple[Canvas, np.ndarray]], predict: Callable[[np.ndarray], np.ndarray],
