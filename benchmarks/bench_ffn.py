@@ -157,8 +157,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     res = {"forward": forward_rates()}
     with tempfile.TemporaryDirectory() as d:
-        if not a.skip_canvas:
+        from ffn.segment import default_model_dir
+
+        if not a.skip_canvas and (a.model or (default_model_dir() / "model.json").is_file()):
             res["canvas"] = canvas_rates(a.model, Path(d))
+        elif not a.skip_canvas:
+            print("canvas: skipped (no shipped FFN model in this checkout; pass --model DIR)", flush=True)
         if not a.skip_training:
             res["training"] = training_rates(Path(d), a.steps)
     if a.out:

@@ -65,7 +65,7 @@ class FFNExampleConfig:
     #: volume) of every held-out volume is segmented by the canvas, and the pooled adapted Rand
     #: error and VOI against its labels choose the checkpoint (score = -(ARAND + VOI / 4));
     #: (0, 0, 0) = episode F1 only
-    val_segment_zyx: tuple[int, int, int] = (24, 96, 96)
+    val_segment_zyx: tuple[int, int, int] = (12, 64, 64)
     #: canvas thresholds of that validation (the move threshold is ``move_threshold``)
     val_segment_threshold: float = 0.6
     val_min_segment_voxels: int = 200
