@@ -275,6 +275,21 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_pbs_render(args):
+    from connectome import pbs
+
+    spec = pbs.JobSpec(stage=args.stage, system=args.system, nodes=args.nodes, project=args.project,
+                       ppn=args.ppn, depth=args.depth, walltime=args.walltime, queue=args.queue,
+                       filesystems=args.filesystems, workspace=args.workspace, stage_args=args.stage_args,
+                       setup=args.setup)
+    if args.out and not args.dry_run:
+        path = pbs.write(spec, args.out)
+        print(path)
+    else:
+        sys.stdout.write(pbs.render(spec))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common, stage = _common_options(), _stage_options()
     parser = _Parser(prog="connectome", description="Reconstruct neural circuits from serial-section EM.")
@@ -406,6 +421,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="describe a workspace")
     p.add_argument("--workspace", required=True, metavar="WS")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("pbs", help="ALCF job scripts (ACTION: render)",
+                       description="Job scripts for ALCF systems (Polaris and Aurora: PBS Pro + mpiexec; "
+                                   "Theta: Cobalt + aprun). Templates: pbs/.")
+    pbs_actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    k = pbs_actions.add_parser("render", parents=[common], help="render one stage's job script",
+                               description="Render the job script for one STAGE. Model stages (train-ffn, "
+                                           "train-vessel, segment) run under mpiexec, one rank per GPU (tile); "
+                                           "blockwise stages (stitch, align, mask-vessels) start a dask scheduler "
+                                           "and workers and run the stage with --executor dask; graph runs as one "
+                                           "process. Prints the script, or writes OUT/<stage>.<system>.pbs.")
+    k.add_argument("stage", metavar="STAGE",
+                   help="train-ffn | train-vessel | segment | stitch | align | mask-vessels | graph")
+    k.add_argument("--system", required=True, metavar="SYSTEM", help="aurora | polaris | theta")
+    k.add_argument("--nodes", required=True, type=int, metavar="N", help="number of nodes")
+    k.add_argument("--ppn", type=int, metavar="P", help="ranks per node (default: Polaris 4, Aurora 12, Theta 4)")
+    k.add_argument("--depth", type=int, metavar="D", help="hardware threads per rank (default: cores / ppn)")
+    k.add_argument("--walltime", default="01:00:00", metavar="HH:MM:SS", help="default 01:00:00")
+    k.add_argument("--queue", default="debug", metavar="Q", help="default debug")
+    k.add_argument("--project", metavar="A", help="allocation to charge (required)")
+    k.add_argument("--filesystems", metavar="FS", help="e.g. home:eagle (default: Polaris home:eagle, "
+                                                       "Aurora home:flare, Theta home:grand)")
+    k.add_argument("--workspace", metavar="WS", help="the workspace (required except for train-*)")
+    k.add_argument("--stage-args", metavar="'ARGS'",
+                   help="extra arguments for the stage command (required for train-*: '--data DIR --out MODEL_DIR')")
+    k.add_argument("--setup", metavar="'CMDS'", help="environment set-up lines (default: the system's modules)")
+    k.add_argument("--out", metavar="DIR", help="write DIR/<stage>.<system>.pbs (mode 0755) instead of printing")
+    k.add_argument("--dry-run", action="store_true", help="print the script even with --out")
+    k.set_defaults(func=cmd_pbs_render)
     return parser
 
 
