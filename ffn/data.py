@@ -18,6 +18,8 @@ keeps at most ``max_per_partition`` centres per partition (a seeded uniform subs
 Examples: the *example box* of ``fov + 2 * delta`` voxels around a centre (one FOV plus one move
 in every direction) of the standardised image and of the object mask (label == the centre's id),
 flipped along z, y and x at random and, when the FOV is square in (y, x), transposed in (y, x).
+
+:func:`model_resolution` brings a volume to the model's pixel size (training and inference alike).
 """
 
 from __future__ import annotations
@@ -135,3 +137,18 @@ def augment(arrays: list[np.ndarray], rng: np.random.Generator, transpose_xy: bo
             a = np.swapaxes(a, 1, 2)
         out.append(np.ascontiguousarray(a))
     return out
+
+
+def model_resolution(raw: np.ndarray, labels: np.ndarray | None, mask: np.ndarray | None, factor: int):
+    """(image in [0, 1], labels, mask) at ``factor`` x coarser (y, x): the image area-averaged over
+    whole ``factor`` x ``factor`` cells (a remainder at the high edge is dropped), labels and mask
+    taken at each cell's centre pixel."""
+    from unet.data import downsample_mean
+
+    f = int(factor)
+    h, w = raw.shape[1] // f * f, raw.shape[2] // f * f
+    image = downsample_mean(raw[:, :h, :w], f) / 255.0
+    c = f // 2
+    lab = None if labels is None else np.ascontiguousarray(labels[:, c:h:f, c:w:f])
+    m = None if mask is None else np.ascontiguousarray(mask[:, c:h:f, c:w:f])
+    return image.astype(np.float32), lab, m

@@ -157,7 +157,7 @@ def segment_ffn_at(raw8: np.ndarray, mask, voxel_nm, factor: int, stats, config:
     edge-pad (y, x) to a multiple of ``factor``, area-downsample, standardise with ``stats``
     (percentiles at the model's pixels), segment, upsample the labels (nearest) and, if
     ``config.refine_upsampled``, snap their borders to the full-resolution image."""
-    from ffn.train import model_resolution
+    from ffn.data import model_resolution
 
     f = int(factor)
     if f == 1:

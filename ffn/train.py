@@ -34,7 +34,7 @@ import numpy as np
 
 from connectome.training import TrainerConfig
 from unet.augment import AugmentConfig
-from ffn.data import CentreSampler, augment, crop
+from ffn.data import CentreSampler, augment, crop, model_resolution
 from ffn.model import PAD_PROB, SEED_PROB, FFNModelConfig, logit
 
 #: the 6 moves (axis, sign)
@@ -312,7 +312,7 @@ def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed
                          label: str = "neurons", mask: str | None = "vessels") -> TrainingVolume:
     """A ``connectome synth`` folder (``truth.zarr``: raw, ``label``, optional ``mask``) as a
     :class:`TrainingVolume` at the model's resolution (``ex.voxel_size_nm_yx``): the image
-    area-downsampled (:func:`model_resolution`), labels and mask sampled at the same pixels,
+    area-downsampled (:func:`ffn.data.model_resolution`), labels and mask sampled at the same pixels,
     example centres from the labels. Standardisation (volume percentiles, as the U-Net and
     ``connectome segment``: ``(v - p50) / ((p95 - p5) / 3.29)``) is applied per example, after
     the intensity augmentation."""
@@ -342,21 +342,6 @@ def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed
     sampler = CentreSampler.from_labels(lab, tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
                                         model.example_zyx, ex.min_object_voxels, m, ex.max_per_partition, seed)
     return TrainingVolume(path.name, image, lab, sampler, stats, (vs[0], vs[1] * factor, vs[2] * factor))
-
-
-def model_resolution(raw: np.ndarray, labels: np.ndarray | None, mask: np.ndarray | None, factor: int):
-    """(image in [0, 1], labels, mask) at ``factor`` x coarser (y, x): the image area-averaged over
-    whole ``factor`` x ``factor`` cells (a remainder at the high edge is dropped), labels and mask
-    taken at each cell's centre pixel."""
-    from unet.data import downsample_mean
-
-    f = int(factor)
-    h, w = raw.shape[1] // f * f, raw.shape[2] // f * f
-    image = downsample_mean(raw[:, :h, :w], f) / 255.0
-    c = f // 2
-    lab = None if labels is None else np.ascontiguousarray(labels[:, c:h:f, c:w:f])
-    m = None if mask is None else np.ascontiguousarray(mask[:, c:h:f, c:w:f])
-    return image.astype(np.float32), lab, m
 
 
 # ---------------------------------------------------------------------------------------------
