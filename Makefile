@@ -19,7 +19,7 @@ HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHO
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS=-j2 \
 	PATH=$(abspath $(BIN)):$$PATH
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv system-packages
 
 install: $(STAMP)
 
@@ -30,13 +30,37 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -c "import horovod, horovod.tensorflow" 2>/dev/null || \
 		$(HOROVOD_ENV) $(PIP) install -q --no-build-isolation -c constraints.txt horovod
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
+	@# headless Chromium for `connectome view --screenshot` and the browser test; only when missing
+	@# and apt is usable (root or passwordless sudo); otherwise that test skips and says why
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || true; \
+		elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+			sudo -n apt-get install -y -q chromium chromium-driver >/dev/null || \
+			{ sudo -n apt-get update -q >/dev/null && sudo -n apt-get install -y -q chromium chromium-driver >/dev/null; } || true; \
+		else echo "note: chromium/chromium-driver not installed (no usable apt); the browser test will skip"; fi; }
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/connectome demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Slurm + Debian's Torque-compatible qsub + munge for the real-submission test of `connectome pbs
+# submit` (tests/test_pbs_submit.py starts a single-node Slurm). Installed with apt-get when missing
+# and possible (root, apt-get present); otherwise a note, and that test skips with the reason.
+SYSTEM_TOOLS := qsub sbatch slurmctld slurmd munged
+system-packages:
+	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || test -x /usr/sbin/$$t || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm slurm-wlm-torque munge >/dev/null 2>&1 || \
+			{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm slurm-wlm-torque munge >/dev/null 2>&1; } || \
+			echo "note: apt-get could not install slurm-wlm slurm-wlm-torque munge; the Slurm submission test will skip"; \
+		else echo "note: slurm-wlm/slurm-wlm-torque/munge missing and apt-get unusable (not root?); the Slurm submission test will skip"; fi; \
+	fi
 
 clean-venv:
 	rm -rf $(VENV)

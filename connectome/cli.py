@@ -229,6 +229,44 @@ def cmd_train_ffn(args) -> int:
     return _train(args, "ffn", describe)
 
 
+def cmd_train_synapse(args) -> int:
+    def describe(summary):
+        vols = summary["validation"].get("volumes", [])
+        f1 = ", ".join(f"{v['path'].rstrip('/').split('/')[-1]}: F1 {v['f1']}" for v in vols)
+        return f"; validation {f1}" if f1 else ""
+
+    return _train(args, "synapse", describe)
+
+
+def cmd_synapses(args) -> int:
+    from connectome.config import load_config
+    from connectome.logsetup import add_log_file
+    from connectome.stages import load_stage
+    from connectome.synapses.detect import detect_synapses
+    from connectome.workspace import parse_zyx
+
+    syn = load_stage("synapses")
+    overrides = {}
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    if args.threshold is not None:
+        overrides["threshold"] = args.threshold
+    if args.min_size is not None:
+        overrides["min_size_voxels"] = args.min_size
+    cfg = load_config(syn.Config, args.config, overrides)
+    rc = _run(args, syn.plan_predict(args.workspace, cfg, args.model), "synapses")
+    if rc:
+        return rc
+    with _executor(args) as executor:
+        if executor.is_driver:
+            add_log_file(args.workspace, "synapses-detect")
+        summary = detect_synapses(args.workspace, syn.detect_config(args.workspace, cfg), executor,
+                                  progress=_progress(args), restart=args.restart)
+    if executor.is_driver:
+        print(summary.describe())
+    return 0
+
+
 def cmd_graph(args) -> int:
     from connectome.graph import build_graph
 
@@ -275,6 +313,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_hpo_run(args) -> int:
+    from hpo.run import run_search
+
+    return run_search(args.space, args.out, args.max_evals, args.evaluator, args.workers)
+
+
+def cmd_hpo_report(args) -> int:
+    from hpo.report import report
+
+    return report(args.dir, top=args.top)
+
+
 def cmd_pbs_render(args):
     from connectome import pbs
 
@@ -282,12 +332,51 @@ def cmd_pbs_render(args):
                        ppn=args.ppn, depth=args.depth, walltime=args.walltime, queue=args.queue,
                        filesystems=args.filesystems, workspace=args.workspace, stage_args=args.stage_args,
                        setup=args.setup)
+    if pbs.is_pipeline(args.stage):  # one script per pipeline stage
+        jobs = pbs.pipeline_jobs(spec, getattr(args, "from_stage", None), getattr(args, "until", None))
+        if args.func is cmd_pbs_submit:
+            pbs.submit(jobs, after=args.after, dry_run=args.dry_run)
+        elif args.out and not args.dry_run:
+            print("\n".join(str(p) for p in pbs.write_pipeline(jobs, args.out)))
+        else:
+            pbs.print_pipeline(jobs)
+        return 0
     if args.out and not args.dry_run:
         path = pbs.write(spec, args.out)
         print(path)
     else:
         sys.stdout.write(pbs.render(spec))
     return 0
+
+
+def cmd_pbs_submit(args):
+    from connectome.pbs import is_pipeline
+
+    if not is_pipeline(args.stage):
+        raise UserInputError(f"PIPELINE: expected a pipeline YAML file, got {args.stage!r}")
+    return cmd_pbs_render(args)
+
+
+def cmd_run(args) -> int:
+    from connectome.pipeline import run_pipeline
+
+    if args.workers is not None and args.workers < 1:
+        raise UserInputError(f"--workers: expected a positive number, got {args.workers}")
+    return run_pipeline(args.pipeline, args.workspace, from_=args.from_stage, until=args.until, only=args.only,
+                        executor=args.executor, workers=args.workers, scheduler_file=args.scheduler_file,
+                        progress=args.progress)
+
+
+def cmd_export_precomputed(args) -> int:
+    from connectome.viewer.commands import export_command
+
+    return export_command(args)
+
+
+def cmd_view(args) -> int:
+    from connectome.viewer.commands import view_command
+
+    return view_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +444,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-shape", metavar="Z,Y,X", help="subvolume core (= block and chunk) shape in voxels")
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("synapses", parents=[common, stage], help="synapse detection with a 3D U-Net",
+                       description="Predict WS/volume.zarr/synapse_prob (cleft) and synapse_post (postsynaptic side) "
+                                   "with the synapse 3D U-Net on a global tile grid, then detect synapses (threshold "
+                                   "+ 26-connected components + minimum size, consistent across block borders), "
+                                   "assign pre/post partners from WS/volume.zarr/segmentation and write "
+                                   "WS/synapses.csv. Blockwise and resumable.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped unet/models/synapse)")
+    p.add_argument("--threshold", type=float, metavar="T", help="cleft threshold (default: the model's)")
+    p.add_argument("--min-size", type=int, metavar="N", help="minimum synapse size in voxels (default: the model's)")
+    p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
+    p.set_defaults(func=cmd_synapses)
+
     p = sub.add_parser("graph", parents=[common], help="the connectivity graph from WS/synapses.csv",
                        description="Group the synapses of WS/synapses.csv by (pre, post) segment into "
                                    "WS/connectivity.csv and WS/connectivity.graphml (node attribute size_voxels from "
@@ -368,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop edges with fewer than K synapses (default 1)")
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("train", help="train a model (KIND: vessel, ffn)",
+    p = sub.add_parser("train", help="train a model (KIND: vessel, ffn, synapse)",
                        description="Train a model into a self-describing model directory. Runs as one process or "
                                    "data-parallel under horovodrun / mpiexec (one process per rank).")
     train_kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
@@ -395,6 +497,19 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
     k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
     k.set_defaults(func=cmd_train_ffn)
+    k = train_kinds.add_parser("synapse", parents=[common], help="the 3D U-Net synapse model",
+                               description="Train the synapse 3D U-Net (cleft + postsynaptic side) on `connectome "
+                                           "synth` folders (truth.zarr: raw, neurons, synapse_clefts; "
+                                           "truth/synapses.csv); calibrates the detection threshold and minimum size "
+                                           "on --val. Resumes from MODEL_DIR/train/checkpoints.")
+    k.add_argument("--data", action="append", required=True, metavar="DIR", help="training volume (repeatable)")
+    k.add_argument("--val", action="append", default=[], metavar="DIR",
+                   help="held-out volume for the checkpoint and the detection calibration (repeatable)")
+    k.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    k.add_argument("--config", metavar="FILE.yaml", help="SynapseTrainConfig (YAML); unknown keys are rejected")
+    k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
+    k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
+    k.set_defaults(func=cmd_train_synapse)
 
     p = sub.add_parser("synth", parents=[common], help="synthesise an EM dataset with full ground truth")
     p.add_argument("out", metavar="OUT")
@@ -418,11 +533,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("run", parents=[common], help="run a pipeline (pipelines/*.yaml), stage by stage",
+                       description="Run the stages of PIPELINE.yaml in order on WS, each exactly as its own command "
+                                   "with the pipeline's options and config; stages finished before (WS/pipeline/done) "
+                                   "are skipped, an interrupted stage resumes from its block done-markers. Per-stage "
+                                   "status, wall time, block counts and versions go to WS/run.json. Exit code: that "
+                                   "of the first failing stage.")
+    p.add_argument("pipeline", metavar="PIPELINE.yaml")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", help="start at this stage id")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage id")
+    p.add_argument("--only", metavar="STAGE", help="run only this stage id (how PBS jobs run a pipeline stage)")
+    p.add_argument("--executor", help="override the executor of the blockwise stages: serial | local | dask | mpi")
+    p.add_argument("--workers", type=int, metavar="N", help="override the worker count of the blockwise stages")
+    p.add_argument("--scheduler-file", metavar="PATH", help="dask scheduler file (with --executor dask)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("export-precomputed", parents=[common], help="export the workspace for Neuroglancer",
+                       description="Write WS/volume.zarr's raw, segmentation (+ meshes, segment properties) and "
+                                   "vessel_mask, and WS/synapses.csv, as neuroglancer precomputed layers in OUT "
+                                   "(default WS/precomputed). Blockwise and incremental: unchanged layers are "
+                                   "skipped, an interrupted export resumes; missing inputs are reported.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--out", metavar="DIR", help="export folder (default WS/precomputed)")
+    p.add_argument("--no-compress", action="store_true", help="write volume chunks uncompressed (default gzip)")
+    p.set_defaults(func=cmd_export_precomputed)
+
+    p = sub.add_parser("view", parents=[common], help="inspect the workspace in Neuroglancer",
+                       description="Bring the export up to date, serve it with the bundled neuroglancer client "
+                                   "over HTTP (CORS) and print the viewer URL; --screenshot renders headlessly "
+                                   "and exits; --print-url --base-url prints a URL for an export published "
+                                   "elsewhere.")
+    p.add_argument("--workspace", metavar="WS")
+    p.add_argument("--out", metavar="DIR", help="export folder (default WS/precomputed)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, metavar="P", help="port (default 8585; 0 = any free port)")
+    p.add_argument("--no-export", action="store_true", help="serve OUT as it is (no incremental export first)")
+    p.add_argument("--screenshot", metavar="OUT.png", help="render headlessly into OUT.png and exit")
+    p.add_argument("--size", default="1280,960", metavar="W,H", help="screenshot size in pixels (default 1280,960)")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="screenshot load timeout (default 60)")
+    p.add_argument("--print-url", action="store_true", help="print the URL for --base-url and exit")
+    p.add_argument("--base-url", metavar="URL", help="where the export's layer folders are published")
+    p.add_argument("--client-url", metavar="URL", help="neuroglancer client for --print-url "
+                                                       "(default https://neuroglancer-demo.appspot.com/)")
+    p.set_defaults(func=cmd_view)
+
     p = sub.add_parser("info", parents=[common], help="describe a workspace")
     p.add_argument("--workspace", required=True, metavar="WS")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("pbs", help="ALCF job scripts (ACTION: render)",
+    p = sub.add_parser("pbs", help="ALCF job scripts (ACTION: render, submit)",
                        description="Job scripts for ALCF systems (Polaris and Aurora: PBS Pro + mpiexec; "
                                    "Theta: Cobalt + aprun). Templates: pbs/.")
     pbs_actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
@@ -433,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
                                            "and workers and run the stage with --executor dask; graph runs as one "
                                            "process. Prints the script, or writes OUT/<stage>.<system>.pbs.")
     k.add_argument("stage", metavar="STAGE",
-                   help="train-ffn | train-vessel | segment | stitch | align | mask-vessels | graph")
-    k.add_argument("--system", required=True, metavar="SYSTEM", help="aurora | polaris | theta")
+                   help="train-ffn | train-vessel | segment | hpo | stitch | align | mask-vessels | graph, or a "
+                        "PIPELINE.yaml (one script per stage, OUT/NN-<id>.<system>.pbs; needs --workspace)")
+    k.add_argument("--system", required=True, metavar="SYSTEM",
+                   help="aurora | polaris | theta | local (this machine's Torque-compatible qsub)")
     k.add_argument("--nodes", required=True, type=int, metavar="N", help="number of nodes")
     k.add_argument("--ppn", type=int, metavar="P", help="ranks per node (default: Polaris 4, Aurora 12, Theta 4)")
     k.add_argument("--depth", type=int, metavar="D", help="hardware threads per rank (default: cores / ppn)")
@@ -449,7 +612,53 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--setup", metavar="'CMDS'", help="environment set-up lines (default: the system's modules)")
     k.add_argument("--out", metavar="DIR", help="write DIR/<stage>.<system>.pbs (mode 0755) instead of printing")
     k.add_argument("--dry-run", action="store_true", help="print the script even with --out")
+    k.add_argument("--from", dest="from_stage", metavar="STAGE", help="pipelines: start at this stage id")
+    k.add_argument("--until", metavar="STAGE", help="pipelines: stop after this stage id")
     k.set_defaults(func=cmd_pbs_render)
+
+    k = pbs_actions.add_parser("submit", parents=[common], help="qsub a pipeline's job scripts, chained",
+                               description="Render one job script per pipeline stage into WS/pbs/scripts/ and "
+                                           "submit them with qsub, each after the one before "
+                                           "(-W depend=afterok:JOBID), so a failing stage stops the chain; job ids "
+                                           "go to WS/pbs/jobs.json. Without qsub on PATH: exit 2.")
+    k.add_argument("stage", metavar="PIPELINE.yaml")
+    k.add_argument("--workspace", required=True, metavar="WS")
+    k.add_argument("--system", required=True, metavar="SYSTEM", help="aurora | polaris | theta | local")
+    k.add_argument("--nodes", required=True, type=int, metavar="N", help="nodes per job (a stage's pbs: overrides)")
+    k.add_argument("--project", metavar="A", help="allocation to charge (required except for --system local)")
+    k.add_argument("--ppn", type=int, metavar="P", help="ranks per node (default: the system's)")
+    k.add_argument("--depth", type=int, metavar="D", help="hardware threads per rank (default: cores / ppn)")
+    k.add_argument("--walltime", default="01:00:00", metavar="HH:MM:SS", help="per job, default 01:00:00")
+    k.add_argument("--queue", default="debug", metavar="Q", help="default debug")
+    k.add_argument("--filesystems", metavar="FS", help="default: the system's (ALCF)")
+    k.add_argument("--setup", metavar="'CMDS'", help="environment set-up lines (default: the system's)")
+    k.add_argument("--from", dest="from_stage", metavar="STAGE", help="start at this stage id")
+    k.add_argument("--until", metavar="STAGE", help="stop after this stage id")
+    k.add_argument("--after", metavar="JOBID", help="the first job waits for this job (afterok)")
+    k.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+    k.set_defaults(func=cmd_pbs_submit, stage_args=None, out=None)
+
+    p = sub.add_parser("hpo", help="DeepHyper sweeps over stage configs (ACTION: run, report)",
+                       description="Hyperparameter sweeps (DeepHyper CBO) over the fields of a stage's typed "
+                                   "config, scored by `connectome evaluate` on a validation volume. See hpo/space.py "
+                                   "for the SPACE file.")
+    hpo_actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser, required=True)
+    k = hpo_actions.add_parser("run", parents=[common], help="run (or continue) a sweep",
+                               description="CBO search (fixed random state) over SPACE; DIR/results.csv. --max-evals "
+                                           "is the total: a rerun continues from DIR/results.csv.")
+    k.add_argument("space", metavar="SPACE.yaml")
+    k.add_argument("--max-evals", required=True, type=int, metavar="N", help="evaluations in total")
+    k.add_argument("--evaluator", default="serial", metavar="E",
+                   help="serial (default) | thread | process | mpicomm (under mpiexec: rank 0 is the master)")
+    k.add_argument("--workers", type=int, metavar="N", help="trials at once for thread/process (default 1)")
+    k.add_argument("--out", required=True, metavar="DIR", help="the sweep's folder (results.csv, trials/)")
+    k.set_defaults(func=cmd_hpo_run)
+    k = hpo_actions.add_parser("report", parents=[common], help="best config, top runs, plot",
+                               description="Write DIR/best.yaml (usable with the stage's --config), DIR/top.csv "
+                                           "and DIR/objective.png; print the top runs.")
+    k.add_argument("dir", metavar="DIR")
+    k.add_argument("--top", type=int, default=10, metavar="K", help="runs in the table (default 10)")
+    k.set_defaults(func=cmd_hpo_report)
     return parser
 
 

@@ -14,21 +14,40 @@ Stage kinds:
   (scheduler file), dask workers on the other nodes (all nodes when there is only one), then
   ``connectome STAGE --workspace WS --executor dask --scheduler-file FILE`` from the job script;
 * ``graph``: one process on the first node (its CLI has no ``--executor``: it is not blockwise).
+
+Pipelines (``connectome pbs render PIPELINE.yaml``, ``connectome pbs submit PIPELINE.yaml``): one
+script per pipeline stage, each running ``connectome run PIPELINE --workspace WS --only ID`` under
+the launch form of the stage's kind (from :data:`connectome.pipeline.STAGES`), so a job uses the
+pipeline's options and config, skips a finished stage and resumes an interrupted one.
+``submit`` chains the jobs with ``qsub -W depend=afterok:PREVIOUS`` and records the job ids in
+``WS/pbs/jobs.json``.
+
+``--system local`` is this machine's PBS/Torque-compatible ``qsub`` (e.g. Slurm's
+``slurm-wlm-torque`` wrapper): ``#PBS -l nodes=N:ppn=P`` and walltime only (no ``-A``, ``-q``,
+``filesystems``, ``place`` or ``system=``, which are ALCF resources a local server rejects or maps
+to partitions that do not exist), plain ``mpiexec -n`` (no PALS ``--ppn/--depth/--cpu-bind``), no
+GPU pinning, node count and job id from ``PBS_NUM_NODES``/``PBS_JOBID`` or Slurm's variables, and
+the ``connectome`` of the rendering virtualenv put first on ``PATH``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
-from dataclasses import dataclass
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from connectome.errors import UserInputError
+from connectome.errors import StageFailed, UserInputError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "pbs"
 
-MODEL_STAGES = ("train-ffn", "train-vessel", "segment")
+MODEL_STAGES = ("train-ffn", "train-vessel", "segment", "hpo")
 BLOCKWISE_STAGES = ("stitch", "align", "mask-vessels")
 SINGLE_STAGES = ("graph",)
 STAGES = MODEL_STAGES + BLOCKWISE_STAGES + SINGLE_STAGES
@@ -43,6 +62,7 @@ class SystemInfo:
     default_filesystems: str
     default_setup: str
     pbspro: bool                 # PBS Pro + mpiexec (else Cobalt + aprun)
+    local: bool = False          # this machine's Torque-compatible qsub (no ALCF resources)
 
 
 SYSTEMS = {
@@ -52,6 +72,8 @@ SYSTEMS = {
                          "module load frameworks", True),
     "theta": SystemInfo("theta", "theta_cobalt.cobalt.tmpl", 4, 64, "home:grand",
                         "module load conda/2021-09-22\nconda activate base", False),
+    "local": SystemInfo("local", "local_pbs.pbs.tmpl", os.cpu_count() or 1, os.cpu_count() or 1, "",
+                        f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH", True, local=True),
 }
 
 GPU_PINNING = {
@@ -80,6 +102,15 @@ class JobSpec:
     workspace: str | None = None
     stage_args: str | None = None
     setup: str | None = None
+    pipeline: str | None = None      # pipeline jobs: `connectome run PIPELINE --only STAGE_ID`
+    stage_id: str | None = None
+    kind: str | None = None          # model | blockwise | single (pipeline stages: from the registry)
+
+
+def _kind(spec: JobSpec) -> str:
+    if spec.kind:
+        return spec.kind
+    return "model" if spec.stage in MODEL_STAGES else "single" if spec.stage in SINGLE_STAGES else "blockwise"
 
 
 def fill(template: str, values: dict[str, str]) -> str:
@@ -106,7 +137,7 @@ def _walltime_seconds(walltime: str) -> int:
 
 
 def validate(spec: JobSpec) -> JobSpec:
-    if spec.stage not in STAGES:
+    if spec.stage not in STAGES and not spec.pipeline:
         raise UserInputError(f"STAGE: expected one of {', '.join(STAGES)}, got {spec.stage!r}")
     if spec.system not in SYSTEMS:
         raise UserInputError(f"--system: expected one of {', '.join(SYSTEMS)}, got {spec.system!r}")
@@ -117,7 +148,7 @@ def validate(spec: JobSpec) -> JobSpec:
     if spec.depth is not None and spec.depth < 1:
         raise UserInputError(f"--depth: expected a positive number, got {spec.depth}")
     _walltime_seconds(spec.walltime)
-    if not spec.project:
+    if not spec.project and not SYSTEMS[spec.system].local:
         raise UserInputError("--project: required (the ALCF allocation charged, #PBS -A)")
     for opt, value in (("--project", spec.project), ("--queue", spec.queue), ("--filesystems", spec.filesystems)):
         if value is not None and not _SAFE.match(value):
@@ -129,7 +160,14 @@ def validate(spec: JobSpec) -> JobSpec:
             shlex.split(spec.stage_args)
         except ValueError as exc:
             raise UserInputError(f"--stage-args: cannot parse {spec.stage_args!r} ({exc})") from None
-    if spec.stage.startswith("train-"):
+    if spec.pipeline:
+        if not spec.workspace:
+            raise UserInputError("--workspace: required for a pipeline")
+    elif spec.stage == "hpo":
+        if not spec.stage_args:
+            raise UserInputError("--stage-args: required for hpo (e.g. 'SPACE.yaml --max-evals N --out DIR', "
+                                 "passed to `connectome hpo run ... --evaluator mpicomm`)")
+    elif spec.stage.startswith("train-"):
         if not spec.stage_args:
             raise UserInputError(f"--stage-args: required for {spec.stage} "
                                  "(e.g. '--data DIR --out MODEL_DIR', passed to `connectome train`)")
@@ -138,29 +176,40 @@ def validate(spec: JobSpec) -> JobSpec:
     return spec
 
 
+#: model stages' launch arguments (after the stage's own --stage-args: the sweep's space comes first)
+_MODEL_ARGS = {"segment": "--executor mpi", "hpo": "--evaluator mpicomm"}
+
+
 def _stage_command(spec: JobSpec, executor_args: str) -> str:
     extra = " ".join(shlex.quote(a) for a in shlex.split(spec.stage_args or ""))
-    if spec.stage.startswith("train-"):
+    if spec.pipeline:
+        cmd = f'connectome run {shlex.quote(spec.pipeline)} --workspace "$WS" --only {spec.stage_id or spec.stage}'
+    elif spec.stage == "hpo":  # a DeepHyper sweep: rank 0 is the master, the other ranks evaluate
+        cmd = "connectome hpo run"
+    elif spec.stage.startswith("train-"):
         cmd = f"connectome train {spec.stage.split('-', 1)[1]}"
     else:
         cmd = f'connectome {spec.stage} --workspace "$WS"'
+    if spec.stage == "hpo" and not spec.pipeline:
+        return " ".join(p for p in (cmd, extra, executor_args) if p)
     return " ".join(p for p in (cmd, executor_args, extra) if p)
 
 
 def _launch_pbspro(spec: JobSpec, ppn: int, depth: int) -> str:
     mpi = f"mpiexec -n $((NNODES * {ppn})) --ppn {ppn} --depth {depth} --cpu-bind depth"
-    if spec.stage in MODEL_STAGES:
-        executor = "--executor mpi" if spec.stage == "segment" else ""
+    if _kind(spec) == "model":
+        executor = _MODEL_ARGS.get(spec.stage, "")
         return "\n".join([
             f"# one rank per GPU{' tile' if spec.system == 'aurora' else ''}; "
-            + ("Horovod training" if spec.stage.startswith("train-") else "the mpi executor"),
+            + ("Horovod training" if spec.stage.startswith("train-") else "DeepHyper mpicomm (rank 0 is the master)"
+               if spec.stage == "hpo" else "the mpi executor"),
             f'{mpi} \\\n    "$AFFINITY" {_stage_command(spec, executor)}',
             "RC=$?",
             'rm -f "$AFFINITY"',
             'echo "connectome ' + spec.stage + ': exit code $RC"',
             "exit $RC",
         ])
-    if spec.stage in SINGLE_STAGES:
+    if _kind(spec) == "single":
         return "\n".join([
             "# a single process (the stage is not blockwise)",
             f"mpiexec -n 1 --ppn 1 --depth {depth} --cpu-bind depth {_stage_command(spec, '')}",
@@ -201,10 +250,10 @@ def _launch_pbspro(spec: JobSpec, ppn: int, depth: int) -> str:
 
 def _launch_cobalt(spec: JobSpec, ppn: int, depth: int) -> str:
     aprun = f"aprun -n $((NNODES * {ppn})) -N {ppn} -d {depth} -j 1 -cc depth"
-    if spec.stage in MODEL_STAGES:
-        executor = "--executor mpi" if spec.stage == "segment" else ""
+    if _kind(spec) == "model":
+        executor = _MODEL_ARGS.get(spec.stage, "")
         body = [f"{aprun} {_stage_command(spec, executor)}"]
-    elif spec.stage in SINGLE_STAGES:
+    elif _kind(spec) == "single":
         body = [f"aprun -n 1 -N 1 -d {depth} -j 1 -cc depth {_stage_command(spec, '')}"]
     else:
         return "\n".join([
@@ -228,6 +277,37 @@ def _launch_cobalt(spec: JobSpec, ppn: int, depth: int) -> str:
     return "\n".join(body + ["RC=$?", 'echo "connectome ' + spec.stage + ': exit code $RC"', "exit $RC"])
 
 
+def _launch_local(spec: JobSpec, ppn: int) -> str:
+    """This machine: plain mpiexec (MPICH/Open MPI), a dask scheduler + workers on this node."""
+    tail = ["RC=$?", 'echo "connectome ' + (spec.stage_id or spec.stage) + ': exit code $RC"', "exit $RC"]
+    if _kind(spec) == "model":
+        executor = _MODEL_ARGS.get(spec.stage, "")
+        return "\n".join([f"# {'Horovod training' if spec.stage.startswith('train-') else 'the mpi executor'}, "
+                          "one rank per slot",
+                          f"mpiexec -n $((NNODES * {ppn})) {_stage_command(spec, executor)}"] + tail)
+    if _kind(spec) == "single":
+        return "\n".join(["# a single process (the stage is not blockwise)", _stage_command(spec, "")] + tail)
+    return "\n".join([
+        "# dask: a scheduler and PPN single-thread workers on this node",
+        'SCHEDULER_FILE="$(pwd)/.connectome-dask.${JOBID}.json"',
+        'rm -f "$SCHEDULER_FILE"',
+        'dask scheduler --scheduler-file "$SCHEDULER_FILE" --host 127.0.0.1 --port 0 --dashboard-address :0 &',
+        "SCHEDULER_PID=$!",
+        "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
+        'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
+        f'dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers $((NNODES * {ppn})) --nthreads 1 '
+        '--host 127.0.0.1 --no-dashboard &',
+        "WORKERS_PID=$!",
+        _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
+        "RC=$?",
+        "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
+        "wait",
+        'rm -f "$SCHEDULER_FILE"',
+        'echo "connectome ' + (spec.stage_id or spec.stage) + ': exit code $RC"',
+        "exit $RC",
+    ])
+
+
 def render(spec: JobSpec) -> str:
     """The job script for ``spec`` (validated first)."""
     validate(spec)
@@ -237,7 +317,7 @@ def render(spec: JobSpec) -> str:
     filesystems = spec.filesystems or info.default_filesystems
     seconds = _walltime_seconds(spec.walltime)
     values = {
-        "job_name": f"connectome-{spec.stage}",
+        "job_name": f"connectome-{spec.stage_id or spec.stage}",
         "stage": spec.stage,
         "system": spec.system,
         "system_title": spec.system.capitalize(),
@@ -252,7 +332,9 @@ def render(spec: JobSpec) -> str:
         "setup": spec.setup if spec.setup is not None else info.default_setup,
         "gpu_pinning": GPU_PINNING.get(spec.system, ""),
     }
-    if info.pbspro:
+    if info.local:
+        values["launch"] = _launch_local(spec, ppn)
+    elif info.pbspro:
         values["filesystems"] = filesystems.replace(",", ":")
         values["launch"] = _launch_pbspro(spec, ppn, depth)
     else:
@@ -280,3 +362,119 @@ def write(spec: JobSpec, out_dir: str | os.PathLike) -> Path:
     except OSError as exc:
         raise UserInputError(f"--out: cannot write to {out_dir} ({exc.strerror or exc})") from None
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# pipelines: one job per stage, chained with afterok
+
+
+def is_pipeline(arg: str) -> bool:
+    """STAGE or PIPELINE? A ``.yaml``/``.yml`` name or an existing file is a pipeline."""
+    return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
+
+
+def pipeline_jobs(base: JobSpec, from_: str | None = None, until: str | None = None) -> list[tuple[str, JobSpec]]:
+    """(stage id, job spec) per selected pipeline stage; ``base.stage`` is the pipeline path.
+
+    The stage's ``pbs:`` mapping (nodes, ppn, depth, walltime, queue) overrides the command line."""
+    from connectome.pipeline import load_pipeline
+
+    if base.system not in SYSTEMS:
+        raise UserInputError(f"--system: expected one of {', '.join(SYSTEMS)}, got {base.system!r}")
+    if not base.workspace:
+        raise UserInputError("--workspace: required for a pipeline")
+    pipe = load_pipeline(base.stage, base.workspace)
+    out = []
+    for st in pipe.select(from_, until):
+        spec = replace(base, stage=st.stage.name, stage_id=st.id, kind=st.stage.kind, pipeline=str(pipe.path),
+                       workspace=str(pipe.workspace), stage_args=None, **st.pbs)
+        validate(spec)
+        out.append((st.id, spec))
+    return out
+
+
+def pipeline_script_name(index: int, stage_id: str, system: str) -> str:
+    return f"{index:02d}-{stage_id}.{system}.pbs"
+
+
+def _write_script(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+
+
+def write_pipeline(jobs: list[tuple[str, JobSpec]], out_dir: str | os.PathLike) -> list[Path]:
+    out = Path(out_dir)
+    texts = [(i, sid, spec, render(spec)) for i, (sid, spec) in enumerate(jobs, 1)]
+    paths = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for i, sid, spec, text in texts:
+            path = out / pipeline_script_name(i, sid, spec.system)
+            _write_script(path, text)
+            paths.append(path)
+    except OSError as exc:
+        raise UserInputError(f"--out: cannot write to {out_dir} ({exc.strerror or exc})") from None
+    return paths
+
+
+def print_pipeline(jobs: list[tuple[str, JobSpec]], stream=None) -> None:
+    stream = stream or sys.stdout
+    for i, (sid, spec) in enumerate(jobs, 1):
+        stream.write(f"### {pipeline_script_name(i, sid, spec.system)}\n")
+        stream.write(render(spec))
+        stream.write("\n")
+
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.\[\]-]+$")
+
+
+def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: bool = False,
+           stream=None) -> list[dict]:
+    """Write the scripts to ``WS/pbs/`` and ``qsub`` them in order, each job ``afterok`` the one
+    before (the first one after ``after``, if given); job ids go to ``WS/pbs/jobs.json``."""
+    stream = stream or sys.stdout
+    if after is not None and not _JOB_ID.match(after):
+        raise UserInputError(f"--after: expected a job id, got {after!r}")
+    if dry_run:
+        print_pipeline(jobs, stream)
+        return []
+    qsub = shutil.which("qsub")
+    if not qsub:
+        raise UserInputError("qsub: not found on PATH (`connectome pbs submit` needs a PBS or Torque-compatible "
+                             "batch system here; use --dry-run to print the scripts, or `pbs render --out DIR`)")
+    ws = Path(jobs[0][1].workspace)
+    pbs_dir = ws / "pbs"
+    paths = write_pipeline(jobs, pbs_dir / "scripts")
+    record_path = pbs_dir / "jobs.json"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {"submissions": []}
+    submission = {"submitted": time.time(), "pipeline": jobs[0][1].pipeline, "system": jobs[0][1].system,
+                  "qsub": qsub, "after": after, "jobs": []}
+    record["submissions"].append(submission)
+    prev = after
+    try:
+        for (sid, spec), path in zip(jobs, paths):
+            cmd = [qsub] + (["-W", f"depend=afterok:{prev}"] if prev else []) + [str(path)]
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, cwd=pbs_dir, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise StageFailed(f"qsub for stage {sid} did not run: {exc}") from None
+            lines = [ln.strip() for ln in r.stdout.splitlines() if ln.strip()]
+            job_id = lines[-1] if lines else ""
+            if r.returncode != 0 or not _JOB_ID.match(job_id):
+                why = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}").splitlines()
+                raise StageFailed(f"qsub refused the job of stage {sid} ({path}): {' '.join(why)[:300]}")
+            submission["jobs"].append({"stage": sid, "job_id": job_id, "script": str(path), "depends_on": prev})
+            stream.write(f"{sid:18s} {job_id:12s} {path}" + (f"  (afterok:{prev})" if prev else "") + "\n")
+            prev = job_id
+    finally:
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        from connectome.atomic import atomic_write_text
+
+        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+    stream.write(f"{len(submission['jobs'])} jobs submitted; job ids in {record_path}\n")
+    return submission["jobs"]

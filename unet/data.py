@@ -143,30 +143,32 @@ class LabelledVolume:
                 "label_fraction": round(float(self.meta.get("label_fraction", float("nan"))), 5)}
 
 
-def load_synth_volume(path: str | Path, label: str = "vessels", max_positives: int = 20000,
-                      seed: int = 0) -> LabelledVolume:
-    """A ``connectome synth`` output folder: ``truth.zarr/{raw, <label>}`` (+ ``synth.json``)."""
+def open_synth(path: str | Path, names: Sequence[str], what: str = "--data"
+               ) -> tuple[list, tuple[float, float, float], dict]:
+    """The arrays ``names`` of a ``connectome synth`` folder's ``truth.zarr`` (zarr arrays, checked:
+    3D, one shape, ``raw`` uint8 when asked for), its voxel size (z, y, x) nm and ``synth.json``."""
     import zarr
 
     path = Path(path)
     truth = path / "truth.zarr"
     if not path.is_dir():
-        raise UserInputError(f"--data {path}: not found")
+        raise UserInputError(f"{what} {path}: not found")
     if not (truth / "zarr.json").is_file():
-        raise UserInputError(f"--data {path}: no truth.zarr inside (expected a `connectome synth` output folder)")
+        raise UserInputError(f"{what} {path}: no truth.zarr inside (expected a `connectome synth` output folder)")
     try:
         g = zarr.open_group(str(truth), mode="r")
-        raw_a, lab_a = g["raw"], g[label]
+        arrays = [g[n] for n in names]
     except KeyError as exc:
-        raise UserInputError(f"--data {path}: truth.zarr lacks the array {exc}") from None
+        raise UserInputError(f"{what} {path}: truth.zarr lacks the array {exc}") from None
     except Exception as exc:  # noqa: BLE001 - zarr raises many kinds for broken metadata
-        raise UserInputError(f"--data {path}: truth.zarr is not readable ({exc})") from None
-    if raw_a.ndim != 3 or tuple(raw_a.shape) != tuple(lab_a.shape):
-        raise UserInputError(f"--data {path}: raw {list(raw_a.shape)} and {label} {list(lab_a.shape)} must be "
-                             "3D arrays of one shape")
-    if np.dtype(raw_a.dtype) != np.uint8:
-        raise UserInputError(f"--data {path}: raw must be uint8, got {raw_a.dtype}")
-    vs = raw_a.attrs.get("voxel_size_nm") or g.attrs.get("voxel_size_nm")
+        raise UserInputError(f"{what} {path}: truth.zarr is not readable ({exc})") from None
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 3:
+        raise UserInputError(f"{what} {path}: " + " and ".join(f"{n} {list(a.shape)}" for n, a in zip(names, arrays))
+                             + " must be 3D arrays of one shape")
+    if "raw" in names and np.dtype(arrays[list(names).index("raw")].dtype) != np.uint8:
+        raise UserInputError(f"{what} {path}: raw must be uint8, got {arrays[list(names).index('raw')].dtype}")
+    vs = arrays[0].attrs.get("voxel_size_nm") or g.attrs.get("voxel_size_nm")
     meta: dict = {}
     if (path / "synth.json").is_file():
         try:
@@ -175,7 +177,15 @@ def load_synth_volume(path: str | Path, label: str = "vessels", max_positives: i
             meta = {}
         vs = vs or meta.get("voxel_size_nm")
     if not vs or len(vs) != 3:
-        raise UserInputError(f"--data {path}: truth.zarr/raw has no voxel_size_nm attribute [z, y, x]")
+        raise UserInputError(f"{what} {path}: truth.zarr/{names[0]} has no voxel_size_nm attribute [z, y, x]")
+    return arrays, tuple(float(v) for v in vs), meta
+
+
+def load_synth_volume(path: str | Path, label: str = "vessels", max_positives: int = 20000,
+                      seed: int = 0) -> LabelledVolume:
+    """A ``connectome synth`` output folder: ``truth.zarr/{raw, <label>}`` (+ ``synth.json``)."""
+    path = Path(path)
+    (raw_a, lab_a), vs, meta = open_synth(path, ["raw", label])
     raw = np.asarray(raw_a[:])
     lab = (np.asarray(lab_a[:]) != 0).astype(np.uint8)
     rng = np.random.default_rng(seed)

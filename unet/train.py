@@ -396,7 +396,6 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
             s.barrier()
             return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
         if s.is_root:
-            seconds, runs = _seconds_total(out / "train" / "log.jsonl")
             arrays = wio.load_npz(result.weights_file)
             doc = {
                 "task": "vessel",
@@ -415,16 +414,8 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
                 "inference": {"tile_px": cfg.inference_tile_px, "margin_px": cfg.inference_margin_px},
                 "weights": {"parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
                             "from_step": result.best_step if result.best_step is not None else result.steps},
-                "training": {
-                    "command": _command_line(command),
-                    "ranks": result.ranks, "batch_per_rank": tcfg.batch_size, "global_batch": result.global_batch,
-                    "steps": result.steps, "examples_seen": result.steps * result.global_batch,
-                    "peak_learning_rate": tcfg.learning_rate * tcfg.lr_scale(result.ranks),
-                    "seconds": round(seconds, 1), "runs": runs, "examples_per_s_last_run": result.examples_per_s,
-                    "data": [_describe(d) for d in data], "validation_data": [_describe(d) for d in val],
-                    "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-                    "versions": _versions(), "git_commit": _git_commit(), "config": config_to_dict(cfg),
-                    "rank_weight_digests": result.rank_weight_digests},
+                "training": training_record(result, cfg, out, command, [_describe(d) for d in data],
+                                            [_describe(d) for d in val]),
                 "validation": {"tiles_at_model_resolution": result.best_metrics or result.last_metrics},
             }
             write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
@@ -437,10 +428,27 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
                 write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
             write_model_card(out)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
-                       "seconds": round(seconds, 1), "validation": doc["validation"],
+                       "seconds": doc["training"]["seconds"], "validation": doc["validation"],
                        "rank_weight_digests": result.rank_weight_digests}
         s.barrier()
     return summary
+
+
+def training_record(result, cfg, out: Path, command: Optional[Sequence[str]], data: list[dict],
+                    val: list[dict]) -> dict:
+    """The ``training`` section of a U-Net model.json: command, ranks, batch, steps, wall time over
+    all runs, data, versions, config and the per-rank weight digests."""
+    tcfg = cfg.trainer
+    seconds, runs = _seconds_total(out / "train" / "log.jsonl")
+    return {"command": _command_line(command), "ranks": result.ranks, "batch_per_rank": tcfg.batch_size,
+            "global_batch": result.global_batch, "steps": result.steps,
+            "examples_seen": result.steps * result.global_batch,
+            "peak_learning_rate": tcfg.learning_rate * tcfg.lr_scale(result.ranks),
+            "seconds": round(seconds, 1), "runs": runs, "examples_per_s_last_run": result.examples_per_s,
+            "data": data, "validation_data": val,
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            "versions": _versions(), "git_commit": _git_commit(), "config": config_to_dict(cfg),
+            "rank_weight_digests": result.rank_weight_digests}
 
 
 def _command_line(command: Optional[Sequence[str]]) -> str:

@@ -16,6 +16,8 @@ REGISTRY: dict[str, str] = {
     "train-vessel": "unet.train",
     "train-ffn": "ffn.train",
     "segment": "ffn.segment",
+    "synapses": "connectome.synapses.predict",
+    "train-synapse": "unet.synapse_train",
 }
 
 
