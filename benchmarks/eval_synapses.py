@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--keep", help="keep volumes and workspaces in this folder")
     p.add_argument("--out", help="write the rows as JSON here")
+    p.add_argument("--record", action="store_true",
+                   help="record the rows and this command as the model's test section (model.json + MODEL_CARD.md)")
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -139,7 +141,26 @@ def main(argv=None) -> int:
               f"{r['predict_mvox_per_s']!s:>11} {r['peak_rss_mib']:>8}")
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
+    if a.record:
+        record_test(Path(a.model) if a.model else None, rows, argv if argv is not None else sys.argv[1:], a)
     return 0
+
+
+def record_test(model_dir: Path | None, rows: list[dict], argv: list[str], a) -> None:
+    """Write the rows into the model's ``model.json`` (``test``) and regenerate MODEL_CARD.md."""
+    from connectome.atomic import atomic_write_text
+    from connectome.synapses.predict import default_model
+    from unet.synapse_train import write_model_card
+
+    model_dir = Path(model_dir or default_model())
+    doc = json.loads((model_dir / "model.json").read_text())
+    doc["test"] = {
+        "commands": [".venv/bin/python benchmarks/eval_synapses.py " + " ".join(map(str, argv))],
+        "match_distance_nm": a.match_nm,
+        "volumes": [{"name": f"seed {r['seed']} ({a.preset}, {a.shape})", **r} for r in rows],
+    }
+    atomic_write_text(model_dir / "model.json", json.dumps(doc, indent=1))
+    print(f"recorded in {write_model_card(model_dir)}")
 
 
 if __name__ == "__main__":

@@ -299,7 +299,7 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from connectome.demo import run_demo
 
-    return run_demo(args.workspace, preset=args.preset, seed=args.seed, progress=_progress(args))
+    return run_demo(args.workspace, preset=args.preset, seed=args.seed, progress=args.progress)
 
 
 def cmd_info(args) -> int:
@@ -526,7 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.yaml", help="evaluation thresholds (EvaluateConfig)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", parents=[common], help="synthesise data, run the available stages, evaluate")
+    p = sub.add_parser("demo", parents=[common], help="the whole reconstruction on synthetic data, evaluated",
+                       description="Run pipelines/demo.yaml (synth -> stitch -> align -> mask-vessels -> segment -> "
+                                   "synapses -> graph -> evaluate -> export-precomputed) on WS with the chosen synth "
+                                   "preset, then print the metrics, the stage timings and the view command. Rerun "
+                                   "to resume: finished stages are skipped.")
     p.add_argument("--workspace", default="demo_ws", metavar="WS")
     p.add_argument("--preset", choices=["small", "demo"], default="demo")
     p.add_argument("--seed", type=int, default=1)

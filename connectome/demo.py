@@ -1,39 +1,92 @@
-"""``connectome demo``: synthesise a dataset and run the stages that exist so far, then evaluate.
+"""``connectome demo``: the whole reconstruction on synthetic data, in one command.
 
-Today: synth (demo preset) -> stitch -> align -> evaluate. Later stages (vessels, FFN, synapses,
-graph, export) join as their issues land. Every step is the real CLI command, so the demo is
-resumable like any run: rerunning it skips finished work.
+It runs ``pipelines/demo.yaml`` (synth -> stitch -> align -> mask-vessels -> segment -> synapses
+-> graph -> evaluate -> export-precomputed) through the pipeline runner
+(:func:`connectome.pipeline.run_pipeline`), with the synthetic volume's preset and seed set from
+the command line (the demo preset: 64 x 512 x 512 voxels of 40 x 8 x 8 nm). Every stage is the
+real command with its own progress display; finished stages are skipped when the demo is run
+again (``WS/pipeline/done``), and ``WS/run.json`` records each stage's time and block counts.
+At the end it prints a table of the evaluation's headline metrics, the stage timings, and the
+command that opens the result in Neuroglancer.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
+PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
+SHAPES = {"small": (16, 256, 256), "demo": (64, 512, 512)}
 
-def run_demo(workspace: str | Path, preset: str = "demo", seed: int = 1, progress: bool = False) -> int:
-    from connectome.cli import main
+#: (label, evaluation.json section, dotted keys, format): the headline metrics of the demo table
+METRICS = [
+    ("stitching: tile position error median (px)", "stitching", ("error_median_px",), "{:.2f}"),
+    ("alignment: residual median (px)", "alignment", ("residual_median_px",), "{:.2f}"),
+    ("vessels: IoU", "vessels", ("iou",), "{:.3f}"),
+    ("neurons: adapted Rand error", "segmentation", ("arand_error",), "{:.3f}"),
+    ("neurons: VOI split / merge (bits)", "segmentation", ("voi_split", "voi_merge"), "{:.3f} / {:.3f}"),
+    ("synapses: F1 (precision / recall)", "synapses", ("f1", "precision", "recall"), "{:.3f} ({:.3f} / {:.3f})"),
+    ("synapses: partner accuracy", "synapses", ("partner_accuracy",), "{:.3f}"),
+    ("connectivity: edge F1 (all / >= 2 synapses)", "connectivity", ("edges_min1.f1", "edges_min2.f1"),
+     "{:.3f} / {:.3f}"),
+]
+
+
+def demo_pipeline(workspace: Path, preset: str, seed: int) -> Path:
+    """``pipelines/demo.yaml`` with the synth preset, seed and frame shape set; written to
+    ``WS/pipeline/demo.yaml`` (atomically) and returned."""
+    import yaml
+
+    from connectome.atomic import atomic_write_text
+
+    doc = yaml.safe_load(PIPELINE.read_text())
+    for st in doc["stages"]:
+        if st["stage"] == "synth":
+            st["options"].update(preset=preset, seed=int(seed))
+        elif st["stage"] == "stitch":
+            st["options"]["frame-shape"] = list(SHAPES[preset][1:])
+    doc["vars"] = {**(doc.get("vars") or {}), "data": str(workspace.absolute()) + "-data"}
+    out = workspace / "pipeline" / "demo.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def _metric(ev: dict, section: str, keys: tuple[str, ...], fmt: str) -> str:
+    from connectome.evaluate.report import _get
+
+    sec = ev.get(section)
+    if not isinstance(sec, dict):
+        return "not run"
+    if sec.get("status", "ok") != "ok":
+        return str(sec.get("reason") or sec.get("status"))
+    vals = [_get(sec, k) for k in keys]
+    if any(not isinstance(v, (int, float)) or v != v for v in vals):
+        return "n/a"
+    return fmt.format(*vals)
+
+
+def summary_table(workspace: Path) -> str:
+    ev_path, run_path = workspace / "evaluation.json", workspace / "run.json"
+    lines = ["", "demo results (against the synthetic ground truth)"]
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
+    for label, section, key, fmt in METRICS:
+        lines.append(f"  {label:46s} {_metric(ev, section, key, fmt)}")
+    if run_path.is_file():
+        rec = json.loads(run_path.read_text())
+        stages = rec.get("stages", {})
+        total = sum(float(s.get("seconds") or 0) for s in stages.values())
+        lines.append("")
+        lines.append("stage timings (s): " + ", ".join(f"{k} {float(v.get('seconds') or 0):.1f}"
+                                                       for k, v in stages.items()) + f"; total {total:.1f}")
+    lines += ["", f"metrics: {ev_path}", f"view:    connectome view --workspace {workspace}"]
+    return "\n".join(lines)
+
+
+def run_demo(workspace: str | Path, preset: str = "demo", seed: int = 1, progress=None) -> int:
+    from connectome.pipeline import run_pipeline
 
     ws = Path(workspace)
-    data = ws.parent / f"{ws.name}-data"
-    prog = ["--progress"] if progress else ["--no-progress"]
-    timings = {}
-
-    def step(name, argv):
-        t0 = time.perf_counter()
-        print(f"== {name}: connectome {' '.join(argv)}", flush=True)
-        rc = main(argv)
-        timings[name] = time.perf_counter() - t0
-        if rc != 0:
-            raise SystemExit(rc)
-
-    step("synth", ["synth", str(data), "--preset", preset, "--seed", str(seed)] + prog)
-    shape = json.loads((data / "synth.json").read_text())["shape_zyx"]
-    step("stitch", ["stitch", "--tiles", str(data / "tiles" / "manifest.csv"), "--workspace", str(ws),
-                    "--frame-shape", f"{shape[1]},{shape[2]}"] + prog)
-    step("align", ["align", "--workspace", str(ws)] + prog)
-    step("evaluate", ["evaluate", "--workspace", str(ws), "--truth", str(data)])
-    print("\ndemo timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
-    print(f"workspace: {ws}   ground truth: {data}   metrics: {ws / 'evaluation.json'}")
-    return 0
+    rc = run_pipeline(demo_pipeline(ws, preset, seed), ws, progress=progress)
+    print(summary_table(ws), flush=True)
+    return rc

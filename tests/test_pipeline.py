@@ -153,12 +153,14 @@ def test_selection_and_argv(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_demo_pipeline_end_to_end_then_skips(tmp_path):
+def test_demo_end_to_end_then_skips(tmp_path):
+    """`connectome demo --preset small`: pipelines/demo.yaml through every stage (the shipped vessel
+    and synapse models, baseline segmentation), evaluated; the metrics table; a rerun skips all."""
     ws = tmp_path / "ws"
-    r = run_cli("run", PIPELINES / "demo.yaml", "--workspace", ws, "--no-progress", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("demo", "--workspace", ws, "--preset", "small", "--no-progress", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.loads((ws / "run.json").read_text())
-    ids = ["synth", "stitch", "align", "mask-vessels", "segment", "evaluate"]
+    ids = ["synth", "stitch", "align", "mask-vessels", "segment", "synapses", "graph", "evaluate", "export-precomputed"]
     assert rec["pipeline"]["stages"] == ids
     for sid in ids:
         st = rec["stages"][sid]
@@ -166,14 +168,20 @@ def test_demo_pipeline_end_to_end_then_skips(tmp_path):
         assert st["versions"]["connectome"] and st["command"].startswith("connectome ")
     assert rec["stages"]["stitch"]["blocks"]["stitch"]["processed"] == 16
     assert rec["stages"]["segment"]["blocks"] and all(k.startswith("segment") for k in rec["stages"]["segment"]["blocks"])
-    assert set(_arrays(ws / "volume.zarr")) >= {"raw", "vessel_mask", "segmentation"}
+    assert set(_arrays(ws / "volume.zarr")) >= {"raw", "vessel_mask", "segmentation", "synapse_prob", "synapse_post"}
+    for name in ("synapses.csv", "connectivity.csv", "connectivity.graphml", "evaluation.json"):
+        assert (ws / name).is_file(), name
+    assert (ws / "precomputed" / "segmentation" / "info").is_file()
     ev = json.loads((ws / "evaluation.json").read_text())
-    assert ev
+    assert ev["synapses"]["status"] == "ok" and ev["synapses"]["n_true"] > 0
     assert "pipeline demo: finished" in r.stdout and "record:" in r.stdout
-    for sid in ids:  # the summary table names every stage
+    for sid in ids:  # the runner's summary table names every stage
         assert any(line.split()[:2] == [sid, "done"] for line in r.stdout.splitlines()), sid
-    # second run: everything finished before is skipped
-    r = run_cli("run", PIPELINES / "demo.yaml", "--workspace", ws)
+    # the demo's own table: headline metrics and the view command
+    assert "demo results" in r.stdout and "synapses: F1" in r.stdout and "vessels: IoU" in r.stdout
+    assert f"connectome view --workspace {ws}" in r.stdout
+    # second run (the pipeline the demo wrote, through `connectome run`): everything is skipped
+    r = run_cli("run", ws / "pipeline" / "demo.yaml", "--workspace", ws)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("done before, skipped") == len(ids)
     assert len(json.loads((ws / "run.json").read_text())["runs"]) == 2

@@ -195,3 +195,30 @@ def test_two_rank_horovod_training_under_mpiexec(tiny, tmp_path):
     assert doc["training"]["ranks"] == 2 and doc["training"]["global_batch"] == 4
     digests = doc["training"]["rank_weight_digests"]
     assert len(digests) == 2 and len(set(digests)) == 1
+
+
+def test_shipped_model_finds_synapses_on_an_unseen_volume(tmp_path):
+    """The shipped model (default of `connectome synapses`) on a demo-preset volume from a seed it
+    never saw, with the true segmentation: most synapses found, most partners right. Loose bounds
+    (the demo-size numbers are in the model card); a broken model, input scaling or partner rule
+    fails them."""
+    import zarr
+
+    from connectome.evaluate import EvaluateConfig, evaluate_workspace
+    from connectome.synapses.predict import default_model
+
+    doc = json.loads((default_model() / "model.json").read_text())
+    used = {d["seed"] for d in doc["training"]["data"] + doc["training"]["validation_data"]}
+    seed = 905
+    assert seed not in used
+    syn = tmp_path / "syn"
+    r = run_cli("synth", syn, "--preset", "demo", "--shape", "32,384,384", "--seed", seed, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    g = zarr.open_group(str(syn / "truth.zarr"), mode="r")
+    ws = tmp_path / "ws"
+    make_ws(ws, np.asarray(g["raw"][:]), np.asarray(g["neurons"][:]).astype(np.uint64))
+    r = run_cli("synapses", "--workspace", ws, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    s = evaluate_workspace(ws, syn, EvaluateConfig(synapse_match_distance_nm=200.0))["synapses"]
+    assert s["n_true"] >= 8, s
+    assert s["f1"] >= 0.8 and s["partner_accuracy"] >= 0.6, s

@@ -399,11 +399,19 @@ def write_model_card(model_dir: str | Path) -> Path:
                          f"{r['precision']} | {r['recall']} | {r['f1']} | {r['partner_accuracy']} |")
     test = doc.get("test")
     if test:
-        lines += ["", "## Test (unseen seeds)", "", "```", *test["commands"], "```", "",
-                  "| volume | segmentation | F1 | partner accuracy | edge F1 (>= 2 synapses) |", "|---|---|---|---|---|"]
+        lines += ["", "## Test (unseen seeds)", "",
+                  f"Seeds never used for training, validation or calibration; synapses matched within "
+                  f"{test.get('match_distance_nm', 200):g} nm; partners and edges with the given segmentation "
+                  "(`truth`: the true neurons; `baseline`: `connectome segment --method baseline`).", "",
+                  "```", *test["commands"], "```", "",
+                  "| volume | segmentation | true | predicted | precision | recall | F1 | partner accuracy | "
+                  "edge F1 (all) | edges >= 2 synapses | edge F1 (>= 2) | Mvox/s | peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in test["volumes"]:
-            lines.append(f"| {r['name']} | {r['segmentation']} | {r['f1']} | {r['partner_accuracy']} | "
-                         f"{r.get('edge_f1_min2')} |")
+            lines.append(f"| {r['name']} | {r['segmentation']} | {r.get('n_true')} | {r.get('n_predicted')} | "
+                         f"{r.get('precision')} | {r.get('recall')} | {r['f1']} | {r['partner_accuracy']} | "
+                         f"{r.get('edge_f1')} | {r.get('edges_true_min2')} | {r.get('edge_f1_min2')} | "
+                         f"{r.get('mvox_per_s')} | {r.get('peak_rss_mib')} |")
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
     lines += ["", "## Intended use and limits", "",
