@@ -54,23 +54,51 @@ def two_slabs():
 def test_partner_rule_follows_the_post_side_signal():
     seg, clefts = two_slabs()
     post = np.where(seg == 9, 1.0, 0.0)
-    p = assign_partners(clefts, seg, post)
+    p = assign_partners(clefts, seg, post, radius_zyx=(1, 1, 1))
     assert p.cleft.tolist() == [1] and (p.pre[0], p.post[0]) == (7, 9)
     # the pre point is on segment 7's side (x = 3), the post point on segment 9's (x 4..5)
     assert p.pre_zyx[0].tolist() == pytest.approx([1.0, 2.5, 3.0])
     assert 4.0 <= p.post_zyx[0][2] <= 5.0
-    flipped = assign_partners(clefts, seg, 1.0 - post)
+    flipped = assign_partners(clefts, seg, 1.0 - post, radius_zyx=(1, 1, 1))
     assert (flipped.pre[0], flipped.post[0]) == (9, 7)
+    # the default shell, (0, 2, 2): x 2..6 in the cleft's own sections; pre point (18 x 3 + 12 x 2) / 30
+    d = assign_partners(clefts, seg, post)
+    assert (d.pre[0], d.post[0]) == (7, 9) and d.pre_zyx[0][2] == pytest.approx(2.6)
 
 
-def test_partner_rule_same_segment_wins_both_roles():
-    """A flat signal: segment 9 (36 shell voxels, the cleft's own included) beats 7 (18) in both
-    sums; the split with the larger Q(pre) + P(post) wins, decided by the side the signal leans to."""
+def test_shell_is_an_anisotropic_ellipsoid():
+    from connectome.synapses.partners import shell_offsets, shell_radius_voxels
+
+    assert shell_radius_voxels(16.0, (40.0, 8.0, 8.0)) == (0, 2, 2)
+    assert shell_radius_voxels(16.0, (8.0, 8.0, 8.0)) == (2, 2, 2)
+    assert shell_radius_voxels(8.0, (40.0, 4.0, 4.0)) == (0, 2, 2)
+    off = shell_offsets((0, 2, 2))
+    assert all(d[0] == 0 for d in off) and len(off) == 13 and (0, 2, 0) in off and (0, 2, 1) not in off
+    assert sorted(shell_offsets((1, 1, 1))) == sorted([(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0),
+                                                       (0, 0, 1), (0, 0, -1)])
+
+
+def test_partner_rule_post_first_then_pre_among_the_others():
+    """A bystander (segment 5) beside the pre side touches the shell with more voxels of low post
+    signal than the true pre (7) has: the rule still picks post = argmax P; pre = argmax Q among
+    the rest, so the bystander wins pre only by more Q -- and a flat signal gives post to the
+    larger segment."""
     seg, clefts = two_slabs()
-    lean_pre = assign_partners(clefts, seg, np.full(seg.shape, 127, np.uint8))
-    assert (lean_pre.pre[0], lean_pre.post[0]) == (9, 7)   # 36*128 + 18*127 > 18*128 + 36*127
-    lean_post = assign_partners(clefts, seg, np.full(seg.shape, 128, np.uint8))
-    assert (lean_post.pre[0], lean_post.post[0]) == (7, 9)
+    flat = assign_partners(clefts, seg, np.full(seg.shape, 128, np.uint8), radius_zyx=(1, 1, 1))
+    assert (flat.pre[0], flat.post[0]) == (7, 9)          # 9 has 36 shell voxels, 7 has 18
+    low = assign_partners(clefts, seg, np.full(seg.shape, 10, np.uint8), radius_zyx=(1, 1, 1))
+    assert (low.pre[0], low.post[0]) == (7, 9)            # post first even where Q would prefer 9
+    seg2 = seg.copy()
+    seg2[:, :, :3] = 5                                    # segment 5 takes x < 3; 7 keeps x == 3
+    post = np.where(seg2 == 9, 1.0, 0.0)
+    # shell (0, 2, 2) of the sheet x == 4, y 1..4: x == 3 at y 0..5 (18 voxels over 3 sections,
+    # segment 7) and x == 2 at y 1..4 only (12 voxels, segment 5): Q(7) > Q(5)
+    p = assign_partners(clefts, seg2, post)
+    assert (p.pre[0], p.post[0]) == (7, 9)
+    post[:, 0, 2] = 0.0                                   # no change: 5 stays below 7
+    seg2[:, :, 3] = 5                                     # now 5 is the only neighbour on that side
+    p = assign_partners(clefts, seg2, post)
+    assert (p.pre[0], p.post[0]) == (5, 9)
 
 
 def test_partner_rule_without_a_second_segment_or_evidence():
@@ -90,16 +118,17 @@ def test_partner_evidence_is_the_same_blockwise():
     seg = rng.integers(0, 5, size=(6, 12, 12)).astype(np.uint64)
     clefts = ndi.label(rng.random(seg.shape) > 0.85, np.ones((3, 3, 3)))[0]
     post = rng.integers(0, 256, size=seg.shape).astype(np.uint8)
-    whole = shell_evidence(clefts, seg, post)
+    radius = (1, 2, 2)
+    whole = shell_evidence(clefts, seg, post, radius_zyx=radius)
     parts = []
     for zs in ((0, 3), (3, 6)):
         for ys in ((0, 5), (5, 12)):
             core = (slice(*zs), slice(*ys), slice(0, 12))
-            lo = [max(0, s.start - 1) for s in core]
-            hi = [min(n, s.stop + 1) for s, n in zip(core, seg.shape)]
+            lo = [max(0, s.start - r) for s, r in zip(core, radius)]
+            hi = [min(n, s.stop + r) for s, n, r in zip(core, seg.shape, radius)]
             region = clefts[tuple(slice(a, b) for a, b in zip(lo, hi))]
             rel = tuple(slice(s.start - a, s.stop - a) for s, a in zip(core, lo))
-            parts.append(shell_evidence(region, seg[core], post[core], rel, [s.start for s in core]))
+            parts.append(shell_evidence(region, seg[core], post[core], rel, [s.start for s in core], radius))
     merged = merge_evidence(parts)
     for k in ("cleft", "segment", "n", "q", "p", "zyx", "zyx_q", "zyx_p"):
         assert np.array_equal(getattr(whole, k), getattr(merged, k)), k

@@ -245,7 +245,7 @@ def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConf
         for m in cfg.calibrate_min_size:
             rows = []
             for p, shape, vs, neurons, truth, prob, post, sec in preds:
-                det = detect_arrays(prob, post, neurons, t, m)
+                det = detect_arrays(prob, post, neurons, t, m, vs)
                 rows.append(score_detection(det, truth, vs, cfg.match_distance_nm))
             tp = sum(r["n_matched"] for r in rows)
             n = sum(r["n_predicted"] + r["n_true"] for r in rows)

@@ -23,7 +23,7 @@ How, in three resumable blockwise passes plus two short driver steps::
                          i.e. union-find); drop components < min_size_voxels; number the rest
                          1..K by their first voxel (so ids do not depend on the block layout)
                                                                           -> WS/synapses/clefts.npz
-    3 synapses-partners  per block, halo 1: final ids -> array synapse_clefts (uint64, the
+    3 synapses-partners  per block, halo = the shell radius: final ids -> array synapse_clefts (uint64, the
                          synapse id of every cleft voxel); partner evidence of the block's shell
                          voxels                                           -> WS/synapses/partners/
       driver: finish     partners per synapse, then WS/synapses.csv (atomic)
@@ -48,7 +48,8 @@ from connectome.atomic import atomic_write_bytes
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task, run_task
 from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.errors import UserInputError
-from connectome.synapses.partners import Evidence, choose_partners, merge_evidence, shell_evidence
+from connectome.synapses.partners import (Evidence, choose_partners, merge_evidence, shell_evidence,
+                                          shell_radius_voxels)
 from connectome.synapses.table import write_synapses_csv
 from connectome.workspace import Workspace, open_array
 
@@ -72,12 +73,17 @@ class DetectConfig:
     segmentation_array: str = "segmentation"
     #: the synapse id of every cleft voxel (uint64, 0 = none)
     output_array: str = "synapse_clefts"
+    #: partner votes come from the voxels within this distance of the cleft (per axis, whole
+    #: voxels: (0, 2, 2) at 40 x 8 x 8 nm); see connectome.synapses.partners
+    shell_radius_nm: float = 16.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.min_size_voxels < 1:
             raise ValueError(f"min_size_voxels must be >= 1, got {self.min_size_voxels}")
+        if not 0.0 <= self.shell_radius_nm <= 1000.0:
+            raise ValueError(f"shell_radius_nm must be in [0, 1000], got {self.shell_radius_nm}")
 
     @property
     def threshold_u8(self) -> int:
@@ -178,6 +184,7 @@ class _JoinBlock:
 class _PartnerBlock:
     workspace: str
     config: DetectConfig
+    radius_zyx: tuple[int, int, int]
 
     def __call__(self, block: Block) -> None:
         ws, cfg = self.workspace, self.config
@@ -190,7 +197,7 @@ class _PartnerBlock:
         if region.any():
             seg = np.asarray(open_array(ws, cfg.segmentation_array)[block.write_box.slices])
             post = np.asarray(open_array(ws, cfg.post_array)[block.write_box.slices])
-            ev = shell_evidence(region, seg, post, core, block.write_box.begin_zyx)
+            ev = shell_evidence(region, seg, post, core, block.write_box.begin_zyx, self.radius_zyx)
         _save_npz(Path(ws) / WORK / "partners" / f"{block.block_id}.npz", **ev.to_npz())
 
 
@@ -205,8 +212,9 @@ def to_synapse_ids(fragments: np.ndarray, fragment_ids: np.ndarray, synapse_of_f
 
 
 # ------------------------------------------------------------------------------------ driver
-def _grid(ws: Workspace, config: DetectConfig, halo: int) -> BlockGrid:
-    return BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, (halo,) * 3)
+def _grid(ws: Workspace, config: DetectConfig, halo) -> BlockGrid:
+    halo = (halo,) * 3 if isinstance(halo, int) else tuple(int(h) for h in halo)
+    return BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, halo)
 
 
 def check_inputs(ws: Workspace, config: DetectConfig) -> None:
@@ -240,9 +248,10 @@ def plan_join(ws: Workspace, config: DetectConfig) -> Task:
 def plan_partners(ws: Workspace, config: DetectConfig, clefts_digest: str) -> Task:
     out = OutputSpec(config.output_array, "uint64", tuple(config.blockwise.block_shape_zyx),
                      attrs={"from": config.prob_array, "rule": "connectome.synapses.detect"})
-    fp = {"config": config_to_dict(config), "clefts": clefts_digest}
-    return Task("synapses-partners", ws.path, _grid(ws, config, 1), _PartnerBlock(str(ws.path), config), fp, (out,),
-                max_retries=config.blockwise.max_retries)
+    radius = shell_radius_voxels(config.shell_radius_nm, ws.voxel_size_nm)
+    fp = {"config": config_to_dict(config), "clefts": clefts_digest, "shell_radius_zyx": list(radius)}
+    return Task("synapses-partners", ws.path, _grid(ws, config, tuple(max(1, r) for r in radius)),
+                _PartnerBlock(str(ws.path), config, radius), fp, (out,), max_retries=config.blockwise.max_retries)
 
 
 def _block_files(ws: Workspace, config: DetectConfig, kind: str) -> list[Path]:

@@ -8,25 +8,29 @@ an exact integer and the result does not depend on how the volume was cut into b
 
 The rule
 --------
-The *shell* of a cleft c is every voxel within one voxel of c: the 3 x 3 x 3 neighbourhood of
-each voxel of c, c's own voxels included (at 40 x 8 x 8 nm: one section in z, 8 nm in y and x).
-Each shell voxel v whose segment s(v) is not 0 votes for its segment::
+The *shell* of a cleft c is every voxel within ``radius_zyx`` of c: the voxels v + d for v in c
+and d in the ellipsoid ``(dz/rz)^2 + (dy/ry)^2 + (dx/rx)^2 <= 1`` (an axis with radius 0 is not
+grown), c's own voxels included. The stage sets the radius from a physical distance,
+``shell_radius_nm`` (16 nm: at 40 x 8 x 8 nm that is (0, 2, 2), the cleft's own section only --
+a neighbouring section is 40 nm away, where other neurites pass by). Each shell voxel v whose
+segment s(v) is not 0 votes for its segment::
 
     Q(s) = sum over the shell voxels of s of (255 - p8(v))    evidence that s is pre-synaptic
     P(s) = sum over the shell voxels of s of p8(v)            evidence that s is post-synaptic
 
-* pre = argmax Q, post = argmax P (ties: the smaller id);
-* if that is the same segment s*, the better of (pre s*, post = the best other segment by P)
-  and (pre = the best other segment by Q, post s*) by Q(pre) + P(post) wins (ties: s* stays
-  pre); where no other segment touches the shell, "other" is 0 (no partner);
-* a role needs evidence: pre becomes 0 if Q(pre) == 0, post becomes 0 if P(post) == 0;
+* post = argmax P (ties: the smaller id), 0 if P(post) == 0;
+* pre = argmax Q over the segments other than post (ties: the smaller id), 0 if none or
+  Q(pre) == 0;
 * segment 0 never votes; a voxel in the shells of two clefts votes in both.
 
-So pre != post always, unless both are 0. Partner points (voxels): the centroid of the pre
-segment's shell voxels weighted by 255 - p8 (post: by p8), the plain centroid where those
-weights sum to 0, NaN where the partner is 0.
+Post first: the model's post-side channel is the sharper signal (on held-out synthetic volumes
+the argmax of P was the true post-synaptic neuron for every matched synapse), and Q then only has
+to tell the pre-synaptic neurite from bystanders touching the cleft's rim. So pre != post always,
+unless both are 0. Partner points (voxels): the centroid of the pre segment's shell voxels
+weighted by 255 - p8 (post: by p8), the plain centroid where those weights sum to 0, NaN where
+the partner is 0.
 
-Blockwise use: :func:`shell_evidence` on each block (the cleft labels with a 1-voxel halo, the
+Blockwise use: :func:`shell_evidence` on each block (the cleft labels with a halo >= the radius, the
 rest on the block's write box), :func:`merge_evidence` of all blocks, then
 :func:`choose_partners`. :func:`assign_partners` does all three on in-memory arrays.
 """
@@ -76,8 +80,29 @@ def post_to_u8(post: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.nan_to_num(post.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+DEFAULT_RADIUS_ZYX = (0, 2, 2)
+
+
+def shell_radius_voxels(shell_radius_nm: float, voxel_size_nm) -> tuple[int, int, int]:
+    """Per-axis shell radius in voxels: the whole voxels within ``shell_radius_nm``."""
+    return tuple(int(np.floor(shell_radius_nm / float(v) + 1e-9)) for v in voxel_size_nm)
+
+
+def shell_offsets(radius_zyx) -> list[tuple[int, int, int]]:
+    """The offsets d of the shell's ellipsoid (see the module docstring), (0, 0, 0) included."""
+    r = [int(v) for v in radius_zyx]
+    if any(v < 0 for v in r):
+        raise ValueError(f"shell radius must be >= 0 voxels, got {tuple(r)}")
+    out = []
+    for d in itertools.product(*[range(-v, v + 1) for v in r]):
+        if sum((di / ri) ** 2 for di, ri in zip(d, r) if ri) <= 1.0 + 1e-9:
+            out.append(tuple(d))
+    return out
+
+
 def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray,
-                   core: tuple[slice, slice, slice] | None = None, offset_zyx=(0, 0, 0)) -> Evidence:
+                   core: tuple[slice, slice, slice] | None = None, offset_zyx=(0, 0, 0),
+                   radius_zyx=DEFAULT_RADIUS_ZYX) -> Evidence:
     """Evidence from the shell voxels that lie in ``core``.
 
     ``clefts`` covers a region (e.g. a block's write box plus a 1-voxel halo, clipped to the
@@ -92,10 +117,12 @@ def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarra
         raise ValueError(f"segmentation {segmentation.shape} and post {post.shape} must cover the core {shape}")
     if not clefts.any():
         return Evidence.empty()
-    padded = np.pad(clefts, 1)
+    offsets = shell_offsets(radius_zyx)
+    r = [int(v) for v in radius_zyx]
+    padded = np.pad(clefts, [(v, v) for v in r])
     labs, where = [], []
-    for d in itertools.product((-1, 0, 1), repeat=3):
-        view = padded[tuple(slice(c.start + 1 + o, c.stop + 1 + o) for c, o in zip(core, d))]
+    for d in offsets:
+        view = padded[tuple(slice(c.start + rv + o, c.stop + rv + o) for c, rv, o in zip(core, r, d))]
         idx = np.flatnonzero(view)
         labs.append(view.reshape(-1)[idx].astype(np.int64))
         where.append(idx)
@@ -151,18 +178,22 @@ class Partners:
     post_zyx: np.ndarray
 
 
-def _best_two(cleft: np.ndarray, segment: np.ndarray, value: np.ndarray, ids: np.ndarray):
-    """Per cleft id in ``ids``: the row with the largest value (ties: smaller segment) and the
-    runner-up; -1 where there is none."""
-    order = np.lexsort((segment, -value, cleft))
+def _best(cleft: np.ndarray, segment: np.ndarray, value: np.ndarray, ids: np.ndarray, exclude: np.ndarray):
+    """Per cleft id in ``ids``: the row with the largest value among rows not excluded (ties:
+    the smaller segment); -1 where there is none."""
+    rows = np.flatnonzero(~exclude)
+    best = np.full(ids.size, -1)
+    if rows.size == 0:
+        return best
+    order = rows[np.lexsort((segment[rows], -value[rows], cleft[rows]))]
     c = cleft[order]
     first = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    has_second = np.r_[first[1:] - first[:-1] > 1, c.size - first[-1] > 1] if first.size else np.zeros(0, bool)
-    best, second = np.full(ids.size, -1), np.full(ids.size, -1)
-    at = np.searchsorted(ids, c[first])
-    best[at] = order[first]
-    second[at[has_second]] = order[first[has_second] + 1]
-    return best, second
+    best[np.searchsorted(ids, c[first])] = order[first]
+    return best
+
+
+def _val(rows: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.where(rows >= 0, v[np.maximum(rows, 0)], 0)
 
 
 def choose_partners(ev: Evidence, cleft_ids) -> Partners:
@@ -175,19 +206,11 @@ def choose_partners(ev: Evidence, cleft_ids) -> Partners:
     ev_rows = np.isin(ev.cleft, ids)
     if not ev_rows.all():
         raise ValueError("evidence for cleft ids that were not asked for")
-    bq, sq = _best_two(ev.cleft, ev.segment, ev.q, ids)
-    bp, sp = _best_two(ev.cleft, ev.segment, ev.p, ids)
-
-    def val(rows, v):
-        return np.where(rows >= 0, v[np.maximum(rows, 0)], 0)
-
-    pre, post = bq.copy(), bp.copy()
-    clash = (bq >= 0) & (bq == bp)
-    keep_pre = val(bq, ev.q) + val(sp, ev.p) >= val(sq, ev.q) + val(bp, ev.p)
-    post[clash & keep_pre] = sp[clash & keep_pre]
-    pre[clash & ~keep_pre] = sq[clash & ~keep_pre]
-    pre[val(pre, ev.q) == 0] = -1
-    post[val(post, ev.p) == 0] = -1
+    post = _best(ev.cleft, ev.segment, ev.p, ids, np.zeros(len(ev), bool))
+    post[_val(post, ev.p) == 0] = -1
+    is_post_row = post[np.searchsorted(ids, ev.cleft)] == np.arange(len(ev))  # rows are unique per (cleft, segment)
+    pre = _best(ev.cleft, ev.segment, ev.q, ids, is_post_row)
+    pre[_val(pre, ev.q) == 0] = -1
 
     def seg_of(rows):
         return np.where(rows >= 0, ev.segment[np.maximum(rows, 0)], 0).astype(np.uint64)
@@ -204,9 +227,11 @@ def choose_partners(ev: Evidence, cleft_ids) -> Partners:
     return Partners(ids, seg_of(pre), seg_of(post), point(pre, ev.q, ev.zyx_q), point(post, ev.p, ev.zyx_p))
 
 
-def assign_partners(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray) -> Partners:
+def assign_partners(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray,
+                    radius_zyx=DEFAULT_RADIUS_ZYX) -> Partners:
     """The rule on whole in-memory arrays (same shape), for every non-zero cleft id present."""
     clefts = np.asarray(clefts)
     ids = np.unique(clefts)
     ids = ids[ids != 0].astype(np.int64)
-    return choose_partners(shell_evidence(clefts, np.asarray(segmentation), np.asarray(post)), ids)
+    return choose_partners(shell_evidence(clefts, np.asarray(segmentation), np.asarray(post),
+                                          radius_zyx=radius_zyx), ids)

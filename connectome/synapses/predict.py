@@ -230,13 +230,14 @@ def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir, config: SynapsesCo
 
 
 def detect_arrays(prob: np.ndarray, post: np.ndarray, segmentation: np.ndarray, threshold: float,
-                  min_size_voxels: int) -> dict[str, np.ndarray]:
+                  min_size_voxels: int, voxel_size_nm=(40.0, 8.0, 8.0), shell_radius_nm: float = 16.0
+                  ) -> dict[str, np.ndarray]:
     """The detection + partner rule of :mod:`connectome.synapses.detect` on whole arrays:
     columns synapse_id, z, y, x, pre_segment_id, post_segment_id, score, size_voxels."""
     from scipy import ndimage as ndi
 
     from connectome.synapses.detect import STRUCTURE
-    from connectome.synapses.partners import assign_partners
+    from connectome.synapses.partners import assign_partners, shell_radius_voxels
 
     t8 = max(1, int(round(255 * threshold)))
     lab, n = ndi.label(prob >= t8, structure=STRUCTURE)
@@ -253,7 +254,7 @@ def detect_arrays(prob: np.ndarray, post: np.ndarray, segmentation: np.ndarray, 
     cnt = np.bincount(cl, minlength=k + 1)[1:].astype(np.float64)
     cen = [np.bincount(cl, weights=c, minlength=k + 1)[1:] / np.maximum(cnt, 1) for c in zyx]
     score = np.bincount(cl, weights=prob.ravel()[idx], minlength=k + 1)[1:] / np.maximum(cnt, 1) / 255.0
-    partners = assign_partners(clefts, segmentation, post)
+    partners = assign_partners(clefts, segmentation, post, shell_radius_voxels(shell_radius_nm, voxel_size_nm))
     return {"synapse_id": np.arange(1, k + 1, dtype=np.uint64), "z": cen[0], "y": cen[1], "x": cen[2],
             "pre_segment_id": np.asarray(partners.pre, np.uint64), "post_segment_id": np.asarray(partners.post, np.uint64),
             "score": score, "size_voxels": cnt.astype(np.int64)}
