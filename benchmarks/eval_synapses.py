@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep", help="keep volumes and workspaces in this folder")
     p.add_argument("--out", help="write the rows as JSON here")
     p.add_argument("--record", action="store_true",
-                   help="record the rows and this command as the model's test section (model.json + MODEL_CARD.md)")
+                   help="add the rows and this command to the model's test section (model.json + MODEL_CARD.md)")
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -154,10 +154,16 @@ def record_test(model_dir: Path | None, rows: list[dict], argv: list[str], a) ->
 
     model_dir = Path(model_dir or default_model())
     doc = json.loads((model_dir / "model.json").read_text())
+    # rows of earlier recorded runs stay unless this run has the same (volume, segmentation)
+    name = f"{a.preset}, {a.shape}" + (f", {a.density:g} synapses/um^3" if a.density > 0 else "")
+    new = [{"name": f"seed {r['seed']} ({name})", **r} for r in rows]
+    old = doc.get("test") or {}
+    keys = {(r["name"], r["segmentation"]) for r in new}
+    command = ".venv/bin/python benchmarks/eval_synapses.py " + " ".join(a for a in map(str, argv) if a != "--record")
     doc["test"] = {
-        "commands": [".venv/bin/python benchmarks/eval_synapses.py " + " ".join(map(str, argv))],
+        "commands": [c for c in old.get("commands", []) if c != command] + [command],
         "match_distance_nm": a.match_nm,
-        "volumes": [{"name": f"seed {r['seed']} ({a.preset}, {a.shape})", **r} for r in rows],
+        "volumes": [r for r in old.get("volumes", []) if (r["name"], r["segmentation"]) not in keys] + new,
     }
     atomic_write_text(model_dir / "model.json", json.dumps(doc, indent=1))
     print(f"recorded in {write_model_card(model_dir)}")
