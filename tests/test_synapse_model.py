@@ -220,5 +220,6 @@ def test_shipped_model_finds_synapses_on_an_unseen_volume(tmp_path):
     r = run_cli("synapses", "--workspace", ws, "--no-progress")
     assert r.returncode == 0, r.stderr
     s = evaluate_workspace(ws, syn, EvaluateConfig(synapse_match_distance_nm=200.0))["synapses"]
+    print("shipped model on seed", seed, s)
     assert s["n_true"] >= 8, s
     assert s["f1"] >= 0.8 and s["partner_accuracy"] >= 0.6, s
