@@ -254,7 +254,7 @@ class FFNJob:
     def segment_validation(self, vol: TrainingVolume, predict) -> dict[str, float]:
         """Segment the central ``val_segment_zyx`` box of ``vol`` with the canvas (peak seeds,
         face-max moves) and return additive sums of the adapted Rand and VOI terms."""
-        from connectome.evaluate.segmentation import Contingency, voi
+        from connectome.evaluate.segmentation import Contingency, rand_pair_sums, voi
         from ffn.inference import Canvas, InferenceConfig, peak_seeds, run_canvases
 
         shape = np.minimum(np.asarray(self.ex.val_segment_zyx), vol.image.shape)
@@ -269,15 +269,11 @@ class FFNJob:
         run_canvases([(canvas, peak_seeds(image, None, vol.voxel_nm, cfg))], predict, cfg.batch_size,
                      max_fovs=self.ex.val_segment_max_fovs)
         table = Contingency.from_labels(vol.labels[box], np.maximum(canvas.seg, 0)).without_truth(0)
-        n = float(table.total)
-        if not n:
+        if not table.total:
             return {"both": 0.0, "truth_pairs": 0.0, "seg_pairs": 0.0, "split_n": 0.0, "merge_n": 0.0, "n": 0.0}
-        c = table.counts.astype(np.float64)
-        a = np.bincount(np.unique(table.truth_ids, return_inverse=True)[1].reshape(-1), weights=c)
-        b = np.bincount(np.unique(table.seg_ids, return_inverse=True)[1].reshape(-1), weights=c)
+        sums = rand_pair_sums(table)
         split, merge = voi(table)
-        return {"both": float(c @ c) - n, "truth_pairs": float(a @ a) - n, "seg_pairs": float(b @ b) - n,
-                "split_n": split * n, "merge_n": merge * n, "n": n}
+        return {**sums, "split_n": split * sums["n"], "merge_n": merge * sums["n"]}
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         tp, fp, fn = sums["tp"], sums["fp"], sums["fn"]
@@ -285,8 +281,10 @@ class FFNJob:
         r = tp / (tp + fn) if tp + fn else 1.0
         out = {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
         if sums.get("n"):
-            denom = sums["truth_pairs"] + sums["seg_pairs"]
-            arand = 1.0 - 2.0 * sums["both"] / denom if denom > 0 else 1.0
+            from connectome.evaluate.segmentation import adapted_rand_from_sums
+
+            arand = adapted_rand_from_sums(sums)[0]
+            arand = 1.0 if arand != arand else arand   # no pairs at all: worst score
             vs, vm = sums["split_n"] / sums["n"], sums["merge_n"] / sums["n"]
             out.update({"arand": arand, "voi_split": vs, "voi_merge": vm, "seg_score": -(arand + (vs + vm) / 4.0)})
         return out

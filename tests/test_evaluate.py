@@ -546,3 +546,20 @@ def test_cli_folder_that_is_not_a_workspace(tmp_path, capsys, scene):
     assert main(["evaluate", "--workspace", str(empty), "--truth", str(truth)]) == 2
     line = one_line_error(capsys)
     assert str(empty) in line and "nothing to evaluate" in line
+
+
+def test_rand_pair_sums_pool_over_regions_with_their_own_ids():
+    """Sums of two regions whose ids differ add up to the sums of both together (what the FFN
+    trainer's validation pools across volumes and ranks), and the error matches adapted_rand."""
+    from connectome.evaluate.segmentation import (Contingency, adapted_rand, adapted_rand_from_sums,
+                                                  rand_pair_sums)
+
+    rng = np.random.default_rng(0)
+    t1, s1 = rng.integers(1, 4, (4, 9, 9)), rng.integers(1, 6, (4, 9, 9))
+    t2, s2 = rng.integers(11, 15, (4, 9, 9)), rng.integers(21, 23, (4, 9, 9))
+    a = rand_pair_sums(Contingency.from_labels(t1, s1))
+    b = rand_pair_sums(Contingency.from_labels(t2, s2))
+    both = Contingency.from_labels(np.concatenate([t1, t2]), np.concatenate([s1, s2]))
+    pooled = {k: a[k] + b[k] for k in a}
+    assert pooled == pytest.approx(rand_pair_sums(both))
+    assert adapted_rand_from_sums(pooled) == pytest.approx(adapted_rand(both))

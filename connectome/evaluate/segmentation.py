@@ -138,15 +138,26 @@ def voi(table: Contingency) -> tuple[float, float]:
     return (split if split > 1e-15 else 0.0), (merge if merge > 1e-15 else 0.0)
 
 
-def adapted_rand(table: Contingency) -> tuple[float, float, float]:
-    """(error, precision, recall) of the adapted Rand index (see the module docstring)."""
+def rand_pair_sums(table: Contingency) -> dict[str, float]:
+    """The additive terms of the adapted Rand index: ``n`` voxels and the ordered voxel pairs
+    together in both (``both``), in the truth (``truth_pairs``) and in the segmentation
+    (``seg_pairs``). Sums over disjoint regions add up, so shards (e.g. Horovod ranks) can pool
+    them before :func:`adapted_rand_from_sums`."""
     n = float(table.total)
     c = table.counts.astype(np.float64)
     _, a, _ = _marginal(table.truth_ids, c)
     _, b, _ = _marginal(table.seg_ids, c)
-    both = float(c @ c) - n
-    truth_pairs = float(a @ a) - n
-    seg_pairs = float(b @ b) - n
+    return {"n": n, "both": float(c @ c) - n, "truth_pairs": float(a @ a) - n, "seg_pairs": float(b @ b) - n}
+
+
+def adapted_rand(table: Contingency) -> tuple[float, float, float]:
+    """(error, precision, recall) of the adapted Rand index (see the module docstring)."""
+    return adapted_rand_from_sums(rand_pair_sums(table))
+
+
+def adapted_rand_from_sums(sums: dict[str, float]) -> tuple[float, float, float]:
+    """(error, precision, recall) from (pooled) :func:`rand_pair_sums`."""
+    both, truth_pairs, seg_pairs = sums["both"], sums["truth_pairs"], sums["seg_pairs"]
     precision = both / seg_pairs if seg_pairs > 0 else math.nan
     recall = both / truth_pairs if truth_pairs > 0 else math.nan
     denom = truth_pairs + seg_pairs
