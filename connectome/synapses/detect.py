@@ -250,7 +250,7 @@ def plan_partners(ws: Workspace, config: DetectConfig, clefts_digest: str) -> Ta
                      attrs={"from": config.prob_array, "rule": "connectome.synapses.detect"})
     radius = shell_radius_voxels(config.shell_radius_nm, ws.voxel_size_nm)
     fp = {"config": config_to_dict(config), "clefts": clefts_digest, "shell_radius_zyx": list(radius)}
-    return Task("synapses-partners", ws.path, _grid(ws, config, tuple(max(1, r) for r in radius)),
+    return Task("synapses-partners", ws.path, _grid(ws, config, radius),
                 _PartnerBlock(str(ws.path), config, radius), fp, (out,), max_retries=config.blockwise.max_retries)
 
 

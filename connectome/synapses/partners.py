@@ -105,7 +105,7 @@ def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarra
                    radius_zyx=DEFAULT_RADIUS_ZYX) -> Evidence:
     """Evidence from the shell voxels that lie in ``core``.
 
-    ``clefts`` covers a region (e.g. a block's write box plus a 1-voxel halo, clipped to the
+    ``clefts`` covers a region (e.g. a block's write box plus a halo of ``radius_zyx``, clipped to the
     volume); ``core`` = slices of the write box inside that region (default: all of it);
     ``segmentation`` and ``post`` cover the core only; ``offset_zyx`` = the core's global origin
     (partner points are global). Voxels outside ``clefts`` count as no cleft.
