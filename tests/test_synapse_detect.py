@@ -101,6 +101,32 @@ def test_partner_rule_post_first_then_pre_among_the_others():
     assert (p.pre[0], p.post[0]) == (5, 9)
 
 
+def test_pre_side_signal_outvotes_a_bystander():
+    """Without a pre-side signal the bystander 5 (24 shell voxels, all "not post") beats the true
+    pre 7 (6 voxels); with one (high on 7 only) the pre is 7 and its point lies on 7's voxels."""
+    seg, clefts = two_slabs()
+    seg[:, :, :4] = 5
+    seg[:, 2, :4] = 7                                     # segment 7: one row on the pre side
+    post = np.where(seg == 9, 1.0, 0.0)
+    without = assign_partners(clefts, seg, post)
+    assert (without.pre[0], without.post[0]) == (5, 9)
+    pre = np.where(seg == 7, 0.9, 0.05)
+    with_pre = assign_partners(clefts, seg, post, pre=pre)
+    assert (with_pre.pre[0], with_pre.post[0]) == (7, 9)
+    assert with_pre.pre_zyx[0][1] == pytest.approx(2.0)
+    # blockwise with the pre signal == whole
+    whole = shell_evidence(clefts, seg, post, radius_zyx=(0, 2, 2), pre=pre)
+    parts = []
+    for ys in ((0, 3), (3, 6)):
+        core = (slice(0, 3), slice(*ys), slice(0, 10))
+        lo, hi = max(0, ys[0] - 2), min(6, ys[1] + 2)
+        parts.append(shell_evidence(clefts[:, lo:hi], seg[core], post[core],
+                                    (slice(0, 3), slice(ys[0] - lo, ys[1] - lo), slice(0, 10)), (0, ys[0], 0),
+                                    (0, 2, 2), pre[core]))
+    merged = merge_evidence(parts)
+    assert np.array_equal(whole.q, merged.q) and np.array_equal(whole.segment, merged.segment)
+
+
 def test_partner_rule_without_a_second_segment_or_evidence():
     seg = np.full((3, 5, 5), 4, np.uint64)
     clefts = np.zeros(seg.shape, np.int64)
@@ -177,6 +203,30 @@ def test_min_size_threshold_and_score(tmp_path):
     assert (r["size_voxels"], r["z"], r["y"], r["x"]) == ("72", "1.50", "6.50", "6.50")
     assert float(r["score"]) == pytest.approx(200 / 255, abs=1e-4)
     assert (r["pre_segment_id"], r["post_segment_id"]) == ("1", "2")
+
+
+def test_synapses_need_two_partner_segments(tmp_path):
+    """A component inside one segment (a dark organelle) or against unsegmented space connects
+    no two neurons: left out of synapses.csv (ids kept, so the table's ids skip it) unless
+    require_partners is off; the cleft array keeps every component."""
+    prob = np.zeros((4, 32, 32), np.uint8)
+    prob[1:3, 4:10, 6:8] = 200        # synapse 1: on the border of segments 1 and 2
+    prob[1:3, 20:26, 20:22] = 200     # synapse 2: inside segment 2 only
+    prob[1:3, 27:31, 2:4] = 200       # synapse 3: segment 1 beside unsegmented space (0)
+    seg = np.ones(prob.shape, np.uint64)
+    seg[:, :, 7:] = 2
+    seg[:, 27:, :3] = 0
+    post = np.where(seg == 2, 255, 0).astype(np.uint8)
+    make_workspace(tmp_path / "ws", {"synapse_prob": prob, "segmentation": seg, "synapse_post": post})
+    s = detect_synapses(tmp_path / "ws", config((4, 16, 16), min_size=5))
+    rows = read_rows(tmp_path / "ws" / "synapses.csv")
+    assert [(r["synapse_id"], r["pre_segment_id"], r["post_segment_id"]) for r in rows] == [("1", "1", "2")]
+    assert (s.synapses, s.dropped_unpaired) == (1, 2) and "2 without two partner segments" in s.describe()
+    assert set(np.unique(Workspace.open(tmp_path / "ws").array("synapse_clefts")[:]).tolist()) == {0, 1, 2, 3}
+    s = detect_synapses(tmp_path / "ws", config((4, 16, 16), min_size=5, require_partners=False))
+    rows = read_rows(tmp_path / "ws" / "synapses.csv")
+    assert [(r["pre_segment_id"], r["post_segment_id"]) for r in rows] == [("1", "2"), ("0", "2"), ("1", "0")]
+    assert (s.synapses, s.with_both_partners, s.dropped_unpaired) == (3, 1, 0)
 
 
 def test_missing_post_signal_is_named(tmp_path):

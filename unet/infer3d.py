@@ -9,6 +9,12 @@ coordinate ``(r + 0.5)/f - 0.5``), so every raw voxel's value is a function of i
 any block layout and executor give the same bits as one whole-volume run (tested).
 
 Outputs are ``C`` channels of sigmoid probabilities, stored as uint8 (0..255 = 0..1).
+
+No data: an aligned volume is ``no_data`` (0) where a drifted section has no tissue, usually in
+bands along the volume's sides. Mirroring such a band at the volume face makes a thin dark line
+between tissue and its mirror image -- which looks like a cleft. With ``no_data`` set, every
+``no_data`` pixel of a tile's region is replaced by the nearest other pixel of its section
+(:func:`fill_no_data`) before the model sees it; the result still depends on the tile alone.
 """
 
 from __future__ import annotations
@@ -99,9 +105,28 @@ class Predictor3D:
         return np.concatenate(out)
 
 
+def fill_no_data(region: np.ndarray, no_data: int) -> np.ndarray:
+    """``region`` (z, y, x) with each ``no_data`` pixel replaced by the nearest (Euclidean, ties
+    by scipy's rule) pixel of the same section that is not ``no_data``; sections that are all
+    ``no_data`` stay as they are. Returns ``region`` itself when it holds no ``no_data`` pixel."""
+    from scipy.ndimage import distance_transform_edt
+
+    mask = region == no_data
+    if not mask.any():
+        return region
+    out = np.array(region, copy=True)
+    for z in range(out.shape[0]):
+        m = mask[z]
+        if m.any() and not m.all():
+            iy, ix = distance_transform_edt(m, return_distances=False, return_indices=True)
+            out[z] = out[z][iy, ix]
+    return out
+
+
 def predict_box3d(raw, predictor, geom: TileGeometry3D, stats: IntensityStats, begin_zyx: Sequence[int],
-                  end_zyx: Sequence[int], channels: int) -> np.ndarray:
-    """``(channels, dz, dy, dx)`` uint8 probabilities of raw voxels ``[begin, end)``.
+                  end_zyx: Sequence[int], channels: int, no_data: int | None = None) -> np.ndarray:
+    """``(channels, dz, dy, dx)`` uint8 probabilities of raw voxels ``[begin, end)``; ``no_data``:
+    the raw value of missing data, filled from the nearest tissue first (None: off).
 
     Memory: one tile's raw region at a time plus the output box."""
     z0, y0, x0 = (int(v) for v in begin_zyx)
@@ -122,6 +147,8 @@ def predict_box3d(raw, predictor, geom: TileGeometry3D, stats: IntensityStats, b
             b = (geom.tile_start_raw(0, jz), geom.tile_start_raw(1, jy), geom.tile_start_raw(2, jx))
             e = (b[0] + T[0], b[1] + T[1] * f, b[2] + T[2] * f)
             region = take_reflected(raw, b, e)
+            if no_data is not None:
+                region = fill_no_data(region, no_data)
             tiles.append(stats.standardize(downsample_mean(region, f) / 255.0))
         probs = predictor(np.stack(tiles))
         for (jz, jy, jx), p in zip(chunk, probs):

@@ -65,7 +65,7 @@ class ModelSpec:
 
 
 def read_model_dir(path: str | Path, task: str = "vessel", ndim: int = 2, what: str = "--model",
-                   out_channels: int = 1) -> ModelSpec:
+                   out_channels: int | tuple[int, ...] = 1) -> ModelSpec:
     p = Path(path)
     where = f"{what} {p}"
     mj, doc = read_model_json(p, FORMAT, FORMAT_VERSION, "U-Net", what)
@@ -92,9 +92,10 @@ def read_model_dir(path: str | Path, task: str = "vessel", ndim: int = 2, what: 
     if unet.in_channels != z_context:
         raise UserInputError(f"{mj}: the architecture takes {unet.in_channels} input channels but the input "
                              f"stacks {z_context} sections")
-    if unet.out_channels != out_channels:
-        raise UserInputError(f"{mj}: expected {out_channels} output channel(s), the architecture has "
-                             f"{unet.out_channels}")
+    allowed = (out_channels,) if isinstance(out_channels, int) else tuple(out_channels)
+    if unet.out_channels not in allowed:
+        raise UserInputError(f"{mj}: expected {' or '.join(map(str, allowed))} output channel(s), the architecture "
+                             f"has {unet.out_channels}")
     if not 0 < threshold < 1:
         raise UserInputError(f"{mj}: output.threshold must be in (0, 1), got {threshold}")
     if "/" in wfile or wfile.startswith("."):

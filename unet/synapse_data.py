@@ -5,7 +5,7 @@ A ``connectome synth`` folder holds ``truth.zarr/{raw, neurons, synapse_clefts}`
 ``truth/synapses.csv`` (synapse id -> pre/post neuron). The model sees (z, y, x) crops with
 (y, x) area-downsampled by the integer ``factor`` (8 nm -> 16 nm: factor 2); z is kept (40 nm).
 
-Targets (2 channels, at the model's resolution)
+Targets (3 channels, at the model's resolution)
 -----------------------------------------------
 Let ``C`` be the cleft voxels max-pooled to the model grid (a model voxel is cleft when any of
 its ``factor x factor`` raw voxels is) and ``d(v)`` the physical distance (nm, anisotropic
@@ -16,7 +16,11 @@ voxel size) from voxel ``v`` to the nearest voxel of ``C``, with ``s(v)`` that v
 * channel 1, *post side*: ``d(v) <= post_radius_nm`` and ``neurons(v) == post(s(v))`` -- the
   part of the postsynaptic neuron next to the cleft (where the PSD is). Partner assignment
   (:mod:`connectome.synapses.partners`) votes with it: shell voxels with a high post signal
-  are post-synaptic, the others pre-synaptic.
+  are post-synaptic.
+* channel 2, *pre side*: ``d(v) <= post_radius_nm`` and ``neurons(v) == pre(s(v))`` -- the
+  part of the presynaptic neuron next to the cleft (where the vesicles and the active zone
+  are). Partner assignment votes for the presynaptic segment with it, so a bystander neurite
+  that touches the cleft's rim (not post-synaptic, but not pre-synaptic either) gets no votes.
 
 ``neurons`` is subsampled (not averaged) to the model grid, at the first raw pixel of each
 ``factor x factor`` block.
@@ -41,7 +45,7 @@ class SynapseVolume:
     path: Path
     #: raw at the model's resolution, in [0, 1] (float32)
     image: np.ndarray
-    #: (2, z, y, x) uint8 targets {0, 1}: cleft band, post side
+    #: (3, z, y, x) uint8 targets {0, 1}: cleft band, post side, pre side
     target: np.ndarray
     voxel_size_nm: tuple[float, float, float]
     factor: int
@@ -52,8 +56,8 @@ class SynapseVolume:
     synapses: int = 0
 
 
-def _read_truth_table(path: Path) -> dict[int, int]:
-    """synapse id -> post neuron id from ``truth/synapses.csv``."""
+def _read_truth_table(path: Path) -> dict[int, tuple[int, int]]:
+    """synapse id -> (pre neuron id, post neuron id) from ``truth/synapses.csv``."""
     table = path / "truth" / "synapses.csv"
     if not table.is_file():
         raise UserInputError(f"--data {path}: truth/synapses.csv missing (expected a `connectome synth` folder)")
@@ -61,15 +65,17 @@ def _read_truth_table(path: Path) -> dict[int, int]:
     with table.open(newline="") as fh:
         for row in csv.DictReader(fh):
             try:
-                out[int(row["synapse_id"])] = int(row["post_segment_id"])
+                out[int(row["synapse_id"])] = (int(row["pre_segment_id"]), int(row["post_segment_id"]))
             except (KeyError, ValueError):
-                raise UserInputError(f"{table}: needs integer columns synapse_id and post_segment_id") from None
+                raise UserInputError(f"{table}: needs integer columns synapse_id, pre_segment_id and "
+                                     "post_segment_id") from None
     return out
 
 
-def make_targets(clefts: np.ndarray, neurons: np.ndarray, post_of: dict[int, int], factor: int,
+def make_targets(clefts: np.ndarray, neurons: np.ndarray, partners_of: dict[int, tuple[int, int]], factor: int,
                  voxel_size_nm: Sequence[float], cleft_radius_nm: float, post_radius_nm: float) -> np.ndarray:
-    """(2, z, y/f, x/f) uint8 targets from full-resolution clefts and neurons (see module doc)."""
+    """(3, z, y/f, x/f) uint8 targets from full-resolution clefts and neurons (see module doc);
+    ``partners_of``: synapse id -> (pre neuron, post neuron)."""
     from scipy.ndimage import distance_transform_edt
 
     z, y, x = clefts.shape
@@ -77,7 +83,7 @@ def make_targets(clefts: np.ndarray, neurons: np.ndarray, post_of: dict[int, int
     c = clefts[:, :h, :w]
     pooled = c.reshape(z, h // factor, factor, w // factor, factor).max(axis=(2, 4))
     neu = neurons[:, :h:factor, :w:factor]
-    out = np.zeros((2,) + pooled.shape, np.uint8)
+    out = np.zeros((3,) + pooled.shape, np.uint8)
     if not pooled.any():
         return out
     sampling = (float(voxel_size_nm[0]), float(voxel_size_nm[1]) * factor, float(voxel_size_nm[2]) * factor)
@@ -86,10 +92,11 @@ def make_targets(clefts: np.ndarray, neurons: np.ndarray, post_of: dict[int, int
     near = dist <= post_radius_nm + 1e-6
     sid = pooled[idx[0], idx[1], idx[2]][near]
     ids, inverse = np.unique(sid, return_inverse=True)
-    post = np.asarray([post_of.get(int(i), 0) for i in ids], np.uint64)[inverse.ravel()]
-    post_mask = np.zeros(pooled.shape, bool)
-    post_mask[near] = (post != 0) & (neu[near] == post)
-    out[1] = post_mask
+    for channel, side in ((1, 1), (2, 0)):
+        partner = np.asarray([partners_of.get(int(i), (0, 0))[side] for i in ids], np.uint64)[inverse.ravel()]
+        mask = np.zeros(pooled.shape, bool)
+        mask[near] = (partner != 0) & (neu[near] == partner)
+        out[channel] = mask
     return out
 
 
@@ -105,15 +112,16 @@ def load_synapse_volume(path: str | Path, model_voxel_nm: float, cleft_radius_nm
     h, w = y // factor * factor, x // factor * factor
     image = downsample_mean(raw[:, :h, :w], factor) / 255.0
     stats = intensity_stats(raw, factor)
-    post_of = _read_truth_table(path)
-    target = make_targets(np.asarray(cl_a[:]), np.asarray(neu_a[:]), post_of, factor, vs, cleft_radius_nm,
+    partners_of = _read_truth_table(path)
+    target = make_targets(np.asarray(cl_a[:]), np.asarray(neu_a[:]), partners_of, factor, vs, cleft_radius_nm,
                           post_radius_nm)
     pos = np.argwhere(target[0])
     if len(pos) > max_positives:
         pos = pos[np.random.default_rng(seed).choice(len(pos), max_positives, replace=False)]
-    meta = {**meta, "cleft_fraction": float(target[0].mean()), "post_fraction": float(target[1].mean())}
+    meta = {**meta, "cleft_fraction": float(target[0].mean()), "post_fraction": float(target[1].mean()),
+            "pre_fraction": float(target[2].mean())}
     return SynapseVolume(path, image.astype(np.float32), target, vs, factor, stats, meta, pos.astype(np.int64),
-                         len(post_of))
+                         len(partners_of))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,3 +188,23 @@ def augment(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, cfg: Aug
             img[zi] = np.roll(img[zi], (int(dy), int(dx)), axis=(0, 1))
     out, g, noise = intensity_augment(np.moveaxis(img, 0, -1), rng, cfg)
     return np.ascontiguousarray(np.moveaxis(out, -1, 0)), tgt, g, noise
+
+
+def fill_bands(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, max_px: int) -> None:
+    """Aligned-render fill, in place: on 1-4 random (y, x) sides of a (z, y, x) crop, a band of no
+    data (intensity 0, no targets) whose width drifts from section to section (a random walk, as
+    the sections' offsets do), 0..``max_px`` model pixels. An aligned volume is black where a
+    drifted section has no tissue; the boundary of that black is a dark straight edge that looks
+    like a membrane, and without this the model calls clefts on it."""
+    nz, ny, nx = img.shape
+    sides = rng.permutation(4)[: int(rng.integers(1, 5))]
+    for side in sides:
+        start = rng.uniform(0, max_px)
+        width = np.clip(np.rint(start + np.cumsum(rng.normal(0.0, 1.0, nz))), 0, max_px).astype(int)
+        for zi, w in enumerate(width):
+            if w == 0:
+                continue
+            sl = {0: (slice(0, w), slice(None)), 1: (slice(ny - w, ny), slice(None)),
+                  2: (slice(None), slice(0, w)), 3: (slice(None), slice(nx - w, nx))}[int(side)]
+            img[(zi,) + sl] = 0.0
+            tgt[(slice(None), zi) + sl] = 0.0

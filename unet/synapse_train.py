@@ -9,13 +9,14 @@
 Each ``DIR`` holds ``truth.zarr/{raw, neurons, synapse_clefts}`` and ``truth/synapses.csv``.
 The network (anisotropy-aware: no pooling along z at the first two levels) sees (z, y, x) crops
 at ``data.input_voxel_size_nm`` in (y, x) (area-downsampled by an integer factor) and predicts
-two channels: the cleft band and the post-synaptic side (targets in :mod:`unet.synapse_data`).
+three channels: the cleft band, the post-synaptic side and the pre-synaptic side (targets in
+:mod:`unet.synapse_data`; ``model.out_channels: 2`` trains the first two only).
 Examples are centred on a cleft with probability ``data.positive_fraction``, zoomed in (y, x) by
 ``data.scale_range`` (calibre variation), flipped/rotated, shifted per section (residual
 misalignment) and intensity-augmented (:mod:`unet.augment`, sections as channels).
 
 Validation crops of the held-out ``--val`` volumes are scored every
-``trainer.validate_every`` steps (voxel Dice of both channels; the best cleft Dice is kept).
+``trainer.validate_every`` steps (voxel Dice of every channel; the best cleft Dice is kept).
 At the end the exported model runs through the real inference path on every validation volume
 and the detection rule (threshold + 26-connected components + minimum size) and partner rule
 are calibrated there: the (threshold, minimum size) with the best synapse F1 (match within
@@ -39,12 +40,12 @@ from unet.augment import AugmentConfig
 from unet.data import IntensityStats, adjust_stats
 from unet.losses import LossConfig
 from unet.model import UNetConfig
-from unet.synapse_data import SynapseVolume, augment, crop_example, draw_centre, load_synapse_volume
+from unet.synapse_data import SynapseVolume, augment, crop_example, draw_centre, fill_bands, load_synapse_volume
 
 log = logging.getLogger(__name__)
 
 TASK = "synapse"
-CHANNELS = ("cleft", "post")
+CHANNELS = ("cleft", "post", "pre")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class SynapseDataConfig:
     #: residual misalignment: probability of shifting every section by up to this many px
     section_shift_prob: float = 0.2
     section_shift_px: int = 2
+    #: aligned-render fill: probability of black no-data bands on the crop's sides, their widest (model px)
+    fill_band_prob: float = 0.25
+    fill_band_max_px: int = 12
     #: random error added to the standardisation (fraction of the spread)
     stats_jitter: float = 0.05
     val_crop_zyx: tuple[int, int, int] = (16, 128, 128)
@@ -75,8 +79,10 @@ class SynapseDataConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {[lo, hi]}")
-        if not 0 <= self.positive_fraction <= 1 or not 0 <= self.section_shift_prob <= 1:
-            raise ValueError("positive_fraction and section_shift_prob must be in [0, 1]")
+        if not all(0 <= v <= 1 for v in (self.positive_fraction, self.section_shift_prob, self.fill_band_prob)):
+            raise ValueError("positive_fraction, section_shift_prob and fill_band_prob must be in [0, 1]")
+        if self.fill_band_max_px < 0:
+            raise ValueError("fill_band_max_px must be >= 0")
         if self.cleft_radius_nm < 0 or self.post_radius_nm <= 0:
             raise ValueError("cleft_radius_nm must be >= 0 and post_radius_nm > 0")
         if min(self.crop_zyx) < 2 or min(self.val_crop_zyx) < 2 or self.val_crops_per_volume < 1:
@@ -85,8 +91,8 @@ class SynapseDataConfig:
 
 def _default_unet() -> UNetConfig:
     # 16 nm (y, x) x 40 nm (z): pool (y, x) only at the first two levels (-> 64 x 64 x 40 nm, about
-    # isotropic), then all three axes; 8 -> 64 filters. Two outputs: cleft, post side.
-    return UNetConfig(ndim=3, depth=3, base_filters=8, max_filters=64, in_channels=1, out_channels=2,
+    # isotropic), then all three axes; 8 -> 64 filters. Three outputs: cleft, post side, pre side.
+    return UNetConfig(ndim=3, depth=3, base_filters=8, max_filters=64, in_channels=1, out_channels=3,
                       pool_zyx=((1, 2, 2), (1, 2, 2), (2, 2, 2)))
 
 
@@ -103,8 +109,9 @@ class SynapseTrainConfig:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(elastic_prob=0.0))
     #: per channel: BCE (positives up-weighted: clefts are ~0.2 % of voxels) + soft Dice
     loss: LossConfig = field(default_factory=lambda: LossConfig(bce_weight=1.0, dice_weight=0.5, pos_weight=3.0))
-    #: weight of the post-side channel's loss relative to the cleft channel's
+    #: weight of the post-side (and pre-side) channel's loss relative to the cleft channel's
     post_loss_weight: float = 0.5
+    pre_loss_weight: float = 0.5
     #: recommended inference tiling (model voxels, z y x), written into model.json: a core of 32 x 256 x 256
     #: model voxels (= the default block, 32 x 512 x 512 raw voxels) + the margins; ~1 GB per worker
     inference_tile_zyx: tuple[int, int, int] = (40, 304, 304)
@@ -118,8 +125,9 @@ class SynapseTrainConfig:
 
     def __post_init__(self):
         m = self.model
-        if m.ndim != 3 or m.in_channels != 1 or m.out_channels != 2:
-            raise ValueError("the synapse model is 3D with 1 input and 2 output channels (cleft, post)")
+        if m.ndim != 3 or m.in_channels != 1 or m.out_channels not in (2, 3):
+            raise ValueError("the synapse model is 3D with 1 input and 2 (cleft, post) or 3 (cleft, post, pre) "
+                             "output channels")
         mult = m.size_multiple()
         for name in ("inference_tile_zyx",):
             if any(v % k for v, k in zip(getattr(self, name), mult)):
@@ -133,8 +141,12 @@ class SynapseTrainConfig:
             raise ValueError("calibrate_threshold values must be in (0, 1)")
         if not self.calibrate_min_size or min(self.calibrate_min_size) < 1:
             raise ValueError("calibrate_min_size values must be >= 1")
-        if self.post_loss_weight < 0 or not self.match_distance_nm > 0:
-            raise ValueError("post_loss_weight must be >= 0 and match_distance_nm > 0")
+        if self.post_loss_weight < 0 or self.pre_loss_weight < 0 or not self.match_distance_nm > 0:
+            raise ValueError("post_loss_weight and pre_loss_weight must be >= 0 and match_distance_nm > 0")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return CHANNELS[:self.model.out_channels]
 
 
 Config = SynapseTrainConfig
@@ -172,9 +184,9 @@ class SynapseJob:
     def loss(self, y_true, logits):
         from unet.losses import combined_loss
 
-        c = combined_loss(y_true[..., 0:1], logits[..., 0:1], self.cfg.loss)
-        p = combined_loss(y_true[..., 1:2], logits[..., 1:2], self.cfg.loss)
-        return c + self.cfg.post_loss_weight * p
+        weights = (1.0, self.cfg.post_loss_weight, self.cfg.pre_loss_weight)
+        return sum(w * combined_loss(y_true[..., i:i + 1], logits[..., i:i + 1], self.cfg.loss)
+                   for i, w in enumerate(weights[:self.cfg.model.out_channels]))
 
     def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         d = self.cfg.data
@@ -184,6 +196,8 @@ class SynapseJob:
         centre = draw_centre(rng, vol, d.positive_fraction, d.jitter_zyx)
         img, tgt = crop_example(vol, centre, d.crop_zyx, scale)
         img, tgt, g, noise = augment(img, tgt, rng, self.cfg.augment, d.section_shift_prob, d.section_shift_px)
+        if d.fill_band_prob and d.fill_band_max_px and rng.random() < d.fill_band_prob:
+            fill_bands(img, tgt, rng, d.fill_band_max_px)
         st = adjust_stats(vol.stats, g, noise)
         if d.stats_jitter:
             j = d.stats_jitter
@@ -191,7 +205,7 @@ class SynapseJob:
             grow = float(np.exp(rng.normal(0, j)))
             st = IntensityStats(st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift,
                                 st.p50 + shift + (st.p95 - st.p50) * grow)
-        return st.standardize(img)[..., None], np.moveaxis(tgt, 0, -1)
+        return st.standardize(img)[..., None], np.moveaxis(tgt[:self.cfg.model.out_channels], 0, -1)
 
     def batch(self, step: int, rank: int, size: int, batch_size: int):
         rng = np.random.default_rng([self.cfg.trainer.seed, step, rank])
@@ -203,12 +217,12 @@ class SynapseJob:
 
         if self._predict is None:
             self._predict = tf.function(lambda x: tf.sigmoid(model(x, training=False)), reduce_retracing=True)
-        sums = {f"{c}_{k}": 0.0 for c in CHANNELS for k in ("inter", "pred", "true")}
+        sums = {f"{c}_{k}": 0.0 for c in self.cfg.channels for k in ("inter", "pred", "true")}
         for v, centre in self.val_specs[shard::num_shards]:
             vol = self.val[v]
             img, tgt = crop_example(vol, centre, self.cfg.data.val_crop_zyx)
             p = self._predict(tf.convert_to_tensor(vol.stats.standardize(img)[None, ..., None])).numpy()[0]
-            for i, c in enumerate(CHANNELS):
+            for i, c in enumerate(self.cfg.channels):
                 pb, tb = p[..., i] >= 0.5, tgt[i] >= 0.5
                 sums[f"{c}_inter"] += float(np.count_nonzero(pb & tb))
                 sums[f"{c}_pred"] += float(np.count_nonzero(pb))
@@ -217,7 +231,7 @@ class SynapseJob:
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         out = {}
-        for c in CHANNELS:
+        for c in self.cfg.channels:
             i, p, t = sums[f"{c}_inter"], sums[f"{c}_pred"], sums[f"{c}_true"]
             out[f"{c}_dice"] = 2 * i / (p + t) if (p + t) else 1.0
             out[f"{c}_precision"] = i / p if p else float("nan")
@@ -232,20 +246,23 @@ def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConf
               ) -> tuple[float, int, list[dict], dict]:
     """Run the exported model on each validation volume (the stage's in-memory path), then pick
     the (threshold, minimum size) with the best pooled synapse F1; returns them and per-volume rows."""
-    from connectome.synapses.predict import detect_arrays, predict_arrays, score_detection, read_truth
+    from connectome.synapses.predict import (SynapsesConfig, detect_arrays, predict_arrays, read_truth,
+                                             score_detection)
+
+    use_pre = SynapsesConfig().use_pre_channel   # the partner rule the stage uses by default
 
     preds = []
     for p in vols_paths:
         raw, neurons, vs, truth = read_truth(p)
         t0 = time.perf_counter()
-        prob, post = predict_arrays(raw, vs, model_dir)
-        preds.append((p, raw.shape, vs, neurons, truth, prob, post, time.perf_counter() - t0))
+        prob, post, pre = predict_arrays(raw, vs, model_dir)
+        preds.append((p, raw.shape, vs, neurons, truth, prob, post, pre, time.perf_counter() - t0))
     grid = {}
     for t in cfg.calibrate_threshold:
         for m in cfg.calibrate_min_size:
             rows = []
-            for p, shape, vs, neurons, truth, prob, post, sec in preds:
-                det = detect_arrays(prob, post, neurons, t, m, vs)
+            for p, shape, vs, neurons, truth, prob, post, pre, sec in preds:
+                det = detect_arrays(prob, post, neurons, t, m, vs, pre=pre if use_pre else None)
                 rows.append(score_detection(det, truth, vs, cfg.match_distance_nm))
             tp = sum(r["n_matched"] for r in rows)
             n = sum(r["n_predicted"] + r["n_true"] for r in rows)
@@ -312,11 +329,13 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
                           "normalization": {"method": "volume_percentiles",
                                             "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"},
                           "trained_on_voxel_size_nm": list(train[0].voxel_size_nm)},
-                "output": {"activation": "sigmoid", "channels": list(CHANNELS), "threshold": 0.5,
+                "output": {"activation": "sigmoid", "channels": list(cfg.channels), "threshold": 0.5,
                            "min_size_voxels": 50,
-                           "meaning": "channel 0: synaptic cleft (band of +-%g nm); channel 1: postsynaptic side "
-                                      "(the post neuron within %g nm of the cleft)"
-                                      % (d.cleft_radius_nm, d.post_radius_nm)},
+                           "meaning": ("channel 0: synaptic cleft (band of +-%g nm); channel 1: postsynaptic side "
+                                       "(the post neuron within %g nm of the cleft)"
+                                       % (d.cleft_radius_nm, d.post_radius_nm))
+                           + ("; channel 2: presynaptic side (the pre neuron within %g nm of the cleft)"
+                              % d.post_radius_nm if cfg.model.out_channels == 3 else "")},
                 "inference": {"tile_zyx": list(cfg.inference_tile_zyx), "margin_zyx": list(cfg.inference_margin_zyx),
                               "tile_px": int(cfg.inference_tile_zyx[1]), "margin_px": int(cfg.inference_margin_zyx[1])},
                 "weights": {"parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
@@ -351,10 +370,12 @@ def write_model_card(model_dir: str | Path) -> Path:
     c = t["config"]
     lines = [
         "# Synapse model (3D U-Net)", "",
-        "Predicts, per voxel, the probability of a synaptic cleft and of the postsynaptic side next to it; "
+        "Predicts, per voxel, the probability of a synaptic cleft and of the postsynaptic side next to it"
+        + (" and of the presynaptic side" if "pre" in o["channels"] else "") + "; "
         "`connectome synapses` thresholds the cleft channel into synapses (26-connected components, minimum "
-        "size, consistent across blocks) and assigns pre/post partners from the segmentation with the post "
-        "channel (connectome/synapses/partners.py).", "",
+        "size, consistent across blocks) and assigns pre/post partners from the segmentation with the "
+        + ("post and pre channels" if "pre" in o["channels"] else "post channel")
+        + " (connectome/synapses/partners.py).", "",
         "## Model", "",
         f"- 3D U-Net, {a['depth']} poolings {a['pool_zyx']} (z, y, x), filters {a['base_filters']} -> "
         f"{min(a['base_filters'] * 2 ** a['depth'], a['max_filters'])}, '{a['padding']}' padding, {w['parameters']:,} "
@@ -370,11 +391,14 @@ def write_model_card(model_dir: str | Path) -> Path:
         f"- {t['steps']} steps x {t['ranks']} rank(s) x batch {t['batch_per_rank']} = {t['examples_seen']:,} crops "
         f"{c['data']['crop_zyx']}, peak learning rate {t['peak_learning_rate']:g}; loss per channel BCE "
         f"(positive weight {c['loss']['pos_weight']:g}) + {c['loss']['dice_weight']:g} x soft Dice, post channel "
-        f"x {c['post_loss_weight']:g}.",
+        f"x {c['post_loss_weight']:g}" + (f", pre channel x {c.get('pre_loss_weight', 0.5):g}"
+                                           if "pre" in o["channels"] else "") + ".",
         f"- Wall time {t['seconds'] / 60:.1f} min ({t['runs']} run(s)); TensorFlow {t['versions'].get('tensorflow')}, "
         f"Horovod {t['versions'].get('horovod', '-')}.",
         f"- Augmentation: (y, x) zoom {c['data']['scale_range']}, rotations/flips, section shifts "
-        f"(p {c['data']['section_shift_prob']:g}, +-{c['data']['section_shift_px']} px), contrast/brightness/gamma, "
+        f"(p {c['data']['section_shift_prob']:g}, +-{c['data']['section_shift_px']} px)"
+        + (f", aligned-render fill bands (p {c['data']['fill_band_prob']:g}, <= {c['data']['fill_band_max_px']} px)"
+           if c['data'].get('fill_band_prob') else "") + ", contrast/brightness/gamma, "
         "illumination, blur, white and correlated noise, section defects.",
         "- Training data (`connectome synth`):",
     ]
@@ -388,7 +412,8 @@ def write_model_card(model_dir: str | Path) -> Path:
     lines += ["", "## Validation", ""]
     if crops:
         lines.append(f"- Crops at model resolution (step {w.get('from_step')}): cleft Dice "
-                     f"{crops.get('cleft_dice', float('nan')):.4f}, post Dice {crops.get('post_dice', float('nan')):.4f}.")
+                     f"{crops.get('cleft_dice', float('nan')):.4f}, post Dice {crops.get('post_dice', float('nan')):.4f}"
+                     + (f", pre Dice {crops['pre_dice']:.4f}" if "pre_dice" in crops else "") + ".")
     if v.get("volumes"):
         lines += [f"- Whole volumes, synapses matched within {v['match_distance_nm']:g} nm, partners with the true "
                   "segmentation:", "",

@@ -7,8 +7,13 @@ A *synapse* is a connected component of cleft voxels, 26-connected (clefts are o
 oblique sheets; in anisotropic stacks their voxels often touch only at edges or corners), with
 at least ``min_size_voxels`` voxels. Per synapse: ``size_voxels``, the centroid ``z, y, x``
 (mean voxel coordinate), ``score`` = the mean ``synapse_prob / 255`` over its voxels, and
-pre/post partners by :mod:`connectome.synapses.partners`. The result is the same for every
-block shape and executor (the tests check it), and equals labelling the whole volume at once.
+pre/post partners by :mod:`connectome.synapses.partners`. With ``require_partners`` (the
+default) ``WS/synapses.csv`` lists only synapses with both partners: a cleft-like component
+with a single segment beside it (inside one neurite, e.g. at a mitochondrion) or against
+unsegmented space (vessels are 0 in the segmentation) connects no two neurons; the others keep
+their ids (the ids of ``synapse_clefts``), so the table's ids may have gaps. The result is the
+same for every block shape and executor (the tests check it), and equals labelling the whole
+volume at once.
 
 How, in three resumable blockwise passes plus two short driver steps::
 
@@ -29,8 +34,9 @@ How, in three resumable blockwise passes plus two short driver steps::
       driver: finish     partners per synapse, then WS/synapses.csv (atomic)
 
 All sums are exact integers, so no result depends on summation order. The post-side signal is
-read from the array ``post_array`` (uint8 0..255 = 0..1, or float 0..1). Rerun after a kill and
-only missing blocks run; ``restart=True`` recomputes everything.
+read from the array ``post_array`` and the pre-side signal, if ``pre_array`` names one, from
+that array (uint8 0..255 = 0..1, or float 0..1). Rerun after a kill and only missing blocks run;
+``restart=True`` recomputes everything.
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ from connectome.atomic import atomic_write_bytes
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task, run_task
 from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.errors import UserInputError
-from connectome.synapses.partners import (Evidence, choose_partners, merge_evidence, shell_evidence,
-                                          shell_radius_voxels)
+from connectome.synapses.partners import (DEFAULT_SHELL_RADIUS_NM, Evidence, choose_partners, merge_evidence,
+                                          shell_evidence, shell_radius_voxels)
 from connectome.synapses.table import write_synapses_csv
 from connectome.workspace import Workspace, open_array
 
@@ -70,12 +76,16 @@ class DetectConfig:
     min_size_voxels: int = 50
     prob_array: str = "synapse_prob"
     post_array: str = "synapse_post"
+    #: the pre-side signal ("" = none: pre evidence is then 255 - post)
+    pre_array: str = ""
     segmentation_array: str = "segmentation"
     #: the synapse id of every cleft voxel (uint64, 0 = none)
     output_array: str = "synapse_clefts"
     #: partner votes come from the voxels within this distance of the cleft (per axis, whole
     #: voxels: (0, 2, 2) at 40 x 8 x 8 nm); see connectome.synapses.partners
-    shell_radius_nm: float = 16.0
+    shell_radius_nm: float = DEFAULT_SHELL_RADIUS_NM
+    #: list only synapses with both a pre- and a post-synaptic segment in synapses.csv
+    require_partners: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -197,7 +207,8 @@ class _PartnerBlock:
         if region.any():
             seg = np.asarray(open_array(ws, cfg.segmentation_array)[block.write_box.slices])
             post = np.asarray(open_array(ws, cfg.post_array)[block.write_box.slices])
-            ev = shell_evidence(region, seg, post, core, block.write_box.begin_zyx, self.radius_zyx)
+            pre = np.asarray(open_array(ws, cfg.pre_array)[block.write_box.slices]) if cfg.pre_array else None
+            ev = shell_evidence(region, seg, post, core, block.write_box.begin_zyx, self.radius_zyx, pre)
         _save_npz(Path(ws) / WORK / "partners" / f"{block.block_id}.npz", **ev.to_npz())
 
 
@@ -224,10 +235,14 @@ def check_inputs(ws: Workspace, config: DetectConfig) -> None:
     if not ws.has(config.post_array):
         raise UserInputError(f"workspace {ws.path}: has no array '{config.post_array}' (the post-side signal, "
                              "high on the postsynaptic side of a cleft, that partner assignment needs)")
-    post = ws.array(config.post_array)
-    if np.dtype(post.dtype).kind not in "uif":
-        raise UserInputError(f"workspace {ws.path}: array '{config.post_array}' has dtype {post.dtype}, "
-                             "expected uint8 (0..255) or float (0..1)")
+    if config.pre_array and not ws.has(config.pre_array):
+        raise UserInputError(f"workspace {ws.path}: has no array '{config.pre_array}' (the pre-side signal); "
+                             "rerun `connectome synapses` (its prediction pass writes it)")
+    for name in filter(None, (config.post_array, config.pre_array)):
+        a = ws.array(name)
+        if np.dtype(a.dtype).kind not in "uif" or a.shape != ws.array(config.prob_array).shape:
+            raise UserInputError(f"workspace {ws.path}: array '{name}' has dtype {a.dtype} and shape {list(a.shape)}, "
+                                 "expected uint8 (0..255) or float (0..1) of the volume's shape")
 
 
 def plan_label(ws: Workspace, config: DetectConfig) -> Task:
@@ -249,7 +264,9 @@ def plan_partners(ws: Workspace, config: DetectConfig, clefts_digest: str) -> Ta
     out = OutputSpec(config.output_array, "uint64", tuple(config.blockwise.block_shape_zyx),
                      attrs={"from": config.prob_array, "rule": "connectome.synapses.detect"})
     radius = shell_radius_voxels(config.shell_radius_nm, ws.voxel_size_nm)
-    fp = {"config": config_to_dict(config), "clefts": clefts_digest, "shell_radius_zyx": list(radius)}
+    # require_partners only filters the table (driver step): changing it reuses the blocks
+    cfg = {k: v for k, v in config_to_dict(config).items() if k != "require_partners"}
+    fp = {"config": cfg, "clefts": clefts_digest, "shell_radius_zyx": list(radius)}
     return Task("synapses-partners", ws.path, _grid(ws, config, radius),
                 _PartnerBlock(str(ws.path), config, radius), fp, (out,), max_retries=config.blockwise.max_retries)
 
@@ -294,14 +311,18 @@ def resolve_clefts(ws: Workspace, config: DetectConfig) -> str:
 
 @dataclass(frozen=True)
 class DetectSummary:
+    #: rows of synapses.csv
     synapses: int
     with_both_partners: int
     dropped_small: int
     csv_path: Path
+    #: components (>= the minimum size) left out of synapses.csv for lack of a partner
+    dropped_unpaired: int = 0
 
     def describe(self) -> str:
-        return (f"synapses: {self.synapses} detected ({self.with_both_partners} with both partners), "
-                f"{self.dropped_small} components below the minimum size dropped; table {self.csv_path}")
+        return (f"synapses: {self.synapses} in the table ({self.with_both_partners} with both partners), "
+                f"{self.dropped_unpaired} without two partner segments and {self.dropped_small} components below "
+                f"the minimum size dropped; table {self.csv_path}")
 
 
 def finish(ws: Workspace, config: DetectConfig) -> DetectSummary:
@@ -311,10 +332,13 @@ def finish(ws: Workspace, config: DetectConfig) -> DetectSummary:
     k = int(table["size"].size)
     ids = np.arange(1, k + 1, dtype=np.int64)
     partners = choose_partners(ev, ids)
-    path = write_synapses_csv(ws.path / "synapses.csv", ids, table["centroid_zyx"], partners.pre, partners.post,
-                              table["score"], table["size"], partners.pre_zyx, partners.post_zyx)
-    both = int(np.count_nonzero((partners.pre != 0) & (partners.post != 0)))
-    return DetectSummary(k, both, int(table["dropped_small"]), path)
+    both = (partners.pre != 0) & (partners.post != 0)
+    rows = both if config.require_partners else np.ones(k, bool)
+    path = write_synapses_csv(ws.path / "synapses.csv", ids[rows], table["centroid_zyx"][rows], partners.pre[rows],
+                              partners.post[rows], table["score"][rows], table["size"][rows], partners.pre_zyx[rows],
+                              partners.post_zyx[rows])
+    summary = DetectSummary(int(rows.sum()), int(both.sum()), int(table["dropped_small"]), path, int(k - rows.sum()))
+    return summary
 
 
 def detect_synapses(workspace: str | Path, config: DetectConfig = DetectConfig(), executor=None,

@@ -1,8 +1,9 @@
 """Synaptic partners: which segment is pre-synaptic and which post-synaptic at each cleft.
 
-Inputs: cleft labels (0 = none, else the cleft's id), the segmentation (0 = no segment) and a
-*post-side signal* p in [0, 1] per voxel, high on the postsynaptic side of a cleft (the synapse
-model predicts it; on synthetic data it can be made from the truth). p is used at 8-bit
+Inputs: cleft labels (0 = none, else the cleft's id), the segmentation (0 = no segment), a
+*post-side signal* p in [0, 1] per voxel, high on the postsynaptic side of a cleft, and
+optionally a *pre-side signal* r in [0, 1], high on the presynaptic side (the synapse model
+predicts both; on synthetic data they can be made from the truth). Signals are used at 8-bit
 precision, ``p8 = round(255 p)`` (a uint8 array is taken as p8 directly), so every sum below is
 an exact integer and the result does not depend on how the volume was cut into blocks.
 
@@ -15,7 +16,8 @@ grown), c's own voxels included. The stage sets the radius from a physical dista
 a neighbouring section is 40 nm away, where other neurites pass by). Each shell voxel v whose
 segment s(v) is not 0 votes for its segment::
 
-    Q(s) = sum over the shell voxels of s of (255 - p8(v))    evidence that s is pre-synaptic
+    Q(s) = sum over the shell voxels of s of r8(v)            evidence that s is pre-synaptic
+           (without a pre-side signal: of 255 - p8(v))
     P(s) = sum over the shell voxels of s of p8(v)            evidence that s is post-synaptic
 
 * post = argmax P (ties: the smaller id), 0 if P(post) == 0;
@@ -25,10 +27,11 @@ segment s(v) is not 0 votes for its segment::
 
 Post first: the model's post-side channel is the sharper signal (on held-out synthetic volumes
 the argmax of P was the true post-synaptic neuron for every matched synapse), and Q then only has
-to tell the pre-synaptic neurite from bystanders touching the cleft's rim. So pre != post always,
-unless both are 0. Partner points (voxels): the centroid of the pre segment's shell voxels
-weighted by 255 - p8 (post: by p8), the plain centroid where those weights sum to 0, NaN where
-the partner is 0.
+to tell the pre-synaptic neurite from bystanders touching the cleft's rim -- which 255 - p8 cannot
+do (a bystander is "not post" too), hence the pre-side channel. So pre != post always, unless
+both are 0. Partner points (voxels): the centroid of the pre segment's shell voxels weighted by
+the pre evidence (post: by p8), the plain centroid where those weights sum to 0, NaN where the
+partner is 0.
 
 Blockwise use: :func:`shell_evidence` on each block (the cleft labels with a halo >= the radius, the
 rest on the block's write box), :func:`merge_evidence` of all blocks, then
@@ -80,12 +83,15 @@ def post_to_u8(post: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.nan_to_num(post.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-DEFAULT_RADIUS_ZYX = (0, 2, 2)
-
-
 def shell_radius_voxels(shell_radius_nm: float, voxel_size_nm) -> tuple[int, int, int]:
     """Per-axis shell radius in voxels: the whole voxels within ``shell_radius_nm``."""
     return tuple(int(np.floor(shell_radius_nm / float(v) + 1e-9)) for v in voxel_size_nm)
+
+
+#: the stage's shell radius (``DetectConfig.shell_radius_nm``), and in voxels at 40 x 8 x 8 nm, (0, 2, 2):
+#: the default of the in-memory functions here (callers with another voxel size pass their own)
+DEFAULT_SHELL_RADIUS_NM = 16.0
+DEFAULT_RADIUS_ZYX = shell_radius_voxels(DEFAULT_SHELL_RADIUS_NM, (40.0, 8.0, 8.0))
 
 
 def shell_offsets(radius_zyx) -> list[tuple[int, int, int]]:
@@ -102,19 +108,22 @@ def shell_offsets(radius_zyx) -> list[tuple[int, int, int]]:
 
 def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray,
                    core: tuple[slice, slice, slice] | None = None, offset_zyx=(0, 0, 0),
-                   radius_zyx=DEFAULT_RADIUS_ZYX) -> Evidence:
+                   radius_zyx=DEFAULT_RADIUS_ZYX, pre: np.ndarray | None = None) -> Evidence:
     """Evidence from the shell voxels that lie in ``core``.
 
     ``clefts`` covers a region (e.g. a block's write box plus a halo of ``radius_zyx``, clipped to the
     volume); ``core`` = slices of the write box inside that region (default: all of it);
-    ``segmentation`` and ``post`` cover the core only; ``offset_zyx`` = the core's global origin
-    (partner points are global). Voxels outside ``clefts`` count as no cleft.
+    ``segmentation``, ``post`` and ``pre`` (None: no pre-side signal) cover the core only;
+    ``offset_zyx`` = the core's global origin (partner points are global). Voxels outside
+    ``clefts`` count as no cleft.
     """
     clefts = np.asarray(clefts)
     core = core or tuple(slice(0, s) for s in clefts.shape)
     shape = tuple(s.stop - s.start for s in core)
-    if tuple(segmentation.shape) != shape or tuple(post.shape) != shape:
-        raise ValueError(f"segmentation {segmentation.shape} and post {post.shape} must cover the core {shape}")
+    if tuple(segmentation.shape) != shape or tuple(post.shape) != shape or (
+            pre is not None and tuple(pre.shape) != shape):
+        raise ValueError(f"segmentation {segmentation.shape}, post {post.shape} and pre "
+                         f"{None if pre is None else pre.shape} must cover the core {shape}")
     if not clefts.any():
         return Evidence.empty()
     offsets = shell_offsets(radius_zyx)
@@ -138,9 +147,10 @@ def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarra
     keep = seg != 0
     lab, idx, seg = lab[keep], idx[keep], seg[keep]
     p8 = post_to_u8(post).reshape(-1)[idx].astype(np.int64)
+    q8 = 255 - p8 if pre is None else post_to_u8(pre).reshape(-1)[idx].astype(np.int64)
     coords = np.stack(np.unravel_index(idx, shape), axis=1).astype(np.float64) + np.asarray(offset_zyx, np.float64)
-    return _group(lab, seg, np.ones(lab.size, np.int64), 255 - p8, p8, coords,
-                  coords * (255 - p8)[:, None], coords * p8[:, None])
+    return _group(lab, seg, np.ones(lab.size, np.int64), q8, p8, coords,
+                  coords * q8[:, None], coords * p8[:, None])
 
 
 def _group(cleft, segment, n, q, p, zyx, zyx_q, zyx_p) -> Evidence:
@@ -228,10 +238,11 @@ def choose_partners(ev: Evidence, cleft_ids) -> Partners:
 
 
 def assign_partners(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray,
-                    radius_zyx=DEFAULT_RADIUS_ZYX) -> Partners:
+                    radius_zyx=DEFAULT_RADIUS_ZYX, pre: np.ndarray | None = None) -> Partners:
     """The rule on whole in-memory arrays (same shape), for every non-zero cleft id present."""
     clefts = np.asarray(clefts)
     ids = np.unique(clefts)
     ids = ids[ids != 0].astype(np.int64)
     return choose_partners(shell_evidence(clefts, np.asarray(segmentation), np.asarray(post),
-                                          radius_zyx=radius_zyx), ids)
+                                          radius_zyx=radius_zyx, pre=None if pre is None else np.asarray(pre)),
+                           ids)
