@@ -332,13 +332,12 @@ def finish(ws: Workspace, config: DetectConfig) -> DetectSummary:
     k = int(table["size"].size)
     ids = np.arange(1, k + 1, dtype=np.int64)
     partners = choose_partners(ev, ids)
-    both = (partners.pre != 0) & (partners.post != 0)
+    both = partners.paired
     rows = both if config.require_partners else np.ones(k, bool)
     path = write_synapses_csv(ws.path / "synapses.csv", ids[rows], table["centroid_zyx"][rows], partners.pre[rows],
                               partners.post[rows], table["score"][rows], table["size"][rows], partners.pre_zyx[rows],
                               partners.post_zyx[rows])
-    summary = DetectSummary(int(rows.sum()), int(both.sum()), int(table["dropped_small"]), path, int(k - rows.sum()))
-    return summary
+    return DetectSummary(int(rows.sum()), int(both.sum()), int(table["dropped_small"]), path, int(k - rows.sum()))
 
 
 def detect_synapses(workspace: str | Path, config: DetectConfig = DetectConfig(), executor=None,

@@ -27,9 +27,10 @@ segment s(v) is not 0 votes for its segment::
 
 Post first: the model's post-side channel is the sharper signal (on held-out synthetic volumes
 the argmax of P was the true post-synaptic neuron for every matched synapse), and Q then only has
-to tell the pre-synaptic neurite from bystanders touching the cleft's rim -- which 255 - p8 cannot
-do (a bystander is "not post" too), hence the pre-side channel. So pre != post always, unless
-both are 0. Partner points (voxels): the centroid of the pre segment's shell voxels weighted by
+to tell the pre-synaptic neurite from bystanders touching the cleft's rim. A bystander is "not
+post" too, which is what a pre-side signal could fix; with the shipped model it did not (the
+stage's ``use_pre_channel``, off by default; numbers in the model card). So pre != post always,
+unless both are 0. Partner points (voxels): the centroid of the pre segment's shell voxels weighted by
 the pre evidence (post: by p8), the plain centroid where those weights sum to 0, NaN where the
 partner is 0.
 
@@ -186,6 +187,11 @@ class Partners:
     post: np.ndarray       # uint64, 0 = none
     pre_zyx: np.ndarray    # (k, 3), NaN where pre is 0
     post_zyx: np.ndarray
+
+    @property
+    def paired(self) -> np.ndarray:
+        """Per cleft: both partners found (a synapse between two segments)."""
+        return (self.pre != 0) & (self.post != 0)
 
 
 def _best(cleft: np.ndarray, segment: np.ndarray, value: np.ndarray, ids: np.ndarray, exclude: np.ndarray):

@@ -6,7 +6,7 @@
    :mod:`unet.infer3d` (any block layout gives the same bits).
 2. :func:`connectome.synapses.detect.detect_synapses`: threshold + 26-connected components +
    minimum size across block borders, partners from ``segmentation`` voted by ``synapse_post``
-   (and ``synapse_pre``), ``WS/synapses.csv``. Threshold and minimum size default to the model's calibrated values
+   (and ``synapse_pre`` with ``use_pre_channel``), ``WS/synapses.csv``. Threshold and minimum size default to the model's calibrated values
    (``model.json`` ``output``); the stage config or ``--threshold``/``--min-size`` override them.
 
 :func:`predict_arrays` and :func:`detect_arrays` are the same computations on in-memory arrays
@@ -26,6 +26,7 @@ import numpy as np
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig
 from connectome.errors import UserInputError
+from connectome.synapses.partners import DEFAULT_SHELL_RADIUS_NM
 from connectome.workspace import Workspace, open_array
 
 log = logging.getLogger(__name__)
@@ -257,17 +258,14 @@ def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir, config: SynapsesCo
 
 
 def detect_arrays(prob: np.ndarray, post: np.ndarray, segmentation: np.ndarray, threshold: float,
-                  min_size_voxels: int, voxel_size_nm=(40.0, 8.0, 8.0), shell_radius_nm: Optional[float] = None,
+                  min_size_voxels: int, voxel_size_nm=(40.0, 8.0, 8.0), shell_radius_nm: float = DEFAULT_SHELL_RADIUS_NM,
                   pre: Optional[np.ndarray] = None, require_partners: bool = True) -> dict[str, np.ndarray]:
     """The detection + partner rule of :mod:`connectome.synapses.detect` on whole arrays:
     columns synapse_id, z, y, x, pre_segment_id, post_segment_id, score, size_voxels."""
     from scipy import ndimage as ndi
 
     from connectome.synapses.detect import STRUCTURE
-    from connectome.synapses.partners import DEFAULT_SHELL_RADIUS_NM, assign_partners, shell_radius_voxels
-
-    if shell_radius_nm is None:
-        shell_radius_nm = DEFAULT_SHELL_RADIUS_NM
+    from connectome.synapses.partners import assign_partners, shell_radius_voxels
 
     t8 = max(1, int(round(255 * threshold)))
     lab, n = ndi.label(prob >= t8, structure=STRUCTURE)
@@ -290,8 +288,7 @@ def detect_arrays(prob: np.ndarray, post: np.ndarray, segmentation: np.ndarray, 
            "pre_segment_id": np.asarray(partners.pre, np.uint64), "post_segment_id": np.asarray(partners.post, np.uint64),
            "score": score, "size_voxels": cnt.astype(np.int64)}
     if require_partners:
-        paired = (out["pre_segment_id"] != 0) & (out["post_segment_id"] != 0)
-        out = {c: v[paired] for c, v in out.items()}
+        out = {c: v[partners.paired] for c, v in out.items()}
     return out
 
 
