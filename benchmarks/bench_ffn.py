@@ -49,7 +49,7 @@ def forward_rates(repeats: int = 3) -> list[dict]:
         m16 = build_model(cfg, precision="bfloat16")
         m16.set_weights(m32.get_weights())
         for batch in (1, 16):
-            x = tf.convert_to_tensor(np.random.default_rng(0).normal(size=(batch,) + cfg.fov_zyx + (2,)),
+            x = tf.convert_to_tensor(np.random.default_rng(0).normal(size=(batch,) + cfg.fov_zyx + (len(cfg.channels) + 1,)),
                                      tf.float32)
             for prec, m in (("float32", m32), ("bfloat16", m16)):
                 f = tf.function(m.call, reduce_retracing=True)
@@ -88,6 +88,11 @@ def canvas_rates(model_dir: str | None, work: Path) -> list[dict]:
     spec = read_model_dir(model_dir)
     factor = model_factor(spec.voxel_size_nm[1], 8.0, "bench")
     stats = intensity_stats(raw, factor)
+    bnd = None
+    if "boundary" in spec.model.channels:   # the model reads the boundary channel of predict-boundaries
+        from unet.boundary import predict_arrays
+
+        bnd = predict_arrays(raw, (40.0, 8.0, 8.0))[0]
     rows = []
     for precision, conc in (("float32", 8), ("bfloat16", 8), ("float32", 1)):
         spec_pred = _predictor(model_dir, spec.weights_sha256, 0, precision)
@@ -103,7 +108,7 @@ def canvas_rates(model_dir: str | None, work: Path) -> list[dict]:
 
         cfg = SegmentConfig(inference=InferenceConfig(concurrent_objects=conc), precision=precision)
         t = time.perf_counter()
-        labels = segment_ffn_at(raw, None, (40.0, 8.0, 8.0), factor, stats, cfg, (spec_pred[0], timed))
+        labels = segment_ffn_at(raw, None, (40.0, 8.0, 8.0), factor, stats, cfg, (spec_pred[0], timed), bnd)
         wall = time.perf_counter() - t
         table = Contingency.from_labels(truth, labels).without_truth(0)
         split, merge = voi(table)

@@ -172,6 +172,19 @@ def cmd_mask_vessels(args) -> int:
     return rc or _run(args, vessel.plan_mask(args.workspace, cfg), "mask-vessels-post")
 
 
+def cmd_predict_boundaries(args) -> int:
+    from connectome.config import load_config
+    from connectome.stages import load_stage
+    from connectome.workspace import parse_zyx
+
+    bnd = load_stage("predict-boundaries")
+    overrides = {}
+    if args.block_shape:
+        overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
+    cfg = load_config(bnd.Config, args.config, overrides)
+    return _run(args, bnd.plan(args.workspace, cfg, args.model), "predict-boundaries")
+
+
 def cmd_segment(args) -> int:
     from connectome.config import load_config
     from connectome.stages import load_stage
@@ -185,7 +198,7 @@ def cmd_segment(args) -> int:
         overrides["method"] = args.method
     cfg = load_config(seg.Config, args.config, overrides)
     rc = _run(args, seg.plan_subvolumes(args.workspace, cfg, args.model), "segment")
-    return rc or _run(args, seg.plan_write(args.workspace, cfg), "segment-write")
+    return rc or _run(args, seg.plan_write(args.workspace, cfg, args.model), "segment-write")
 
 
 def _train(args, kind: str, describe) -> int:
@@ -238,6 +251,15 @@ def cmd_train_synapse(args) -> int:
     return _train(args, "synapse", describe)
 
 
+def cmd_train_boundary(args) -> int:
+    def describe(summary):
+        m = summary["validation"].get("crops_at_model_resolution") or {}
+        return (f"; validation boundary Dice {m.get('boundary_dice', float('nan')):.4f}, affinity balanced accuracy "
+                f"{m.get('affinity_balanced_accuracy', float('nan')):.4f}")
+
+    return _train(args, "boundary", describe)
+
+
 def cmd_synapses(args) -> int:
     from connectome.config import load_config
     from connectome.logsetup import add_log_file
@@ -280,10 +302,27 @@ def cmd_synth(args) -> int:
     from connectome.workspace import parse_zyx
 
     shape = parse_zyx(args.shape, "--shape", cast=int) if args.shape else None
+    overrides = _parse_sets(args.set or [], "--set")
     out = generate(args.out, shape_zyx=shape, seed=args.seed, preset=args.preset, preview=args.preview,
-                   progress=_progress(args))
+                   progress=_progress(args), **overrides)
     print(f"synth: wrote {out}")
     return 0
+
+
+def _parse_sets(items, what: str) -> dict:
+    """``KEY=VALUE`` pairs (VALUE read as YAML: numbers, booleans, lists) -> dict."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserInputError(f"{what} {item!r}: expected KEY=VALUE, e.g. noise_sigma=0.2")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserInputError(f"{what} {item!r}: the value is not a number, boolean, string or list") from None
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -433,14 +472,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
     p.set_defaults(func=cmd_mask_vessels)
 
-    p = sub.add_parser("segment", parents=[common, stage], help="neuron segmentation with the FFN",
-                       description="Segment neurons into WS/volume.zarr/segmentation (uint64, 0 = none): the "
-                                   "Flood-Filling Network over overlapping subvolumes (one block each, resumable), "
-                                   "then ids reconciled across the overlaps (union-find). vessel_mask voxels are "
-                                   "never claimed. --method baseline runs the classical watershed instead.")
+    p = sub.add_parser("predict-boundaries", parents=[common, stage],
+                       help="cell boundaries and affinities with a 3D U-Net (input of segment)",
+                       description="Predict WS/volume.zarr/boundary: uint8 (0..255 = 0..1), channel-first "
+                                   "(4, z, y, x) = boundary probability and the affinities to the predecessor along "
+                                   "z, y, x, with the boundary 3D U-Net on a global tile grid (blockwise == whole "
+                                   "volume; resumable).")
     p.add_argument("--workspace", required=True, metavar="WS")
-    p.add_argument("--model", metavar="DIR", help="FFN model directory (default: the shipped ffn/models/demo)")
-    p.add_argument("--method", choices=["ffn", "baseline"], help="segmenter (overrides the config's method)")
+    p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped unet/models/boundary)")
+    p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
+    p.set_defaults(func=cmd_predict_boundaries)
+
+    p = sub.add_parser("segment", parents=[common, stage],
+                       help="neuron segmentation (learned-boundary watershed, FFN or classical baseline)",
+                       description="Segment neurons into WS/volume.zarr/segmentation (uint64, 0 = none) over "
+                                   "overlapping subvolumes (one block each, resumable), then ids reconciled across "
+                                   "the overlaps (union-find). Methods: watershed (default: supervoxels from "
+                                   "WS/volume.zarr/boundary of `connectome predict-boundaries`, agglomerated by mean "
+                                   "affinity), ffn (the Flood-Filling Network, --model), baseline (classical "
+                                   "watershed on the raw image). vessel_mask voxels are never claimed.")
+    p.add_argument("--workspace", required=True, metavar="WS")
+    p.add_argument("--model", metavar="DIR", help="FFN model directory (method ffn; default: the shipped one)")
+    p.add_argument("--method", choices=["auto", "watershed", "ffn", "ffn-agglomerate", "baseline"],
+                   help="segmenter (overrides the config's method). Default auto: ffn when --model is given, else "
+                        "watershed (learned boundaries from `connectome predict-boundaries`)")
     p.add_argument("--block-shape", metavar="Z,Y,X", help="subvolume core (= block and chunk) shape in voxels")
     p.set_defaults(func=cmd_segment)
 
@@ -470,46 +525,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop edges with fewer than K synapses (default 1)")
     p.set_defaults(func=cmd_graph)
 
-    p = sub.add_parser("train", help="train a model (KIND: vessel, ffn, synapse)",
+    p = sub.add_parser("train", help="train a model (KIND: vessel, ffn, synapse, boundary)",
                        description="Train a model into a self-describing model directory. Runs as one process or "
                                    "data-parallel under horovodrun / mpiexec (one process per rank).")
     train_kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser, required=True)
-    k = train_kinds.add_parser("vessel", parents=[common], help="the 2D U-Net vessel model",
-                               description="Train the 2D vessel U-Net on `connectome synth` folders "
-                                           "(truth.zarr: raw, vessels). Resumes from MODEL_DIR/train/checkpoints.")
-    k.add_argument("--data", action="append", required=True, metavar="DIR",
-                   help="a `connectome synth` output folder (repeat for several)")
-    k.add_argument("--val", action="append", default=[], metavar="DIR",
-                   help="a held-out `connectome synth` folder for validation (repeat for several)")
-    k.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model directory to write")
-    k.add_argument("--config", metavar="FILE.yaml", help="VesselTrainConfig (YAML); unknown keys are rejected")
-    k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
-    k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
-    k.set_defaults(func=cmd_train_vessel)
-    k = train_kinds.add_parser("ffn", parents=[common], help="the Flood-Filling Network (neurons)",
-                               description="Train the FFN on `connectome synth` folders (truth.zarr: raw, neurons, "
-                                           "vessels) with FOV movement; data-parallel under horovodrun/mpiexec. "
-                                           "Resumes from MODEL_DIR/train/checkpoints.")
-    k.add_argument("--data", action="append", required=True, metavar="DIR", help="training volume (repeatable)")
-    k.add_argument("--val", action="append", metavar="DIR", help="held-out volume for checkpoint choice (repeatable)")
-    k.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
-    k.add_argument("--config", metavar="FILE.yaml", help="FFN training config (model, examples, trainer)")
-    k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
-    k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
-    k.set_defaults(func=cmd_train_ffn)
-    k = train_kinds.add_parser("synapse", parents=[common], help="the 3D U-Net synapse model",
-                               description="Train the synapse 3D U-Net (cleft + postsynaptic side) on `connectome "
-                                           "synth` folders (truth.zarr: raw, neurons, synapse_clefts; "
-                                           "truth/synapses.csv); calibrates the detection threshold and minimum size "
-                                           "on --val. Resumes from MODEL_DIR/train/checkpoints.")
-    k.add_argument("--data", action="append", required=True, metavar="DIR", help="training volume (repeatable)")
-    k.add_argument("--val", action="append", default=[], metavar="DIR",
-                   help="held-out volume for the checkpoint and the detection calibration (repeatable)")
-    k.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
-    k.add_argument("--config", metavar="FILE.yaml", help="SynapseTrainConfig (YAML); unknown keys are rejected")
-    k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
-    k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
-    k.set_defaults(func=cmd_train_synapse)
+    def train_kind(kind, func, help_text, description, val_help, config_help, val_default=()):
+        k = train_kinds.add_parser(kind, parents=[common], help=help_text, description=description)
+        k.add_argument("--data", action="append", required=True, metavar="DIR",
+                       help="a `connectome synth` output folder (repeat for several)")
+        k.add_argument("--val", action="append", default=None if val_default is None else list(val_default),
+                       metavar="DIR", help=val_help)
+        k.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model directory to write")
+        k.add_argument("--config", metavar="FILE.yaml", help=config_help)
+        k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
+        k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
+        k.set_defaults(func=func)
+
+    train_kind("vessel", cmd_train_vessel, "the 2D U-Net vessel model",
+               "Train the 2D vessel U-Net on `connectome synth` folders (truth.zarr: raw, vessels). Resumes from "
+               "MODEL_DIR/train/checkpoints.",
+               "a held-out `connectome synth` folder for validation (repeat for several)",
+               "VesselTrainConfig (YAML); unknown keys are rejected")
+    train_kind("ffn", cmd_train_ffn, "the Flood-Filling Network (neurons)",
+               "Train the FFN on `connectome synth` folders (truth.zarr: raw, neurons, vessels) with FOV movement; "
+               "data-parallel under horovodrun/mpiexec. Resumes from MODEL_DIR/train/checkpoints.",
+               "held-out volume for checkpoint choice (repeatable)",
+               "FFN training config (model, examples, trainer)", val_default=None)
+    train_kind("synapse", cmd_train_synapse, "the 3D U-Net synapse model",
+               "Train the synapse 3D U-Net (cleft + postsynaptic side) on `connectome synth` folders (truth.zarr: raw, "
+               "neurons, synapse_clefts; truth/synapses.csv); calibrates the detection threshold and minimum size on "
+               "--val. Resumes from MODEL_DIR/train/checkpoints.",
+               "held-out volume for the checkpoint and the detection calibration (repeatable)",
+               "SynapseTrainConfig (YAML); unknown keys are rejected")
+    train_kind("boundary", cmd_train_boundary, "the 3D U-Net boundary/affinity model (neurons)",
+               "Train the boundary 3D U-Net (boundary probability + z/y/x affinities) on `connectome synth` folders "
+               "(truth.zarr: raw, neurons); data-parallel under horovodrun/mpiexec. Resumes from "
+               "MODEL_DIR/train/checkpoints.",
+               "held-out volume for the checkpoint choice (repeatable)",
+               "BoundaryTrainConfig (YAML); unknown keys are rejected")
 
     p = sub.add_parser("synth", parents=[common], help="synthesise an EM dataset with full ground truth")
     p.add_argument("out", metavar="OUT")
@@ -517,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", choices=["small", "demo", "bench"], default="small")
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a generator parameter (repeatable), e.g. --set noise_sigma=0.2 --set psf_sigma_px=1.4 "
+                        "(fields of connectome/synth/presets.py SynthConfig)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=cmd_synth)
 

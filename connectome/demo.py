@@ -1,6 +1,6 @@
 """``connectome demo``: the whole reconstruction on synthetic data, in one command.
 
-It runs ``pipelines/demo.yaml`` (synth -> stitch -> align -> mask-vessels -> segment -> synapses
+It runs ``pipelines/demo.yaml`` (synth -> stitch -> align -> mask-vessels -> predict-boundaries -> segment -> synapses
 -> graph -> evaluate -> export-precomputed) through the pipeline runner
 (:func:`connectome.pipeline.run_pipeline`), with the synthetic volume's preset and seed set from
 the command line (the demo preset: 64 x 512 x 512 voxels of 40 x 8 x 8 nm). Every stage is the

@@ -13,7 +13,9 @@ Layout (see ``shared/CONTRACT.md``)::
       logs/                     one log file per stage run
 
 *One frame for all arrays*: every array has the workspace's ``shape_zyx`` and carries the
-attribute ``voxel_size_nm: [z, y, x]`` equal to the workspace's. Section 0's montage defines
+attribute ``voxel_size_nm: [z, y, x]`` equal to the workspace's. A multi-channel array (e.g.
+``boundary``) puts its channel axis first, ``(C, z, y, x)``, and names its channels in the
+attribute ``channels`` (a list of C names); its chunks span all channels. Section 0's montage defines
 the frame (origin = top-left of tile (0, 0) of section 0). Chunks are chosen by the stage that
 writes an array: chunk shape == the stage's block write shape, so one block writes whole chunks.
 
@@ -41,6 +43,7 @@ KNOWN_DTYPES: dict[str, np.dtype] = {
     "vessel_mask": np.dtype("uint8"),
     "segmentation": np.dtype("uint64"),
     "synapse_prob": np.dtype("uint8"),
+    "boundary": np.dtype("uint8"),
 }
 
 #: which stage produces each well-known array (for "run X first" messages).
@@ -49,6 +52,7 @@ PRODUCERS = {
     "vessel_mask": "connectome mask-vessels",
     "segmentation": "connectome segment",
     "synapse_prob": "connectome synapses",
+    "boundary": "connectome predict-boundaries",
 }
 
 
@@ -173,7 +177,12 @@ class Workspace:
     def _validate_array(self, name: str):
         arr = self.group[name]
         where = f"workspace {self.path}: array '{name}'"
-        if tuple(arr.shape) != self.frame.shape_zyx:
+        chans = arr.attrs.get("channels")
+        if arr.ndim == 4 and isinstance(chans, list) and len(chans) == arr.shape[0]:
+            if tuple(arr.shape[1:]) != self.frame.shape_zyx:
+                raise UserInputError(f"{where} has shape {list(arr.shape)}, expected (channels,) + the frame "
+                                     f"{list(self.frame.shape_zyx)}")
+        elif tuple(arr.shape) != self.frame.shape_zyx:
             raise UserInputError(f"{where} has shape {list(arr.shape)}, expected the frame {list(self.frame.shape_zyx)}")
         vs = arr.attrs.get("voxel_size_nm")
         if vs is None or len(vs) != 3 or not np.allclose([float(v) for v in vs], self.frame.voxel_size_nm):
@@ -185,21 +194,27 @@ class Workspace:
 
     # ------------------------------------------------------------------ writing
     def require_array(self, name: str, dtype, chunks_zyx: Sequence[int], attrs: dict | None = None,
-                      fill_value: Any = 0, recreate: bool = False):
+                      fill_value: Any = 0, recreate: bool = False, channels: Sequence[str] = ()):
         """Create an array in the frame, or return the existing one if its spec matches.
 
-        With ``recreate`` an existing array whose dtype or chunking differs is replaced;
-        without it, such a mismatch is an error.
+        ``channels``: names of the channels of a channel-first array ``(C, z, y, x)`` (chunks
+        span all channels); empty for a plain ``(z, y, x)`` array. With ``recreate`` an existing
+        array whose dtype, chunking or channels differ is replaced; without it, such a mismatch
+        is an error.
         """
         dtype = np.dtype(dtype)
         expected = KNOWN_DTYPES.get(name)
         if expected is not None and dtype != expected:
             raise ValueError(f"array '{name}' must be {expected}, not {dtype}")
         chunks = tuple(int(min(c, s)) for c, s in zip(chunks_zyx, self.frame.shape_zyx))
+        shape = tuple(self.frame.shape_zyx)
         all_attrs = {"voxel_size_nm": list(self.frame.voxel_size_nm), **(attrs or {})}
+        if channels:
+            chunks, shape = (len(channels),) + chunks, (len(channels),) + shape
+            all_attrs["channels"] = list(channels)
         if self.has(name):
             arr = self.group[name]
-            same = np.dtype(arr.dtype) == dtype and tuple(arr.chunks) == chunks
+            same = np.dtype(arr.dtype) == dtype and tuple(arr.chunks) == chunks and tuple(arr.shape) == shape
             if same:
                 arr.attrs.update(all_attrs)
                 return self._validate_array(name)
@@ -207,7 +222,7 @@ class Workspace:
                 raise UserInputError(f"workspace {self.path}: array '{name}' exists with dtype {arr.dtype} and "
                                      f"chunks {list(arr.chunks)}, not {dtype} / {list(chunks)}; rerun with --restart")
             del self.group[name]
-        return self.group.create_array(name, shape=self.frame.shape_zyx, chunks=chunks, dtype=dtype,
+        return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
                                        fill_value=fill_value, attributes=all_attrs)
 
     def stage_dir(self, stage: str) -> Path:

@@ -3,7 +3,8 @@ runner that evaluates the fields of view (FOVs) of several canvases in one forwa
 
 Canvas (per subvolume; arrays z, y, x)::
 
-    image   standardised EM (float32)
+    image   the model's image channels (float32, (z, y, x) or (z, y, x, C): standardised EM,
+            boundary probability mapped to [-1, 1], in the model's ``channels`` order)
     seg     int32 object ids: 0 unassigned, > 0 an object, -1 masked (never claimed)
     seed    float32 logits of the object being flooded, NaN where not yet visited
 
@@ -93,9 +94,15 @@ def peak_seeds(image: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: Infere
     edges = grad > thresh
     # membranes are dark: dark voxels are boundary too
     edges |= img < ndimage.gaussian_filter(img, (0.0, cfg.seed_threshold_sigma, cfg.seed_threshold_sigma)) - img.std()
-    inside = ~edges
+    return _distance_peaks(~edges, mask, voxel_nm, cfg)
+
+
+def _distance_peaks(inside: np.ndarray, mask, voxel_nm, cfg: InferenceConfig) -> np.ndarray:
+    """Local maxima (within ``seed_min_distance`` in y, x and one section in z) of the distance
+    transform of ``inside`` (nm; masked voxels excluded) at least ``seed_min_radius_nm`` deep,
+    in order of decreasing distance (ties by position)."""
     if mask is not None:
-        inside &= ~np.asarray(mask, bool)
+        inside = inside & ~np.asarray(mask, bool)
     dt = ndimage.distance_transform_edt(inside, sampling=tuple(float(v) for v in voxel_nm))
     md = max(1, int(cfg.seed_min_distance))
     footprint = np.ones((3, 2 * md + 1, 2 * md + 1), bool)
@@ -105,6 +112,14 @@ def peak_seeds(image: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: Infere
         return pts.reshape(0, 3)
     order = np.lexsort((pts[:, 2], pts[:, 1], pts[:, 0], -dt[tuple(pts.T)]))
     return pts[order]
+
+
+def boundary_seeds(boundary01: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: InferenceConfig,
+                   threshold: float = 0.5) -> np.ndarray:
+    """(n, 3) seed points from a boundary map in [0, 1] (models with a "boundary" channel): the
+    peaks of the distance transform (nm, the voxel aspect ratio as sampling) of the voxels below
+    ``threshold``, as :func:`peak_seeds` takes them (minimum distance, minimum radius, order)."""
+    return _distance_peaks(np.asarray(boundary01) < threshold, mask, voxel_nm, cfg)
 
 
 class _Flood:
@@ -139,17 +154,23 @@ class Canvas:
     def __init__(self, image: np.ndarray, model: FFNModelConfig, cfg: InferenceConfig,
                  mask: np.ndarray | None = None):
         self.image = np.asarray(image, np.float32)
+        if self.image.ndim == 3:
+            self.image = self.image[..., None]
+        if self.image.shape[3] != len(model.channels):
+            raise ValueError(f"the image has {self.image.shape[3]} channel(s), the model takes "
+                             f"{len(model.channels)} ({', '.join(model.channels)})")
+        self.shape = tuple(int(v) for v in self.image.shape[:3])
         if any(cfg.deltas_zyx):
             import dataclasses
 
             model = dataclasses.replace(model, deltas_zyx=tuple(int(v) for v in cfg.deltas_zyx))
         self.model, self.cfg = model, cfg
-        if any(s < f for s, f in zip(self.image.shape, model.fov_zyx)):
-            raise ValueError(f"volume {list(self.image.shape)} is smaller than the FOV {list(model.fov_zyx)}")
-        self.seg = np.zeros(self.image.shape, np.int32)
+        if any(s < f for s, f in zip(self.shape, model.fov_zyx)):
+            raise ValueError(f"volume {list(self.shape)} is smaller than the FOV {list(model.fov_zyx)}")
+        self.seg = np.zeros(self.shape, np.int32)
         if mask is not None:
             self.seg[np.asarray(mask, bool)] = -1
-        self.tried = np.zeros(self.image.shape, bool)
+        self.tried = np.zeros(self.shape, bool)
         self._free: list[np.ndarray] = []
         self.n_objects = 0
         self.n_fovs = 0
@@ -157,7 +178,7 @@ class Canvas:
         self.n_truncated = 0
         self.n_cancelled = 0
         self._r = np.asarray(model.radius_zyx)
-        self._hi = np.asarray(self.image.shape) - 1 - self._r
+        self._hi = np.asarray(self.shape) - 1 - self._r
 
     def _clamp(self, p) -> tuple[int, int, int]:
         return tuple(int(v) for v in np.clip(p, self._r, self._hi))
@@ -166,7 +187,7 @@ class Canvas:
         return tuple(slice(p - r, p + r + 1) for p, r in zip(pos, self._r))
 
     def _array(self) -> np.ndarray:
-        return self._free.pop() if self._free else np.full(self.image.shape, np.nan, np.float32)
+        return self._free.pop() if self._free else np.full(self.shape, np.nan, np.float32)
 
     def _start(self, s) -> _Flood:
         d = np.asarray(self.model.deltas_zyx)
@@ -184,7 +205,7 @@ class Canvas:
         f.k = f.queue.popleft()
         f.sl = self._fov(self._clamp(f.origin + np.asarray(f.k) * np.asarray(self.model.deltas_zyx)))
         seed_in = f.seed[f.sl]
-        return np.stack([self.image[f.sl], np.where(np.isnan(seed_in), pad, seed_in)], axis=-1)
+        return np.concatenate([self.image[f.sl], np.where(np.isnan(seed_in), pad, seed_in)[..., None]], axis=-1)
 
     def _update(self, f: _Flood, logits: np.ndarray, t_move: float) -> None:
         d, sl = self.model.deltas_zyx, f.sl
@@ -237,7 +258,7 @@ class Canvas:
         self._free.append(f.seed)
 
     def run(self, seeds: np.ndarray, concurrent_objects: int | None = None) -> Iterator[np.ndarray]:
-        """Generator: yields stacks of FOV inputs ``(n, z, y, x, 2)`` (one per active flood),
+        """Generator: yields stacks of FOV inputs ``(n, z, y, x, C + 1)`` (one per active flood),
         receives their logits ``(n, z, y, x)``."""
         pad = logit(PAD_PROB)
         t_move, t_seg = logit(self.cfg.move_threshold), logit(self.cfg.segment_threshold)
@@ -291,7 +312,7 @@ def run_canvases(jobs: list[tuple[Canvas, np.ndarray]], predict: Callable[[np.nd
     """Drive several canvases in lock step: each round takes the pending FOV stacks of the
     waiting canvases (whole stacks, up to ``batch_size`` FOVs unless one stack alone is larger)
     and evaluates them in forward passes of at most ``batch_size`` (``predict``:
-    (n, z, y, x, 2) -> (n, z, y, x) logits). With ``max_fovs``, stop after that many FOVs (the
+    (n, z, y, x, C + 1) -> (n, z, y, x) logits). With ``max_fovs``, stop after that many FOVs (the
     objects being flooded then are left out); returns False if it stopped early."""
     waiting = deque()
     for canvas, seeds in jobs:

@@ -1,14 +1,18 @@
 """The Flood-Filling Network: a residual 3-D convolution stack ("ConvStack3D") as a Keras model.
 
-Input: one field of view (FOV) ``(z, y, x, 2)`` -- channel 0 the standardised EM image, channel 1
-the current object-mask *logits* (the seed). Output: updated logits ``(z, y, x, 1)``::
+Input: one field of view (FOV) ``(z, y, x, C + 1)`` -- the ``C`` image channels named by
+``channels`` (``raw``: the standardised EM image; ``boundary``: the boundary probability of
+``connectome predict-boundaries`` mapped to [-1, 1]), then the current object-mask *logits*
+(the seed) as the last channel. Output: updated logits ``(z, y, x, 1)``::
 
-    [image, seed] -> conv3 -> relu -> conv3                    (features channels)
+    [channels..., seed] -> conv3 -> relu -> conv3              (features channels)
                   -> (depth - 1) x [relu -> conv3 -> relu -> conv3, + skip]
                   -> relu -> conv1 (1 channel)  = update;   output = seed + update
 
-All convolutions use SAME padding, so every layer keeps the FOV's shape; the network sees its
-whole FOV (the receptive field of ``2 * depth`` 3x3x3 layers covers 33^3 at depth 12...16). The
+``anisotropic``: the first convolution of every residual module is 1 x 3 x 3 (in-plane only),
+the second 3 x 3 x 3 -- a third fewer multiply-adds for serial-section data whose z step is
+2.5-5x the pixel size. All convolutions use SAME padding, so every layer keeps the FOV's shape;
+the network sees its whole FOV (the receptive field of ``2 * depth`` 3x3x3 layers covers 33^3 at depth 12...16). The
 reference configuration (depth 12, 32 features) has 638,433 parameters, the size google/ffn
 uses; the compact one (depth 6, 16 features) runs ~7x faster on a CPU and is what the demo ships.
 
@@ -27,6 +31,8 @@ import numpy as np
 
 #: logits of the seed's background and of the initial centre (google/ffn's 0.05 / 0.95)
 PAD_PROB, SEED_PROB = 0.05, 0.95
+#: image channels a model may take (see the module doc)
+INPUT_CHANNELS = ("raw", "boundary")
 
 
 def logit(p: float) -> float:
@@ -43,8 +49,15 @@ class FFNModelConfig:
     fov_zyx: tuple[int, int, int] = (17, 33, 33)
     #: step of the FOV movement (z, y, x), voxels
     deltas_zyx: tuple[int, int, int] = (4, 8, 8)
+    #: image input channels, in order (the seed follows them): "raw" and/or "boundary"
+    channels: tuple[str, ...] = ("raw",)
+    #: residual modules' first convolution 1 x 3 x 3 instead of 3 x 3 x 3
+    anisotropic: bool = False
 
     def __post_init__(self):
+        if not self.channels or len(set(self.channels)) != len(self.channels) or \
+                any(c not in INPUT_CHANNELS for c in self.channels):
+            raise ValueError(f"channels must be distinct names from {list(INPUT_CHANNELS)}, got {list(self.channels)}")
         if self.depth < 1 or self.features < 1:
             raise ValueError(f"depth and features must be >= 1, got {self.depth} and {self.features}")
         if len(self.fov_zyx) != 3 or any(int(f) < 3 or int(f) % 2 == 0 for f in self.fov_zyx):
@@ -64,8 +77,9 @@ class FFNModelConfig:
 
     def n_parameters(self) -> int:
         f, k = self.features, 27
-        stem = (2 * k * f + f) + (f * k * f + f)
-        return stem + (self.depth - 1) * 2 * (f * k * f + f) + (f + 1)
+        ka = 9 if self.anisotropic else 27
+        stem = ((len(self.channels) + 1) * k * f + f) + (f * k * f + f)
+        return stem + (self.depth - 1) * ((f * ka * f + f) + (f * k * f + f)) + (f + 1)
 
     def flops_per_fov(self) -> float:
         """Multiply-adds x 2 of one forward pass over one FOV."""
@@ -101,14 +115,15 @@ def build_model(cfg: FFNModelConfig, name: str = "ffn", precision: str = "float3
 
 def _build(cfg: FFNModelConfig, name: str, tf) -> Any:
     L = tf.keras.layers
-    inp = tf.keras.Input(tuple(cfg.fov_zyx) + (2,), name="fov")
-    seed = L.Lambda(lambda t: t[..., 1:2], name="seed")(inp)
+    inp = tf.keras.Input(tuple(cfg.fov_zyx) + (len(cfg.channels) + 1,), name="fov")
+    seed = L.Lambda(lambda t: t[..., -1:], name="seed")(inp)
+    ka = (1, 3, 3) if cfg.anisotropic else 3
     x = L.Conv3D(cfg.features, 3, padding="same", name="stem_conv_a")(inp)
     x = L.ReLU(name="stem_relu")(x)
     x = L.Conv3D(cfg.features, 3, padding="same", name="stem_conv_b")(x)
     for i in range(1, cfg.depth):
         h = L.ReLU(name=f"res{i}_relu_a")(x)
-        h = L.Conv3D(cfg.features, 3, padding="same", name=f"res{i}_conv_a")(h)
+        h = L.Conv3D(cfg.features, ka, padding="same", name=f"res{i}_conv_a")(h)
         h = L.ReLU(name=f"res{i}_relu_b")(h)
         h = L.Conv3D(cfg.features, 3, padding="same", name=f"res{i}_conv_b")(h)
         x = L.Add(name=f"res{i}_add")([x, h])

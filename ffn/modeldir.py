@@ -3,7 +3,8 @@
 ``model.json``::
 
     format: "connectome-ffn-model", format_version: 1, task: "ffn"
-    architecture:  FFNModelConfig fields (depth, features, fov_zyx, deltas_zyx)
+    architecture:  FFNModelConfig fields (depth, features, fov_zyx, deltas_zyx, channels: the image
+                   input channels in order, e.g. ["raw", "boundary"] (absent: ["raw"]), anisotropic)
     input:         voxel_size_nm (z, y, x) it was trained at; normalization (volume percentiles,
                    as the U-Nets: x = (v/255 - p50) / ((p95 - p5) / 3.29))
     inference:     recommended InferenceConfig values (thresholds, minimum segment size)
@@ -52,7 +53,8 @@ def read_model_dir(path: str | Path, what: str = "--model") -> FFNModelSpec:
     try:
         a = doc["architecture"]
         model = FFNModelConfig(int(a["depth"]), int(a["features"]), tuple(int(v) for v in a["fov_zyx"]),
-                               tuple(int(v) for v in a["deltas_zyx"]))
+                               tuple(int(v) for v in a["deltas_zyx"]), tuple(str(c) for c in a.get("channels", ["raw"])),
+                               bool(a.get("anisotropic", False)))
         vs = tuple(float(v) for v in doc["input"]["voxel_size_nm"])
         wfile, wsha = str(doc["weights"]["file"]), str(doc["weights"]["sha256"])
         inference = dict(doc.get("inference", {}))

@@ -4,9 +4,11 @@ globally consistent ``WS/volume.zarr/segmentation`` (uint64, 0 = no object).
 Two blockwise tasks, each resumable:
 
 1. ``segment-subvolumes`` (one block per subvolume; the block's write box is the subvolume's
-   *core*, its box is the core grown by ``overlap_zyx``): the FFN canvas (:mod:`ffn.inference`)
-   floods the box from its seeds -- or, with ``method: baseline``, the classical watershed of
-   :mod:`ffn.baseline` segments it -- and the local labels are saved to
+   *core*, its box is the core grown by ``overlap_zyx``): with ``method: watershed`` (the
+   default) the learned-boundary segmentation of :mod:`ffn.watershed` (supervoxels from
+   ``boundary``, agglomerated by mean affinity); with ``method: ffn`` the FFN canvas
+   (:mod:`ffn.inference`) floods the box from its seeds; with ``method: baseline`` the classical
+   watershed of :mod:`ffn.baseline` segments it. The local labels are saved to
    ``WS/segment/subvolumes/<block_id>.npz``. Vessel-mask voxels (``vessel_mask`` if the
    workspace has it and ``use_vessel_mask``) are never claimed and seed nothing.
 2. ``segment-write``: its driver-only setup matches ids on every overlap and joins them with
@@ -36,6 +38,8 @@ from connectome.errors import UserInputError
 from connectome.workspace import Workspace, open_array
 from ffn.inference import InferenceConfig
 from ffn.reconcile import MatchRule, NpzSubvolumeStore, Subvolume, subvolume_grid
+from ffn.agglomerate import FFNAgglomerationConfig
+from ffn.watershed import WatershedConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ OUT = "segmentation"
 
 
 def default_model_dir() -> Path:
-    return Path(__file__).resolve().parent / "models" / "demo"
+    return Path(__file__).resolve().parent / "models" / "boundary16"
 
 
 def _default_blockwise() -> BlockwiseConfig:
@@ -53,8 +57,17 @@ def _default_blockwise() -> BlockwiseConfig:
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    #: "ffn" (the network) or "baseline" (classical watershed, for comparison)
-    method: Literal["ffn", "baseline"] = "ffn"
+    #: "watershed" (learned boundaries: supervoxels + mean-affinity agglomeration; needs the
+    #: `boundary` array of `connectome predict-boundaries`), "ffn" (the flood-filling network),
+    #: "ffn-agglomerate" (watershed supervoxels whose uncertain pairs the FFN decides by local
+    #: floods, ffn.agglomerate), "baseline" (classical watershed on the raw image, for
+    #: comparison), or "auto" (the
+    #: default): "ffn" when an FFN model is given (--model), else "watershed"
+    method: Literal["auto", "watershed", "ffn", "ffn-agglomerate", "baseline"] = "auto"
+    #: the learned-boundary segmentation (method watershed)
+    watershed: WatershedConfig = field(default_factory=WatershedConfig)
+    #: FFN agglomeration of the watershed's supervoxels (method ffn-agglomerate)
+    ffn_agglomeration: FFNAgglomerationConfig = field(default_factory=FFNAgglomerationConfig)
     #: FFN inference (thresholds, minimum segment size, seeds, batch)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     #: how far neighbouring subvolumes overlap (voxels, z y x)
@@ -138,41 +151,57 @@ class SubvolumeBlock:
 
         ws = Workspace.open(self.workspace)
         sub = _subvolumes(ws, self.config)[block.block_id]
-        raw8 = np.asarray(open_array(self.workspace, "raw")[sub.box.slices])
+        method = self.config.method
+        raw8 = np.asarray(open_array(self.workspace, "raw")[sub.box.slices]) if method != "watershed" else None
         mask = np.asarray(open_array(self.workspace, "vessel_mask")[sub.box.slices]) > 0 if self.has_mask else None
-        if self.config.method == "baseline":
+        if method == "watershed":
+            from ffn.watershed import segment_watershed
+
+            bnd = np.asarray(open_array(self.workspace, "boundary")[(slice(None),) + sub.box.slices])
+            labels = segment_watershed(bnd, self.config.watershed, mask=mask)
+        elif method == "ffn-agglomerate":
+            from ffn.agglomerate import segment_ffn_agglomerate
+
+            bnd = np.asarray(open_array(self.workspace, "boundary")[(slice(None),) + sub.box.slices])
+            labels, summary = segment_ffn_agglomerate(
+                bnd, raw8, mask, self.voxel_nm, self.factor, IntensityStats(*self.stats), self.config.watershed,
+                self.config.ffn_agglomeration, self.config.inference,
+                _predictor(self.model_dir, self.sha, self.config.threads, self.config.precision))
+            log.info("segment %s: FFN agglomeration %s", block.block_id, summary)
+        elif method == "baseline":
             from ffn.baseline import BaselineConfig, segment_baseline
 
             labels = segment_baseline(raw8, BaselineConfig(), vessel_mask=mask)
         else:
+            spec_pred = _predictor(self.model_dir, self.sha, self.config.threads, self.config.precision)
+            bnd = (np.asarray(open_array(self.workspace, "boundary")[(0,) + sub.box.slices])
+                   if "boundary" in spec_pred[0].model.channels else None)
             labels = segment_ffn_at(raw8, mask, self.voxel_nm, self.factor, IntensityStats(*self.stats),
-                                    self.config, _predictor(self.model_dir, self.sha, self.config.threads,
-                                                            self.config.precision))
+                                    self.config, spec_pred, bnd)
         _store(self.workspace).save(sub, np.asarray(labels).astype(np.uint64))
 
 
 def segment_ffn_at(raw8: np.ndarray, mask, voxel_nm, factor: int, stats, config: SegmentConfig,
-                   spec_and_predict) -> np.ndarray:
-    """One subvolume (uint8 raw at the workspace's pixels) with the FFN at the model's pixels:
-    edge-pad (y, x) to a multiple of ``factor``, area-downsample, standardise with ``stats``
-    (percentiles at the model's pixels), segment, upsample the labels (nearest) and, if
-    ``config.refine_upsampled``, snap their borders to the full-resolution image."""
+                   spec_and_predict, boundary8: Optional[np.ndarray] = None) -> np.ndarray:
+    """One subvolume (uint8 raw at the workspace's pixels; ``boundary8`` the uint8 boundary
+    channel of ``predict-boundaries`` for a model with a "boundary" input) with the FFN at the
+    model's pixels: edge-pad (y, x) to a multiple of ``factor``, area-downsample, standardise the
+    raw with ``stats`` (percentiles at the model's pixels), segment, upsample the labels
+    (nearest) and, if ``config.refine_upsampled``, snap their borders to the full-resolution image."""
     from ffn.data import model_resolution
 
     f = int(factor)
-    if f == 1:
-        image = stats.standardize(np.asarray(raw8, np.float32) / 255.0)
-        labels = segment_ffn(image, mask, voxel_nm, config.inference, spec_and_predict)
-        return snap_to_membranes(raw8, labels, 0, mask, config.fill_unlabelled) if config.fill_unlabelled else labels
     z, h, w = raw8.shape
     pad = ((0, 0), (0, -h % f), (0, -w % f))
     image, _, m = model_resolution(np.pad(raw8, pad, mode="edge"), None,
                                    None if mask is None else np.pad(mask, pad, mode="edge"), f)
+    bnd = None if boundary8 is None else model_resolution(np.pad(boundary8, pad, mode="edge"), None, None, f)[0]
     coarse = segment_ffn(stats.standardize(image), m, (voxel_nm[0], voxel_nm[1] * f, voxel_nm[2] * f),
-                         config.inference, spec_and_predict)
-    labels = np.repeat(np.repeat(coarse, f, axis=1), f, axis=2)[:, :h, :w]
-    if config.refine_upsampled or config.fill_unlabelled:
-        labels = snap_to_membranes(raw8, labels, f if config.refine_upsampled else 0, mask, config.fill_unlabelled)
+                         config.inference, spec_and_predict, bnd)
+    labels = np.repeat(np.repeat(coarse, f, axis=1), f, axis=2)[:, :h, :w] if f > 1 else coarse
+    if config.fill_unlabelled or (config.refine_upsampled and f > 1):
+        labels = snap_to_membranes(raw8, labels, f if (config.refine_upsampled and f > 1) else 0, mask,
+                                   config.fill_unlabelled)
     if mask is not None:
         labels[mask] = 0
     return labels
@@ -208,26 +237,40 @@ def snap_to_membranes(raw8: np.ndarray, labels: np.ndarray, margin: int, mask=No
     return out
 
 
-def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_and_predict) -> np.ndarray:
-    """One subvolume with the FFN: seeds, canvas, labels (uint64, 0 = none)."""
-    from ffn.inference import Canvas, peak_seeds, run_canvases
+def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_and_predict,
+                boundary01: Optional[np.ndarray] = None) -> np.ndarray:
+    """One subvolume with the FFN: seeds, canvas, labels (uint64, 0 = none). ``image`` is the
+    standardised raw; ``boundary01`` the boundary probability (models with a boundary input;
+    seeds then come from its interior, :func:`ffn.inference.boundary_seeds`)."""
+    from ffn.inference import Canvas, boundary_seeds, peak_seeds, run_canvases
+    from ffn.train import stack_channels
 
     spec, predict = spec_and_predict
     if any(s < f for s, f in zip(image.shape, spec.model.fov_zyx)):
         return np.zeros(image.shape, np.uint64)  # a clipped edge subvolume thinner than the FOV
-    canvas = Canvas(image, spec.model, cfg, mask)
-    run_canvases([(canvas, peak_seeds(image, mask, voxel_nm, cfg))], predict, cfg.batch_size)
+    use_b = "boundary" in spec.model.channels
+    canvas = Canvas(stack_channels(spec.model, image, boundary01 if use_b else None), spec.model, cfg, mask)
+    seeds = boundary_seeds(boundary01, mask, voxel_nm, cfg) if use_b else peak_seeds(image, mask, voxel_nm, cfg)
+    run_canvases([(canvas, seeds)], predict, cfg.batch_size)
     return np.where(canvas.seg > 0, canvas.seg, 0).astype(np.uint64)
 
 
-def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Optional[str], Optional[str]]:
-    if config.method == "baseline":
+def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Optional[str], Optional[str], int]:
+    if config.method in ("baseline", "watershed"):
+        if model_dir:
+            raise UserInputError(f"--model {model_dir}: method {config.method!r} uses no FFN model (the boundary model "
+                                 "is chosen by `connectome predict-boundaries --model`); drop --model or use "
+                                 "--method ffn")
+        if config.method == "watershed":
+            from unet.boundary import require_boundary
+
+            require_boundary(ws, "segment --method watershed")
         return None, None, 1
     from ffn.modeldir import build_model, read_model_dir
 
     path = Path(model_dir) if model_dir else default_model_dir()
     if not model_dir and not (path / "model.json").is_file():
-        raise UserInputError("segment: no shipped FFN model in this checkout (ffn/models/demo); pass --model DIR "
+        raise UserInputError("segment: no shipped FFN model in this checkout (ffn/models/boundary16); pass --model DIR "
                              "(a directory written by `connectome train ffn`)")
     spec = read_model_dir(path)
     factor = model_pixel_factor(ws, spec, path)
@@ -240,6 +283,10 @@ def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Opt
         raise UserInputError(f"workspace {ws.path}: volume {list(ws.shape_zyx)} ({list(at_model)} at the model's "
                              f"{spec.voxel_size_nm[1]:g} nm pixels) is smaller than the model's field of view "
                              f"{list(spec.model.fov_zyx)}")
+    if "boundary" in spec.model.channels:
+        from unet.boundary import require_boundary
+
+        require_boundary(ws, f"the FFN model {path} (input channels {', '.join(spec.model.channels)})")
     build_model(spec)  # weights: sha256, names, shapes -> exit 2 here, not in a worker
     return str(path.resolve()), spec.weights_sha256, factor
 
@@ -254,9 +301,20 @@ def model_pixel_factor(ws: Workspace, spec, path) -> int:
     return model_factor(spec.voxel_size_nm[1], ws.voxel_size_nm[1], f"--model {path}", tolerance=0.3)
 
 
+def resolve_method(config: SegmentConfig, model_dir=None) -> SegmentConfig:
+    """``config`` with ``method: auto`` replaced by what it means: "ffn" when ``model_dir`` names
+    an FFN model, else "watershed"."""
+    import dataclasses
+
+    if config.method != "auto":
+        return config
+    return dataclasses.replace(config, method="ffn" if model_dir else "watershed")
+
+
 def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_dir=None) -> Task:
     from unet.data import intensity_stats
 
+    config = resolve_method(config, model_dir)
     ws = Workspace.open(workspace)
     raw = ws.array("raw")
     model, sha, factor = _resolve_model(ws, config, model_dir)
@@ -278,7 +336,17 @@ def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_di
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
     proc = SubvolumeBlock(str(ws.path), config, (stats.p5, stats.p50, stats.p95), tuple(ws.voxel_size_nm), model, sha,
                           has_mask, factor)
-    fp = {"method": config.method, "model_sha256": sha, "model_factor_yx": factor, "precision": config.precision, "intensity": stats.to_json(), "vessel_mask": has_mask,
+    if config.method == "ffn-agglomerate":
+        from unet.boundary import require_boundary
+
+        require_boundary(ws, "segment --method ffn-agglomerate")
+    boundary_sha = (ws.array("boundary").attrs.get("model_sha256")
+                    if config.method != "baseline" and ws.has("boundary") else None)
+    fp = {"method": config.method, "model_sha256": sha, "boundary_model_sha256": boundary_sha,
+          "watershed": config_to_dict(config.watershed) if config.method in ("watershed", "ffn-agglomerate") else None,
+          "ffn_agglomeration": (config_to_dict(config.ffn_agglomeration) if config.method == "ffn-agglomerate"
+                                else None),
+          "model_factor_yx": factor, "precision": config.precision, "intensity": stats.to_json(), "vessel_mask": has_mask,
           "inference": config_to_dict(config.inference), "overlap_zyx": list(config.overlap_zyx)}
     return Task(STAGE_SUB, ws.path, grid, proc, fp, (), max_retries=config.blockwise.max_retries)
 
@@ -335,7 +403,8 @@ def _subvolumes_digest(workspace) -> str:
     return h.hexdigest()
 
 
-def plan_write(workspace, config: SegmentConfig = SegmentConfig()) -> Task:
+def plan_write(workspace, config: SegmentConfig = SegmentConfig(), model_dir=None) -> Task:
+    config = resolve_method(config, model_dir)
     ws = Workspace.open(workspace)
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
     out = OutputSpec(OUT, "uint64", tuple(config.blockwise.block_shape_zyx),

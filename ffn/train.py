@@ -49,6 +49,12 @@ class FFNExampleConfig:
     max_per_partition: int = 20000
     #: move where the predicted probability on a face reaches this
     move_threshold: float = 0.9
+    #: rounds of moves per episode: 1 = the centre FOV and the moves it accepts (google/ffn's
+    #: training); more lets the network see (and learn to correct) its own longer floods, as at
+    #: inference. The example box grows to fov + 2 * rounds * delta
+    episode_rounds: int = 1
+    #: at most this many FOVs per episode (breadth first)
+    episode_max_fovs: int = 16
     #: soft labels
     label_low: float = 0.05
     label_high: float = 0.95
@@ -73,6 +79,14 @@ class FFNExampleConfig:
     #: can flood for long) and per object
     val_segment_max_fovs: int = 20000
     val_segment_max_fovs_per_object: int = 2000
+    #: boundary model whose predictions feed a model's "boundary" channel ("" = the shipped
+    #: unet/models/boundary); predicted once per volume on its true raw and cached beside it
+    #: (``DIR/predictions/boundary-<sha12>.npy``)
+    boundary_model: str = ""
+    #: robustness of the boundary channel (training only): Gaussian noise of this sigma (in
+    #: probability units) and a random gamma in [1/g, g] on the channel before it is mapped to [-1, 1]
+    boundary_noise: float = 0.05
+    boundary_gamma: float = 1.5
 
     def __post_init__(self):
         if not 0 < self.move_threshold < 1:
@@ -81,6 +95,10 @@ class FFNExampleConfig:
             raise ValueError("labels need 0 <= label_low < label_high <= 1")
         if self.voxel_size_nm_yx < 0 or not 0 <= self.section_shift_prob <= 1 or self.section_shift_px < 0:
             raise ValueError("voxel_size_nm_yx >= 0, section_shift_prob in [0, 1] and section_shift_px >= 0 required")
+        if self.episode_rounds < 1 or self.episode_max_fovs < 1:
+            raise ValueError("episode_rounds and episode_max_fovs must be >= 1")
+        if self.boundary_noise < 0 or self.boundary_gamma < 1:
+            raise ValueError("boundary_noise must be >= 0 and boundary_gamma >= 1")
 
 
 @dataclass
@@ -94,19 +112,48 @@ class TrainingVolume:
     sampler: CentreSampler
     stats: object = None   # unet.data.IntensityStats of ``image``
     voxel_nm: tuple = (40.0, 8.0, 8.0)   # of ``image`` (the model's input voxels)
+    #: boundary probability in [0, 1] at the model's resolution (models with a "boundary" channel)
+    boundary: np.ndarray | None = None
 
     def standardized(self, box: np.ndarray, stats=None) -> np.ndarray:
         return (stats or self.stats).standardize(box)
 
+    def channels(self, model: FFNModelConfig, box=None) -> np.ndarray:
+        """(z, y, x, C) model input of ``box`` (slices; None: all), unaugmented."""
+        box = box if box is not None else (slice(None),) * 3
+        return stack_channels(model, self.standardized(self.image[box]),
+                              None if self.boundary is None else self.boundary[box])
+
+
+def stack_channels(model: FFNModelConfig, raw_std: np.ndarray, boundary01: np.ndarray | None) -> np.ndarray:
+    """(z, y, x, C) float32 in the model's channel order: "raw" the standardised image,
+    "boundary" the boundary probability mapped to [-1, 1]."""
+    out = []
+    for c in model.channels:
+        if c == "raw":
+            out.append(np.asarray(raw_std, np.float32))
+        else:
+            if boundary01 is None:
+                raise ValueError("the model takes a boundary channel, but no boundary map was given")
+            out.append(2.0 * np.asarray(boundary01, np.float32) - 1.0)
+    return np.stack(out, axis=-1)
+
 
 @dataclass
 class _Slot:
-    image: np.ndarray | None = None   # example box, standardised
+    image: np.ndarray | None = None   # example box, the model's input channels (z, y, x, C)
     label: np.ndarray | None = None   # example box, soft labels
     seed: np.ndarray | None = None    # example box, logits
-    queue: list = field(default_factory=list)
+    queue: list = field(default_factory=list)   # (FOV centre in box coordinates, round)
     pos: tuple | None = None          # FOV centre in box coordinates (of the current step)
-    first: bool = True                # the current step is the episode's centre FOV
+    round: int = 0                    # 0 for the episode's centre FOV, k for the k-th round of moves
+    visited: set = field(default_factory=set)
+    n_fovs: int = 0
+
+
+def example_shape(model: FFNModelConfig, ex: FFNExampleConfig) -> tuple[int, int, int]:
+    """The example box: one FOV plus ``episode_rounds`` moves in every direction."""
+    return tuple(int(f) + 2 * int(d) * ex.episode_rounds for f, d in zip(model.fov_zyx, model.deltas_zyx))
 
 
 def new_episode(vol: TrainingVolume, centre, model: FFNModelConfig, ex: FFNExampleConfig,
@@ -114,12 +161,19 @@ def new_episode(vol: TrainingVolume, centre, model: FFNModelConfig, ex: FFNExamp
     """A fresh episode at ``centre``; with ``rng``: flips/transpose, section shifts and (with
     ``intensity``, a :class:`unet.augment.AugmentConfig`) the U-Net's intensity augmentation
     (sections as channels: per-section gain/offset, contrast, gamma, blur, noise, defects)."""
-    shape = model.example_zyx
+    shape = example_shape(model, ex)
     img = crop(vol.image, centre, shape)
     lab = crop(vol.labels, centre, shape) == vol.labels[tuple(centre)]
+    bnd = None if vol.boundary is None else crop(vol.boundary, centre, shape)
     stats = None
     if rng is not None:
-        img, lab = augment([img, lab], rng, transpose_xy=model.fov_zyx[1] == model.fov_zyx[2])
+        if bnd is None:
+            img, lab = augment([img, lab], rng, transpose_xy=model.fov_zyx[1] == model.fov_zyx[2])
+        else:
+            img, lab, bnd = augment([img, lab, bnd], rng, transpose_xy=model.fov_zyx[1] == model.fov_zyx[2])
+            bnd = np.clip(bnd + rng.normal(0.0, ex.boundary_noise, bnd.shape), 0.0, 1.0) if ex.boundary_noise else bnd
+            if ex.boundary_gamma > 1:
+                bnd = bnd ** float(np.exp(rng.uniform(-np.log(ex.boundary_gamma), np.log(ex.boundary_gamma))))
         if ex.section_shift_px and rng.random() < ex.section_shift_prob:
             img = shift_sections(img, rng, ex.section_shift_px)
         if intensity is not None and getattr(intensity, "enabled", False):
@@ -129,12 +183,12 @@ def new_episode(vol: TrainingVolume, centre, model: FFNModelConfig, ex: FFNExamp
             aug, g, noise = intensity_augment(np.moveaxis(img, 0, -1), rng, intensity)
             img = np.ascontiguousarray(np.moveaxis(aug, -1, 0))
             stats = adjust_stats(vol.stats, g, noise)
-    img = vol.standardized(img, stats)
+    img = stack_channels(model, vol.standardized(img, stats), bnd)
     soft = np.where(lab, ex.label_high, ex.label_low).astype(np.float32)
     seed = np.full(shape, logit(PAD_PROB), np.float32)
     mid = tuple(s // 2 for s in shape)
     seed[mid] = logit(SEED_PROB)
-    return _Slot(img.astype(np.float32), soft, seed, [mid], None, True)
+    return _Slot(img.astype(np.float32), soft, seed, [(mid, 0)], None, 0, {mid})
 
 
 def shift_sections(img: np.ndarray, rng: np.random.Generator, max_px: int) -> np.ndarray:
@@ -151,6 +205,22 @@ def shift_sections(img: np.ndarray, rng: np.random.Generator, max_px: int) -> np
 
 def fov_slices(pos, fov_zyx) -> tuple[slice, ...]:
     return tuple(slice(p - f // 2, p - f // 2 + f) for p, f in zip(pos, fov_zyx))
+
+
+def queue_moves(slot: _Slot, logits_fov: np.ndarray, model: FFNModelConfig, ex: FFNExampleConfig) -> None:
+    """After a FOV of round < ``episode_rounds``: queue the moves it accepts that stay inside the
+    example box and were not visited, up to ``episode_max_fovs`` FOVs per episode."""
+    if slot.round >= ex.episode_rounds:
+        return
+    r = model.radius_zyx
+    shape = slot.seed.shape
+    for p in accepted_moves(logits_fov, slot.pos, model, ex.move_threshold):
+        if p in slot.visited or any(v - rr < 0 or v + rr >= n for v, rr, n in zip(p, r, shape)):
+            continue
+        if slot.n_fovs + len(slot.queue) >= ex.episode_max_fovs:
+            return
+        slot.visited.add(p)
+        slot.queue.append((p, slot.round + 1))
 
 
 def accepted_moves(logits_fov: np.ndarray, pos, model: FFNModelConfig, threshold: float) -> list[tuple]:
@@ -214,19 +284,17 @@ class FFNJob:
                 vol = self.train[int(rng.integers(len(self.train)))]
                 slot = self._slots[k] = new_episode(vol, vol.sampler.draw(rng), self.model, self.ex, rng,
                                                     self.intensity)
-            else:
-                slot.first = False
-            slot.pos = slot.queue.pop(0)
+            slot.pos, slot.round = slot.queue.pop(0)
+            slot.n_fovs += 1
             sl = fov_slices(slot.pos, self.model.fov_zyx)
-            xs.append(np.stack([slot.image[sl], slot.seed[sl]], axis=-1))
+            xs.append(np.concatenate([slot.image[sl], slot.seed[sl][..., None]], axis=-1))
             ys.append(slot.label[sl][..., None])
         return np.stack(xs), np.stack(ys)
 
     def observe(self, step: int, logits: np.ndarray) -> None:
         for slot, lg in zip(self._slots, logits[..., 0]):
             slot.seed[fov_slices(slot.pos, self.model.fov_zyx)] = lg
-            if slot.first:
-                slot.queue = accepted_moves(lg, slot.pos, self.model, self.ex.move_threshold)
+            queue_moves(slot, lg, self.model, self.ex)
 
     def validate(self, model, shard: int, num_shards: int) -> dict[str, float]:
         import tensorflow as tf
@@ -238,7 +306,7 @@ class FFNJob:
         predict = lambda x: self._predict(tf.convert_to_tensor(x)).numpy()  # noqa: E731
         for i, centre in self.val_specs[shard::num_shards]:
             slot = new_episode(self.val[i], centre, self.model, self.ex, None)
-            run_episode(slot, self.model, self.ex.move_threshold, predict)
+            run_episode(slot, self.model, self.ex, predict)
             pred, true = slot.seed >= t, slot.label > 0.5
             sums["tp"] += float(np.count_nonzero(pred & true))
             sums["fp"] += float(np.count_nonzero(pred & ~true))
@@ -252,21 +320,21 @@ class FFNJob:
         return sums
 
     def segment_validation(self, vol: TrainingVolume, predict) -> dict[str, float]:
-        """Segment the central ``val_segment_zyx`` box of ``vol`` with the canvas (peak seeds,
+        """Segment the central ``val_segment_zyx`` box of ``vol`` with the canvas (seeds as in segment,
         face-max moves) and return additive sums of the adapted Rand and VOI terms."""
         from connectome.evaluate.segmentation import Contingency, rand_pair_sums, voi
-        from ffn.inference import Canvas, InferenceConfig, peak_seeds, run_canvases
+        from ffn.inference import Canvas, InferenceConfig, run_canvases
 
         shape = np.minimum(np.asarray(self.ex.val_segment_zyx), vol.image.shape)
         shape = np.maximum(shape, self.model.fov_zyx)
         lo = (np.asarray(vol.image.shape) - shape) // 2
         box = tuple(slice(a, a + n) for a, n in zip(lo, shape))
-        image = vol.standardized(vol.image[box])
+        image = vol.channels(self.model, box)
         cfg = InferenceConfig(move_threshold=self.ex.move_threshold, segment_threshold=self.ex.val_segment_threshold,
                               min_segment_voxels=self.ex.val_min_segment_voxels, batch_size=8,
                               max_fovs_per_object=self.ex.val_segment_max_fovs_per_object)
         canvas = Canvas(image, self.model, cfg)
-        run_canvases([(canvas, peak_seeds(image, None, vol.voxel_nm, cfg))], predict, cfg.batch_size,
+        run_canvases([(canvas, canvas_seeds(vol, box, None, cfg))], predict, cfg.batch_size,
                      max_fovs=self.ex.val_segment_max_fovs)
         table = Contingency.from_labels(vol.labels[box], np.maximum(canvas.seg, 0)).without_truth(0)
         if not table.total:
@@ -290,20 +358,29 @@ class FFNJob:
         return out
 
 
-def run_episode(slot: _Slot, model: FFNModelConfig, move_threshold: float, predict) -> None:
-    """Inference on one example box: the centre FOV, then (in one batch) the moves it accepts."""
-    sl = fov_slices(slot.queue[0], model.fov_zyx)
-    x = np.stack([slot.image[sl], slot.seed[sl]], axis=-1)[None]
-    lg = predict(x)[0, ..., 0]
-    slot.seed[sl] = lg
-    moves = accepted_moves(lg, slot.queue[0], model, move_threshold)
-    if moves:
-        x = np.stack([np.stack([slot.image[fov_slices(p, model.fov_zyx)], slot.seed[fov_slices(p, model.fov_zyx)]],
-                               axis=-1) for p in moves])
+def canvas_seeds(vol: TrainingVolume, box, mask, cfg) -> np.ndarray:
+    """Seeds of a validation canvas: boundary-map peaks when the volume has a boundary map,
+    else image peaks (as ``connectome segment``)."""
+    from ffn.inference import boundary_seeds, peak_seeds
+
+    if vol.boundary is not None:
+        return boundary_seeds(vol.boundary[box], mask, vol.voxel_nm, cfg)
+    return peak_seeds(vol.standardized(vol.image[box]), mask, vol.voxel_nm, cfg)
+
+
+def run_episode(slot: _Slot, model: FFNModelConfig, ex: FFNExampleConfig, predict) -> None:
+    """Inference on one example box: the centre FOV, then round by round (each round in one
+    batch) the moves the FOVs before accept, as in training."""
+    while slot.queue:
+        batch, slot.queue = slot.queue, []
+        x = np.stack([np.concatenate([slot.image[fov_slices(p, model.fov_zyx)],
+                                      slot.seed[fov_slices(p, model.fov_zyx)][..., None]], axis=-1) for p, _ in batch])
         out = predict(x)[..., 0]
-        for p, lg in zip(moves, out):
+        for (p, rnd), lg in zip(batch, out):
             slot.seed[fov_slices(p, model.fov_zyx)] = lg
-    slot.queue = []
+            slot.pos, slot.round = p, rnd
+            slot.n_fovs += 1
+            queue_moves(slot, lg, model, ex)
 
 
 def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed: int = 0,
@@ -331,15 +408,46 @@ def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed
     vs = tuple(float(v) for v in raw.attrs.get("voxel_size_nm", (40.0, 8.0, 8.0)))
     factor = model_factor(ex.voxel_size_nm_yx, vs[1], f"--data {path}") if ex.voxel_size_nm_yx else 1
     shape = (raw.shape[0], raw.shape[1] // factor, raw.shape[2] // factor)
-    if raw.shape != labels.shape or any(s < e for s, e in zip(shape, model.example_zyx)):
+    ex_shape = example_shape(model, ex)
+    if raw.shape != labels.shape or any(s < e for s, e in zip(shape, ex_shape)):
         raise UserInputError(f"--data {path}: volume {list(shape)} (at the model's resolution) is smaller than one "
-                             f"training example {list(model.example_zyx)} (or raw and {label} differ in shape)")
+                             f"training example {list(ex_shape)} (or raw and {label} differ in shape)")
     stats = intensity_stats(raw, factor)
-    image, lab, m = model_resolution(np.asarray(raw[:]), np.asarray(labels[:]),
+    raw_np = np.asarray(raw[:])
+    image, lab, m = model_resolution(raw_np, np.asarray(labels[:]),
                                      np.asarray(g[mask][:]) > 0 if mask and mask in g else None, factor)
+    boundary = None
+    if "boundary" in model.channels:
+        boundary = model_resolution(predicted_boundary(path, raw_np, vs, ex.boundary_model), None, None, factor)[0]
     sampler = CentreSampler.from_labels(lab, tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
-                                        model.example_zyx, ex.min_object_voxels, m, ex.max_per_partition, seed)
-    return TrainingVolume(path.name, image, lab, sampler, stats, (vs[0], vs[1] * factor, vs[2] * factor))
+                                        ex_shape, ex.min_object_voxels, m, ex.max_per_partition, seed)
+    return TrainingVolume(path.name, image, lab, sampler, stats, (vs[0], vs[1] * factor, vs[2] * factor), boundary)
+
+
+def predicted_boundary(path, raw: np.ndarray, voxel_size_nm, model_dir: str = "") -> np.ndarray:
+    """uint8 (z, y, x) boundary channel of ``raw`` (a synth folder's true raw) predicted by the
+    boundary model (``connectome predict-boundaries``' computation), cached in
+    ``path/predictions/boundary-<sha12>.npy``."""
+    from pathlib import Path
+
+    from connectome.atomic import atomic_write_bytes
+    from unet.boundary import default_model, predict_arrays, read_spec
+
+    mdir = Path(model_dir) if model_dir else default_model()
+    sha = read_spec(mdir).weights_sha256[:12]
+    cache = Path(path) / "predictions" / f"boundary-{sha}.npy"
+    if cache.is_file():
+        b = np.load(cache)
+        if b.shape == raw.shape:
+            return b
+    b = predict_arrays(raw, voxel_size_nm, mdir)[0]
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, b)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(cache, buf.getvalue())
+    return b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,6 +545,9 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
             if cfg.examples.voxel_size_nm_yx:  # the model's input pixels, not the data's
                 v0 = (v0[0], cfg.examples.voxel_size_nm_yx, cfg.examples.voxel_size_nm_yx)
             write_model_dir(out, arrays, cfg.model, v0, doc)
+            from ffn.card import write_model_card
+
+            write_model_card(out)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
                        "seconds": result.seconds, "validation": doc["validation"],
                        "rank_weight_digests": result.rank_weight_digests}

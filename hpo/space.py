@@ -45,8 +45,8 @@ from connectome.errors import UserInputError
 
 #: stage -> (module, config class, the workspace arrays a trial copies)
 STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "segment": ("ffn.segment", "SegmentConfig", ("raw", "vessel_mask")),
-    "train-ffn": ("ffn.train", "FFNTrainConfig", ("raw", "vessel_mask")),
+    "segment": ("ffn.segment", "SegmentConfig", ("raw", "vessel_mask", "boundary")),
+    "train-ffn": ("ffn.train", "FFNTrainConfig", ("raw", "vessel_mask", "boundary")),
     "train-vessel": ("unet.train", "VesselTrainConfig", ("raw",)),
 }
 

@@ -28,6 +28,9 @@ def data(tmp_path_factory):
     ws = root / "ws"
     r = run_cli("import", syn / "truth.zarr" / "raw", "--workspace", ws, "--voxel-size", "40,8,8")
     assert r.returncode == 0, r.stderr
+    # the boundary map of the default method (the shipped boundary model)
+    r = run_cli("predict-boundaries", "--workspace", ws)
+    assert r.returncode == 0, r.stderr
     truth = np.asarray(zarr.open_group(str(syn / "truth.zarr"), mode="r")["neurons"][:])
     return root, ws, truth
 
@@ -47,27 +50,33 @@ def _arand(a, b) -> float:
     return adapted_rand(Contingency.from_labels(np.asarray(a, np.uint64), np.asarray(b, np.uint64)))[0]
 
 
+@pytest.fixture(scope="module", params=["watershed", "baseline"])
+def method(request):
+    """The default method (learned-boundary watershed) and the classical baseline."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def single_and_split(data):
+def single_and_split(data, method):
     root, ws, truth = data
-    one = _copy(ws, root / "one")
-    r = run_cli("segment", "--workspace", one, "--method", "baseline", "--block-shape", "16,128,128",
+    one = _copy(ws, root / f"one_{method}")
+    r = run_cli("segment", "--workspace", one, "--method", method, "--block-shape", "16,128,128",
                 "--executor", "serial")
     assert r.returncode == 0, r.stderr
-    eight = _copy(ws, root / "eight")
-    r = run_cli("segment", "--workspace", eight, "--method", "baseline", "--block-shape", "8,64,64",
+    eight = _copy(ws, root / f"eight_{method}")
+    r = run_cli("segment", "--workspace", eight, "--method", method, "--block-shape", "8,64,64",
                 "--executor", "local", "--workers", "2")
     assert r.returncode == 0, r.stderr
     assert "8 blocks processed" in r.stdout
     return one, eight
 
 
-def test_subvolumes_reconcile_like_a_single_run(data, single_and_split):
+def test_subvolumes_reconcile_like_a_single_run(data, single_and_split, method):
     root, ws, truth = data
     one, eight = single_and_split
     a, b = _seg(one), _seg(eight)
     e_one, e_eight = _arand(truth, a), _arand(truth, b)
-    print(f"baseline ARAND vs truth: 1 subvolume {e_one:.4f}, 2x2x2 subvolumes {e_eight:.4f}")
+    print(f"{method} ARAND vs truth: 1 subvolume {e_one:.4f}, 2x2x2 subvolumes {e_eight:.4f}")
     assert abs(e_one - e_eight) <= 0.02
     # no object is split exactly at a core border: voxel pairs across each border plane that
     # are one object in the single run stay one object (as often as pairs one plane inside)
@@ -81,13 +90,13 @@ def test_subvolumes_reconcile_like_a_single_run(data, single_and_split):
     assert b.dtype == np.uint64 and b.max() == len(np.unique(b[b > 0]))  # ids 1..K
 
 
-def test_identical_across_executors(data, single_and_split, tmp_path, request):
+def test_identical_across_executors(data, single_and_split, method, tmp_path, request):
     root, ws, _ = data
     _, eight = single_and_split
     ref = _seg(eight)
     for executor in ("serial", "mpi"):
         w = _copy(ws, tmp_path / executor)
-        args = ["segment", "--workspace", str(w), "--method", "baseline", "--block-shape", "8,64,64"]
+        args = ["segment", "--workspace", str(w), "--method", method, "--block-shape", "8,64,64"]
         if executor == "mpi":
             r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
                                 "--executor", "mpi"], capture_output=True, text=True, timeout=300)
@@ -97,11 +106,11 @@ def test_identical_across_executors(data, single_and_split, tmp_path, request):
         np.testing.assert_array_equal(_seg(w), ref)
 
 
-def test_sigkill_then_resume(data, single_and_split, tmp_path):
+def test_sigkill_then_resume(data, single_and_split, method, tmp_path):
     root, ws, _ = data
     _, eight = single_and_split
     w = _copy(ws, tmp_path / "w")
-    cmd = [sys.executable, "-m", "connectome", "segment", "--workspace", str(w), "--method", "baseline",
+    cmd = [sys.executable, "-m", "connectome", "segment", "--workspace", str(w), "--method", method,
            "--block-shape", "8,64,64", "--executor", "serial"]
     done = w / "blockwise" / "segment-subvolumes" / "done"
     proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.5"}, start_new_session=True,
@@ -113,7 +122,7 @@ def test_sigkill_then_resume(data, single_and_split, tmp_path):
     proc.wait()
     finished = len(os.listdir(done))
     assert 3 <= finished < 8
-    r = run_cli("segment", "--workspace", w, "--method", "baseline", "--block-shape", "8,64,64", "--executor", "serial")
+    r = run_cli("segment", "--workspace", w, "--method", method, "--block-shape", "8,64,64", "--executor", "serial")
     assert r.returncode == 0, r.stderr
     assert f"{8 - finished} blocks processed, {finished} already done" in r.stdout
     np.testing.assert_array_equal(_seg(w), _seg(eight))

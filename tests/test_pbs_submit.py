@@ -70,7 +70,7 @@ def test_render_pipeline_every_system(tmp_path, capsys, system):
     out = capsys.readouterr().out
     assert rc == 0
     scripts = _scripts(out)
-    ids = ["synth", "stitch", "align", "mask-vessels", "segment", "evaluate"]
+    ids = ["synth", "stitch", "align", "mask-vessels", "predict-boundaries", "segment", "evaluate"]
     assert list(scripts) == [f"{i:02d}-{sid}.{system}.pbs" for i, sid in enumerate(ids, 1)]
     for name, text in scripts.items():
         sid = name.split("-", 1)[1].rsplit(".", 2)[0]
@@ -111,11 +111,11 @@ def test_render_pipeline_out_and_submit_dry_run(tmp_path, capsys):
                "--until", "segment"])
     out = capsys.readouterr().out.split()
     assert rc == 0 and [Path(p).name for p in out] == ["01-align.aurora.pbs", "02-mask-vessels.aurora.pbs",
-                                                       "03-segment.aurora.pbs"]
+                                                       "03-predict-boundaries.aurora.pbs", "04-segment.aurora.pbs"]
     assert all(os.access(p, os.X_OK) for p in out)
     rc = main(["pbs", "submit", str(pipe), "--system", "local", "--nodes", "1", "--workspace",
                str(tmp_path / "ws2"), "--dry-run"])
-    assert rc == 0 and len(_scripts(capsys.readouterr().out)) == 9   # every stage of pipelines/demo.yaml
+    assert rc == 0 and len(_scripts(capsys.readouterr().out)) == 10  # every stage of pipelines/demo.yaml
     assert not (tmp_path / "ws2").exists()
 
 

@@ -155,12 +155,14 @@ def test_selection_and_argv(tmp_path):
 
 def test_demo_end_to_end_then_skips(tmp_path):
     """`connectome demo --preset small`: pipelines/demo.yaml through every stage (the shipped vessel
-    and synapse models, baseline segmentation), evaluated; the metrics table; a rerun skips all."""
+    and synapse models, the shipped boundary model and the default learned-boundary segmentation), evaluated;
+    the metrics table; a rerun skips all."""
     ws = tmp_path / "ws"
     r = run_cli("demo", "--workspace", ws, "--preset", "small", "--no-progress", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.loads((ws / "run.json").read_text())
-    ids = ["synth", "stitch", "align", "mask-vessels", "segment", "synapses", "graph", "evaluate", "export-precomputed"]
+    ids = ["synth", "stitch", "align", "mask-vessels", "predict-boundaries", "segment", "synapses", "graph", "evaluate",
+           "export-precomputed"]
     assert rec["pipeline"]["stages"] == ids
     for sid in ids:
         st = rec["stages"][sid]
@@ -168,7 +170,8 @@ def test_demo_end_to_end_then_skips(tmp_path):
         assert st["versions"]["connectome"] and st["command"].startswith("connectome ")
     assert rec["stages"]["stitch"]["blocks"]["stitch"]["processed"] == 16
     assert rec["stages"]["segment"]["blocks"] and all(k.startswith("segment") for k in rec["stages"]["segment"]["blocks"])
-    assert set(_arrays(ws / "volume.zarr")) >= {"raw", "vessel_mask", "segmentation", "synapse_prob", "synapse_post"}
+    assert set(_arrays(ws / "volume.zarr")) >= {"raw", "vessel_mask", "boundary", "segmentation", "synapse_prob",
+                                                "synapse_post"}
     for name in ("synapses.csv", "connectivity.csv", "connectivity.graphml", "evaluation.json"):
         assert (ws / name).is_file(), name
     assert (ws / "precomputed" / "segmentation" / "info").is_file()

@@ -162,3 +162,50 @@ def predict_box3d(raw, predictor, geom: TileGeometry3D, stats: IntensityStats, b
                     out[ch, z - z0, ya - y0:yb - y0, xa - x0:xb - x0] = to_uint8(
                         core[ya - jy * cy:yb - jy * cy, xa - jx * cx:xb - jx * cx])
     return out
+
+
+def resolve_tiling(spec, path, shape_zyx, voxel_size_nm, tile_zyx, margin_zyx, where: str, command: str
+                   ) -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
+    """(factor, tile, margin) of a 3D U-Net model directory ``spec`` (``unet.modeldir``) on a
+    volume: square pixels, an integer (y, x) factor to the model's pixel size, the tiling from
+    the stage config (``tile_zyx`` / ``margin_zyx``; empty: the model's recommendation) checked
+    against the network's size multiple and fitted to the volume. Exit 2 with one line otherwise."""
+    from connectome.errors import UserInputError
+    from unet.data import model_factor
+
+    vz, vy, vx = voxel_size_nm
+    if abs(vy - vx) > 1e-6 * vy:
+        raise UserInputError(f"{where}: {command} needs square pixels, voxel size is {[vz, vy, vx]} nm")
+    factor = model_factor(spec.voxel_size_nm_yx, vy, f"--model {path} for {where}")
+    inf = spec.doc.get("inference", {})
+    tile = tuple(int(v) for v in (tile_zyx or inf.get("tile_zyx") or (40, 304, 304)))
+    margin = tuple(int(v) for v in (margin_zyx or inf.get("margin_zyx") or (4, 24, 24)))
+    mult = spec.unet.size_multiple()
+    if any(t % m or t <= 2 * p for t, p, m in zip(tile, margin, mult)):
+        raise UserInputError(f"tile_zyx {list(tile)} must be multiples of {list(mult)} and larger than 2 x "
+                             f"margin_zyx {list(margin)}")
+    return factor, fit_tile(tile, margin, shape_zyx, factor, mult), margin
+
+
+_PREDICTORS: dict = {}
+
+
+def cached_predictor(read_spec, model_dir: str, sha256: str, batch_size: int, tta: int, threads: int) -> Predictor3D:
+    """One :class:`Predictor3D` per worker process (the last model asked for), built from
+    ``read_spec(Path(model_dir))`` after checking its weights are still the planned ones."""
+    from pathlib import Path
+
+    key = (read_spec, model_dir, sha256, batch_size, tta)
+    if key not in _PREDICTORS:
+        from connectome.errors import UserInputError
+        from connectome.training.distributed import set_threads
+        from unet.modeldir import build_model
+
+        if threads:
+            set_threads(threads, 1)
+        spec = read_spec(Path(model_dir))
+        if spec.weights_sha256 != sha256:
+            raise UserInputError(f"{model_dir}: the model changed while the stage was running")
+        _PREDICTORS.clear()
+        _PREDICTORS[key] = Predictor3D(build_model(spec), batch_size, tta)
+    return _PREDICTORS[key]

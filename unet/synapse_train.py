@@ -33,7 +33,6 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-from connectome.config import config_to_dict
 from connectome.errors import UserInputError
 from connectome.training import TrainerConfig
 from unet.augment import AugmentConfig
@@ -285,19 +284,10 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
     from connectome.training.distributed import horovod_session
     from connectome.training.loop import run_training
     from unet.modeldir import write_model_dir
-    from unet.train import _check_folders, _describe, training_record
+    from unet.train import _describe, prepare_run, training_record, unet3d_doc
 
-    data = [Path(d) for d in data_dirs]
-    val = [Path(d) for d in val_dirs]
-    out = Path(out_dir)
-    if not data:
-        raise UserInputError("--data: give at least one `connectome synth` folder")
-    _check_folders(data, val)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out}: exists and is not a directory")
+    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING)
     tcfg, d = cfg.trainer, cfg.data
-    fingerprint = {"task": TASK, "config": {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_TRAINING},
-                   "data": [str(p.resolve()) for p in data], "val": [str(p.resolve()) for p in val]}
     summary: dict = {}
 
     def load(p, what):
@@ -321,14 +311,7 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
         if s.is_root:
             arrays = wio.load_npz(result.weights_file)
             doc = {
-                "task": TASK,
-                "architecture": cfg.model.to_json(),
-                "input": {"voxel_size_nm_yx": [d.input_voxel_size_nm] * 2, "z_context": 1,
-                          "channels": "one: the raw volume (z, y, x), (y, x) area-downsampled",
-                          "downsampling": "area_mean in (y, x) by the integer factor model_px / data_px; z kept",
-                          "normalization": {"method": "volume_percentiles",
-                                            "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"},
-                          "trained_on_voxel_size_nm": list(train[0].voxel_size_nm)},
+                **unet3d_doc(TASK, cfg, d.input_voxel_size_nm, train[0].voxel_size_nm, arrays, result),
                 "output": {"activation": "sigmoid", "channels": list(cfg.channels), "threshold": 0.5,
                            "min_size_voxels": 50,
                            "meaning": ("channel 0: synaptic cleft (band of +-%g nm); channel 1: postsynaptic side "
@@ -336,10 +319,6 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
                                        % (d.cleft_radius_nm, d.post_radius_nm))
                            + ("; channel 2: presynaptic side (the pre neuron within %g nm of the cleft)"
                               % d.post_radius_nm if cfg.model.out_channels == 3 else "")},
-                "inference": {"tile_zyx": list(cfg.inference_tile_zyx), "margin_zyx": list(cfg.inference_margin_zyx),
-                              "tile_px": int(cfg.inference_tile_zyx[1]), "margin_px": int(cfg.inference_margin_zyx[1])},
-                "weights": {"parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
-                            "from_step": result.best_step if result.best_step is not None else result.steps},
                 "training": training_record(result, cfg, out, command,
                                             [{**_describe(p), "synapses": v.synapses} for p, v in zip(mine, train)],
                                             [_describe(p) for p in val]),

@@ -451,6 +451,42 @@ def training_record(result, cfg, out: Path, command: Optional[Sequence[str]], da
             "rank_weight_digests": result.rank_weight_digests}
 
 
+def prepare_run(task: str, cfg, data_dirs, val_dirs, out_dir, not_training: Sequence[str]
+                ) -> tuple[list[Path], list[Path], Path, dict]:
+    """Checked ``--data`` / ``--val`` / ``--out`` of a 3D U-Net training run and its fingerprint
+    (the config without the fields that may change on resumption)."""
+    data = [Path(d) for d in data_dirs]
+    val = [Path(d) for d in val_dirs]
+    out = Path(out_dir)
+    if not data:
+        raise UserInputError("--data: give at least one `connectome synth` folder")
+    _check_folders(data, val)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out}: exists and is not a directory")
+    fingerprint = {"task": task, "config": {k: v for k, v in config_to_dict(cfg).items() if k not in not_training},
+                   "data": [str(p.resolve()) for p in data], "val": [str(p.resolve()) for p in val]}
+    return data, val, out, fingerprint
+
+
+def unet3d_doc(task: str, cfg, input_voxel_nm: float, trained_on_voxel_nm, arrays: dict, result) -> dict:
+    """The ``task``, ``architecture``, ``input``, ``inference`` and ``weights`` sections of a 3D
+    U-Net model.json (raw input area-downsampled in (y, x), volume-percentile standardisation)."""
+    return {
+        "task": task,
+        "architecture": cfg.model.to_json(),
+        "input": {"voxel_size_nm_yx": [input_voxel_nm] * 2, "z_context": 1,
+                  "channels": "one: the raw volume (z, y, x), (y, x) area-downsampled",
+                  "downsampling": "area_mean in (y, x) by the integer factor model_px / data_px; z kept",
+                  "normalization": {"method": "volume_percentiles",
+                                    "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"},
+                  "trained_on_voxel_size_nm": list(trained_on_voxel_nm)},
+        "inference": {"tile_zyx": list(cfg.inference_tile_zyx), "margin_zyx": list(cfg.inference_margin_zyx),
+                      "tile_px": int(cfg.inference_tile_zyx[1]), "margin_px": int(cfg.inference_margin_zyx[1])},
+        "weights": {"parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
+                    "from_step": result.best_step if result.best_step is not None else result.steps},
+    }
+
+
 def _command_line(command: Optional[Sequence[str]]) -> str:
     argv = list(command or sys.argv)
     if argv and (argv[0].endswith("__main__.py") or Path(argv[0]).name == "connectome"):

@@ -58,7 +58,7 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
         ws = Workspace.open(task.workspace)
         for out in task.outputs:
             ws.require_array(out.name, out.dtype, out.chunks_zyx, attrs=dict(out.attrs),
-                             fill_value=out.fill_value, recreate=restart)
+                             fill_value=out.fill_value, recreate=restart, channels=out.channels)
         return already, uuid.uuid4().hex[:12]
 
     already, run_id = executor.run_on_driver(prepare)

@@ -32,6 +32,8 @@ class OutputSpec:
     chunks_zyx: tuple[int, int, int]
     attrs: Mapping[str, Any] = field(default_factory=dict)
     fill_value: Any = 0
+    #: names of the channels of a channel-first array (C, z, y, x); empty: a plain (z, y, x) array
+    channels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Task:
 
     def layout(self) -> dict[str, Any]:
         return {"stage": self.stage, "grid": self.grid.to_json(), "fingerprint": dict(self.fingerprint),
-                "outputs": [{"name": o.name, "dtype": o.dtype, "chunks_zyx": list(o.chunks_zyx)}
+                "outputs": [{"name": o.name, "dtype": o.dtype, "chunks_zyx": list(o.chunks_zyx),
+                             **({"channels": list(o.channels)} if o.channels else {})}
                             for o in self.outputs]}
 
 

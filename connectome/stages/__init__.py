@@ -18,6 +18,8 @@ REGISTRY: dict[str, str] = {
     "segment": "ffn.segment",
     "synapses": "connectome.synapses.predict",
     "train-synapse": "unet.synapse_train",
+    "train-boundary": "unet.boundary_train",
+    "predict-boundaries": "unet.boundary",
 }
 
 

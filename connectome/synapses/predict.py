@@ -121,8 +121,7 @@ def _read_spec(path: Path):
 def resolve_model(shape_zyx, voxel_size_nm, config: SynapsesConfig, model_dir=None, where: str = "volume"
                   ) -> ResolvedModel:
     """Read and check the model (driver side): weights build, pixel size fits, tiling valid."""
-    from unet.data import model_factor
-    from unet.infer3d import fit_tile
+    from unet.infer3d import resolve_tiling
     from unet.modeldir import build_model
 
     path = Path(model_dir or config.model or default_model()).resolve()
@@ -130,18 +129,8 @@ def resolve_model(shape_zyx, voxel_size_nm, config: SynapsesConfig, model_dir=No
         raise UserInputError(f"--model {path}: not found (train one with `connectome train synapse`)")
     spec = _read_spec(path)
     build_model(spec)
-    vz, vy, vx = voxel_size_nm
-    if abs(vy - vx) > 1e-6 * vy:
-        raise UserInputError(f"{where}: synapses need square pixels, voxel size is {[vz, vy, vx]} nm")
-    factor = model_factor(spec.voxel_size_nm_yx, vy, f"--model {path} for {where}")
-    inf = spec.doc.get("inference", {})
-    tile = tuple(int(v) for v in (config.tile_zyx or inf.get("tile_zyx") or (40, 304, 304)))
-    margin = tuple(int(v) for v in (config.margin_zyx or inf.get("margin_zyx") or (4, 24, 24)))
-    mult = spec.unet.size_multiple()
-    if any(t % m or t <= 2 * p for t, p, m in zip(tile, margin, mult)):
-        raise UserInputError(f"tile_zyx {list(tile)} must be multiples of {list(mult)} and larger than 2 x "
-                             f"margin_zyx {list(margin)}")
-    tile = fit_tile(tile, margin, shape_zyx, factor, mult)
+    factor, tile, margin = resolve_tiling(spec, path, shape_zyx, voxel_size_nm, config.tile_zyx, config.margin_zyx,
+                                          where, "synapses")
     out = spec.doc.get("output", {})
     threshold = config.threshold if config.threshold is not None else float(out.get("threshold", 0.5))
     min_size = config.min_size_voxels if config.min_size_voxels is not None else int(out.get("min_size_voxels", 50))
@@ -149,24 +138,10 @@ def resolve_model(shape_zyx, voxel_size_nm, config: SynapsesConfig, model_dir=No
                          int(spec.unet.out_channels))
 
 
-_PREDICTORS: dict = {}
-
-
 def get_predictor(model_dir: str, sha256: str, batch_size: int, tta: int, threads: int):
-    key = (model_dir, sha256, batch_size, tta)
-    if key not in _PREDICTORS:
-        from connectome.training.distributed import set_threads
-        from unet.infer3d import Predictor3D
-        from unet.modeldir import build_model
+    from unet.infer3d import cached_predictor
 
-        if threads:
-            set_threads(threads, 1)
-        spec = _read_spec(Path(model_dir))
-        if spec.weights_sha256 != sha256:
-            raise UserInputError(f"{model_dir}: the model changed while the stage was running")
-        _PREDICTORS.clear()
-        _PREDICTORS[key] = Predictor3D(build_model(spec), batch_size, tta)
-    return _PREDICTORS[key]
+    return cached_predictor(_read_spec, model_dir, sha256, batch_size, tta, threads)
 
 
 # ---------------------------------------------------------------------------------------------

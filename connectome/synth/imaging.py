@@ -133,17 +133,17 @@ def render_block(block, core, geom, levels, looks, seed: int):
         mito = block.mito[iz]
         if mito.any():
             cristae = np.abs(t1 - 0.4) < 0.3  # a maze of lighter lines
-            img[mito] = MITO + 0.05 * t2[mito] + 0.14 * cristae[mito]
+            img[mito] = cfg.mito_gray + 0.05 * t2[mito] + 0.14 * cristae[mito]
             rim = mito & (block.mito_sdf[iz] > -14.0)
-            img[rim] = MITO_RIM
+            img[rim] = MITO_RIM + (cfg.mito_gray - MITO)
         # oblique membranes: half dark where the owner changes to the next section
         zd = np.zeros(own.shape, np.float32)
         for dz in (-1, 1):
             if 0 <= z + dz < nz_total and 0 <= iz + dz < block.owner.shape[0]:
                 zd += 0.5 * (block.owner[iz + dz] != own)
-        img = img * (1.0 - 0.5 * zd) + (0.5 * MEMBRANE) * zd
+        img = img * (1.0 - 0.5 * zd) + (0.5 * cfg.membrane_gray) * zd
         mem = _membranes(own)
-        img[mem] = MEMBRANE + 0.04 * t2[mem]
+        img[mem] = cfg.membrane_gray + 0.04 * t2[mem]
         if block.vessel_sdf is not None:
             vs = block.vessel_sdf[iz]
             inv = vs < 0

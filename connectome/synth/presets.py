@@ -75,6 +75,11 @@ class SynthConfig:
     #: Per-section contrast (gain) and brightness (offset) drift, standard deviations.
     section_gain_sigma: float = 0.05
     section_offset_sigma: float = 0.03
+    #: Gray level (0..1) of membranes and of mitochondria: the stain's membrane contrast and the
+    #: look of organelles (imaging.py; cytoplasm is ~0.61-0.66). Changed only to make volumes whose
+    #: imaging lies outside what a model was trained on.
+    membrane_gray: float = 0.20
+    mito_gray: float = 0.36
 
     # ---- acquisition (see acquisition.py) -------------------------------------------------
     #: Target tile edge (px) and overlap fraction between neighbouring tiles (8-15% typical).
@@ -182,6 +187,8 @@ def _check(cfg: SynthConfig) -> None:
         bad("tile_size_px", f">= {MIN_TILE_PX}")
     if cfg.noise_sigma < 0 or cfg.psf_sigma_px < 0:
         bad("noise_sigma", ">= 0")
+    if not (0.0 <= cfg.membrane_gray <= 1.0 and 0.0 <= cfg.mito_gray <= 1.0):
+        bad("membrane_gray", "in [0, 1] (and so must mito_gray)")
     if cfg.tile_format not in ("png", "tif"):
         bad("tile_format", "'png' or 'tif'")
     if cfg.block_xy_px <= 0 or any(c <= 0 for c in cfg.chunk_zyx) or cfg.block_xy_px % min(cfg.chunk_zyx[1:]) != 0:
