@@ -143,6 +143,7 @@ def _sets(items) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", choices=["acceptance"], help="the acceptance volumes of issue 19 (ignores --seeds)")
+    p.add_argument("--only", help="comma-separated volume names of the suite to run (e.g. small-1123)")
     p.add_argument("--seeds", default="801", help="comma-separated synth seeds (held out from training)")
     p.add_argument("--preset", default="demo", choices=["small", "demo", "bench"])
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="synth imaging override (repeatable)")
@@ -162,7 +163,7 @@ def main(argv=None) -> int:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     configs = {m: getattr(a, f"config_{m}") for m in ("watershed", "ffn", "baseline")}
     if a.suite:
-        vols = list(ACCEPTANCE)
+        vols = [v for v in ACCEPTANCE if not a.only or v[0] in a.only.split(",")]
     else:
         vols = [(f"{a.preset}-{s}" + ("-set" if a.set else ""), a.preset, int(s), _sets(a.set), True)
                 for s in a.seeds.split(",")]

@@ -5,15 +5,16 @@ The way Google's own pipeline used the FFN for agglomeration (Januszewski et al.
 flooding whole neurons it decides, for pairs of adjacent segments, whether they are one neuron.
 
 1. **Segments and candidates.** The learned-boundary watershed (:mod:`ffn.watershed`) is run
-   up to a conservative threshold ``base_threshold`` (fewer merges than the watershed method's
-   ``merge_threshold``); its region graph gives every pair of touching segments with the mean
-   affinity of their shared face. Pairs whose score (1 - mean affinity) lies in
-   ``[base_threshold, max_threshold)`` are the uncertain ones: the FFN decides them (at most
-   ``max_pairs``, most affine first). Pairs below ``base_threshold`` are already merged; above
-   ``max_threshold`` never.
+   up to ``base_threshold`` (by default the watershed method's own ``merge_threshold``); its
+   region graph gives every pair of touching segments with the mean affinity of their shared
+   face. Pairs whose score (1 - mean affinity) lies in ``[base_threshold, base_threshold +
+   band)`` are the uncertain ones the watershed left apart: the FFN decides them (at most
+   ``max_pairs``, most affine first). Pairs below ``base_threshold`` are already merged; the
+   rest never.
 2. **Local floods.** At the model's resolution, the contact point of a pair is the face voxel
    nearest the mean position of their shared face. In a ``box_zyx`` box around it, each of the
-   two segments gets one seed: its voxel farthest from its own border (distance transform, nm).
+   two segments gets one seed: its voxel farthest from its own border (distance transform, nm)
+   within ``seed_window_zyx`` of the contact (so a FOV centred on it has context).
    The FFN floods the box from each seed on its own canvas (box-limited, at most
    ``max_fovs_per_flood`` FOVs); the canvases of many pairs run batched.
 3. **Decision.** With ``F_a`` the flood from ``a``'s seed and ``A``, ``B`` the two segments'
@@ -34,26 +35,35 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class FFNAgglomerationConfig:
-    #: the supervoxels: the watershed's agglomeration up to this score (1 - mean affinity)
-    base_threshold: float = 0.3
-    #: pairs scored in [base_threshold, max_threshold) are decided by the FFN
-    max_threshold: float = 0.8
+    #: the supervoxels: the watershed's agglomeration up to this score (1 - mean affinity); null:
+    #: the watershed method's own merge_threshold, so the FFN only adds merges to it
+    base_threshold: Optional[float] = None
+    #: pairs scored in [base_threshold, base_threshold + band) are decided by the FFN. On a
+    #: 32 x 256 x 256 demo subvolume (seed 1121) the region graph at 0.5 has ~10k edges, 2.5k of
+    #: them below 0.6: every decided pair costs two floods
+    band: float = 0.1
     #: local flood box (z, y, x) at the model's resolution, centred on the contact
-    box_zyx: tuple[int, int, int] = (13, 49, 49)
+    box_zyx: tuple[int, int, int] = (13, 33, 33)
+    #: each segment's seed is its deepest voxel within this distance (z, y, x voxels) of the contact
+    seed_window_zyx: tuple[int, int, int] = (1, 6, 6)
     #: both floods must cover at least this fraction of the other segment's voxels in the box
     agree_fraction: float = 0.5
     #: FOV budget of one local flood
-    max_fovs_per_flood: int = 40
+    max_fovs_per_flood: int = 8
     #: at most this many pairs per subvolume are decided (most affine first); the rest stay apart
     max_pairs: int = 20000
     #: canvases run side by side (their FOVs share forward passes)
     parallel_floods: int = 32
 
     def __post_init__(self):
-        if not 0 < self.base_threshold <= self.max_threshold < 1:
-            raise ValueError("need 0 < base_threshold <= max_threshold < 1")
+        if self.base_threshold is not None and not 0 < self.base_threshold < 1:
+            raise ValueError("base_threshold must be null or in (0, 1)")
+        if not 0 < self.band < 1:
+            raise ValueError("band must be in (0, 1)")
         if len(self.box_zyx) != 3 or any(int(v) < 3 or int(v) % 2 == 0 for v in self.box_zyx):
             raise ValueError(f"box_zyx must be three odd sizes >= 3, got {list(self.box_zyx)}")
+        if len(self.seed_window_zyx) != 3 or min(int(v) for v in self.seed_window_zyx) < 0:
+            raise ValueError(f"seed_window_zyx must be three numbers >= 0, got {list(self.seed_window_zyx)}")
         if not 0 < self.agree_fraction <= 1 or min(self.max_fovs_per_flood, self.max_pairs,
                                                    self.parallel_floods) < 1:
             raise ValueError("agree_fraction must be in (0, 1]; max_fovs_per_flood, max_pairs and parallel_floods >= 1")
@@ -114,10 +124,19 @@ def _box(centre, box_zyx, shape) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def _deepest(mask: np.ndarray, voxel_nm) -> Optional[tuple[int, int, int]]:
+def _deepest(mask: np.ndarray, voxel_nm, window: Optional[tuple[slice, ...]] = None
+             ) -> Optional[tuple[int, int, int]]:
+    """The voxel of ``mask`` farthest from its border (nm), searched inside ``window`` (slices
+    of ``mask``'s shape; None: everywhere); None when the window holds no voxel of ``mask``."""
     if not mask.any():
         return None
     dt = ndimage.distance_transform_edt(mask, sampling=tuple(float(v) for v in voxel_nm))
+    if window is not None:
+        keep = np.zeros(mask.shape, bool)
+        keep[window] = True
+        dt = np.where(keep, dt, 0.0)
+    if not dt.max() > 0:
+        return None
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(dt)), mask.shape))
 
 
@@ -145,7 +164,10 @@ def decide_pairs(image: np.ndarray, labels: np.ndarray, pairs: np.ndarray, voxel
         box = _box(c, box_zyx, labels.shape)
         lab = labels[box]
         A, B = lab == a, lab == b
-        sa, sb = _deepest(A, voxel_nm), _deepest(B, voxel_nm)
+        # seeds near the contact, where a FOV centred on them fits the box (network context)
+        rel = [int(v) - s.start for v, s in zip(c, box)]
+        window = tuple(slice(max(0, r - w), r + w + 1) for r, w in zip(rel, cfg.seed_window_zyx))
+        sa, sb = _deepest(A, voxel_nm, window), _deepest(B, voxel_nm, window)
         if sa is None or sb is None:
             stats["no_contact"] += 1
             continue
@@ -203,9 +225,9 @@ def segment_ffn_agglomerate(boundary4: np.ndarray, raw8: np.ndarray, mask, voxel
     frags = fragments_2d(np.asarray(boundary4[0], np.float32) / 255.0, watershed_cfg, mask)
     if not frags.any():
         return frags, {"pairs": 0}
-    seg, graph = agglomerate_with_graph(affinities_for(boundary4, watershed_cfg), frags, cfg.base_threshold,
-                                        watershed_cfg.scoring)
-    cand = graph[(graph[:, 2] >= cfg.base_threshold) & (graph[:, 2] < cfg.max_threshold)]
+    base = watershed_cfg.merge_threshold if cfg.base_threshold is None else cfg.base_threshold
+    seg, graph = agglomerate_with_graph(affinities_for(boundary4, watershed_cfg), frags, base, watershed_cfg.scoring)
+    cand = graph[(graph[:, 2] >= base) & (graph[:, 2] < base + cfg.band)]
     cand = cand[np.argsort(cand[:, 2], kind="stable")][:cfg.max_pairs]
     f = int(factor)
     z, h, w = raw8.shape

@@ -49,8 +49,12 @@ class WatershedConfig:
     distance_sigma_px: float = 1.0
     #: local maxima of the distance transform within this radius (px) seed one fragment each
     seed_radius_px: int = 3
-    #: agglomerate while the best face's score (1 - its mean affinity) is below this
-    merge_threshold: float = 0.5
+    #: agglomerate while the best face's score (1 - its mean affinity) is below this. Chosen on
+    #: validation volumes only (benchmarks/tune_watershed.py; synth 1111, 1112 and 1113, the last
+    #: with degraded imaging): 0.4 -- mean ARAND + VOI / 4 of 0.94 against 1.05 for 0.5, which is
+    #: slightly better on the two in-range volumes alone (0.70 vs 0.72) but merges far more when
+    #: membranes are faint and blurred (b1113 ARAND 0.51 vs 0.26)
+    merge_threshold: float = 0.4
     #: face statistic: "mean" affinity, or "quantile_Q" (Q in 10, 15, ..., 95: that percentile of
     #: the face's affinities, as LSD's "hist_quant_Q"); both are precompiled in waterz's wheel
     scoring: str = "mean"

@@ -180,6 +180,15 @@ def test_predict_boundaries_blockwise_equals_whole_and_resumes(ws, small_truth, 
     assert tree_digest(w / "volume.zarr") == before
     r = run_cli("info", "--workspace", w)
     assert "boundary" in r.stdout
+    # exported to Neuroglancer: the boundary channel as an image layer, scale 0 == the array (x, y, z order)
+    pytest.importorskip("cloudvolume")
+    from cloudvolume import CloudVolume
+
+    r = run_cli("export-precomputed", "--workspace", w)
+    assert r.returncode == 0 and "boundary written" in r.stdout, r.stdout + r.stderr
+    cv = CloudVolume(f"file://{w / 'precomputed' / 'boundary'}", progress=False)
+    np.testing.assert_array_equal(np.asarray(cv[:, :, :])[..., 0].transpose(2, 1, 0), got[0])
+    assert json.loads((w / "precomputed" / "connectome.json").read_text())["layers"]["boundary"] == "image"
     # an unfinished boundary array (a block's marker gone, as after a kill) is not consumed
     markers = sorted((w / "blockwise" / "predict-boundaries" / "done").iterdir())
     markers[0].unlink()
@@ -245,3 +254,41 @@ def test_shipped_boundary_model_segments_an_unseen_volume(ws, small_truth, tmp_p
     print({k: (round(v["arand_error"], 4), round(v["voi_sum"], 3)) for k, v in scores.items()})
     assert ws_["arand_error"] <= 0.12 and ws_["voi_sum"] <= 1.5
     assert ws_["arand_error"] < base["arand_error"] and ws_["voi_sum"] < base["voi_sum"]
+
+
+def test_ffn_agglomeration_merges_only_what_both_floods_agree_on(small_truth):
+    """Plumbing with scripted networks (no TensorFlow): a network that never moves decides no
+    merge (the result is the watershed at the base threshold); one that floods everything merges
+    every candidate pair (fewer objects, never more)."""
+    from types import SimpleNamespace
+
+    from ffn.agglomerate import FFNAgglomerationConfig, segment_ffn_agglomerate
+    from ffn.inference import InferenceConfig
+    from ffn.model import FFNModelConfig
+    from ffn.watershed import WatershedConfig, segment_watershed
+    from unet.data import intensity_stats
+
+    syn, neurons, vessels = small_truth
+    raw = np.asarray(zarr.open_group(str(syn / "truth.zarr"), mode="r")["raw"][:8, :96, :96])
+    b4 = (_oracle(neurons[:8, :96, :96], noise=0.2) * 255).astype(np.uint8)
+    b4[1:] = (0.5 * b4[1:] + 0.5 * (255 - b4[:1])).astype(np.uint8)   # blur the affinities: uncertain pairs
+    model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3), channels=("raw", "boundary"))
+    ws_cfg = WatershedConfig()
+    cfg = FFNAgglomerationConfig(base_threshold=0.2, band=0.7, box_zyx=(5, 17, 17), max_fovs_per_flood=40)
+    stats = intensity_stats(raw, 2)
+
+    def run(bias):
+        spec = SimpleNamespace(model=model)
+        return segment_ffn_agglomerate(b4, raw, None, (40, 8, 8), 2, stats, ws_cfg, cfg, InferenceConfig(),
+                                       (spec, lambda x: x[..., -1] + bias))
+
+    never, s0 = run(-4.0)
+    base = segment_watershed(b4, WatershedConfig(merge_threshold=cfg.base_threshold))
+    assert s0["decided"] > 0 and s0["merged"] == 0
+    np.testing.assert_array_equal(never, base)
+    always, s1 = run(6.0)
+    assert s1["merged"] == s1["decided"] > 0 and s1["fovs"] > s0["fovs"]
+    assert len(np.unique(always)) < len(np.unique(never))
+    # a merge only joins whole segments of the base segmentation
+    pairs = np.unique(np.stack([never.ravel(), always.ravel()], 1), axis=0)
+    assert len(np.unique(pairs[:, 0])) == len(pairs)

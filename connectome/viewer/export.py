@@ -7,6 +7,8 @@
   cubes, :mod:`connectome.viewer.mesh`) and ``segment_properties/`` (size in voxels, synapses
   in / out, written by us);
 * ``vessel_mask`` - image, uint8 {0,1} (max pooling);
+* ``boundary`` - image, uint8: channel 0 (boundary probability) of ``WS/volume.zarr/boundary``
+  (optional: exported when the workspace has it);
 * ``synapses`` - annotations from ``WS/synapses.csv`` (:mod:`connectome.viewer.annotations`);
 
 plus ``OUT/connectome.json`` (which layers exist, the frame, the largest segments) that
@@ -39,8 +41,11 @@ EXPORT_VERSION = 1
 DEFAULT_DIRNAME = "precomputed"
 MANIFEST = "connectome.json"
 SYNAPSES_CSV = "synapses.csv"
-VOLUME_LAYERS = ("raw", "segmentation", "vessel_mask")
-LAYER_TYPES = {"raw": "image", "segmentation": "segmentation", "vessel_mask": "image", "synapses": "annotation"}
+VOLUME_LAYERS = ("raw", "segmentation", "vessel_mask", "boundary")
+#: layers exported when their array exists, without a "missing" note otherwise
+OPTIONAL_LAYERS = ("boundary",)
+LAYER_TYPES = {"raw": "image", "segmentation": "segmentation", "vessel_mask": "image", "boundary": "image",
+               "synapses": "annotation"}
 TOP_SEGMENTS = 5
 
 
@@ -84,7 +89,8 @@ def export_precomputed(workspace: str | Path, out: str | Path | None = None, com
     fps: dict[str, dict] = {}
     for name in VOLUME_LAYERS:
         if not ws.has(name):
-            report.missing.append(f"{name} (not in {ws.path / VOLUME}; run `{PRODUCERS[name]}` first)")
+            if name not in OPTIONAL_LAYERS:
+                report.missing.append(f"{name} (not in {ws.path / VOLUME}; run `{PRODUCERS[name]}` first)")
             continue
         fp = {**base, "source": tree_signature(ws.path / VOLUME / name)}
         fps[name] = fp
@@ -98,7 +104,10 @@ def export_precomputed(workspace: str | Path, out: str | Path | None = None, com
         else:
             from connectome.viewer.volumes import SPECS, write_volume
 
-            summary = write_volume(ws.array(name), out / name, SPECS[name], shape, res, step, gz)
+            src = ws.array(name)
+            if name == "boundary":
+                src = _Channel(src, 0)
+            summary = write_volume(src, out / name, SPECS[name], shape, res, step, gz)
         step.finish(**summary)
         report.layers[name] = "resumed" if resumed else "written"
 
@@ -129,6 +138,17 @@ def export_precomputed(workspace: str | Path, out: str | Path | None = None, com
     _write_manifest(out, shape, res)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+class _Channel:
+    """One channel of a channel-first (C, z, y, x) array, read as a (z, y, x) array."""
+
+    def __init__(self, array, channel: int):
+        self.array, self.channel = array, int(channel)
+        self.shape = tuple(array.shape[1:])
+
+    def __getitem__(self, key):
+        return self.array[(self.channel,) + tuple(key)]
 
 
 def _export_segmentation(ws, out: Path, step: Step, gz) -> dict:

@@ -53,6 +53,9 @@ def build_state(manifest: dict, data_url: str) -> dict:
                                 "source": f"precomputed://{base}/segmentation",
                                 "segments": [str(s) for s in manifest.get("largest_segments", [])],
                                 "selectedAlpha": 0.35})
+    if "boundary" in layers_present:   # the learned boundary map, off until switched on
+        state["layers"].append({"type": "image", "name": "boundary", "source": f"precomputed://{base}/boundary",
+                                "visible": False})
     if "vessel_mask" in layers_present:
         state["layers"].append({"type": "image", "name": "vessel_mask", "source": f"precomputed://{base}/vessel_mask",
                                 "shader": VESSEL_SHADER})

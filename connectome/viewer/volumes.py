@@ -42,6 +42,7 @@ SPECS = {
     "raw": VolumeSpec("raw", "image", "uint8", "raw", "mean"),
     "segmentation": VolumeSpec("segmentation", "segmentation", "uint64", "compressed_segmentation", "mode"),
     "vessel_mask": VolumeSpec("vessel_mask", "image", "uint8", "raw", "max"),
+    "boundary": VolumeSpec("boundary", "image", "uint8", "raw", "mean"),
 }
 
 
