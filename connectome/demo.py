@@ -13,6 +13,7 @@ command that opens the result in Neuroglancer.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"
@@ -61,9 +62,19 @@ def _metric(ev: dict, section: str, keys: tuple[str, ...], fmt: str) -> str:
     if sec.get("status", "ok") != "ok":
         return str(sec.get("reason") or sec.get("status"))
     vals = [_get(sec, k) for k in keys]
-    if any(not isinstance(v, (int, float)) or v != v for v in vals):
+    ok = [isinstance(v, (int, float)) and v == v for v in vals]
+    if not any(ok):
         return "n/a"
-    return fmt.format(*vals)
+    # each value in its own format; a missing one (e.g. no edge with >= 2 synapses) reads n/a
+    parts = re.split(r"(\{[^}]*\})", fmt)
+    out, i = [], 0
+    for part in parts:
+        if part.startswith("{") and part.endswith("}"):
+            out.append(part.format(vals[i]) if ok[i] else "n/a")
+            i += 1
+        else:
+            out.append(part)
+    return "".join(out)
 
 
 def summary_table(workspace: Path) -> str:
