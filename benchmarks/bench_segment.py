@@ -1,7 +1,8 @@
 """Neuron segmentation speed and memory, every method side by side in one run (issue 19).
 
 1. ``connectome predict-boundaries`` and ``connectome segment --method M`` for M in the default
-   (``auto`` -> watershed), ``watershed``, ``ffn-agglomerate``, ``ffn`` and ``baseline`` on one
+   (``auto`` -> watershed), ``watershed``, ``ffn-agglomerate``, ``baseline`` (and ``ffn`` with
+   ``--ffn-floods``) on one
    64 x 512 x 512 volume of 8 nm data (synth demo preset, seed 9301, never trained on; true raw
    imported): wall time, voxels/s, peak RSS of the whole process tree, ARAND / VOI.
 2. Memory flat in volume size: the default method's peak RSS on a 32 x 512 x 512 and a
@@ -64,7 +65,7 @@ def _score(ws: Path, syn: Path) -> dict:
     return {"arand": round(s["arand_error"], 4), "voi": round(s["voi_sum"], 3)}
 
 
-def stage_rows(work: Path, ffn_model: str | None) -> list[dict]:
+def stage_rows(work: Path, ffn_model: str | None, ffn_floods: bool = False) -> list[dict]:
     syn, ws = _volume(work, "main", "64,512,512", 9301)
     nvox = 64 * 512 * 512
     rows = []
@@ -75,8 +76,9 @@ def stage_rows(work: Path, ffn_model: str | None) -> list[dict]:
     print(json.dumps(rows[-1]), flush=True)
     methods = [("default (auto)", []), ("watershed", ["--method", "watershed"])]
     if ffn_model:
-        methods += [("ffn-agglomerate", ["--method", "ffn-agglomerate", "--model", ffn_model]),
-                    ("ffn", ["--method", "ffn", "--model", ffn_model])]
+        methods.append(("ffn-agglomerate", ["--method", "ffn-agglomerate", "--model", ffn_model]))
+        if ffn_floods:   # full floods run ~30 kvox/s here: minutes on this volume
+            methods.append(("ffn", ["--method", "ffn", "--model", ffn_model]))
     else:
         print("ffn rows: skipped (no FFN model; pass --ffn-model DIR)", flush=True)
     methods.append(("baseline", ["--method", "baseline"]))
@@ -197,6 +199,9 @@ def main(argv=None) -> int:
     p.add_argument("--ffn-model", help="FFN model directory (default: the shipped ffn/models/boundary16 if present)")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--ffn-floods", action="store_true",
+                   help="also time `segment --method ffn` on the 64 x 512 x 512 volume (slow; its forward share is "
+                        "measured on one subvolume either way)")
     p.add_argument("--steps", type=int, default=30, help="training steps per run")
     p.add_argument("--work", help="keep volumes and workspaces here")
     p.add_argument("--out", help="write the results as JSON here")
@@ -207,7 +212,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as d:
         work = Path(a.work) if a.work else Path(d)
         work.mkdir(parents=True, exist_ok=True)
-        res["stages"] = stage_rows(work, ffn_model)
+        res["stages"] = stage_rows(work, ffn_model, a.ffn_floods)
         if ffn_model:
             res["forward"] = forward_rows(work, ffn_model)
         if not a.skip_memory:

@@ -162,7 +162,7 @@ def test_mpicomm_needs_two_ranks(setup, tmp_path):
     (("inference.min_segment_voxels: [50, 1500]", "inference.min_segment_voxels: [50.5, 1500]"), "int range"),
     (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.5, 1.5]"), "move_threshold"),
     (("inference.move_threshold: [0.5, 0.95]", "inference: [0.5, 0.95]"), "section"),
-    (("inference.move_threshold: [0.5, 0.95]", "method: [ffn, watershed]"), "'watershed'"),
+    (("inference.move_threshold: [0.5, 0.95]", "method: [ffn, flood]"), "'flood'"),
     (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: {choices: []}"), "empty choices"),
     (("inference.move_threshold: [0.5, 0.95]", "overlap_zyx: [4, 8]"), "scalar"),
     (("inference.max_fovs_per_object: 20", "inference.max_fov: 20"), "fixed: unknown field 'inference.max_fov'"),
