@@ -370,18 +370,8 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
     from connectome.training.loop import run_training
     from unet.modeldir import write_model_dir
 
-    data = [Path(d) for d in data_dirs]
-    val = [Path(d) for d in val_dirs]
-    out = Path(out_dir)
-    if not data:
-        raise UserInputError("--data: give at least one `connectome synth` folder")
-    _check_folders(data, val)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out}: exists and is not a directory")
+    data, val, out, fingerprint = prepare_run("vessel", cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING)
     tcfg = cfg.trainer
-    fingerprint = {"task": "vessel",
-                   "config": {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_TRAINING},
-                   "data": [str(d.resolve()) for d in data], "val": [str(d.resolve()) for d in val]}
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
         mine = data[s.rank::s.size] if cfg.data.shard_volumes and len(data) >= s.size else data
