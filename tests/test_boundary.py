@@ -274,7 +274,8 @@ def test_ffn_agglomeration_merges_only_what_both_floods_agree_on(small_truth):
     b4[1:] = (0.5 * b4[1:] + 0.5 * (255 - b4[:1])).astype(np.uint8)   # blur the affinities: uncertain pairs
     model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3), channels=("raw", "boundary"))
     ws_cfg = WatershedConfig()
-    cfg = FFNAgglomerationConfig(base_threshold=0.2, band=0.7, box_zyx=(5, 17, 17), max_fovs_per_flood=40)
+    cfg = FFNAgglomerationConfig(base_threshold=0.2, band=0.7, box_zyx=(5, 17, 17), max_fovs_per_flood=40,
+                                 decision="floods")
     stats = intensity_stats(raw, 2)
 
     def run(bias):
@@ -292,3 +293,34 @@ def test_ffn_agglomeration_merges_only_what_both_floods_agree_on(small_truth):
     # a merge only joins whole segments of the base segmentation
     pairs = np.unique(np.stack([never.ravel(), always.ravel()], 1), axis=0)
     assert len(np.unique(pairs[:, 0])) == len(pairs)
+
+
+def test_ffn_agglomeration_soft_decisions(small_truth):
+    """decision soft (the default): one scripted forward pass per side; a network that gives the
+    other segment high probability merges every decided pair, a low one none."""
+    from types import SimpleNamespace
+
+    from ffn.agglomerate import FFNAgglomerationConfig, segment_ffn_agglomerate
+    from ffn.inference import InferenceConfig
+    from ffn.model import FFNModelConfig
+    from ffn.watershed import WatershedConfig, segment_watershed
+    from unet.data import intensity_stats
+
+    syn, neurons, _ = small_truth
+    raw = np.asarray(zarr.open_group(str(syn / "truth.zarr"), mode="r")["raw"][:8, :96, :96])
+    b4 = (_oracle(neurons[:8, :96, :96], noise=0.2) * 255).astype(np.uint8)
+    b4[1:] = (0.5 * b4[1:] + 0.5 * (255 - b4[:1])).astype(np.uint8)
+    model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3), channels=("raw", "boundary"))
+    cfg = FFNAgglomerationConfig(base_threshold=0.2, band=0.7, box_zyx=(5, 17, 17))
+    assert cfg.decision == "soft"
+    stats = intensity_stats(raw, 2)
+    runs = {}
+    for bias in (-4.0, 6.0):
+        runs[bias] = segment_ffn_agglomerate(b4, raw, None, (40, 8, 8), 2, stats, WatershedConfig(), cfg,
+                                             InferenceConfig(), (SimpleNamespace(model=model),
+                                                                 lambda x, b=bias: x[..., -1] + b))
+    (low, s0), (high, s1) = runs[-4.0], runs[6.0]
+    assert s0["decided"] > 0 and s0["merged"] == 0 and s0["fovs"] == 2 * s0["decided"]
+    np.testing.assert_array_equal(low, segment_watershed(b4, WatershedConfig(merge_threshold=0.2)))
+    # merged unless the other segment has no voxel in the FOV around the seed
+    assert s1["merged"] >= 0.8 * s1["decided"] and len(np.unique(high)) < len(np.unique(low))
