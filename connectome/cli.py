@@ -329,8 +329,11 @@ def cmd_evaluate(args) -> int:
     from connectome.config import load_config
     from connectome.evaluate import EvaluateConfig, evaluate_workspace, format_table
 
-    cfg = load_config(EvaluateConfig, args.config)
-    results = evaluate_workspace(args.workspace, args.truth, cfg)
+    if args.workers is not None and args.workers < 1:
+        raise UserInputError(f"--workers: expected a positive number, got {args.workers}")
+    cfg = load_config(EvaluateConfig, args.config, {"downstream": True} if args.downstream else None)
+    results = evaluate_workspace(args.workspace, args.truth, cfg, workers=args.workers,
+                                 progress=_progress(args))
     print(format_table(results))
     return 0
 
@@ -568,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--shape", metavar="Z,Y,X", help="volume shape in voxels (default: from the preset)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", choices=["small", "demo", "bench"], default="small")
+    p.add_argument("--preset", choices=["small", "demo", "bench", "fibres"], default="small")
     p.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a generator parameter (repeatable), e.g. --set noise_sigma=0.2 --set psf_sigma_px=1.4 "
@@ -580,6 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", required=True, metavar="WS")
     p.add_argument("--truth", required=True, metavar="DIR", help="a `connectome synth` output folder")
     p.add_argument("--config", metavar="FILE.yaml", help="evaluation thresholds (EvaluateConfig)")
+    p.add_argument("--downstream", action="store_true",
+                   help="alignment criterion (e): segment the truth raw too (imported into WS/evaluate/truth_raw/, "
+                        "predict-boundaries + segment with the workspace's stage configs; reused while the truth "
+                        "is unchanged) and report ARAND/VOI of the aligned volume minus the truth raw's; needs the "
+                        "WS segmentation. Minutes")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for the --downstream stages (default: all cores)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars for the --downstream stages (default: when stderr is a terminal)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", parents=[common], help="the whole reconstruction on synthetic data, evaluated",

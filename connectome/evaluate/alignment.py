@@ -107,27 +107,51 @@ def residuals(ws_raw, truth_raw, patch_px: int = 128, min_std: float = 2.0,
     return result
 
 
-def neighbour_ncc(raw, block_shape_zyx=(16, 512, 512)) -> dict:
-    """Pearson correlation of each pair of consecutive sections, streamed block by block."""
+def pair_ncc(raw, block_shape_zyx=(16, 512, 512), smooth_px: float = 0.0) -> np.ndarray:
+    """Pearson correlation of each pair of consecutive sections (index z = pair (z, z+1)),
+    streamed block by block; NaN where either section is flat (zero variance). With
+    ``smooth_px`` > 0 every section is first smoothed in (y, x) by a Gaussian of that sigma
+    (blocks read with a halo of 4 sigma, so the result does not depend on the block shape)."""
+    from scipy import ndimage
+
     nz, ny, nx = (int(s) for s in raw.shape)
     pairs = max(nz - 1, 0)
     sums = np.zeros((6, pairs), dtype=np.float64)  # n, sa, sb, saa, sbb, sab (exact as int64 per block)
+    halo = int(np.ceil(4 * smooth_px)) if smooth_px > 0 else 0
     for zs, ys, xs in iter_boxes((pairs, ny, nx), block_shape_zyx):
-        blk = np.asarray(raw[zs.start:zs.stop + 1, ys, xs]).astype(np.int64)
+        if halo:
+            y0, y1 = max(0, ys.start - halo), min(ny, ys.stop + halo)
+            x0, x1 = max(0, xs.start - halo), min(nx, xs.stop + halo)
+            big = np.asarray(raw[zs.start:zs.stop + 1, y0:y1, x0:x1]).astype(np.float64)
+            big = ndimage.gaussian_filter(big, (0, smooth_px, smooth_px), mode="nearest")
+            blk = big[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        else:
+            blk = np.asarray(raw[zs.start:zs.stop + 1, ys, xs]).astype(np.int64)
         a, b = blk[:-1], blk[1:]
         sums[:, zs] += np.stack([
             np.full(a.shape[0], a[0].size, dtype=np.int64),
             a.sum(axis=(1, 2)), b.sum(axis=(1, 2)),
             (a * a).sum(axis=(1, 2)), (b * b).sum(axis=(1, 2)), (a * b).sum(axis=(1, 2)),
-        ]).astype(np.float64)
+        ], dtype=np.float64)
     n, sa, sb, saa, sbb, sab = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         var_a = saa - sa * sa / n
         var_b = sbb - sb * sb / n
         ncc = (sab - sa * sb / n) / np.sqrt(var_a * var_b)
-    ncc = ncc[np.isfinite(ncc) & (var_a > 0) & (var_b > 0)]
+    return np.where(np.isfinite(ncc) & (var_a > 0) & (var_b > 0), ncc, np.nan)
+
+
+def ncc_summary(per_pair: np.ndarray) -> dict:
+    """``n_pairs``, ``mean``, ``min`` of per-pair NCCs (NaN pairs left out)."""
+    ncc = np.asarray(per_pair, dtype=np.float64)
+    ncc = ncc[np.isfinite(ncc)]
     return {
         "n_pairs": int(ncc.size),
         "mean": float(ncc.mean()) if ncc.size else math.nan,
         "min": float(ncc.min()) if ncc.size else math.nan,
     }
+
+
+def neighbour_ncc(raw, block_shape_zyx=(16, 512, 512)) -> dict:
+    """Pearson correlation of each pair of consecutive sections, streamed block by block."""
+    return ncc_summary(pair_ncc(raw, block_shape_zyx))

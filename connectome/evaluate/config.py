@@ -32,6 +32,26 @@ class EvaluateConfig:
     #: Connectivity: edge-level scores are reported for edges with at least each of these
     #: synapse counts (1 = every edge; 2 = the "neuron-pair level" of synful/CREMI reports).
     edge_min_synapses: tuple[int, ...] = (1, 2)
+    #: Alignment criteria against the truth transforms (:mod:`.align_truth`): step (px) of the
+    #: grid of the aligned frame on which the misplacement D_z(p) is evaluated.
+    align_grid_px: int = 16
+    #: Targets of the alignment criteria (each reported with a pass flag):
+    #: (a) adjacent-pair error median and 95th percentile (px)
+    target_adjacent_median_px: float = 1.0
+    target_adjacent_p95_px: float = 2.0
+    #: (b) worst per-section RMS (px) after removing one global affine
+    target_accumulated_px: float = 5.0
+    #: (c) drift (px per section)
+    target_drift_px_per_section: float = 0.1
+    #: (d) mean neighbour NCC of the aligned volume minus that of the truth, both computed on
+    #: sections smoothed by a Gaussian of ``over_registration_smooth_px`` (0 = raw pixels)
+    target_over_registration_ncc: float = 0.02
+    over_registration_smooth_px: float = 1.0
+    #: (e) adapted Rand error of the default segmenter on the aligned volume minus on the truth raw
+    target_downstream_arand: float = 0.02
+    #: (e) run the downstream criterion (segments the truth raw in WS/evaluate/truth_raw/:
+    #: predict-boundaries + segment; minutes). ``connectome evaluate --downstream`` sets it.
+    downstream: bool = False
 
     def __post_init__(self) -> None:
         if len(self.block_shape_zyx) != 3 or any(int(b) <= 0 for b in self.block_shape_zyx):
@@ -46,5 +66,7 @@ class EvaluateConfig:
             raise ValueError(f"overlap_min_voxels must be >= 1, got {self.overlap_min_voxels}")
         if not self.synapse_match_distance_nm > 0:
             raise ValueError(f"synapse_match_distance_nm must be > 0, got {self.synapse_match_distance_nm}")
+        if self.align_grid_px < 1:
+            raise ValueError(f"align_grid_px must be >= 1, got {self.align_grid_px}")
         if not self.edge_min_synapses or any(k < 1 for k in self.edge_min_synapses):
             raise ValueError(f"edge_min_synapses must be ints >= 1, got {list(self.edge_min_synapses)}")

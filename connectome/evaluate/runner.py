@@ -11,6 +11,9 @@ Which sections are computed from what::
 
     stitching     WS/stitch/tiles.csv             vs  truth/tiles.csv
     alignment     WS raw                          vs  truth raw            (NCC needs WS raw only)
+                  WS/align/transforms + stitch/tiles.csv vs truth/sections.json + tiles.csv
+                                                  criteria (a)-(c), and (d) NCC vs truth raw (align_truth)
+                  (e) --downstream: WS segmentation vs the same segmenter on truth raw (downstream)
     vessels       WS vessel_mask                  vs  truth vessels
     segmentation  WS segmentation                 vs  truth neurons (minus truth vessels)
     synapses      WS/synapses.csv                 vs  truth/synapses.csv   (+ segmentation for partners)
@@ -25,7 +28,8 @@ from pathlib import Path
 from typing import Optional
 
 from connectome.errors import UserInputError
-from connectome.evaluate import alignment, connectivity, masks, segmentation, stitching, synapses, tables
+from connectome.evaluate import (align_truth, alignment, connectivity, downstream, masks, segmentation, stitching,
+                                 synapses, tables)
 from connectome.evaluate.config import EvaluateConfig
 from connectome.evaluate.inputs import TruthSet, WorkspaceOutputs, check_pair, check_voxel_size
 
@@ -39,8 +43,11 @@ def _skip(status: str, reason: str) -> dict:
 
 
 def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
-                       config: Optional[EvaluateConfig] = None) -> dict:
-    """Evaluate what the workspace has; write ``WS/evaluation.json``; return the results."""
+                       config: Optional[EvaluateConfig] = None, workers: Optional[int] = None,
+                       progress: bool = False) -> dict:
+    """Evaluate what the workspace has; write ``WS/evaluation.json``; return the results.
+
+    ``workers`` / ``progress``: for the stages the downstream criterion runs (``config.downstream``)."""
     from connectome.config import config_to_dict
 
     cfg = config or EvaluateConfig()
@@ -83,13 +90,14 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     elif truth_tiles is None:
         results["stitching"] = _skip("no truth", "no truth/tiles.csv")
     else:
-        results["stitching"] = _timed("stitching", stitching.tile_position_errors, ws_tiles, truth_tiles)
+        results["stitching"] = _timed("stitching", stitching.tile_position_errors, ws_tiles, truth_tiles,
+                                      stitching.read_placed(Path(outputs.path) / "stitch" / "tiles.csv"))
 
     # ---- alignment
     if not outputs.has("raw"):
         results["alignment"] = _skip("not run", "no raw in WS/volume.zarr")
     else:
-        results["alignment"] = _timed("alignment", _alignment, outputs, truth, cfg)
+        results["alignment"] = _timed("alignment", _alignment, outputs, truth, cfg, ws_tiles, truth_tiles)
 
     # ---- vessels
     if not outputs.has("vessel_mask"):
@@ -116,6 +124,17 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
         results["segmentation"]["ignored_truth_vessels"] = truth.has("vessels")
         seg_map = segmentation.segment_to_truth_map(table)
         log.info("evaluate: segmentation done in %.1f s", time.perf_counter() - t0)
+
+    # ---- alignment criterion (e), downstream (needs the segmentation section)
+    if results["alignment"].get("status") == "ok":
+        if not cfg.downstream:
+            results["alignment"]["downstream"] = {
+                **_skip("not requested", "opt-in: connectome evaluate --downstream"),
+                "target": cfg.target_downstream_arand}
+        else:
+            results["alignment"]["downstream"] = _timed(
+                "alignment downstream", downstream.run_downstream, outputs, truth, results.get("segmentation"),
+                cfg, workers, progress)
 
     # ---- synapses
     if ws_syn is None:
@@ -155,7 +174,7 @@ def _timed(name: str, fn, *args):
     return out
 
 
-def _alignment(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig) -> dict:
+def _alignment(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig, ws_tiles, truth_tiles) -> dict:
     ws_raw = outputs.array("raw")
     out: dict = {"status": "ok"}
     if truth.has("raw"):
@@ -163,12 +182,39 @@ def _alignment(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig) 
                                        cfg.residual_flag_px, cfg.block_shape_zyx))
     else:
         out["residual_note"] = "no raw in truth.zarr: residuals not computed"
-    ncc = alignment.neighbour_ncc(ws_raw, cfg.block_shape_zyx)
+    ws_pairs = alignment.pair_ncc(ws_raw, cfg.block_shape_zyx)
+    ncc = alignment.ncc_summary(ws_pairs)
     out["ncc_neighbour_mean"] = ncc["mean"]
     out["ncc_neighbour_min"] = ncc["min"]
     out["ncc_neighbour_pairs"] = ncc["n_pairs"]
+    truth_pairs = None
     if truth.has("raw"):
-        ref = alignment.neighbour_ncc(truth.array("raw"), cfg.block_shape_zyx)
+        truth_pairs = alignment.pair_ncc(truth.array("raw"), cfg.block_shape_zyx)
+        ref = alignment.ncc_summary(truth_pairs)
         out["truth_ncc_neighbour_mean"] = ref["mean"]
         out["truth_ncc_neighbour_min"] = ref["min"]
+
+    # criteria (a)-(c): the section transforms against the truth's
+    targets = {"adjacent_median_px": cfg.target_adjacent_median_px, "adjacent_p95_px": cfg.target_adjacent_p95_px,
+               "accumulated_px": cfg.target_accumulated_px, "drift_px_per_section": cfg.target_drift_px_per_section}
+    crit = align_truth.evaluate_transforms(outputs.path, truth.path, ws_tiles, truth_tiles, outputs.shape_zyx,
+                                           cfg.align_grid_px, targets)
+    out["transform_scoring"] = crit.pop("scoring")
+    out.update(crit)
+    # criterion (d)
+    if truth_pairs is None:
+        out["over_registration"] = {**_skip("no truth", "no raw in truth.zarr"),
+                                    "target": cfg.target_over_registration_ncc}
+    else:
+        # on smoothed sections: resampling alone (stitch and align each interpolate once) smooths
+        # the pixel noise and raises the raw neighbour NCC well above the truth's (see align_truth)
+        sm = cfg.over_registration_smooth_px
+        left_out = align_truth.flagged_sections(outputs.path, truth.path)
+        ws_sm = alignment.pair_ncc(ws_raw, cfg.block_shape_zyx, sm) if sm > 0 else ws_pairs
+        truth_sm = alignment.pair_ncc(truth.array("raw"), cfg.block_shape_zyx, sm) if sm > 0 else truth_pairs
+        out["over_registration"] = align_truth.over_registration(ws_sm, truth_sm, left_out,
+                                                                 cfg.target_over_registration_ncc)
+        out["over_registration"]["smooth_px"] = sm
+        raw = align_truth.over_registration(ws_pairs, truth_pairs, left_out, cfg.target_over_registration_ncc)
+        out["over_registration"]["delta_ncc_unsmoothed"] = raw.get("delta_ncc")
     return out

@@ -57,7 +57,7 @@ from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.montage.align import MatchParams, fold_score, register_pair
 from connectome.montage.align_report import write_report  # noqa: F401 (used by the CLI)
 from connectome.montage.align_store import (align_dir, bridge_refs, match_path, n_sections, present_sections,
-                                            prev_section, section_health, stitch_fingerprint, transform_path)
+                                            section_health, step1_refs, stitch_fingerprint, transform_path)
 from connectome.montage.compose import Compose
 from connectome.montage.store import is_driver_process, open_montages  # noqa: F401 (used by the CLI)
 from connectome.montage.warp import DisplacementGrid
@@ -72,6 +72,9 @@ STAGES = ("align", "align-bridge", "align-render")
 class AlignConfig:
     #: registration of one section pair (coarse affine, patches, filtering, smooth field)
     pair: MatchParams = field(default_factory=MatchParams)
+    #: match every section to this many preceding sections (1 = its predecessor only); more
+    #: gives the joint solve redundant matches (weight 1/distance), at that many times the cost
+    neighbours: int = 1
     #: bridge bad sections by matching to z-2 .. z-max_skip
     max_skip: int = 4
     #: node spacing (px) of the stored section transforms over the aligned frame
@@ -89,8 +92,8 @@ class AlignConfig:
     blockwise: BlockwiseConfig = field(default_factory=lambda: BlockwiseConfig(block_shape_zyx=(8, 256, 256)))
 
     def __post_init__(self):
-        if self.max_skip < 1 or self.grid_spacing_px < 4:
-            raise ValueError("max_skip >= 1 and grid_spacing_px >= 4 are required")
+        if self.max_skip < 1 or self.grid_spacing_px < 4 or self.neighbours < 1:
+            raise ValueError("max_skip >= 1, neighbours >= 1 and grid_spacing_px >= 4 are required")
         if self.interpolation_order not in (0, 1, 3):
             raise ValueError(f"interpolation_order must be 0, 1 or 3, got {self.interpolation_order}")
 
@@ -155,11 +158,7 @@ def plan_match(workspace: str | Path, config: AlignConfig = AlignConfig(), resta
     """Step 1: every section against its predecessor."""
     present, attrs = present_sections(workspace)
     n = n_sections(workspace)
-    refs = [tuple() for _ in range(n)]
-    for z in present:
-        p = prev_section(present, z)
-        if p is not None:
-            refs[z] = (p,)
+    refs = step1_refs(present, n, config.neighbours)
     fp = {"stitch": stitch_fingerprint(attrs), "config": config_to_dict(config), "refs": [list(r) for r in refs]}
     return Task("align", Path(workspace), BlockGrid((n, 1, 1), (1, 1, 1)),
                 MatchSection(str(workspace), tuple(refs), config.pair), fp, (),
@@ -171,7 +170,9 @@ def plan_bridge(workspace: str | Path, config: AlignConfig = AlignConfig()) -> T
     present, attrs = present_sections(workspace)
     n = n_sections(workspace)
     failed, folded = section_health(workspace, present, config.max_fold_score)
-    refs = bridge_refs(present, n, failed | folded, config.max_skip)
+    done = step1_refs(present, n, config.neighbours)
+    refs = [tuple(r for r in extra if r not in done[z]) for z, extra in
+            enumerate(bridge_refs(present, n, failed | folded, config.max_skip))]
     fp = {"stitch": stitch_fingerprint(attrs), "config": config_to_dict(config), "refs": [list(r) for r in refs]}
     if failed or folded:
         log.info("align: failed matches at z=%s, folds at z=%s; bridging from up to z-%d", sorted(failed),

@@ -42,7 +42,7 @@ def present_sections(workspace) -> tuple[list[int], dict]:
     present = []
     for p in sorted((Path(workspace) / "stitch" / "sections").glob("z*.json")):
         rec = json.loads(p.read_text())
-        if rec.get("status") == "ok":
+        if rec.get("status") not in ("missing", "empty"):  # "ok", or "partial" (a tile left at nominal)
             present.append(int(rec["z"]))
     present = [z for z in present if z < n]
     if not present:
@@ -108,15 +108,19 @@ def bridge_refs(present: list[int], n: int, suspect: set[int], max_skip: int) ->
     return refs
 
 
+def step1_refs(present: list[int], n: int, neighbours: int) -> list[tuple[int, ...]]:
+    """Per z (of ``n``): the ``neighbours`` nearest lower sections with a montage, nearest first."""
+    refs = [tuple() for _ in range(n)]
+    for i, z in enumerate(present):
+        refs[z] = tuple(reversed(present[max(0, i - neighbours):i]))
+    return refs
+
+
 def planned_refs(workspace, present: list[int], n: int, config, with_bridges: bool) -> list[tuple]:
     """Per z: the references steps 1 (and 2) match it to, nearest first."""
-    refs = [tuple() for _ in range(n)]
-    for z in present:
-        p = prev_section(present, z)
-        if p is not None:
-            refs[z] = (p,)
+    refs = step1_refs(present, n, config.neighbours)
     if with_bridges:
         failed, folded = section_health(workspace, present, config.max_fold_score)
         for z, extra in enumerate(bridge_refs(present, n, failed | folded, config.max_skip)):
-            refs[z] = refs[z] + extra
+            refs[z] = refs[z] + tuple(r for r in extra if r not in refs[z])
     return refs

@@ -6,6 +6,7 @@ See :mod:`.align_stage` for the rules (reference section, bridging, bad sections
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from connectome.montage.align_store import (align_dir, match_path, n_sections, p
                                             read_match, section_health, transform_path)
 from connectome.montage.warp import DisplacementGrid, affine_apply, identity_grid
 from connectome.montage.zsolve import Edge, solve
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the config lives with the stage, which imports this module
     from connectome.montage.align_stage import AlignConfig
@@ -82,7 +85,16 @@ def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int],
             has_t.add(z)
             records[z]["fallback"] = "coarse affine"
     nodes = base.nodes()
-    solved = solve(nodes, ref0, [z for z in present[1:] if z in has_t], edges, config.drift_prior)
+    flow: dict = {}
+    solved = solve(nodes, ref0, [z for z in present[1:] if z in has_t], edges, config.drift_prior, info=flow)
+    if flow:
+        log.info("align: content flow estimated at (%.2f, %.2f) px per section (y, x), kept in the volume",
+                 *flow["flow_yx"])
+        atomic_write_text(align_dir(workspace) / "flow.json", json.dumps(
+            {"flow_px_per_section_yx": flow["flow_yx"], "estimated": bool(config.drift_prior.estimate_flow),
+             "meaning": "mean motion of the content from section z to z+1 (y, x px) that the joint solve attributed "
+                        "to the tissue (oblique structures), not to the sections' placement; it is not aligned away"},
+            indent=1))
     transforms = {ref0: base}
     transforms.update({z: DisplacementGrid(base.origin_yx, base.spacing, u) for z, u in solved.items()})
     # bad sections without any transform: interpolate between good neighbours

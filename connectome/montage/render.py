@@ -4,7 +4,7 @@ The montage of a section is stored on a *canvas*: array element ``[i, j]`` holds
 frame point ``(y, x) = (i - offset_y, j - offset_x)`` (``offset_yx`` >= 0 leaves room for tiles
 that land left of or above tile (0, 0)). A tile at position ``p = (py, px)`` (float) puts its
 element ``[k, l]`` at ``p + (k, l)``; the canvas pixel at point ``q`` therefore samples the tile
-at ``t = q - p`` (cubic spline, ``scipy.ndimage.shift``) and is a weighted mean over the tiles
+at ``t = q - p`` (cubic spline; see :func:`_shift_tile`) and is a weighted mean over the tiles
 that cover it::
 
     montage(q) = sum_t w_t(q) g_t tile_t(q - p_t) / sum_t w_t(q)
@@ -74,6 +74,21 @@ def estimate_gains(tiles: list[np.ndarray], positions_yx: np.ndarray, pairs: lis
     return np.exp(log_g - log_g.mean())
 
 
+def _shift_tile(tile: np.ndarray, frac_yx, order: int) -> np.ndarray:
+    """``out[k, l] = tile(k - frac_y, l - frac_x)`` (spline of ``order``; edges extended as
+    "nearest"). Order 3, the default, is done separably with four taps per axis on the spline
+    coefficients (:func:`.pairwise.sample_shifted`), several times faster than
+    ``ndimage.shift`` and equal to it up to rounding away from the outermost 2 px."""
+    if order != 3:
+        return ndimage.shift(tile.astype(np.float32), frac_yx, order=order, mode="nearest", prefilter=order > 1)
+    from connectome.montage.pairwise import sample_shifted
+
+    pad = 4
+    padded = np.pad(np.asarray(tile, dtype=np.float32), pad, mode="edge")
+    coeffs = ndimage.spline_filter(padded, order=3, output=np.float32, mode="mirror")
+    return sample_shifted(coeffs, (pad - float(frac_yx[0]), pad - float(frac_yx[1])), tile.shape)
+
+
 def render_montage(tiles: list[np.ndarray], positions_yx: np.ndarray, gains: np.ndarray,
                    canvas_hw: tuple[int, int], offset_yx: tuple[int, int], feather_px: float,
                    order: int = 3) -> tuple[np.ndarray, np.ndarray, int]:
@@ -86,7 +101,7 @@ def render_montage(tiles: list[np.ndarray], positions_yx: np.ndarray, gains: np.
         q = np.asarray(pos, dtype=np.float64) + np.asarray(offset_yx, dtype=np.float64)
         base = np.floor(q).astype(int)
         frac = q - base
-        shifted = ndimage.shift(tile.astype(np.float32), frac, order=order, mode="nearest", prefilter=order > 1)
+        shifted = _shift_tile(tile, frac, order)
         weight = np.outer(_ramp(h, frac[0], feather_px), _ramp(w, frac[1], feather_px))
         y0, x0 = base
         cy0, cx0 = max(y0, 0), max(x0, 0)
@@ -97,9 +112,12 @@ def render_montage(tiles: list[np.ndarray], positions_yx: np.ndarray, gains: np.
             continue
         ts = (slice(cy0 - y0, cy1 - y0), slice(cx0 - x0, cx1 - x0))
         wt = weight[ts]
-        num[cy0:cy1, cx0:cx1] += wt * (np.float32(gain) * shifted[ts])
+        num[cy0:cy1, cx0:cx1] += (wt * np.float32(gain)) * shifted[ts]
         den[cy0:cy1, cx0:cx1] += wt
     covered = den > 0
     montage = np.zeros(canvas_hw, dtype=np.float32)
-    np.divide(num, den, out=montage, where=covered)
+    rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
+    if rows.size:   # only the tiles' bounding box needs the division
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        np.divide(num[box], den[box], out=montage[box], where=covered[box])
     return montage, covered, clipped

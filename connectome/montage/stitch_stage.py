@@ -3,10 +3,37 @@
 One block = one section (``BlockGrid((n_sections, 1, 1), (1, 1, 1))``, block ``z{k}_y0_x0``
 is the k-th section counted from the manifest's first section). A block reads the section's
 tiles, registers every pair of overlapping neighbours on their overlap strips
-(:func:`.pairwise.match_overlap`), places the tiles by robust least squares
+(:func:`.pairwise.match_overlap`), places the tiles by robust least squares with loop checks
 (:mod:`.solve`), equalises tile gains and renders the montage with feathered seams
 (:mod:`.render`). Sections are independent, so any executor runs them in parallel; each
 finished section leaves a done-marker and is skipped on resume.
+
+Search. Every offset within ``+/-search_px`` of the nominal one (default ``2 *
+stage_jitter_px + 2`` = 32 px: +/-15 px of stage jitter on both tiles) is scored by the
+masked NCC over that offset's own overlap, as long as the overlap is at least
+``min_overlap_px`` (6) wide; so small overlaps (5% of a tile) with large jitter are found,
+and a pair whose tiles do not overlap by that much anywhere in the search (a gap) has no match.
+
+Acceptance (the evidence of a pair, taken together; column ``evidence`` of ``pairs.csv``):
+
+* ``none``: no offset overlaps enough, no contrast, the peak is at the edge of the search, its
+  significance ``z`` is below ``min_z`` (2) or its NCC after registration below ``min_ncc``.
+  ``z`` = Fisher z of the NCC times the square root of the number of independent samples in
+  the overlap (see :mod:`.pairwise`): a high NCC over a wide strip is strong evidence even if a
+  repetitive texture gives a second peak almost as high (low peak ratio); a high NCC that rests
+  on one large smooth structure (a broad peak) is weak evidence;
+* ``strong`` (``z >= strong_z``, 8): trusted on its own;
+* ``weak``: used only if it lies on a loop of tiles that closes (e.g. the 4 tiles of a grid
+  square) -- unconfirmed weak pairs are dropped;
+* ``ambiguous`` is appended when the peak ratio is below ``min_peak_ratio`` or the sharpness
+  below ``min_sharpness``: such a pair is the first suspect when a loop does not close.
+
+The nominal offset enters as a prior of width ``stage_jitter_px`` that breaks near-ties between
+peaks, and when a loop does not close, the pair with the least evidence (weak, ambiguous, low
+``z``, far from nominal) switches to an alternative peak that closes it or is dropped (see
+:mod:`.solve`). A tile is left at its nominal stage position (relative to the registered
+ones) only when none of its pairs survives; then the section's status is ``partial`` and the
+tile is named (``sections.csv`` ``isolated``, ``tiles.csv`` ``placed``, the log's summary).
 
 Outputs (``WS/stitch/``)::
 
@@ -15,9 +42,30 @@ Outputs (``WS/stitch/``)::
       coverage               uint8 {0, 1}: 1 where at least one tile covers the pixel
     sections/z00000.json     one result file per section (written by its block, atomically)
     tiles.csv                section,row,col,x,y,nominal_x,nominal_y,gain,group,placed
-    pairs.csv                one row per neighbour pair: offsets, peak quality, residual, accepted
-    sections.csv             one row per section: status, counts, residuals, isolated tiles
+    pairs.csv                one row per neighbour pair (columns below)
+    sections.csv             one row per section (columns below)
     bad_tiles.csv            tiles left out with --skip-bad-tiles, and why
+
+``tiles.csv`` ``placed``: ``solved`` (registered to the section's main group), ``single`` (the
+only tile of its section), ``isolated`` (no usable pair: at its nominal position relative to
+the main group) or ``detached group`` (registered only to tiles that are themselves not
+connected to the main group: the group sits at its nominal position). ``group``: 0 = main.
+
+``pairs.csv``: ``section,row_a,col_a,row_b,col_b,nominal_dx,nominal_dy`` (nominal offset of b
+relative to a), ``dx,dy`` (measured; the alternative peak if the solve switched to one),
+``ncc`` (after subpixel registration), ``peak_ratio``, ``sharpness``, ``search_px``,
+``accepted`` (evidence not ``none``), ``used`` (kept by the solve), ``residual_px`` (after the
+solve), and added here: ``z``, ``evidence`` (``strong``/``weak`` [``ambiguous``] / ``none``),
+``deviation_px`` (``|measured - nominal|``), ``std_px`` (1-sigma of the offset),
+``overlap_px`` (width of the overlap at the measured offset), ``alternatives`` (number of
+alternative peaks kept), ``loop_residual_px`` (leave-one-out residual on a loop; empty when the
+pair is on no loop), ``reason`` (why not accepted / not used, or that an alternative was chosen).
+
+``sections.csv``: ``section,z,status,n_tiles,n_bad_tiles,n_pairs,n_accepted,n_used,n_dropped,
+n_groups,n_at_nominal,isolated,residual_median_px,residual_max_px,extent_h,extent_w,
+clipped_tiles,coverage``; ``status`` is ``ok``, ``partial`` (``n_at_nominal`` tiles, named in
+``isolated``, placed at their nominal positions), ``missing`` (no tiles) or ``empty`` (no
+readable tiles).
 
 ``x, y`` in ``tiles.csv`` are the estimated top-left positions in the section's montage frame,
 whose origin is the top-left of the section's tile (row 0, col 0) (so that tile is at 0, 0;
@@ -65,17 +113,28 @@ class StitchConfig:
     skip_bad_tiles: bool = False
     #: (y, x) size of the aligned frame; None = the first section's nominal montage extent
     frame_shape_yx: Optional[tuple[int, int]] = None
-    #: search range (+/- px) around the nominal offset of two neighbours
-    max_shift_px: int = 12
-    #: smallest template edge (px) of an overlap strip; the search range shrinks to keep it
-    min_template_px: int = 8
+    #: plausible stage jitter of one tile (+/- px). The search covers it on both tiles
+    #: (``max_shift_px``), it is the width of the prior that breaks near-ties between peaks,
+    #: and a weak match on no loop must lie within it of the nominal offset
+    stage_jitter_px: float = 15.0
+    #: search range (+/- px) around the nominal offset of two neighbours; None = 2 * stage_jitter_px + 2
+    max_shift_px: Optional[int] = None
+    #: an offset is scored only if it leaves an overlap at least this wide (px) along both axes
+    min_overlap_px: int = 6
+    #: the old name of min_overlap_px (used when set)
+    min_template_px: Optional[int] = None
     #: neighbours count only if their nominal overlap spans this fraction of the tile edge
     min_overlap_fraction: float = 0.5
     #: Gaussian smoothing (noise) and optional high-pass (shading) before matching, px
     smooth_sigma_px: float = 1.0
     highpass_sigma_px: float = 0.0
-    #: acceptance of a pair: NCC peak, peak ratio (best / second local maximum), sharpness
-    min_ncc: float = 0.3
+    #: evidence of a pair (see the module docstring): significance z of its NCC peak below
+    #: min_z or NCC below min_ncc = no match; z >= strong_z = strong (trusted alone); between = weak
+    min_z: float = 2.0
+    strong_z: float = 8.0
+    min_ncc: float = 0.2
+    #: a peak with a ratio to the second peak below min_peak_ratio or a sharpness below
+    #: min_sharpness is *ambiguous*: still used, but the first suspect when a loop does not close
     min_peak_ratio: float = 1.1
     min_sharpness: float = 0.02
     #: pairs whose residual after the solve exceeds this are dropped (worst first), px
@@ -98,8 +157,22 @@ class StitchConfig:
             raise ValueError(f"voxel_size_nm must be positive, got {list(self.voxel_size_nm)}")
         if self.frame_shape_yx is not None and any(v <= 0 for v in self.frame_shape_yx):
             raise ValueError(f"frame_shape_yx must be positive, got {list(self.frame_shape_yx)}")
-        if self.max_shift_px < 1 or self.min_template_px < 3:
-            raise ValueError("max_shift_px must be >= 1 and min_template_px >= 3")
+        if (self.max_shift_px is not None and self.max_shift_px < 1) or self.min_overlap_px < 3 or \
+                (self.min_template_px is not None and self.min_template_px < 3):
+            raise ValueError("max_shift_px must be >= 1 and min_overlap_px (min_template_px) >= 3")
+        if not self.stage_jitter_px >= 0 or not 0 <= self.min_z <= self.strong_z:
+            raise ValueError("stage_jitter_px must be >= 0 and 0 <= min_z <= strong_z")
+
+    @property
+    def search_px(self) -> int:
+        """The +/- search range around the nominal offset of two neighbours."""
+        if self.max_shift_px is not None:
+            return int(self.max_shift_px)
+        return int(math.ceil(2 * self.stage_jitter_px)) + 2
+
+    @property
+    def overlap_min_px(self) -> int:
+        return int(self.min_template_px if self.min_template_px is not None else self.min_overlap_px)
         if not 0 < self.min_overlap_fraction <= 1:
             raise ValueError(f"min_overlap_fraction must be in (0, 1], got {self.min_overlap_fraction}")
         if not 0 <= self.interpolation_order <= 5:
@@ -222,9 +295,29 @@ class StitchSection:
 
     def __call__(self, block: Block) -> None:
         z = block.index_zyx[0]
-        result = stitch_section(z, self.tiles[z], self.origins[z], self.spec, self.intensity, self.layout,
-                                self.config, montages_path(self.workspace))
+        with _one_blas_thread():
+            result = stitch_section(z, self.tiles[z], self.origins[z], self.spec, self.intensity, self.layout,
+                                    self.config, montages_path(self.workspace))
         atomic_write_text(section_result_path(self.workspace, z), json.dumps(result, indent=1))
+
+
+_BLAS = []
+
+
+def _one_blas_thread():
+    """Sections run in parallel already: one BLAS thread per section (the small solves of a
+    section are many times slower when BLAS threads contend for the cores)."""
+    import contextlib
+
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except ImportError:  # optional
+            _BLAS.append(None)
+    if _BLAS[0] is None:
+        return contextlib.nullcontext()
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _as_float_tile(img: np.ndarray, intensity: IntensityMap) -> np.ndarray:
@@ -232,6 +325,27 @@ def _as_float_tile(img: np.ndarray, intensity: IntensityMap) -> np.ndarray:
         return img.astype(np.float32)
     scale = np.float32(255.0 / max(intensity.hi - intensity.lo, 1e-9))
     return np.clip((img.astype(np.float32) - np.float32(intensity.lo)) * scale, 0, 255)
+
+
+_ARRAYS: dict = {}
+
+
+def _montage_arrays(montage_store: Path):
+    """(montage, coverage) arrays of the store, opened once per process (opening costs a few ms
+    per section); reopened when the store was recreated (its metadata files changed)."""
+    stamp = []
+    for name in ("zarr.json", "montage/zarr.json", "coverage/zarr.json"):
+        try:
+            st = (Path(montage_store) / name).stat()
+            stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            stamp.append(None)
+    key = (str(Path(montage_store).resolve()), tuple(stamp))
+    if key not in _ARRAYS:
+        group = _open_montages(montage_store, mode="r+")
+        _ARRAYS.clear()
+        _ARRAYS[key] = (group["montage"], group["coverage"])
+    return _ARRAYS[key]
 
 
 def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSpec, intensity: IntensityMap,
@@ -242,7 +356,7 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
     from connectome.montage.solve import PairEq, solve_positions
 
     section = layout.first_section + z
-    group = _open_montages(montage_store, mode="r+")
+    arrays = _montage_arrays(montage_store)
     canvas = np.zeros(layout.canvas_hw, dtype=np.uint8)
     covered = np.zeros(layout.canvas_hw, dtype=np.uint8)
     record = {"section": section, "z": z, "status": "missing", "tiles": [], "pairs": [], "bad_tiles": []}
@@ -264,42 +378,60 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
         origin_offset = None if (is00 or origin00 is None) else tuple(-nominal[ref])
         filtered = [prefilter(im, cfg.smooth_sigma_px, cfg.highpass_sigma_px) for im in images]
         pair_idx = neighbour_pairs(nominal, spec.shape_hw, cfg.min_overlap_fraction)
+        search, min_ov, jitter = cfg.search_px, cfg.overlap_min_px, float(cfg.stage_jitter_px)
         rows, eqs, eq_rows = [], [], []
         for a, b in pair_idx:
             d0 = nominal[b] - nominal[a]
-            m = match_overlap(filtered[a], filtered[b], (float(d0[0]), float(d0[1])), cfg.max_shift_px,
-                              cfg.min_template_px)
+            m = match_overlap(filtered[a], filtered[b], (float(d0[0]), float(d0[1])), search, min_ov,
+                              prior_sigma_px=max(jitter, 1.0))
             row = {"row_a": kept[a].row, "col_a": kept[a].col, "row_b": kept[b].row, "col_b": kept[b].col,
-                   "nominal_dx": float(d0[1]), "nominal_dy": float(d0[0])}
+                   "nominal_dx": float(d0[1]), "nominal_dy": float(d0[0]), "search_px": search}
             reasons = []
             if m is None:
-                reasons.append("overlap too small")
+                reasons.append(f"no overlap of >= {min_ov} px within +/-{search} px of the nominal offset")
+            elif m.note:
+                reasons.append(m.note)
             else:
                 pk = m.peak
-                row.update(dx=m.offset_yx[1], dy=m.offset_yx[0], ncc=pk.peak, peak_ratio=min(pk.peak_ratio, 99.0),
-                           sharpness=pk.sharpness, search_px=m.search_px)
+                dev = float(np.hypot(m.offset_yx[0] - d0[0], m.offset_yx[1] - d0[1]))
+                row.update(dx=m.offset_yx[1], dy=m.offset_yx[0], ncc=m.ncc, z=m.z,
+                           peak_ratio=min(pk.peak_ratio, 99.0), sharpness=pk.sharpness, deviation_px=dev,
+                           std_px=float(np.hypot(*m.std_yx)) if np.all(np.isfinite(m.std_yx)) else float("nan"),
+                           overlap_px=int(min(m.overlap_hw)), alternatives=len(m.alternatives))
                 if pk.at_border:
-                    reasons.append(f"peak at the edge of the +/-{m.search_px} px search")
-                if pk.peak < cfg.min_ncc:
-                    reasons.append(f"ncc {pk.peak:.2f} < {cfg.min_ncc}")
-                if pk.peak_ratio < cfg.min_peak_ratio:
-                    reasons.append(f"peak ratio {pk.peak_ratio:.2f} < {cfg.min_peak_ratio}")
-                if pk.sharpness < cfg.min_sharpness:
-                    reasons.append(f"sharpness {pk.sharpness:.3f} < {cfg.min_sharpness}")
+                    reasons.append(f"peak at the edge of the search (+/-{search} px, overlap >= {min_ov} px): "
+                                   "the tiles may not overlap there")
+                elif m.z < cfg.min_z or m.ncc < cfg.min_ncc:
+                    reasons.append(f"no significant match (z {m.z:.1f}, need >= {cfg.min_z:g}; ncc {m.ncc:.2f})"
+                                   if m.z < cfg.min_z else f"ncc {m.ncc:.2f} < {cfg.min_ncc:g}")
+            if reasons:
+                row["evidence"] = "none"
+            else:
+                strong = m.z >= cfg.strong_z
+                ambiguous = m.peak.peak_ratio < cfg.min_peak_ratio or m.peak.sharpness < cfg.min_sharpness
+                row["evidence"] = ("strong" if strong else "weak") + (" ambiguous" if ambiguous else "")
+                eq_rows.append(len(rows))
+                eqs.append(PairEq(a, b, m.offset_yx, m.std_yx, strong, ambiguous,
+                                  tuple((c.offset_yx, c.std_yx) for c in m.alternatives), m.z, row["deviation_px"]))
             row["accepted"] = not reasons
             row["reason"] = "; ".join(reasons)
-            if not reasons:
-                eq_rows.append(len(rows))
-                eqs.append(PairEq(a, b, m.offset_yx))
             rows.append(row)
-        sol = solve_positions(nominal, eqs, ref, cfg.max_residual_px, origin_offset_yx=origin_offset)
+        sol = solve_positions(nominal, eqs, ref, cfg.max_residual_px, origin_offset_yx=origin_offset,
+                              jitter_px=max(jitter, 1.0))
         for row in rows:
             row["used"] = False
         for k, r_i in enumerate(eq_rows):
-            rows[r_i]["used"] = bool(sol.used[k])
-            rows[r_i]["residual_px"] = float(sol.residual_px[k])
+            row = rows[r_i]
+            row["used"] = bool(sol.used[k])
+            row["residual_px"] = float(sol.residual_px[k])
+            row["loop_residual_px"] = float(sol.loop_residual_px[k])
+            if sol.chosen[k]:
+                alt = eqs[k].alternatives[sol.chosen[k] - 1][0]
+                row.update(dx=float(alt[1]), dy=float(alt[0]),
+                           deviation_px=float(np.hypot(alt[0] - row["nominal_dy"], alt[1] - row["nominal_dx"])))
+                row["reason"] = f"alternative peak {sol.chosen[k]} chosen: it closes the loops"
             if not sol.used[k]:
-                rows[r_i]["reason"] = f"dropped by the solve (residual {sol.residual_px[k]:.2f} px)"
+                row["reason"] = sol.reasons[k]
         used_pairs = [(e.a, e.b) for e, u in zip(eqs, sol.used) if u]
         gains = (estimate_gains(images, sol.positions_yx, used_pairs) if cfg.gain_correction
                  else np.ones(len(images)))
@@ -323,10 +455,10 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
                                     "nominal_y": float(nominal_solved[i, 0]), "gain": float(gains[i]),
                                     "group": int(sol.component[i]), "placed": placed if len(kept) > 1 else "single"})
         res_used = sol.residual_px[sol.used] if len(eqs) else np.zeros(0)
-        record.update(status="ok", pairs=rows, summary={
+        record.update(status="partial" if isolated else "ok", pairs=rows, summary={
             "n_tiles": len(kept), "n_pairs": len(rows), "n_accepted": len(eqs), "n_used": int(sol.used.sum()),
             "n_dropped": sol.n_dropped, "n_groups": int(sol.component.max()) + 1 if len(kept) else 0,
-            "isolated": " ".join(isolated),
+            "n_at_nominal": len(isolated), "isolated": " ".join(isolated),
             "residual_median_px": float(np.median(res_used)) if res_used.size else float("nan"),
             "residual_max_px": float(res_used.max()) if res_used.size else float("nan"),
             "extent_h": int(math.ceil(float((sol.positions_yx[:, 0] + spec.shape_hw[0]).max()))),
@@ -334,8 +466,8 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
             "clipped_tiles": clipped, "coverage": float(cov.mean())})
     if tiles and not kept:
         record["status"] = "empty"
-    group["montage"][z] = canvas
-    group["coverage"][z] = covered
+    arrays[0][z] = canvas
+    arrays[1][z] = covered
     return json.loads(json.dumps(record, allow_nan=True))
 
 
@@ -382,8 +514,12 @@ class PrepareOutputs:
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         group = _open_montages(path, mode="w")
+        from zarr.codecs import ZstdCodec
+
         for name in ("montage", "coverage"):
-            group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0)
+            # zstd level 1: about as small as the default level for these images, and faster
+            group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
+                               compressors=ZstdCodec(level=1))
         group.attrs["montage"] = attrs
 
 

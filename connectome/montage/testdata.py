@@ -20,6 +20,15 @@ Section transform (as in :mod:`connectome.synth.acquisition`)::
 
 with ``A_0 = I, t_0 = 0, e_0 = 0``; tile (row, col) of section z has its top-left at
 ``origin_z + (row, col) * step + jitter`` (integer jitter; section 0's tile (0, 0) exact).
+
+Options for robustness tests of stitching: ``texture`` ("em", the default; "smooth": large
+soft blobs and no membranes, so correlation peaks are broad; "periodic": a lattice of blobs
+with a 14 px period under a weak irregular texture, so correlation surfaces have many nearly
+equal peaks), ``jitter_px`` up to the overlap and beyond, ``vignetting`` (every tile is
+multiplied by ``1 - vignetting * (r / r_corner)^2`` about its centre, before its gain and
+offset), ``gain_sigma``, ``tile_shifts`` (extra true displacements of single tiles, e.g. to
+open a gap between a tile and its neighbours) and ``blank_tiles`` (tiles that show no tissue:
+a constant gray plus noise).
 """
 
 from __future__ import annotations
@@ -32,10 +41,22 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
-def texture(shape_hw, seed: int) -> np.ndarray:
-    """An EM-like texture in 0..255: cell-like blobs with dark membranes, plus fine grain."""
+def texture(shape_hw, seed: int, kind: str = "em") -> np.ndarray:
+    """An EM-like texture in 0..255: cell-like blobs with dark membranes, plus fine grain
+    (``kind="em"``); or a smooth or periodic one (see the module docstring)."""
     rng = np.random.default_rng(seed)
     h, w = shape_hw
+    if kind == "smooth":
+        img = 128 + 45 * ndi.gaussian_filter(rng.normal(size=(h, w)), 9) / 0.031
+        return np.clip(img, 0, 255).astype(np.float32)
+    if kind == "periodic":
+        yy, xx = np.mgrid[:h, :w].astype(np.float32)
+        lattice = np.cos(2 * np.pi * yy / 14.0) * np.cos(2 * np.pi * xx / 14.0)
+        weak = ndi.gaussian_filter(rng.normal(size=(h, w)), 2.0) / 0.14
+        img = 128 + 52 * lattice + 8 * weak
+        return np.clip(ndi.gaussian_filter(img, 0.8), 0, 255).astype(np.float32)
+    if kind != "em":
+        raise ValueError(f"texture kind must be 'em', 'smooth' or 'periodic', got {kind!r}")
     n = max(8, h * w // 900)
     pts = rng.uniform(0, 1, (n, 2)) * (h, w)
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
@@ -79,18 +100,28 @@ def inverse(tr: dict, m: np.ndarray, iterations: int = 10) -> np.ndarray:
 def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 150, overlap: float = 0.115,
                  jitter_px: int = 2, drift_px: float = 6.0, rotation_deg: float = 0.25, scale: float = 0.002,
                  elastic_px: float = 1.0, elastic_spacing: float = 128.0, noise: float = 8.0,
-                 noise_sections=(), seed: int = 0) -> Path:
+                 noise_sections=(), seed: int = 0, texture_kind: str = "em", vignetting: float = 0.0,
+                 gain_sigma: float = 0.025, tile_shifts=None, blank_tiles=()) -> Path:
     """Write a known-answer dataset (see the module docstring); ``noise_sections`` are replaced
-    by pure noise (damaged beyond use)."""
+    by pure noise (damaged beyond use); ``tile_shifts`` maps ``(section, row, col)`` to an extra
+    true displacement ``(dy, dx)`` (integers); ``blank_tiles`` lists ``(section, row, col)``."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     h, w = frame_hw
+    tile_shifts = {tuple(k): tuple(int(v) for v in d) for k, d in (tile_shifts or {}).items()}
+    blank_tiles = {tuple(k) for k in blank_tiles}
+    extra = max([abs(v) for d in tile_shifts.values() for v in d] + [0])
     step = int(round(tile_px * (1 - overlap)))
     pad = int(np.ceil(drift_px + 2 * elastic_px + rotation_deg * np.pi / 180 * max(h, w) + jitter_px)) + 4
     rows = max(1, int(np.ceil((h + 2 * pad - tile_px) / step)) + 1)
     cols = max(1, int(np.ceil((w + 2 * pad - tile_px) / step)) + 1)
-    margin = pad + step + 2 * jitter_px + 8
-    world = texture((h + 2 * margin, w + 2 * margin), seed)
+    margin = pad + step + 2 * jitter_px + 8 + extra
+    world = texture((h + 2 * margin, w + 2 * margin), seed, texture_kind)
+    vig = None
+    if vignetting:
+        c = (tile_px - 1) / 2.0
+        yy, xx = np.mgrid[:tile_px, :tile_px].astype(np.float64)
+        vig = 1.0 - vignetting * ((yy - c) ** 2 + (xx - c) ** 2) / (2 * c * c)
     (out / "tiles").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     manifest, true_rows, sections = [], [], []
@@ -124,9 +155,9 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
             lo = forward(tr, edge).min(axis=0)
             origin = tuple(int(np.floor(v)) - jitter_px - int(rng.integers(0, 4)) for v in lo)
         # the section's montage over its tile region, sampled from the world through F^-1
-        y0, x0 = origin[0] - jitter_px, origin[1] - jitter_px
-        y1 = origin[0] + (rows - 1) * step + tile_px + jitter_px
-        x1 = origin[1] + (cols - 1) * step + tile_px + jitter_px
+        y0, x0 = origin[0] - jitter_px - extra, origin[1] - jitter_px - extra
+        y1 = origin[0] + (rows - 1) * step + tile_px + jitter_px + extra
+        x1 = origin[1] + (cols - 1) * step + tile_px + jitter_px + extra
         # F^-1 on a 4 px grid, interpolated (error << 0.01 px for these smooth warps)
         gy, gx = np.arange(y0, y1 + 4, 4, dtype=np.float64), np.arange(x0, x1 + 4, 4, dtype=np.float64)
         coarse = inverse(tr, np.stack(np.meshgrid(gy, gx, indexing="ij"), -1).reshape(-1, 2))
@@ -146,8 +177,16 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
                 if z == 0 and r == 0 and cc == 0:
                     j[:] = 0
                 ty, tx = nom[0] + int(j[0]), nom[1] + int(j[1])
+                if (z, r, cc) in tile_shifts:
+                    ty, tx = ty + tile_shifts[(z, r, cc)][0], tx + tile_shifts[(z, r, cc)][1]
                 tile = montage[ty - y0:ty - y0 + tile_px, tx - x0:tx - x0 + tile_px]
+                if (z, r, cc) in blank_tiles:
+                    tile = np.full_like(tile, 140.0)
+                if vig is not None:
+                    tile = tile * vig
                 gain, off = float(np.exp(rng.normal(0, 0.025))), float(rng.normal(0, 2.0))
+                if gain_sigma != 0.025:
+                    gain = float(np.exp(np.log(gain) * gain_sigma / 0.025))
                 img = gain * tile + off + rng.normal(0, noise, tile.shape)
                 if z in noise_sections:
                     img = rng.normal(128, 40, tile.shape)

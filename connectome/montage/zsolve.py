@@ -24,13 +24,24 @@ relative to one match (per node, dimensionless):
 
 These three parts are orthogonal projections of the node field (an orthonormal basis of
 ``1, y, x`` over the nodes), and the match term acts along z only, so the least-squares problem
-splits into one small ``n_sections x n_sections`` sparse system per part, solved for all nodes
-and both components at once::
+splits into one small sparse system per part, solved for all nodes and both components at once.
 
-    (L + lambda_g I) U_g = B,    u = sum_g Pi_g U_g
+Two more unknowns (node fields, shared by all sections) make the prior fair:
 
-``L`` is the weighted graph Laplacian of the matches with the reference section held at 0,
-``B`` the summed match displacements. A weight of 0 gives plain composition (no drift control).
+* ``mu`` -- the common offset of the sections from their stage frames: the prior pulls each
+  section (the reference, which defines the aligned frame, excepted) towards ``mu``, not towards
+  0, so a systematic offset of every stitched frame is not fought against;
+* ``c``  -- the *content flow*: the motion of the tissue from one section to the next that the
+  matches carry (oblique fibres). Each match reads ``u_z - u_r + kappa c = D``, where ``kappa``
+  is the match's distance in sections times its uncertainty in units of ``match_px``
+  (sections that look alike had no content move between them). Sections scatter around their
+  stage frames while the flow accumulates along z, so a trend of the matches along z is told
+  from drift by the stage frames (the stationarity the prior encodes); ``c`` has a weak prior
+  (``flow_px``) and is reported (``info['flow_yx']``, px per section), never applied to the
+  transforms: the aligned volume keeps the tissue's real motion.
+
+Without a prior weight (0) ``c`` is not estimated and the solve is plain composition.
+
 """
 
 from __future__ import annotations
@@ -55,9 +66,16 @@ class DriftPrior:
     #: ``match_px * (1 - c) / c`` (identical sections pin each other; sections whose content
     #: changed a lot -- oblique structures -- say little about the sections' own drift)
     match_px: float = 1.0
+    #: estimate the content flow (a motion shared by the whole stack, in proportion to how much
+    #: a match's sections differ) with the transforms and keep it out of them (only where the
+    #: prior pulls, i.e. its weight > 0); ``flow_px`` is its prior sigma, px per section for a
+    #: match of uncertainty ``match_px``
+    estimate_flow: bool = True
+    flow_px: float = 2.0
+    flow_scales_with_match: bool = True
 
     def __post_init__(self):
-        for k in ("translation_px", "linear_px", "warp_px", "match_px"):
+        for k in ("translation_px", "linear_px", "warp_px", "match_px", "flow_px"):
             if not getattr(self, k) >= 0:
                 raise ValueError(f"drift_prior.{k} must be >= 0, got {getattr(self, k)}")
 
@@ -83,6 +101,16 @@ class Edge:
     disp: object  # callable (n, 2) -> (n, 2)
 
 
+def flow_coefficient(edge: Edge, prior: DriftPrior) -> float:
+    """How much content flow a match carries: its distance in sections times its uncertainty in
+    units of ``match_px`` (sections that look alike had no content move between them)."""
+    k = max(1, edge.z - edge.r)
+    if not prior.flow_scales_with_match:
+        return float(k)
+    sigma = 1.0 / np.sqrt(max(edge.weight, 1e-12) * k)
+    return float(k * sigma / prior.match_px) if prior.match_px > 0 else float(k)
+
+
 def projectors(nodes_yx: np.ndarray) -> list[np.ndarray]:
     """(translation, linear, warp) orthogonal projectors (n x n) of node fields over ``nodes``."""
     pts = np.asarray(nodes_yx, dtype=np.float64).reshape(-1, 2)
@@ -98,11 +126,14 @@ def projectors(nodes_yx: np.ndarray) -> list[np.ndarray]:
 
 
 def solve(nodes_yx: np.ndarray, reference: int, unknowns: list[int], edges: list[Edge], prior: DriftPrior,
-          iterations: int = 2) -> dict[int, np.ndarray]:
+          iterations: int = 2, info: dict | None = None) -> dict[int, np.ndarray]:
     """Node displacements ``u_z`` (ny, nx, 2) for every section of ``unknowns``; ``reference``
-    is held at 0. Every unknown must be connected to the reference through ``edges``."""
-    from scipy.sparse import coo_matrix, identity
-    from scipy.sparse.linalg import splu
+    is held at 0. Every unknown must be connected to the reference through ``edges``.
+
+    With ``prior.estimate_flow`` the content flow ``c`` (a node field, px per section) is
+    estimated with the transforms and kept out of them; ``info`` (a dict), when given,
+    receives ``flow_yx`` (its node mean) and ``flow_field`` (ny, nx, 2)."""
+    from scipy.linalg import cho_factor, cho_solve
 
     shape = np.asarray(nodes_yx).shape
     pts = np.asarray(nodes_yx, dtype=np.float64).reshape(-1, 2)
@@ -111,32 +142,57 @@ def solve(nodes_yx: np.ndarray, reference: int, unknowns: list[int], edges: list
     m = len(unknowns)
     if not m:
         return {}
-    rows, cols, vals = [], [], []
+    # unknowns per node and component: u_0..u_{m-1}, mu (the sections' common offset from their
+    # stage frames), c (content flow per section)
+    imu, ic = m, m + 1
+    design = []  # (weight, coefficients {column: value}) of the match equations
     for e in edges:
-        iz, ir = index[e.z], index.get(e.r)
-        rows.append(iz), cols.append(iz), vals.append(e.weight)
-        if ir is not None:
-            rows += [ir, iz, ir]
-            cols += [ir, ir, iz]
-            vals += [e.weight, -e.weight, -e.weight]
-    lap = coo_matrix((vals, (rows, cols)), shape=(m, m)).tocsc()
-    lams = prior.weights()
-    factors = [splu((lap + (lam + 1e-9) * identity(m, format="csc")).tocsc()) for lam in lams]
+        coef = {index[e.z]: 1.0}
+        if e.r in index:
+            coef[index[e.r]] = -1.0
+        coef[ic] = flow_coefficient(e, prior)
+        design.append((e.weight, coef))
+    factors = []
+    for lam in prior.weights():
+        mat = np.zeros((m + 2, m + 2))
+        for w, coef in design:
+            cols = [k for k in coef if k != ic or (prior.estimate_flow and lam > 0)]
+            for a in cols:
+                for b in cols:
+                    mat[a, b] += w * coef[a] * coef[b]
+        if lam > 0:  # every section near the common offset mu (not the reference: it defines the frame)
+            for z in range(m):
+                mat[z, z] += lam
+                mat[z, imu] -= lam
+                mat[imu, z] -= lam
+            mat[imu, imu] += lam * m
+        mat[np.diag_indices(m + 2)] += 1e-9
+        mat[imu, imu] += 1e-6
+        mat[ic, ic] += 1e-6 + (1.0 / prior.flow_px ** 2 if prior.flow_px > 0 else 0.0)
+        factors.append((cho_factor(mat), prior.estimate_flow and lam > 0))
     proj = projectors(pts)
     u = np.zeros((m, n, 2))
+    flow = np.zeros((n, 2))
     for _ in range(max(1, iterations)):
-        rhs = np.zeros((m, n, 2))
-        for e in edges:
+        rhs = np.zeros((m + 2, n, 2))
+        for (w, coef), e in zip(design, edges):
             ir = index.get(e.r)
             at = pts + (u[ir] if ir is not None else 0.0)
-            d = e.weight * np.asarray(e.disp(at), dtype=np.float64)
-            rhs[index[e.z]] += d
-            if ir is not None:
-                rhs[ir] -= d
+            d = w * np.asarray(e.disp(at), dtype=np.float64)
+            for k, v in coef.items():
+                rhs[k] += v * d
         new = np.zeros_like(u)
-        flat = rhs.reshape(m, 2 * n)
-        for lu, pr in zip(factors, proj):
-            sol = lu.solve(flat).reshape(m, n, 2)
-            new += np.einsum("ij,mjk->mik", pr, sol)
+        flow = np.zeros((n, 2))
+        for (fac, with_flow), pr in zip(factors, proj):
+            r = rhs.copy()
+            if not with_flow:
+                r[ic] = 0.0
+            sol = cho_solve(fac, r.reshape(m + 2, 2 * n)).reshape(m + 2, n, 2)
+            new += np.einsum("ij,mjk->mik", pr, sol[:m])
+            flow += pr @ sol[ic]
         u = new
+    if info is not None:  # in px per section, for the typical match of this stack
+        typical = float(np.median([flow_coefficient(e, prior) / max(1, e.z - e.r) for e in edges])) if edges else 0.0
+        info["flow_yx"] = [float(v) * typical for v in flow.mean(axis=0)]
+        info["flow_field"] = flow.reshape(shape) * typical
     return {z: u[index[z]].reshape(shape) for z in unknowns}

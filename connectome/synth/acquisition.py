@@ -28,6 +28,8 @@ positions are ``stage_origin + (row * step, col * step)``; true positions add st
 section 0 tile (0, 0) is exact). Each section's stage origin is placed so that its tiles cover
 the whole drifted truth frame; section 0's is (0, 0). Each tile has its own detector gain and
 offset (``truth/tiles.csv``: ``v_tile = round(gain * v + offset)``).
+With ``tile_vignetting`` > 0 every tile is also darkened towards its corners before the gain
+and offset: ``v_tile = round(gain * v * (1 - vignetting * (r / r_corner)^2) + offset)``.
 
 Rendering: tile pixels are sampled from the aligned world image (which extends past the truth
 frame by margins computed here, so no drifted edge is ever empty) at ``F_s^-1(m)``: the inverse
@@ -108,6 +110,8 @@ class TileGrid:
     rows: int
     cols: int
     jitter_px: int
+    #: radial falloff of every tile (see :func:`vignetting_profile`); 0 = none
+    vignetting: float = 0.0
 
     @property
     def overlap(self) -> float:
@@ -164,7 +168,12 @@ def _design_grid(extent_y: int, extent_x: int, cfg) -> TileGrid:
     tile = max(MIN_TILE_PX, max(sizes))
     step = int(round(tile * (1 - f)))
     rows, cols = (max(1, int(np.ceil((e - tile) / step)) + 1) for e in (extent_y, extent_x))
-    return TileGrid(tile, step, rows, cols, jit)
+    vig = float(getattr(cfg, "tile_vignetting", 0.0) or 0.0)
+    if not 0.0 <= vig < 1.0:
+        from connectome.errors import UserInputError
+
+        raise UserInputError(f"synth: tile_vignetting must be in [0, 1), got {vig!r}")
+    return TileGrid(tile, step, rows, cols, jit, vig)
 
 
 def _drift(cfg, seed: int, n: int) -> list[SectionTransform]:
@@ -297,11 +306,24 @@ def render_montage(sec: Section, grid: TileGrid, world: np.ndarray, world_origin
     return np.clip(vals, 0, 255).astype(np.float32), (y0, x0)
 
 
+def vignetting_profile(tile_px: int, strength: float) -> np.ndarray:
+    """The multiplicative falloff ``1 - strength * (r / r_corner)^2`` of a square tile, r the
+    distance of a pixel centre from the tile centre, r_corner that of the corner pixels."""
+    c = (tile_px - 1) / 2.0
+    yy, xx = np.mgrid[:tile_px, :tile_px].astype(np.float64)
+    r2 = ((yy - c) ** 2 + (xx - c) ** 2) / max(2 * c * c, 1e-9)
+    return (1.0 - strength * r2).astype(np.float32)
+
+
 def cut_tiles(sec: Section, grid: TileGrid, montage: np.ndarray, origin_yx):
-    """Yield (tile, uint8 image) for every tile of the section."""
+    """Yield (tile, uint8 image) for every tile of the section (vignetted when
+    ``grid.vignetting`` > 0, before the tile's gain and offset)."""
+    vig = vignetting_profile(grid.tile_px, grid.vignetting) if grid.vignetting else None
     for t in sec.tiles:
         y, x = t.true_yx[0] - origin_yx[0], t.true_yx[1] - origin_yx[1]
         v = montage[y:y + grid.tile_px, x:x + grid.tile_px]
+        if vig is not None:
+            v = v * vig
         yield t, np.clip(np.rint(t.gain * v + t.offset), 0, 255).astype(np.uint8)
 
 

@@ -29,6 +29,23 @@ Calibres and densities, with references:
   30-45% of the neurite (Kasthuri et al. 2015, Cell 162:648, Fig. 3 statistics);
 * volume fractions: ~30% dendrites, ~35-45% axons, the rest filled (Chklovskii et al. 2002,
   Neuron 34:341). Glia and somata are not modelled (their volume goes to neurites).
+
+Oriented fibres (off by default): ``fibre_fraction`` of the axon volume is grown as oriented
+fibres that run around one common axis instead of isotropically, as in a fibre tract, stratum
+radiatum or a block cut at an angle to a fascicle. The free axons are grown first, up to their
+share (1 - ``fibre_fraction``) of the axon volume, then the fibres until the bodies cover
+``body_coverage``. The axis is given by the in-plane motion it produces, ``fibre_flow_px``
+(dy, dx) px per section: axis ~ (z, y, x) = (vz, dy * vy, dx * vx) nm for voxel size
+(vz, vy, vx), so a fibre on the axis moves by exactly (dy, dx) px from each section to the next
+and the tissue content as a whole flows that way (measured as ``synth.json`` ->
+``statistics.content_flow``, see :mod:`.flow`; the other content dilutes it, to ~0.6-0.8 of
+``fibre_flow_px`` at 70% fibres). Each fibre's own direction is drawn around the axis
+(``fibre_spread_deg``, sigma per axis); it walks with a longer persistence (``_FIBRE``), is
+pulled back to its direction over ``FIBRE_PULL_NM``, and may only take the
+``FIBRE_CANDIDATES`` directions closest to its current one, so where it is crowded it squeezes
+(down to the radius floor) rather than turn away. Its collaterals branch off as ordinary axons.
+With ``fibre_fraction`` 0 none of this runs and no random number is drawn for it, so the
+default volumes are exactly those made before fibres existed.
 """
 
 from __future__ import annotations
@@ -64,6 +81,11 @@ class _Walk:
 
 
 _AXON = _Walk(4000.0, 1.2, 60.0, 150.0, 35.0, 0.03, 0.12, 0.25)
+_FIBRE = _Walk(20000.0, 1.2, 60.0, 150.0, 35.0, 0.03, 0.12, 0.25)
+#: Length (nm) over which an oriented fibre's direction is pulled back to its own direction.
+FIBRE_PULL_NM = 500.0
+#: How many of the candidate directions (closest first) an oriented fibre may take at a step.
+FIBRE_CANDIDATES = 4
 _DENDRITE = _Walk(10000.0, 0.5, 80.0, 250.0, 150.0, 0.08, 0.10, 0.0)
 
 
@@ -108,6 +130,12 @@ def _perpendicular(rng, t):
     return e / n if n > 1e-9 else _perpendicular(rng, t)
 
 
+def fibre_axis(flow_px, voxel_size_nm) -> np.ndarray:
+    """Unit (z, y, x) direction along which content moves by ``flow_px`` (dy, dx) px per section."""
+    vz, vy, vx = (float(v) for v in voxel_size_nm)
+    return _unit(np.array([vz, float(flow_px[0]) * vy, float(flow_px[1]) * vx]))
+
+
 class NeuropilBuilder:
     """Grows the neurites of one world box (nm) into a shared clearance grid."""
 
@@ -144,18 +172,21 @@ class NeuropilBuilder:
         return lo[0] <= p[0] <= hi[0] and lo[1] <= p[1] <= hi[1] and lo[2] <= p[2] <= hi[2]
 
     # ------------------------------------------------------------------ walking
-    def _walk(self, start, d, r0: float, kp: _Walk, skip_nm: float = 0.0):
+    def _walk(self, start, d, r0: float, kp: _Walk, skip_nm: float = 0.0, toward=None):
+        """One persistent random walk from ``start``; ``toward``: a unit direction the walk is
+        pulled back to over ``FIBRE_PULL_NM`` (oriented fibres), None for a free walk."""
         rng = self.rng
         pts, rads = [np.asarray(start, float)], [r0]
         p, d = pts[0].copy(), _unit(np.asarray(d, float))
         lr, travelled = 0.0, 0.0
         bouton_pos, bouton_len, bouton_r = -1.0, 0.0, 0.0
         corr = 1000.0
-        scales = _CAND_SCALES[:, None]
+        # a fibre tries only the directions near its own and squeezes rather than turn away
+        scales = (_CAND_SCALES if toward is None else _CAND_SCALES[:FIBRE_CANDIDATES])[:, None]
         nbuf, bi = 128, 128
         for _ in range(self.max_steps):
             if bi == nbuf:  # random numbers in bulk: far fewer numpy calls per step
-                noise = rng.standard_normal((nbuf, len(_CAND_SCALES), 3))
+                noise = rng.standard_normal((nbuf, len(scales), 3))
                 normal1, uniform1 = rng.standard_normal(nbuf), rng.random(nbuf)
                 bi = 0
             r_nom = r0 * np.exp(lr)
@@ -163,6 +194,8 @@ class NeuropilBuilder:
                 bump = np.sin(np.pi * bouton_pos / bouton_len)
                 r_nom = max(r_nom, r_nom + (bouton_r - r_nom) * bump)
             step = min(max(kp.step_factor * r_nom, kp.step_min_nm), kp.step_max_nm)
+            if toward is not None:
+                d = _unit(d + min(1.0, step / FIBRE_PULL_NM) * (toward - d))
             cand = d + noise[bi] * (scales * np.sqrt(step / kp.persistence_nm))
             cand /= np.sqrt(np.einsum("ij,ij->i", cand, cand))[:, None]
             q = p + step * cand
@@ -194,13 +227,21 @@ class NeuropilBuilder:
                 break
         return np.array(pts), np.array(rads)
 
-    def _root(self, r0: float, kp: _Walk):
-        """A new neurite through the emptiest of 16 random points, grown both ways."""
+    def _root(self, r0: float, kp: _Walk, fibre: bool = False):
+        """A new neurite through the emptiest of 16 random points, grown both ways; a fibre
+        starts along its own direction near the common axis and is held to it."""
         cands = self.lo + self.rng.random((16, 3)) * (self.hi - self.lo)
         start = cands[int(np.argmax(self.grid.lookup(cands)))]
-        d = _random_dirs(self.rng, 1)[0]
-        fwd_p, fwd_r = self._walk(start, d, r0, kp)
-        back_p, back_r = self._walk(start, -d, r0, kp)
+        if fibre:
+            axis = fibre_axis(self.cfg.fibre_flow_px, self.cfg.voxel_size_nm)
+            tilt = np.deg2rad(self.cfg.fibre_spread_deg) * self.rng.standard_normal(3)
+            d = _unit(axis + tilt - (tilt @ axis) * axis)
+            kp, fwd_to, back_to = _FIBRE, d, -d
+        else:
+            d = _random_dirs(self.rng, 1)[0]
+            fwd_to = back_to = None
+        fwd_p, fwd_r = self._walk(start, d, r0, kp, toward=fwd_to)
+        back_p, back_r = self._walk(start, -d, r0, kp, toward=back_to)
         return (np.concatenate([back_p[::-1], fwd_p[1:]]), np.concatenate([back_r[::-1], fwd_r[1:]]))
 
     def _commit(self, tube: Tube) -> None:
@@ -214,11 +255,11 @@ class NeuropilBuilder:
         r = 0.5 * (rads[1:] + rads[:-1])
         return float(np.sum(np.pi * r * r * seg * inside))
 
-    def _neurite(self, kind: int, kp: _Walk, r0: float) -> float:
+    def _neurite(self, kind: int, kp: _Walk, r0: float, fibre: bool = False) -> float:
         """Grow one neuron (root + branches), commit it, return its volume inside the world."""
         neuron = len(self.kinds)
         self.kinds.append(kind)
-        pts, rads = self._root(r0, kp)
+        pts, rads = self._root(r0, kp, fibre)
         self._commit(Tube(pts, rads, neuron, kind))
         vol = self._volume_inside(pts, rads)
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
@@ -257,6 +298,28 @@ class NeuropilBuilder:
                     break
 
     # ------------------------------------------------------------------ the whole neuropil
+    def _grow_axons(self, target: float, world_vol: float, coverage: float, radius, fibre: bool = False):
+        """Grow axons (oriented fibres if ``fibre``) until the bodies cover ``target`` of the
+        world or there is no room left; returns (number grown, coverage)."""
+        cfg = self.cfg
+        length = float(np.linalg.norm(self.hi - self.lo))
+        if fibre:  # a fibre crosses the box along the axis, often a shorter way than the diagonal
+            axis = np.abs(fibre_axis(cfg.fibre_flow_px, cfg.voxel_size_nm))
+            length = min(length, float(np.min((self.hi - self.lo) / np.maximum(axis, 1e-9))))
+        axon_vol = np.pi * cfg.axon_radius_median_nm ** 2 * length
+        expected = max(1, int((target - coverage) * world_vol / axon_vol))
+        check_every = max(1, expected // 60)
+        n_axon, history = 0, []
+        while coverage < target and n_axon < 4 * expected + 10:
+            self._neurite(AXON, _AXON, radius(cfg.axon_radius_median_nm, cfg.axon_radius_range_nm), fibre)
+            n_axon += 1
+            if n_axon % check_every == 0:
+                coverage = self.grid.covered_fraction(self.lo, self.hi)
+                history.append(coverage)
+                if len(history) > 8 and history[-1] - history[-8] < 0.002:
+                    break  # packed: no room left for another axon
+        return n_axon, coverage
+
     def build(self) -> Neuropil:
         cfg, rng = self.cfg, self.rng
         world_vol = float(np.prod(self.hi - self.lo))
@@ -273,24 +336,19 @@ class NeuropilBuilder:
             self._spines(tube, cfg.spine_density_per_um)
         cov_after_dendrites = self.grid.covered_fraction(self.lo, self.hi)
 
-        axon_vol = np.pi * cfg.axon_radius_median_nm ** 2 * float(np.linalg.norm(self.hi - self.lo))
-        expected = max(1, int((cfg.body_coverage - cov_after_dendrites) * world_vol / axon_vol))
-        check_every = max(1, expected // 60)
-        n_axon, coverage, history = 0, cov_after_dendrites, []
-        while coverage < cfg.body_coverage and n_axon < 4 * expected + 10:
-            self._neurite(AXON, _AXON, radius(cfg.axon_radius_median_nm, cfg.axon_radius_range_nm))
-            n_axon += 1
-            if n_axon % check_every == 0:
-                coverage = self.grid.covered_fraction(self.lo, self.hi)
-                history.append(coverage)
-                if len(history) > 8 and history[-1] - history[-8] < 0.002:
-                    break  # packed: no room left for another axon
+        if cfg.fibre_fraction > 0:  # free axons up to their share of the axon volume, then fibres
+            target = cov_after_dendrites + (1.0 - cfg.fibre_fraction) * (cfg.body_coverage - cov_after_dendrites)
+            n_axon, cov = self._grow_axons(target, world_vol, cov_after_dendrites, radius)
+            n_fibre, _ = self._grow_axons(cfg.body_coverage, world_vol, cov, radius, fibre=True)
+        else:
+            (n_axon, _), n_fibre = self._grow_axons(cfg.body_coverage, world_vol, cov_after_dendrites, radius), 0
         coverage = self.grid.covered_fraction(self.lo, self.hi)
 
         neuron_kind = np.array(self.kinds, np.int64)
         caps = Capsules.from_polylines((t.points, t.radii, t.neuron) for t in self.tubes)
         mitos, n_mitos = _mitochondria(self.tubes, cfg, rng)
-        stats = {"dendrites": n_dend, "axons": n_axon,
+        stats = {"dendrites": n_dend, "axons": n_fibre + n_axon,
+                 **({"fibre_axons": n_fibre} if cfg.fibre_fraction > 0 else {}),
                  "spines": sum(t.kind == SPINE for t in self.tubes),
                  "mitochondria": n_mitos,
                  "body_coverage_dendrites": round(cov_after_dendrites, 4),

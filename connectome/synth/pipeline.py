@@ -11,6 +11,10 @@ Order of work and what is held in memory::
             montage from the slab image -> tiles
     tables, sections.json, synth.json, preview
 
+The content flow of the truth raw (``synth.json`` -> ``statistics.content_flow``, see
+:mod:`.flow`) is measured in the parent from each slab's truth window, section by section, as
+the slabs are made; only the previous section's patch spectra are kept between slabs.
+
 The parent holds the geometry and one world slab of uint8 (chunk depth x world y x world x);
 each worker holds the arrays of one block (~45 bytes per voxel of block + halo, ~0.6-0.9 GiB
 for a 512 px block of 32 sections). Nothing is ever held as a full-volume array, so memory
@@ -34,6 +38,7 @@ from connectome.errors import UserInputError
 from connectome.synth import writer
 from connectome.synth.acquisition import cut_tiles, overlap_range, plan_acquisition, render_montage
 from connectome.synth.fields import rng
+from connectome.synth.flow import FlowMeter
 from connectome.synth.geometry import ClearanceGrid, LabelOracle, VoxelBox
 from connectome.synth.imaging import neuron_levels, render_block, section_looks
 from connectome.synth.neurites import REACH_NM, NeuropilBuilder
@@ -205,7 +210,7 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
         raise UserInputError(f"--seed: expected a non-negative integer, got {seed!r}")
     seed = int(seed)
     cfg = make_config(preset, shape_zyx, overrides)
-    fingerprint = {"format": FORMAT, "seed": seed, "config": cfg.to_json()}
+    fingerprint = {"format": FORMAT, "seed": seed, "config": cfg.fingerprint_json()}
     if writer.prepare(out, fingerprint):
         log.info("synth: %s already holds this dataset (same parameters and seed)", out)
         if preview and not (out / "preview.png").exists():
@@ -225,6 +230,7 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
     # fork before zarr starts its I/O thread; workers never touch zarr
     pool = mp.get_context("fork").Pool(n_workers) if n_workers > 1 else None
     stats = _Stats(len(geom.synapses), len(geom.neuropil.neuron_kind) - 1)
+    flow = FlowMeter()
     manifest, true_tiles = [], []
     try:
         imap = pool.imap if pool is not None else map
@@ -233,6 +239,7 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
         slabs = [(z0, min(z0 + cz, nz)) for z0 in range(0, nz, cz)]
         n_blocks = sum(1 for _ in _blocks(world, 0, 1, cfg.block_xy_px)) * len(slabs)
         bar = tqdm(total=n_blocks + nz, disable=not progress, desc="synth", unit="step")
+        truth_yx = (slice(-world.y0, cfg.shape_zyx[1] - world.y0), slice(-world.x0, cfg.shape_zyx[2] - world.x0))
         for z0, z1 in slabs:
             slab = np.zeros((z1 - z0, world.y1 - world.y0, world.x1 - world.x0), np.uint8)
             for core, img, part, truth, sums in imap(_block_job, list(_blocks(world, z0, z1, cfg.block_xy_px))):
@@ -243,6 +250,8 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
                         arrays[name][tz] = data
                     stats.merge(sums)
                 bar.update(1)
+            for sec in slab[(slice(None), *truth_yx)]:  # the truth raw, section by section
+                flow.add(sec)
             for rows in imap(_section_job, [(z, slab[z - z0]) for z in range(z0, z1)]):
                 manifest += [r[0] for r in rows]
                 true_tiles += [r[1] for r in rows]
@@ -271,7 +280,7 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
                      ["pre_segment_id", "post_segment_id", "synapse_count", "mean_score"], connectivity)
     writer.write_json(out / "truth" / "sections.json", _sections_json(cfg, plan, looks))
     writer.write_json(out / "synth.json", _synth_json(cfg, seed, fingerprint, plan, stats, geo_stats,
-                                                      len(synapse_rows), len(connectivity)))
+                                                      len(synapse_rows), len(connectivity), flow.result()))
     if preview:
         from connectome.synth.preview import write_preview
         write_preview(out)
@@ -300,7 +309,7 @@ def _sections_json(cfg, plan, looks) -> dict:
     }
 
 
-def _synth_json(cfg, seed, fingerprint, plan, stats: _Stats, geo_stats, n_syn, n_edges) -> dict:
+def _synth_json(cfg, seed, fingerprint, plan, stats: _Stats, geo_stats, n_syn, n_edges, content_flow) -> dict:
     v = np.asarray(cfg.voxel_size_nm, float)
     vol_um3 = float(np.prod(cfg.shape_zyx) * np.prod(v)) * 1e-9
     n, sm = stats.counts, stats.sums
@@ -334,6 +343,7 @@ def _synth_json(cfg, seed, fingerprint, plan, stats: _Stats, geo_stats, n_syn, n
             "noise_sigma_gray": round(sigma_gray, 3),
             "mean_gray_neuron": round(neuron_gray, 2), "mean_gray_extracellular": round(ecs_gray, 2),
             "membrane_contrast_to_noise": round((neuron_gray - ecs_gray) / max(1e-9, sigma_gray), 3),
+            "content_flow": content_flow,
             **geo_stats,
         },
     }

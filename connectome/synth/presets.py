@@ -3,12 +3,18 @@
 Every number that shapes the synthetic data lives in :class:`SynthConfig`, in physical units
 where the real world has them (nm for lengths, um^-3 for densities) and in pixels only where
 the acquisition hardware thinks in pixels (tile size, stage jitter, drift). The presets differ
-only in volume size and in what scales with it (tile size, drift, elastic warp, block shape)::
+only in volume size and in what scales with it (tile size, drift, elastic warp, block shape),
+except ``fibres``, which is ``demo`` with oriented fibres (a known net content flow)::
 
     preset  shape (z, y, x)     tiles per section   what it is for
     small   16 x 256 x 256      2 x 2 of ~150 px    unit tests (a few seconds)
     demo    64 x 512 x 512      3 x 3 of ~200 px    `connectome demo` (<= 60 s on 2 cores)
     bench   256 x 2048 x 2048   4 x 4 of ~590 px    scaling runs (written in z-slabs)
+    fibres  64 x 512 x 512      3 x 3 of ~200 px    demo + 70% of axons as oriented fibres whose
+                                                    content flows ~(0, +0.8) px per section
+
+Tuple fields can be given on the command line as ``--set fibre_flow_px=0.0,0.8`` (comma
+separated) or as a YAML list ``--set fibre_flow_px=[0.0,0.8]``.
 
 Defaults and their real-world references are given next to each field; the module docstrings
 of :mod:`.neurites`, :mod:`.vessels`, :mod:`.synapses`, :mod:`.imaging` and
@@ -57,6 +63,17 @@ class SynthConfig:
     mito_gap_dendrite_um: float = 1.2
     mito_gap_axon_um: float = 4.0
     mito_length_um: float = 0.7
+    #: Oriented fibres (neurites.py, "Oriented fibres"): the fraction (0..1) of the axon volume
+    #: grown as fibres running around one common axis instead of isotropically. 0 (default):
+    #: none, and the volume is exactly the one made without this option (no imposed net flow).
+    fibre_fraction: float = 0.0
+    #: The common axis, given as the in-plane motion (dy, dx) in px per section that it produces
+    #: at ``voxel_size_nm``: content on the axis at (y, x) in section z is at (y + dy, x + dx) in
+    #: z+1 (the sign convention of synth.json statistics.content_flow). (0, 0) = along z; at
+    #: 40 x 8 x 8 nm, 0.8 px per section is a tilt of 9 degrees from z. Used when fibre_fraction > 0.
+    fibre_flow_px: tuple[float, float] = (0.0, 0.0)
+    #: Spread (sigma, degrees, per axis) of each fibre's own direction about the common axis.
+    fibre_spread_deg: float = 4.0
 
     # ---- blood vessels (see vessels.py) ---------------------------------------------------
     vessels: bool = True
@@ -90,6 +107,10 @@ class SynthConfig:
     #: Per-tile detector gain spread (multiplicative, sigma) and offset spread (gray levels).
     tile_gain_sigma: float = 0.025
     tile_offset_sigma: float = 2.0
+    #: Vignetting of every tile: a radial multiplicative falloff ``1 - v * (r / r_corner)^2``
+    #: about the tile centre (r_corner = half the tile diagonal), applied before the tile's gain
+    #: and offset; 0 (default) = none, and the tiles are exactly those made without this option.
+    tile_vignetting: float = 0.0
     #: Section-to-section drift: bounds of the accumulated translation (px), rotation (deg)
     #: and anisotropic scale/shear (fraction).
     drift_translation_px: float = 6.0
@@ -115,12 +136,30 @@ class SynthConfig:
         d = dataclasses.asdict(self)
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
+    def fingerprint_json(self) -> dict[str, Any]:
+        """:meth:`to_json` less the parameters that cannot change the data: those of an optional
+        feature that is off (:data:`OFF_WHEN_ZERO`), so a default output made before the feature
+        existed is still recognised as the same dataset."""
+        d = self.to_json()
+        for switch, fields in OFF_WHEN_ZERO.items():
+            if not getattr(self, switch):
+                for k in fields:
+                    d.pop(k, None)
+        return d
+
     @property
     def jitter_px(self) -> int:
         if self.stage_jitter_px is not None:
             return int(self.stage_jitter_px)
         return max(1, int(round(0.012 * self.tile_size_px)))
 
+
+#: Optional features added after the first format, by the field that switches each on (off at
+#: 0): while it is 0 its fields are left out of the fingerprint (see SynthConfig.fingerprint_json).
+OFF_WHEN_ZERO: dict[str, tuple[str, ...]] = {
+    "fibre_fraction": ("fibre_fraction", "fibre_flow_px", "fibre_spread_deg"),
+    "tile_vignetting": ("tile_vignetting",),
+}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(shape_zyx=(16, 256, 256), tile_size_px=150, drift_translation_px=6.0,
@@ -133,6 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   drift_rotation_deg=0.3, elastic_amplitude_px=3.0, elastic_spacing_px=512,
                   chunk_zyx=(32, 256, 256), block_xy_px=512, missing_sections=1, damaged_sections=1),
 }
+PRESETS["fibres"] = dict(PRESETS["demo"], fibre_fraction=0.7, fibre_flow_px=(0.0, 0.8))
 
 
 def make_config(preset: str = "small", shape_zyx: Sequence[int] | None = None,
@@ -145,13 +185,30 @@ def make_config(preset: str = "small", shape_zyx: Sequence[int] | None = None,
     for key, value in (overrides or {}).items():
         if key not in known:
             raise UserInputError(f"synth: unknown parameter {key!r} (known: {', '.join(sorted(known))})")
-        values[key] = tuple(value) if isinstance(value, list) else value
+        values[key] = _tuple_value(key, value)
+    flow = values.get("fibre_flow_px")
+    if isinstance(flow, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flow):
+        values["fibre_flow_px"] = tuple(float(v) for v in flow)
     if shape_zyx is not None:
         values["shape_zyx"] = shape_zyx
     values["shape_zyx"] = _check_shape(values["shape_zyx"])
     cfg = SynthConfig(preset=preset, **values)
     _check(cfg)
     return cfg
+
+
+_TUPLE_FIELDS = {f.name for f in dataclasses.fields(SynthConfig) if str(f.type).startswith("tuple")}
+
+
+def _tuple_value(key: str, value: Any) -> Any:
+    """Lists -> tuples; for tuple fields also "a,b,c" strings (``--set KEY=a,b`` reads as one)."""
+    if key in _TUPLE_FIELDS and isinstance(value, str):
+        try:
+            value = [float(v) if any(c in v for c in ".eE") or v.strip().lower() in ("nan", "inf", "-inf")
+                     else int(v) for v in value.split(",")]
+        except ValueError:
+            raise UserInputError(f"synth: {key} must be comma-separated numbers, got {value!r}") from None
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _check_shape(shape: Sequence[Any]) -> tuple[int, int, int]:
@@ -193,6 +250,14 @@ def _check(cfg: SynthConfig) -> None:
         bad("tile_format", "'png' or 'tif'")
     if cfg.block_xy_px <= 0 or any(c <= 0 for c in cfg.chunk_zyx) or cfg.block_xy_px % min(cfg.chunk_zyx[1:]) != 0:
         bad("block_xy_px", "a positive multiple of the chunk (y, x) edge")
+    if not (isinstance(cfg.fibre_fraction, (int, float)) and 0.0 <= cfg.fibre_fraction <= 1.0):
+        bad("fibre_fraction", "in [0, 1]")
+    flow = cfg.fibre_flow_px
+    if (not isinstance(flow, tuple) or len(flow) != 2 or not all(isinstance(v, (int, float)) for v in flow)
+            or not all(abs(v) <= 100 for v in flow)):
+        bad("fibre_flow_px", "two numbers (dy, dx) px per section, each within +-100")
+    if not (isinstance(cfg.fibre_spread_deg, (int, float)) and 0.0 <= cfg.fibre_spread_deg <= 90.0):
+        bad("fibre_spread_deg", "in [0, 90]")
     if cfg.missing_sections < 0 or cfg.damaged_sections < 0:
         bad("missing_sections", ">= 0")
     if cfg.missing_sections + cfg.damaged_sections > max(0, cfg.shape_zyx[0] - 1):

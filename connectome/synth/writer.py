@@ -4,6 +4,8 @@ Layout of ``OUT`` (see ``shared/CONTRACT.md``, "Synthetic dataset")::
 
     OUT/
       synth.json              parameters, seed, preset, shape, voxel size, measured statistics
+                              (statistics.content_flow: mean (dy, dx) px per section that the
+                              truth raw's content moves from z to z+1, see flow.py)
       tiles/manifest.csv      section,row,col,path,x,y   (nominal stage positions, px)
       tiles/s0003/r01_c02.png 8-bit grayscale tiles
       truth.zarr/             zarr v3 group: raw (uint8), neurons (uint64), vessels (uint8),
