@@ -333,18 +333,18 @@ def test_config_defaults_pinned_and_loadable(tmp_path):
     cfg.write_text("pair:\n  patch_px: 128\n  stride_px: 48\nmax_skip: 3\n")
     loaded = load_config(AlignConfig, cfg)
     assert loaded.pair.patch_px == 128 and loaded.pair.stride_px == 48 and loaded.max_skip == 3
-    cfg.write_text("pair:\n  patchpx: 128\n")
-    with pytest.raises(UserInputError, match="unknown key 'pair.patchpx'"):
-        load_config(AlignConfig, cfg)
-    cfg.write_text("pair:\n  patch_px: 97\n")
-    with pytest.raises(UserInputError, match="patch_px must be a multiple of 2 \\* match_downsample"):
-        load_config(AlignConfig, cfg)
+    for text, message in (("pair:\n  patchpx: 128\n", "unknown key 'pair.patchpx'"),
+                          ("pair:\n  patch_px: 97\n", "patch_px must be a multiple of 2 \\* match_downsample"),
+                          ("pair:\n  regulariser: spline\n", "regulariser must be 'bending' or 'membrane'"),
+                          ("neighbours: 0\n", "neighbours >= 1"),
+                          ("drift_prior:\n  flow_px: -1\n", "flow_px must be >= 0"),
+                          ("drift_prior:\n  linear_px: -1\n", "linear_px must be >= 0")):
+        cfg.write_text(text)
+        with pytest.raises(UserInputError, match=message):
+            load_config(AlignConfig, cfg)
     cfg.write_text("drift_prior:\n  translation_px: 0\n  warp_px: 3\n")
     loaded = load_config(AlignConfig, cfg)
     assert loaded.drift_prior.translation_px == 0 and loaded.drift_prior.warp_px == 3
-    cfg.write_text("drift_prior:\n  linear_px: -1\n")
-    with pytest.raises(UserInputError, match="linear_px must be >= 0"):
-        load_config(AlignConfig, cfg)
 
 
 def test_drift_control_bounds_the_wander_of_oblique_content(folded, tmp_path):

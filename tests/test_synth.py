@@ -394,3 +394,32 @@ def test_fibre_parameters_parse_and_validate(tmp_path):
                  "--set", "fibre_flow_px=-0.5,0.8"]) == 0
     meta = json.loads((out / "synth.json").read_text())
     assert meta["parameters"]["fibre_flow_px"] == [-0.5, 0.8] and meta["statistics"]["content_flow"]["pairs"] == 2
+
+
+def test_large_jitter_on_small_overlaps_leaves_no_gaps():
+    """5 % overlap with +/-15 px jitter: without the acquisition QC about a quarter of the seams
+    would be gaps; with it every neighbour pair overlaps by >= min_tile_overlap_px, and the QC
+    never touches the presets' own jitter."""
+    from connectome.synth.acquisition import plan_acquisition
+
+    def seams(cfg, seed):
+        plan = plan_acquisition(cfg, seed)
+        g, out = plan.grid, []
+        for sec in plan.sections:
+            pos = {(t.row, t.col): t.true_yx for t in sec.tiles}
+            for (r, c), (y, x) in pos.items():
+                if (r, c + 1) in pos:
+                    out.append(g.tile_px - (pos[(r, c + 1)][1] - x))
+                if (r + 1, c) in pos:
+                    out.append(g.tile_px - (pos[(r + 1, c)][0] - y))
+        return np.asarray(out), plan
+
+    over = {"tile_overlap": 0.05, "stage_jitter_px": 15}
+    qc, plan = seams(make_config("demo", shape_zyx=(8, 512, 512), overrides=over), 5)
+    raw, _ = seams(make_config("demo", shape_zyx=(8, 512, 512), overrides={**over, "min_tile_overlap_px": 0}), 5)
+    assert (raw < 1).mean() > 0.1 and qc.min() >= 6
+    assert np.abs(np.array([t.true_yx for s in plan.sections for t in s.tiles])
+                  - np.array([t.nominal_yx for s in plan.sections for t in s.tiles])).max() >= 10
+    dflt, _ = seams(make_config("demo", shape_zyx=(8, 512, 512)), 5)
+    off, _ = seams(make_config("demo", shape_zyx=(8, 512, 512), overrides={"min_tile_overlap_px": 0}), 5)
+    np.testing.assert_array_equal(dflt, off)

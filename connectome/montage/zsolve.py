@@ -71,7 +71,7 @@ class DriftPrior:
     #: prior pulls, i.e. its weight > 0); ``flow_px`` is its prior sigma, px per section for a
     #: match of uncertainty ``match_px``
     estimate_flow: bool = True
-    flow_px: float = 2.0
+    flow_px: float = 0.5
     flow_scales_with_match: bool = True
 
     def __post_init__(self):

@@ -25,7 +25,9 @@ Frames (pixel index coordinates, pixel centres at integers, axis order (y, x))::
 Tiles: ``rows x cols`` tiles of ``tile_px`` with step ``step_px`` (overlap 8-15%). Nominal
 positions are ``stage_origin + (row * step, col * step)``; true positions add stage jitter
 (a few px, integer; row 0 / col 0 only move outwards so the grid keeps covering the frame;
-section 0 tile (0, 0) is exact). Each section's stage origin is placed so that its tiles cover
+section 0 tile (0, 0) is exact; a tile that would overlap its upper or left neighbour by less
+than ``min_tile_overlap_px`` is "re-imaged" with its jitter towards the gap cut back, so large
+jitter on small overlaps leaves no holes). Each section's stage origin is placed so that its tiles cover
 the whole drifted truth frame; section 0's is (0, 0). Each tile has its own detector gain and
 offset (``truth/tiles.csv``: ``v_tile = round(gain * v + offset)``).
 With ``tile_vignetting`` > 0 every tile is also darkened towards its corners before the gain
@@ -201,6 +203,19 @@ def _drift(cfg, seed: int, n: int) -> list[SectionTransform]:
     return out
 
 
+def _keep_overlap(j: np.ndarray, nom, row: int, col: int, placed: list, grid: TileGrid, min_px: int) -> None:
+    """Cut back the jitter ``j`` (in place) of tile (row, col) so that it overlaps its upper and
+    left neighbours (already in ``placed``, row-major) by at least ``min_px`` (0 = no check)."""
+    if min_px <= 0:
+        return
+    for axis, (dr, dc) in ((0, (-1, 0)), (1, (0, -1))):
+        if (row, col)[axis] == 0:
+            continue
+        nb = placed[(row + dr) * grid.cols + (col + dc)]
+        limit = nb.true_yx[axis] + grid.tile_px - min_px - nom[axis]
+        j[axis] = min(int(j[axis]), int(limit))
+
+
 def plan_acquisition(cfg, seed: int) -> AcquisitionPlan:
     """Transforms, tile grid, stage origins, jitter, gains, damage: everything but pixels."""
     nz, h, w = cfg.shape_zyx
@@ -230,6 +245,7 @@ def plan_acquisition(cfg, seed: int) -> AcquisitionPlan:
                     j[1] = -abs(j[1])
                 if z == 0 and row == 0 and col == 0:
                     j[:] = 0
+                _keep_overlap(j, nom, row, col, sec.tiles, grid, int(getattr(cfg, "min_tile_overlap_px", 0) or 0))
                 gain = float(np.exp(r.normal(0, cfg.tile_gain_sigma)))
                 off = float(r.normal(0, cfg.tile_offset_sigma))
                 sec.tiles.append(Tile(row, col, nom, (nom[0] + int(j[0]), nom[1] + int(j[1])), gain, off))

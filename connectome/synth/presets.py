@@ -104,6 +104,12 @@ class SynthConfig:
     tile_overlap: float = 0.115
     #: Stage jitter bound (px); None = 1.2% of the tile edge, at least 1.
     stage_jitter_px: int | None = None
+    #: Acquisition QC: a tile whose jitter would leave less than this overlap (px) with its
+    #: left or upper neighbour is re-imaged closer to its nominal position (its jitter towards
+    #: the gap is cut back), as acquisition software re-takes tiles that leave seams; 0 = off
+    #: (large jitter on small overlaps then leaves gaps between tiles). Never active at the
+    #: presets' jitter (1.2% of the tile edge) and overlap (11.5%).
+    min_tile_overlap_px: int = 6
     #: Per-tile detector gain spread (multiplicative, sigma) and offset spread (gray levels).
     tile_gain_sigma: float = 0.025
     tile_offset_sigma: float = 2.0
