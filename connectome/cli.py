@@ -7,13 +7,16 @@ Exit codes: 0 done; 2 bad input or usage (one line on stderr naming what is wron
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import os
 import sys
 from typing import Sequence
 
 from connectome import __version__
 from connectome.errors import ConnectomeError, UserInputError
+from connectome.inputs import finite_float, float_option
 
 log = logging.getLogger("connectome")
 
@@ -94,10 +97,9 @@ def cmd_import(args) -> int:
     overrides = {}
     if args.intensity_range:
         parts = args.intensity_range.split(",")
-        try:
-            lo, hi = (float(v) for v in parts)
-        except ValueError:
-            raise UserInputError(f"--intensity-range: expected LO,HI numbers, got {args.intensity_range!r}") from None
+        if len(parts) != 2:
+            raise UserInputError(f"--intensity-range: expected LO,HI numbers, got {args.intensity_range!r}")
+        lo, hi = (finite_float(v.strip(), "--intensity-range") for v in parts)
         overrides["intensity_range"] = [lo, hi]
     if args.block_shape:
         overrides["blockwise.block_shape_zyx"] = list(parse_zyx(args.block_shape, "--block-shape", cast=int))
@@ -133,6 +135,8 @@ def cmd_stitch(args) -> int:
         overrides["frame_shape_yx"] = stitch_stage.parse_yx(args.frame_shape, "--frame-shape")
     if args.skip_bad_tiles:
         overrides["skip_bad_tiles"] = True
+    if args.allow_absolute_paths:
+        overrides["allow_absolute_paths"] = True
     cfg = load_config(stitch_stage.StitchConfig, args.config, overrides)
     task = stitch_stage.plan(args.tiles, args.workspace, cfg, restart=args.restart)
     rc = _run(args, task, "stitch")
@@ -206,7 +210,9 @@ def _train(args, kind: str, describe) -> int:
     (``describe(summary)`` adds the kind's validation figures)."""
     from connectome.config import load_config
     from connectome.stages import load_stage
+    from connectome.training.export import check_out_dir
 
+    check_out_dir(args.out, args.overwrite)  # before anything is loaded or trained
     train = load_stage(f"train-{kind}")
     overrides = {}
     if args.steps is not None:
@@ -214,7 +220,8 @@ def _train(args, kind: str, describe) -> int:
             raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
         overrides["trainer.steps"] = args.steps
     cfg = load_config(train.Config, args.config, overrides)
-    summary = getattr(train, f"train_{kind}")(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart)
+    summary = getattr(train, f"train_{kind}")(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart,
+                                              overwrite=args.overwrite)
     if summary.get("stopped"):
         print(f"train {kind}: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
               "rerun the same command to resume", file=sys.stderr)
@@ -322,6 +329,9 @@ def _parse_sets(items, what: str) -> dict:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
             raise UserInputError(f"{what} {item!r}: the value is not a number, boolean, string or list") from None
+        for v in out[key.strip()] if isinstance(out[key.strip()], list) else [out[key.strip()]]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserInputError(f"{what} {item!r}: expected a finite number, got {v!r}")
     return out
 
 
@@ -455,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(y, x) size of the aligned frame (default: the first section's montage extent)")
     p.add_argument("--skip-bad-tiles", action="store_true",
                    help="report and leave out missing, unreadable or odd-sized tiles instead of stopping")
+    p.add_argument("--allow-absolute-paths", action="store_true",
+                   help="accept tile paths outside the manifest's folder (absolute, or leading out with ..)")
     p.set_defaults(func=cmd_stitch)
 
     p = sub.add_parser("align", parents=[common, stage], help="align the stitched sections into WS/volume.zarr/raw",
@@ -510,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "WS/synapses.csv. Blockwise and resumable.")
     p.add_argument("--workspace", required=True, metavar="WS")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the shipped unet/models/synapse)")
-    p.add_argument("--threshold", type=float, metavar="T", help="cleft threshold (default: the model's)")
+    p.add_argument("--threshold", type=float_option, metavar="T", help="cleft threshold (default: the model's)")
     p.add_argument("--min-size", type=int, metavar="N", help="minimum synapse size in voxels (default: the model's)")
     p.add_argument("--block-shape", metavar="Z,Y,X", help="block (and chunk) shape in voxels")
     p.set_defaults(func=cmd_synapses)
@@ -522,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--min-score are dropped, then edges with fewer than --min-synapses synapses. "
                                    "Rules: connectome/graph.py.")
     p.add_argument("--workspace", required=True, metavar="WS")
-    p.add_argument("--min-score", type=float, default=0.0, metavar="S",
+    p.add_argument("--min-score", type=float_option, default=0.0, metavar="S",
                    help="drop synapses with score < S (default 0: keep all)")
     p.add_argument("--min-synapses", type=int, default=1, metavar="K",
                    help="drop edges with fewer than K synapses (default 1)")
@@ -542,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--config", metavar="FILE.yaml", help=config_help)
         k.add_argument("--steps", type=int, metavar="N", help="total training steps (overrides trainer.steps)")
         k.add_argument("--restart", action="store_true", help="discard MODEL_DIR/train and start over")
+        k.add_argument("--overwrite", action="store_true",
+                       help="replace MODEL_DIR if it already holds a finished model (refused otherwise); the "
+                            "new model is swapped in only once it is complete")
         k.set_defaults(func=func)
 
     train_kind("vessel", cmd_train_vessel, "the 2D U-Net vessel model",
@@ -642,9 +657,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDR", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, metavar="P", help="port (default 8585; 0 = any free port)")
     p.add_argument("--no-export", action="store_true", help="serve OUT as it is (no incremental export first)")
+    p.add_argument("--cors", action="append", metavar="ORIGIN",
+                   help="also let pages of ORIGIN (scheme://host:port) read the data; '*' = any page "
+                        "(default: only the viewer's own origin); repeatable")
     p.add_argument("--screenshot", metavar="OUT.png", help="render headlessly into OUT.png and exit")
     p.add_argument("--size", default="1280,960", metavar="W,H", help="screenshot size in pixels (default 1280,960)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="screenshot load timeout (default 60)")
+    p.add_argument("--timeout", type=float_option, default=60.0, metavar="S", help="screenshot load timeout (default 60)")
     p.add_argument("--print-url", action="store_true", help="print the URL for --base-url and exit")
     p.add_argument("--base-url", metavar="URL", help="where the export's layer folders are published")
     p.add_argument("--client-url", metavar="URL", help="neuroglancer client for --print-url "
@@ -758,12 +776,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("connectome: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an internal failure: full traceback in the log, one line on stderr
-        log.debug("internal error", exc_info=True)
-        print(f"connectome: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if os.environ.get("CONNECTOME_DEBUG"):
-            raise
-        return 1
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return _internal(exc)
+        # a workspace, output or input the user cannot write (or read): bad input, not a bug
+        where = exc.filename or "a file"
+        print(f"connectome: error: {where}: {exc.strerror or exc}; make it writable (or readable) for this user, "
+              "or choose another --workspace / output", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an internal failure
+        return _internal(exc)
+
+
+def _internal(exc: BaseException) -> int:
+    """An internal failure: full traceback in the log, one line on stderr, exit 1."""
+    log.debug("internal error", exc_info=exc)
+    print(f"connectome: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if os.environ.get("CONNECTOME_DEBUG"):
+        raise exc
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

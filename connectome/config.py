@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
@@ -45,6 +46,10 @@ class _ConfigTypeError(Exception):
         super().__init__(message)
         self.key = key
         self.message = message
+
+
+class _NotFinite(_ConfigTypeError):
+    """A float that is nan or inf: reported as such, even inside ``Optional[float]``."""
 
 
 def _describe(tp: Any) -> str:
@@ -81,6 +86,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _convert(value, arg, key)
+            except _NotFinite:
+                raise
             except _ConfigTypeError:
                 pass
         raise bad
@@ -107,6 +114,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         raise bad
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise _NotFinite(key, f"{key} = {value!r}: expected a finite number")
             return float(value)
         raise bad
     if tp is str:
@@ -150,7 +159,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, A
     ``overrides`` (from command-line options) are applied on top of the file, key by key
     (nested keys as dotted names, e.g. ``{"blockwise.block_shape_zyx": [16, 128, 128]}``).
     """
-    import yaml
+    from connectome.inputs import load_yaml
 
     data: dict[str, Any] = {}
     source = "defaults"
@@ -159,13 +168,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, A
         source = str(p)
         if not p.is_file():
             raise UserInputError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserInputError(f"{p}: not valid YAML ({first})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserInputError(f"{p}: cannot read config ({exc})") from None
+        loaded = load_yaml(p, "config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

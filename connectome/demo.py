@@ -51,8 +51,9 @@ def demo_pipeline(workspace: Path, preset: str, seed: int) -> Path:
     import yaml
 
     from connectome.atomic import atomic_write_text
+    from connectome.inputs import load_yaml
 
-    doc = yaml.safe_load(PIPELINE.read_text())
+    doc = load_yaml(PIPELINE, "pipeline")
     for st in doc["stages"]:
         if st["stage"] == "synth":
             st["options"].update(preset=preset, seed=int(seed))

@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -53,6 +54,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from connectome.atomic import atomic_write_text
 from connectome.errors import UserInputError
+from connectome.inputs import finite_float
 
 # ---------------------------------------------------------------------------------------------
 # the stage registry
@@ -278,7 +280,9 @@ def _number_list(value: Any, n: Optional[int], kind: type, where: str) -> str:
         nums = [kind(p) if not isinstance(p, bool) else None for p in parts]
         if any(v is None for v in nums) or (n is not None and len(nums) != n):
             raise ValueError
-    except (TypeError, ValueError):
+        if any(not math.isfinite(v) for v in nums):
+            raise UserInputError(f"{where}: expected finite numbers, got {value!r}")
+    except (TypeError, ValueError, OverflowError):
         what = f"{n} numbers" if n else "numbers"
         raise UserInputError(f"{where}: expected {what} (a list or 'A,B,...'), got {value!r}") from None
     return ",".join(str(v) for v in nums)
@@ -296,7 +300,7 @@ def _convert_option(opt: Option, value: Any, variables: Mapping[str, str], where
     if opt.kind == "float":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise UserInputError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return finite_float(value, where)
     if opt.kind == "bool":
         if not isinstance(value, bool):
             raise UserInputError(f"{where}: expected true or false, got {value!r}")
@@ -328,22 +332,18 @@ def _zyx(value: Any, where: str) -> str:
             f = float(v)
         except (TypeError, ValueError):
             raise UserInputError(f"{where}: expected 3 numbers z,y,x, got {value!r}") from None
+        if not math.isfinite(f):
+            raise UserInputError(f"{where}: expected 3 finite numbers z,y,x, got {value!r}")
         out.append(str(int(f)) if f == int(f) else str(f))
     return ",".join(out)
 
 
 def _read_yaml(path: Path) -> Any:
-    import yaml
+    from connectome.inputs import load_yaml
 
     if not path.is_file():
         raise UserInputError(f"{path}: pipeline file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserInputError(f"{path}: not valid YAML ({first})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{path}: cannot read pipeline ({exc})") from None
+    return load_yaml(path, "pipeline")
 
 
 def load_pipeline(path: str | os.PathLike, workspace: str | os.PathLike) -> Pipeline:

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from connectome.errors import UserInputError
+from connectome.inputs import finite_float
 
 FORMAT_VERSION = 1
 VOLUME = "volume.zarr"
@@ -65,6 +66,9 @@ def parse_zyx(text: str, what: str, cast=float, positive: bool = True) -> tuple:
         raise UserInputError(f"{what}: expected three comma-separated numbers Z,Y,X, got {text!r}") from None
     if len(values) != 3:
         raise UserInputError(f"{what}: expected three values Z,Y,X, got {len(values)} in {text!r}")
+    if cast is float:
+        for p in parts:
+            finite_float(p, what)  # nan / inf: "--sigma-nm: expected a finite number, got 'nan'"
     if positive and any(not (v > 0) for v in values):
         raise UserInputError(f"{what}: values must be positive, got {text!r}")
     return values

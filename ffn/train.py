@@ -482,9 +482,10 @@ Config = FFNTrainConfig
 
 
 def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig(), val_dirs: Sequence = (),
-              restart: bool = False, command: Sequence[str] | None = None) -> dict:
+              restart: bool = False, command: Sequence[str] | None = None, overwrite: bool = False) -> dict:
     """Train (or resume) the FFN on ``connectome synth`` folders; export ``out_dir/{model.json,
-    weights.npz}``. Returns a summary on rank 0 (``{"stopped": True, ...}`` after a signal)."""
+    weights.npz}`` (atomically; a finished ``out_dir`` is refused unless ``overwrite``). Returns a
+    summary on rank 0 (``{"stopped": True, ...}`` after a signal)."""
     import json
     import shlex
     import sys
@@ -498,9 +499,11 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.loop import run_training
+    from connectome.training.export import check_out_dir, staged_model_dir
     from ffn.modeldir import write_model_dir
 
-    data, val, out = [Path(d) for d in data_dirs], [Path(d) for d in val_dirs], Path(out_dir)
+    out = check_out_dir(out_dir, overwrite)
+    data, val = [Path(d) for d in data_dirs], [Path(d) for d in val_dirs]
     if not data:
         raise UserInputError("--data: give at least one `connectome synth` folder")
     if not val:
@@ -544,10 +547,11 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
             v0 = vs[0]
             if cfg.examples.voxel_size_nm_yx:  # the model's input pixels, not the data's
                 v0 = (v0[0], cfg.examples.voxel_size_nm_yx, cfg.examples.voxel_size_nm_yx)
-            write_model_dir(out, arrays, cfg.model, v0, doc)
             from ffn.card import write_model_card
 
-            write_model_card(out)
+            with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
+                write_model_dir(tmp, arrays, cfg.model, v0, doc)
+                write_model_card(tmp)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
                        "seconds": result.seconds, "validation": doc["validation"],
                        "rank_weight_digests": result.rank_weight_digests}

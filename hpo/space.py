@@ -315,15 +315,9 @@ def _path(value, root: Path, where: str, what: str, kind: str = "dir") -> str:
 
 
 def _load_yaml_mapping(path: Path, what: str) -> dict:
-    import yaml
+    from connectome.inputs import load_yaml
 
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserInputError(f"{path}: not valid YAML ({first})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{path}: cannot read {what} ({exc})") from None
+    doc = load_yaml(path, what)
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):

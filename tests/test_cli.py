@@ -55,3 +55,25 @@ def test_info_describes_workspace(tmp_path, volume_u8):
     assert r.returncode == 0 and "[13, 70, 57]" in r.stdout and "raw" in r.stdout and "uint8" in r.stdout
     logs = list((tmp_path / "ws" / "logs").glob("import-*.log"))
     assert logs and "stage import" in logs[0].read_text()
+
+
+@pytest.mark.parametrize("err, code", [(13, 2), (30, 2), (28, 1)])  # EACCES, EROFS: the user's; ENOSPC: ours
+def test_unwritable_workspace_is_bad_input(monkeypatch, capsys, tmp_path, err, code):
+    """A workspace the user cannot write (read-only mount, other owner) is exit 2 with one line
+    naming the path; tests run as root, which ignores permission bits, so the stage is made to
+    raise what the OS would raise."""
+    import os
+
+    from connectome import cli
+
+    def denied(args):
+        raise OSError(err, os.strerror(err), str(tmp_path / "ws" / "volume.zarr"))
+
+    monkeypatch.setattr(cli, "cmd_info", denied)
+    rc = cli.main(["info", "--workspace", str(tmp_path / "ws")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == code and len(lines) == 1
+    if code == 2:
+        assert str(tmp_path / "ws" / "volume.zarr") in lines[0] and "writable" in lines[0]
+    else:
+        assert "internal error" in lines[0]

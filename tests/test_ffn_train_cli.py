@@ -67,7 +67,9 @@ def test_resume_continues_the_step_count(synth, tmp_path):
             "--config", synth / "tiny.yaml"]
     r = run_cli(*args, "--steps", "5")
     assert r.returncode == 0, r.stderr
-    r = run_cli(*args, "--steps", "10")
+    r = run_cli(*args, "--steps", "10")  # the 5-step model is finished: extending it replaces it
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = run_cli(*args, "--steps", "10", "--overwrite")
     assert r.returncode == 0, r.stderr
     starts = [json.loads(line) for line in (tmp_path / "m" / "train" / "log.jsonl").read_text().splitlines()]
     starts = [e for e in starts if e["event"] == "start"]

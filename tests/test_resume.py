@@ -162,3 +162,27 @@ def test_corrupt_input_chunk_fails_the_stage_with_exit_1_naming_the_block(tmp_pa
     last = r.stderr.strip().splitlines()[-1]
     assert "stage 'smooth' failed on block z0_y0_x0 (z[0:24] y[0:96] x[0:96]) after 3 attempts" in last
     assert "Traceback" not in r.stderr
+
+
+def test_second_run_of_a_stage_is_refused_while_the_first_holds_its_lock(tmp_path):
+    """Two runs of one stage on one workspace would both do all the work: the second is refused
+    (exit 2 naming the holder) and nothing is written; once the first is gone (killed: the OS
+    drops its lock) a rerun proceeds."""
+    ws = _prepared_workspace(tmp_path)
+    cmd = [sys.executable, "-m", "connectome", "smooth", "--workspace", str(ws), *SMOOTH, "--executor", "serial"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.2"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = ws / "blockwise" / "smooth" / "done"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (done_dir.is_dir() and os.listdir(done_dir)):
+        time.sleep(0.02)
+    r = run_cli("smooth", "--workspace", ws, *SMOOTH, "--executor", "serial")
+    n_done = len(os.listdir(done_dir))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "stage 'smooth' is already running" in lines[0] and f"pid {proc.pid}" in lines[0]
+    assert n_done < 6 * 3 * 3
+    r = run_cli("smooth", "--workspace", ws, *SMOOTH, "--executor", "serial")
+    assert r.returncode == 0, r.stderr

@@ -208,7 +208,13 @@ def test_bad_input_exits_2_naming_the_culprit_and_leaves_the_workspace_untouched
         "empty_section": (lambda ls: ls + ["7,0,0,,0,0"], "section 7 is empty", "no tile path"),
         "bad_header": (lambda ls: ["section,row,col,file,x,y"] + ls[1:], "missing column(s) path", "expected"),
         "negative_row": (lambda ls: ls + ["1,-1,0,s1/t00.png,0,0"], "row must be an integer >= 0", "line"),
+        "escape": (lambda ls: ls[:2] + ["0,0,1,../outside.png,110,0"] + ls[3:], "'../outside.png' lies outside",
+                   "--allow-absolute-paths"),
+        "absolute": (lambda ls: ls[:2] + [f"0,0,1,{tmp_path / 'outside.png'},110,0"] + ls[3:], "lies outside",
+                     "--allow-absolute-paths"),
+        "directory": (lambda ls: ls[:2] + ["0,0,1,s0,110,0"] + ls[3:], "section 0 row 0 col 1", "is a directory"),
     }
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(tmp_path / "outside.png")
     for name, (edit, frag1, frag2) in cases.items():
         bad = _variant(root, name, edit)
         r = run_cli("stitch", "--tiles", bad, "--workspace", ws, "--executor", "serial")
@@ -218,6 +224,10 @@ def test_bad_input_exits_2_naming_the_culprit_and_leaves_the_workspace_untouched
         assert "Traceback" not in r.stderr
     r = run_cli("stitch", "--tiles", tmp_path / "nowhere.csv", "--workspace", ws)
     assert r.returncode == 2 and "tile manifest not found" in r.stderr
+    # paths outside the manifest's folder only on request (then the tile is read like any other)
+    r = run_cli("stitch", "--tiles", _variant(root, "escape", cases["escape"][0]), "--workspace", tmp_path / "ws2",
+                "--executor", "serial", "--allow-absolute-paths")
+    assert r.returncode == 0, r.stderr
     r = run_cli("stitch", "--tiles", manifest, "--workspace", ws, "--voxel-size", "30,8,8")
     assert r.returncode == 2 and "voxel size" in r.stderr
     r = run_cli("stitch", "--tiles", manifest, "--workspace", ws, "--frame-shape", "12")

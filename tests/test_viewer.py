@@ -289,11 +289,16 @@ def test_server_cors_encoding_ranges_and_client(ws):
     chunk = sorted((pc / "raw" / "8_8_40").glob("*.gz"))[0]
     with ViewServer(pc, port=0) as srv:
         assert srv.url.startswith("http://127.0.0.1:")
-        req = urllib.request.Request(f"{srv.data_url}/raw/8_8_40/{chunk.name[:-3]}", headers={"Accept-Encoding": "gzip"})
+        url = f"{srv.data_url}/raw/8_8_40/{chunk.name[:-3]}"
+        req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip", "Origin": srv.url})
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.headers["Content-Encoding"] == "gzip"
-            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.headers["Access-Control-Allow-Origin"] == srv.url  # the viewer's own pages
             assert r.read() == chunk.read_bytes()
+        # another site's page gets no CORS grant (its script cannot read the data)
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Origin": "http://evil.example"}),
+                                    timeout=10) as r:
+            assert r.headers["Access-Control-Allow-Origin"] is None
         shard = next((pc / "synapses" / "by_id").iterdir())
         req = urllib.request.Request(f"{srv.data_url}/synapses/by_id/{shard.name}", headers={"Range": "bytes=2-9"})
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -305,6 +310,14 @@ def test_server_cors_encoding_ranges_and_client(ws):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"{srv.data_url}/../../volume.zarr/zarr.json", timeout=10)
         assert e.value.code == 404
+    with ViewServer(pc, port=0, cors=("http://lab.example:8080",)) as srv:  # connectome view --cors ORIGIN
+        req = urllib.request.Request(f"{srv.data_url}/segmentation/info", headers={"Origin": "http://lab.example:8080"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "http://lab.example:8080"
+    with ViewServer(pc, port=0, cors=("*",)) as srv:
+        req = urllib.request.Request(f"{srv.data_url}/segmentation/info", headers={"Origin": "http://any.example"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
 
 
 def test_state_lists_layers_and_links_synapses(ws):

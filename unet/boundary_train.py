@@ -205,15 +205,18 @@ class BoundaryJob:
 
 def train_boundary(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: BoundaryTrainConfig = BoundaryTrainConfig(),
                    val_dirs: Sequence[str | Path] = (), restart: bool = False,
-                   command: Optional[Sequence[str]] = None) -> dict:
-    """Train (or resume) and export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}``."""
+                   command: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
+    """Train (or resume) and export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}`` (atomically; a
+    finished ``out_dir`` is refused unless ``overwrite``)."""
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.loop import run_training
+    from connectome.training.export import staged_model_dir
     from unet.modeldir import write_model_dir
     from unet.train import _describe, prepare_run, training_record, unet3d_doc
 
-    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING)
+    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING,
+                                              overwrite=overwrite)
     tcfg, d = cfg.trainer, cfg.data
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
@@ -238,8 +241,9 @@ def train_boundary(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Bo
                                             [_describe(p) for p in val]),
                 "validation": {"crops_at_model_resolution": result.best_metrics or result.last_metrics},
             }
-            write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
-            write_model_card(out)
+            with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
+                write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
+                write_model_card(tmp)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
                        "seconds": doc["training"]["seconds"], "validation": doc["validation"]}
         s.barrier()

@@ -278,15 +278,18 @@ def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConf
 
 def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: SynapseTrainConfig = SynapseTrainConfig(),
                   val_dirs: Sequence[str | Path] = (), restart: bool = False,
-                  command: Optional[Sequence[str]] = None) -> dict:
-    """Train (or resume) and export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}``."""
+                  command: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
+    """Train (or resume) and export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}`` (atomically; a
+    finished ``out_dir`` is refused unless ``overwrite``)."""
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.loop import run_training
+    from connectome.training.export import staged_model_dir
     from unet.modeldir import write_model_dir
     from unet.train import _describe, prepare_run, training_record, unet3d_doc
 
-    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING)
+    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING,
+                                              overwrite=overwrite)
     tcfg, d = cfg.trainer, cfg.data
     summary: dict = {}
 
@@ -324,15 +327,16 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
                                             [_describe(p) for p in val]),
                 "validation": {"crops_at_model_resolution": result.best_metrics or result.last_metrics},
             }
-            write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
-            if cfg.final_validation and val:
-                t, m, rows, table = calibrate(out, val, cfg)
-                doc["output"]["threshold"], doc["output"]["min_size_voxels"] = t, m
-                doc["validation"].update({"volumes": rows, "f1_by_threshold_and_min_size": table,
-                                          "match_distance_nm": cfg.match_distance_nm,
-                                          "calibrated_on_these_volumes": True})
-                write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
-            write_model_card(out)
+            with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
+                write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
+                if cfg.final_validation and val:
+                    t, m, rows, table = calibrate(tmp, val, cfg)
+                    doc["output"]["threshold"], doc["output"]["min_size_voxels"] = t, m
+                    doc["validation"].update({"volumes": rows, "f1_by_threshold_and_min_size": table,
+                                              "match_distance_nm": cfg.match_distance_nm,
+                                              "calibrated_on_these_volumes": True})
+                    write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
+                write_model_card(tmp)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
                        "seconds": doc["training"]["seconds"], "validation": doc["validation"]}
         s.barrier()

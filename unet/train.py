@@ -362,15 +362,18 @@ def final_validation(model_dir: Path, vols: Sequence[LabelledVolume], cfg: Vesse
 
 def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: VesselTrainConfig = VesselTrainConfig(),
                  val_dirs: Sequence[str | Path] = (), restart: bool = False,
-                 command: Optional[Sequence[str]] = None) -> dict:
+                 command: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
     """Train (or resume), export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}``; returns a summary
-    on rank 0 (``{"stopped": True, ...}`` when a signal stopped it: nothing is exported then)."""
+    on rank 0 (``{"stopped": True, ...}`` when a signal stopped it: nothing is exported then). A
+    finished ``out_dir`` is refused unless ``overwrite``; the export replaces it atomically."""
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.loop import run_training
+    from connectome.training.export import staged_model_dir
     from unet.modeldir import write_model_dir
 
-    data, val, out, fingerprint = prepare_run("vessel", cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING)
+    data, val, out, fingerprint = prepare_run("vessel", cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING,
+                                              overwrite=overwrite)
     tcfg = cfg.trainer
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
@@ -408,15 +411,16 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
                                             [_describe(d) for d in val]),
                 "validation": {"tiles_at_model_resolution": result.best_metrics or result.last_metrics},
             }
-            write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
-            if cfg.final_validation and vols_val:
-                threshold, doc["validation"]["volumes"] = final_validation(out, vols_val, cfg)
-                doc["output"]["threshold"] = threshold
-                doc["validation"]["threshold_calibrated_on_these_volumes"] = bool(cfg.calibrate_threshold)
-                ious = [v["iou"] for v in doc["validation"]["volumes"]]
-                doc["validation"]["mean_iou"] = round(float(np.mean(ious)), 5)
-                write_model_dir(out, arrays, doc, float_dtype=cfg.weights_dtype)
-            write_model_card(out)
+            with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
+                write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
+                if cfg.final_validation and vols_val:
+                    threshold, doc["validation"]["volumes"] = final_validation(tmp, vols_val, cfg)
+                    doc["output"]["threshold"] = threshold
+                    doc["validation"]["threshold_calibrated_on_these_volumes"] = bool(cfg.calibrate_threshold)
+                    ious = [v["iou"] for v in doc["validation"]["volumes"]]
+                    doc["validation"]["mean_iou"] = round(float(np.mean(ious)), 5)
+                    write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
+                write_model_card(tmp)
             summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
                        "seconds": doc["training"]["seconds"], "validation": doc["validation"],
                        "rank_weight_digests": result.rank_weight_digests}
@@ -441,18 +445,19 @@ def training_record(result, cfg, out: Path, command: Optional[Sequence[str]], da
             "rank_weight_digests": result.rank_weight_digests}
 
 
-def prepare_run(task: str, cfg, data_dirs, val_dirs, out_dir, not_training: Sequence[str]
-                ) -> tuple[list[Path], list[Path], Path, dict]:
+def prepare_run(task: str, cfg, data_dirs, val_dirs, out_dir, not_training: Sequence[str],
+                overwrite: bool = False) -> tuple[list[Path], list[Path], Path, dict]:
     """Checked ``--data`` / ``--val`` / ``--out`` of a 3D U-Net training run and its fingerprint
-    (the config without the fields that may change on resumption)."""
+    (the config without the fields that may change on resumption). A finished ``--out`` is refused
+    first (before the data are read) unless ``overwrite``."""
+    from connectome.training.export import check_out_dir
+
     data = [Path(d) for d in data_dirs]
     val = [Path(d) for d in val_dirs]
-    out = Path(out_dir)
+    out = check_out_dir(out_dir, overwrite)
     if not data:
         raise UserInputError("--data: give at least one `connectome synth` folder")
     _check_folders(data, val)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out {out}: exists and is not a directory")
     fingerprint = {"task": task, "config": {k: v for k, v in config_to_dict(cfg).items() if k not in not_training},
                    "data": [str(p.resolve()) for p in data], "val": [str(p.resolve()) for p in val]}
     return data, val, out, fingerprint

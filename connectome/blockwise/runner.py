@@ -61,6 +61,59 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
                              fill_value=out.fill_value, recreate=restart, channels=out.channels)
         return already, uuid.uuid4().hex[:12]
 
+    lock = StageLock(markers.dir, task.stage, task.workspace) if executor.is_driver else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _run(task, executor, progress, restart, markers, prepare, t0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class StageLock:
+    """One run of a stage per workspace at a time: an exclusive ``flock`` on
+    ``WS/blockwise/<stage>/lock`` held by the driver for the whole run (the OS drops it when the
+    process dies, so a killed run leaves no stale lock). The file names the holder."""
+
+    def __init__(self, directory, stage: str, workspace):
+        self.path = directory / "lock"
+        self.stage, self.workspace = stage, workspace
+        self._fh = None
+
+    def acquire(self) -> None:
+        import fcntl
+        import os
+        import socket
+
+        from connectome.errors import UserInputError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserInputError(f"stage '{self.stage}' is already running on workspace {self.workspace} "
+                                 f"({holder}); wait for it to finish or stop it, then rerun") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def _run(task: Task, executor: Executor, progress: bool, restart: bool, markers, prepare, t0) -> RunReport:
     already, run_id = executor.run_on_driver(prepare)
     done = markers.done_ids()
     todo = [b for b in task.grid.blocks() if b.block_id not in done]

@@ -8,7 +8,8 @@ Format (see ``shared/CONTRACT.md``): a CSV file with the header ``section,row,co
     0,0,1,s000/r0_c1.png,133,0
 
 * ``section``, ``row``, ``col``: integers >= 0; ``(section, row, col)`` is unique.
-* ``path``: relative to the manifest's folder (absolute paths are used as they are).
+* ``path``: relative to the manifest's folder; a path that leads outside it (absolute, or with
+  ``..``) is refused unless ``allow_outside`` (``connectome stitch --allow-absolute-paths``).
 * ``x``, ``y``: the *nominal* stage position of the tile's top-left pixel (element ``[0, 0]``)
   in pixels; any finite numbers (only differences within a section matter).
 * Tiles are 8- or 16-bit grayscale PNG or TIFF images; all tiles of a manifest share one
@@ -109,7 +110,7 @@ def _number(text: str, what: str, where: str, integer: bool) -> float | int:
     return value
 
 
-def read_manifest(path: str | Path) -> Manifest:
+def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
     """Parse and validate a manifest; :class:`UserInputError` names the line at fault."""
     p = Path(path)
     if not p.is_file():
@@ -154,6 +155,12 @@ def read_manifest(path: str | Path) -> Manifest:
             empty[section] = empty.get(section, 0) + 1
             continue
         tile_path = Path(rel) if Path(rel).is_absolute() else base / rel
+        if not allow_outside:
+            inside = base.resolve()
+            target = tile_path.resolve()
+            if target != inside and inside not in target.parents:
+                raise UserInputError(f"{where}: tile path {rel!r} lies outside the manifest's folder {inside}; "
+                                     "use paths relative to it, or pass --allow-absolute-paths")
         tiles.append(TileRecord(section, r, c, str(tile_path), float(x), float(y), lineno))
     listed = {t.section for t in tiles}
     for section in sorted(empty):
@@ -172,6 +179,8 @@ def probe_tile(path: str) -> tuple[tuple[int, int], str]:
     """``((h, w), dtype)`` of a tile image from its header; raises ``ValueError`` with the reason
     if the file is missing, not an image, not 8/16-bit grayscale, or truncated."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError("is a directory, not an image file")
     if not p.is_file():
         raise ValueError("file not found")
     size = p.stat().st_size

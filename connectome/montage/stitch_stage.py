@@ -111,6 +111,8 @@ class StitchConfig:
     voxel_size_nm: tuple[float, float, float] = (40.0, 8.0, 8.0)
     #: leave out (and report) missing, unreadable or odd-sized tiles instead of stopping
     skip_bad_tiles: bool = False
+    #: accept tile paths outside the manifest's folder (absolute, or leading out with "..")
+    allow_absolute_paths: bool = False
     #: (y, x) size of the aligned frame; None = the first section's nominal montage extent
     frame_shape_yx: Optional[tuple[int, int]] = None
     #: plausible stage jitter of one tile (+/- px). The search covers it on both tiles
@@ -533,7 +535,7 @@ def plan(manifest_path: str | Path, workspace: str | Path, config: StitchConfig 
     ws = Path(workspace)
     if ws.exists() and not ws.is_dir():
         raise UserInputError(f"workspace {ws}: exists and is not a directory")
-    full = read_manifest(manifest_path)
+    full = read_manifest(manifest_path, allow_outside=config.allow_absolute_paths)
     manifest, spec, bad = check_tiles(full, skip_bad_tiles=config.skip_bad_tiles)
     layout = _layout(manifest, full, spec, config)
     intensity = _intensity(manifest, spec)

@@ -101,7 +101,7 @@ def view_command(args) -> int:
 
         find_browser()
     port = args.port if args.port is not None else (0 if args.screenshot else DEFAULT_PORT)
-    server = ViewServer(out, bind=args.bind, port=port)  # listen first: a busy port fails before any work
+    server = ViewServer(out, bind=args.bind, port=port, cors=tuple(getattr(args, "cors", None) or ()))  # listen first: a busy port fails before any work
     try:
         if not args.no_export:
             from connectome.viewer.export import export_precomputed

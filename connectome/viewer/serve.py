@@ -5,7 +5,8 @@
   from the ``/v/<token>/`` path and talks to ``/events/<token>`` and ``/state/<token>``; we
   answer those minimally (an idle event stream, state posts acknowledged), so the client keeps
   the state it got from the URL and reports no lost connection.
-* ``/data/<layer>/...`` - files of the export, with CORS. A chunk that cloud-volume stored
+* ``/data/<layer>/...`` - files of the export, with CORS for the viewer's own origin only (and
+  the origins given with ``--cors``; ``--cors '*'`` allows any page to read them). A chunk that cloud-volume stored
   compressed (``<name>.gz`` / ``<name>.br``) is sent as ``<name>`` with ``Content-Encoding``.
 """
 
@@ -67,7 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -------------------------------------------------------------- helpers
     def _cors(self):
-        self.send_header("Access-Control-Allow-Origin", "*")
+        allowed = self.server.cors_origins
+        origin = self.headers.get("Origin")
+        if "*" in allowed:
+            self.send_header("Access-Control-Allow-Origin", "*")
+        elif origin and origin in allowed:  # other origins get no CORS grant: their pages cannot read us
+            self.send_header("Access-Control-Allow-Origin", origin)
+            self.send_header("Vary", "Origin")
         self.send_header("Access-Control-Allow-Headers", "x-requested-with, range, content-type")
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Access-Control-Expose-Headers", "content-range, content-encoding")
@@ -177,7 +184,10 @@ class _Server6(_Server):
 class ViewServer:
     """The running server; ``url`` is its base (``http://host:port``)."""
 
-    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = DEFAULT_PORT):
+    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 cors: tuple[str, ...] = ()):
+        """``cors``: origins (``scheme://host:port``, or ``*``) whose pages may read the data besides
+        the viewer's own (``connectome view --cors``); by default only the viewer's own origin."""
         if not 0 <= int(port) <= 65535:
             raise UserInputError(f"--port: expected 0..65535, got {port}")
         cls = _Server6 if ":" in bind else _Server
@@ -199,6 +209,8 @@ class ViewServer:
         if ":" in host:
             host = f"[{host}]"
         self.url = f"http://{host}:{self.port}"
+        own = {self.url, f"http://127.0.0.1:{self.port}", f"http://localhost:{self.port}", f"http://[::1]:{self.port}"}
+        self.httpd.cors_origins = frozenset(own | {c.rstrip("/") for c in cors})
         self._thread: threading.Thread | None = None
 
     @property
