@@ -19,6 +19,11 @@ HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHO
 	HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1 CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS=-j2 \
 	PATH=$(abspath $(BIN)):$$PATH
 
+# a Chromium install failure: a note locally (the browser test skips), an error under CI=true
+CHROMIUM_CI_CHECK := if [ "$${CI:-}" = true ]; then echo "error: CI=true and headless Chromium is missing" >&2; exit 1; fi
+CHROMIUM_FAILED := { echo "note: apt-get could not install chromium chromium-driver; the browser test will skip" >&2; \
+	$(CHROMIUM_CI_CHECK); }
+
 .PHONY: demo test install clean-venv system-packages
 
 install: $(STAMP)
@@ -31,15 +36,17 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 		$(HOROVOD_ENV) $(PIP) install -q --no-build-isolation -c constraints.txt horovod
 	$(PIP) install -q -c constraints.txt -e ".[all,dev]"
 	@# headless Chromium for `connectome view --screenshot` and the browser test; only when missing
-	@# and apt is usable (root or passwordless sudo); otherwise that test skips and says why
+	@# and apt is usable (root or passwordless sudo); otherwise that test skips and says why. Under
+	@# CI=true a failed or impossible install stops here (the test's skip would fail the run anyway)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
-			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || true; \
+			{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; } || $(CHROMIUM_FAILED); \
 		elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
 			sudo -n apt-get install -y -q chromium chromium-driver >/dev/null || \
-			{ sudo -n apt-get update -q >/dev/null && sudo -n apt-get install -y -q chromium chromium-driver >/dev/null; } || true; \
-		else echo "note: chromium/chromium-driver not installed (no usable apt); the browser test will skip"; fi; }
+			{ sudo -n apt-get update -q >/dev/null && sudo -n apt-get install -y -q chromium chromium-driver >/dev/null; } || $(CHROMIUM_FAILED); \
+		else echo "note: chromium/chromium-driver not installed (no usable apt); the browser test will skip"; \
+			$(CHROMIUM_CI_CHECK); fi; }
 	touch $(STAMP)
 
 demo: $(STAMP)

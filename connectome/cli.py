@@ -361,7 +361,14 @@ def cmd_info(args) -> int:
     print(f"workspace {ws.path}: shape (z,y,x) {list(ws.shape_zyx)}, voxel size {list(ws.voxel_size_nm)} nm")
     for name in ws.array_names():
         a = ws.array(name)
-        print(f"  {name:16s} {str(a.dtype):8s} chunks {list(a.chunks)}")
+        st = ws.array_state(name)
+        if st is None:
+            state = "complete (no state recorded)"
+        elif ws.is_complete(name):
+            state = f"complete (stage '{st.get('stage')}')"
+        else:
+            state = f"INCOMPLETE (stage '{st.get('stage')}' did not finish; rerun `connectome {st.get('stage')}`)"
+        print(f"  {name:16s} {str(a.dtype):8s} chunks {list(a.chunks)}  {state}")
     return 0
 
 

@@ -310,7 +310,7 @@ def build_graph(workspace: str | Path, min_score: float = 0.0, min_synapses: int
         t = now
 
     ws = Workspace.open(workspace, mode="r")
-    seg = ws.array("segmentation")  # "has no array 'segmentation' (run `connectome segment` first)"
+    seg = ws.require_complete("segmentation", "graph")  # "has no array 'segmentation' (run `connectome segment` first)"
     csv_path = ws.path / SYNAPSES_CSV
     lap("open_workspace")
     table = read_synapse_table(csv_path)

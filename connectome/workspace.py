@@ -19,6 +19,14 @@ attribute ``channels`` (a list of C names); its chunks span all channels. Sectio
 the frame (origin = top-left of tile (0, 0) of section 0). Chunks are chosen by the stage that
 writes an array: chunk shape == the stage's block write shape, so one block writes whole chunks.
 
+*Array state*: every array written by a blockwise stage carries the attribute
+``connectome_state = {"stage": <command>, "task": <task>, "complete": bool, "config_digest": str}``.
+The runner sets ``complete: false`` when a task starts writing the array and ``complete: true``
+only once every block of that task has a done-marker, so an array whose stage was killed or
+failed stays marked incomplete. Consumers call :meth:`Workspace.require_complete`, which refuses
+(exit 2) an incomplete array. Arrays written before this attribute existed (no
+``connectome_state``) are treated as complete, so old workspaces keep working.
+
 Opening a workspace validates it; any inconsistency raises :class:`UserInputError` naming
 the array and what was expected.
 """
@@ -55,6 +63,23 @@ PRODUCERS = {
     "synapse_prob": "connectome synapses",
     "boundary": "connectome predict-boundaries",
 }
+
+#: zarr attribute holding an array's completion state (see "Array state" above).
+STATE_ATTR = "connectome_state"
+
+#: blockwise task name -> the `connectome` command that runs it (for "rerun ..." messages).
+TASK_COMMANDS = {
+    "segment-subvolumes": "segment", "segment-write": "segment",
+    "vessel-prob": "mask-vessels", "vessel-mask": "mask-vessels",
+    "synapses-predict": "synapses", "synapses-label": "synapses", "synapses-join": "synapses",
+    "synapses-partners": "synapses",
+    "align": "align", "align-bridge": "align", "align-render": "align",
+}
+
+
+def stage_command(task: str) -> str:
+    """The `connectome` subcommand that runs blockwise task ``task`` (e.g. segment-write -> segment)."""
+    return TASK_COMMANDS.get(task, task)
 
 
 def parse_zyx(text: str, what: str, cast=float, positive: bool = True) -> tuple:
@@ -228,6 +253,40 @@ class Workspace:
             del self.group[name]
         return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
                                        fill_value=fill_value, attributes=all_attrs)
+
+    # ------------------------------------------------------------------ array state
+    def array_state(self, name: str) -> dict | None:
+        """The array's ``connectome_state`` attribute, or None for an array written before array
+        states existed (treated as complete) or by something other than a blockwise stage."""
+        state = self.group[name].attrs.get(STATE_ATTR)
+        return dict(state) if isinstance(state, dict) else None
+
+    def is_complete(self, name: str) -> bool:
+        """False only for an array explicitly marked incomplete; no state attribute = complete."""
+        state = self.array_state(name)
+        return state is None or bool(state.get("complete", True))
+
+    def mark_incomplete(self, name: str, task: str, config_digest: str = "") -> None:
+        """Record that ``task`` has started (re)writing ``name``: it is not finished until
+        :meth:`mark_complete`."""
+        self.group[name].attrs[STATE_ATTR] = {"stage": stage_command(task), "task": task, "complete": False,
+                                              "config_digest": config_digest}
+
+    def mark_complete(self, name: str) -> None:
+        state = self.array_state(name) or {}
+        self.group[name].attrs[STATE_ATTR] = {**state, "complete": True}
+
+    def require_complete(self, name: str, consumer: str):
+        """The validated array ``name`` if it exists and its stage finished; otherwise exit 2
+        (:class:`UserInputError`) naming the array and the command that finishes it.
+        An array without a state attribute (written before states existed) counts as complete."""
+        arr = self.array(name)
+        if not self.is_complete(name):
+            cmd = (self.array_state(name) or {}).get("stage") or PRODUCERS.get(name, "?")
+            raise UserInputError(f"{self.path / VOLUME / name} is incomplete (stage '{cmd}' did not finish; "
+                                 f"{consumer} needs it finished); rerun `connectome {cmd} --workspace {self.path}` "
+                                 "to finish it")
+        return arr
 
     def stage_dir(self, stage: str) -> Path:
         """``WS/blockwise/<stage>/`` (not created here)."""

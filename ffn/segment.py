@@ -327,11 +327,11 @@ def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_di
 
     config = resolve_method(config, model_dir)
     ws = Workspace.open(workspace)
-    raw = ws.array("raw")
+    raw = ws.require_complete("raw", "segment")
     model, sha, factor = _resolve_model(ws, config, model_dir)
     has_mask = bool(config.use_vessel_mask and ws.has("vessel_mask"))
     if has_mask:
-        vm = ws.array("vessel_mask")
+        vm = ws.require_complete("vessel_mask", "segment")
         if all(np.asarray(vm[z]).all() for z in range(vm.shape[0])):
             log.warning("segment: the vessel mask covers the whole volume; the segmentation will be empty")
     stats = intensity_stats(raw, factor)
@@ -351,7 +351,7 @@ def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_di
         from unet.boundary import require_boundary
 
         require_boundary(ws, "segment --method ffn-agglomerate")
-    boundary_sha = (ws.array("boundary").attrs.get("model_sha256")
+    boundary_sha = (ws.require_complete("boundary", "segment").attrs.get("model_sha256")
                     if config.method != "baseline" and ws.has("boundary") else None)
     fp = {"method": config.method, "model_sha256": sha, "boundary_model_sha256": boundary_sha,
           "watershed": config_to_dict(config.watershed) if config.method in ("watershed", "ffn-agglomerate") else None,

@@ -74,3 +74,51 @@ def dask_cluster(tmp_path_factory):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# CI skip policy: under CI=true (set by the CI runner; .ci/run runs `make test`, which installs
+# every optional dependency, Chromium and Slurm included), a skipped test means coverage vanished
+# while the run stayed green, so every skip fails unless its reason is allow-listed below.
+
+#: Skip reasons (substrings of the skip message) accepted under CI, each with why it is legitimate.
+#: Empty on purpose: every skip in this suite guards a dependency that `make test` installs
+#: (TensorFlow, Horovod, DeepHyper, cloudvolume, selenium, Chromium, Slurm), so under CI any of
+#: them firing means an install failed. The one environment-dependent skip there was (a
+#: read-only-directory test that skipped as root) now runs as root (tests/test_synth.py).
+#: Add an entry only with a comment saying why that skip cannot be avoided in CI.
+CI_ALLOWED_SKIP_REASONS: dict[str, str] = {}
+
+
+def _ci_strict() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def _skip_reason(report) -> str:
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2])
+    return str(lr)
+
+
+def _fail_unexpected_skip(report) -> None:
+    if not (_ci_strict() and report.skipped) or hasattr(report, "wasxfail"):
+        return  # an xfail is reported as skipped too: that is not a lost test
+    reason = _skip_reason(report)
+    if any(allowed in reason for allowed in CI_ALLOWED_SKIP_REASONS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"unexpected skip under CI=true ({reason}); install what it needs, or add the reason to "
+                       "CI_ALLOWED_SKIP_REASONS in tests/conftest.py with why")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_unexpected_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level skip (pytest.importorskip at import time) is a collect report
+    _fail_unexpected_skip(outcome.get_result())

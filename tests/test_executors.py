@@ -4,6 +4,7 @@ dask (a real dask.distributed scheduler + workers on 127.0.0.1 via a scheduler f
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,11 @@ def test_import_and_smooth_identical_across_executors(tmp_path, executor, dask_c
     np.testing.assert_array_equal(np.asarray(Workspace.open(ref).array("raw_smooth")[:]), got)
     runs = (ws / "blockwise" / "smooth" / "runs.jsonl").read_text().splitlines()
     assert len(runs) == 1 and '"processed": 40' in runs[0]
+    if executor == "mpi":  # both ranks took blocks: each done-marker names its worker as "host:pid"
+        for stage in ("import", "smooth"):
+            done = sorted((ws / "blockwise" / stage / "done").iterdir())
+            workers = {json.loads(m.read_text())["host"] for m in done}
+            assert len(workers) == 2, (stage, len(done), workers)
 
 
 def test_dask_without_scheduler_file_is_usage_error(tmp_path, volume_u8):

@@ -135,9 +135,20 @@ def _train(volumes, work, steps, seed=1):
     return run_training(job, cfg, work, Session()), job
 
 
-def test_fov_movement_training_learns_and_moves(volumes, tmp_path):
+def test_fov_movement_training_learns_and_moves(volumes, tmp_path, monkeypatch):
     import json
 
+    from ffn.train import FFNJob
+
+    moved = []  # per training step: how many slots are on a FOV past their episode's centre one
+    real_batch = FFNJob.batch
+
+    def batch(self, step, rank, size, batch_size):
+        out = real_batch(self, step, rank, size, batch_size)
+        moved.append(sum(slot.round > 0 for slot in self._slots))
+        return out
+
+    monkeypatch.setattr(FFNJob, "batch", batch)
     res, job = _train(volumes, tmp_path / "w", 80)
     events = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in events if e["event"] == "train"]
@@ -149,6 +160,7 @@ def test_fov_movement_training_learns_and_moves(volumes, tmp_path):
     assert all(0 <= e["arand"] <= 1 and e["voi_split"] >= 0 and "seg_score" in e for e in val)
     assert job.score_key == "seg_score"
     # the slots moved: some episodes went past their centre FOV
+    assert len(moved) == 80 and sum(moved) > 0, moved
     ex, train, _ = volumes
     x, _ = job.batch(80, 0, 1, 4)
     assert x.shape == (4, 7, 13, 13, 2)

@@ -11,8 +11,6 @@ import pytest
 
 from conftest import BIN, run_cli
 
-pytest.importorskip("horovod.tensorflow")
-
 TINY = """model: {depth: 2, features: 8, fov_zyx: [7, 13, 13], deltas_zyx: [2, 3, 3]}
 examples: {min_object_voxels: 300, val_episodes_per_volume: 4, val_segment_zyx: [8, 48, 48], val_segment_max_fovs: 1500,
            val_min_segment_voxels: 50}
@@ -49,6 +47,7 @@ def test_bad_input_exit_2(synth, tmp_path):
 
 
 def test_two_horovod_ranks_keep_identical_weights(synth, tmp_path):
+    pytest.importorskip("horovod.tensorflow")  # the only test here that needs Horovod
     cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", str(BIN / "connectome"), "train", "ffn",
            "--data", str(synth / "s411"), "--data", str(synth / "s413"), "--val", str(synth / "s412"),
            "--out", str(tmp_path / "m"), "--config", str(synth / "tiny.yaml"), "--steps", "10"]
@@ -63,6 +62,7 @@ def test_two_horovod_ranks_keep_identical_weights(synth, tmp_path):
 
 
 def test_resume_continues_the_step_count(synth, tmp_path):
+    pytest.importorskip("tensorflow")
     args = ["train", "ffn", "--data", synth / "s411", "--val", synth / "s412", "--out", tmp_path / "m",
             "--config", synth / "tiny.yaml"]
     r = run_cli(*args, "--steps", "5")

@@ -5,6 +5,7 @@ DeepHyper, the mpicomm evaluator under `mpiexec -n 3`, the PBS job script, and b
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,8 +16,9 @@ import pytest
 
 from conftest import BIN, run_cli
 
-pytest.importorskip("deephyper")
-pytest.importorskip("tensorflow")
+#: only the tests that run a search need DeepHyper; the rest (bad input, the PBS script) run without it
+needs_deephyper = pytest.mark.skipif(importlib.util.find_spec("deephyper") is None,
+                                     reason="deephyper not installed (pip install -e '.[hpo]')")
 
 TINY_FFN = """model: {depth: 2, features: 8, fov_zyx: [7, 13, 13], deltas_zyx: [2, 3, 3]}
 examples: {min_object_voxels: 300, val_episodes_per_volume: 2, val_segment_zyx: [0, 0, 0]}
@@ -45,6 +47,7 @@ search: {random_state: 7}
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    pytest.importorskip("tensorflow")  # trains the tiny FFN the spaces point at
     from connectome.synth import generate
 
     root = tmp_path_factory.mktemp("hpo")
@@ -70,6 +73,7 @@ def _params(row: dict) -> tuple:
     return tuple(f"{float(v):.12g}" for k, v in sorted(row.items()) if k.startswith("p:"))
 
 
+@needs_deephyper
 def test_segment_sweep_best_config_reproduces(setup, tmp_path):
     root = setup
     out = tmp_path / "sweep"
@@ -104,6 +108,7 @@ def test_segment_sweep_best_config_reproduces(setup, tmp_path):
     print(f"best -ARAND {float(best['objective']):.4f} vs base config {float(base[0]['objective']):.4f}")
 
 
+@needs_deephyper
 def test_failed_trials_are_deephyper_failures(setup, tmp_path):
     root = setup
     space = tmp_path / "space.yaml"
@@ -134,6 +139,7 @@ def test_failed_trials_are_deephyper_failures(setup, tmp_path):
 
 
 @pytest.mark.slow
+@needs_deephyper
 def test_mpicomm_under_mpiexec_3(setup, tmp_path):
     root = setup
     out = tmp_path / "sweep"
@@ -239,6 +245,7 @@ search: {random_state: 3}
 
 
 @pytest.mark.slow
+@needs_deephyper
 def test_ffn_training_sweep(setup, tmp_path):
     """A real, short FFN training sweep: every trial trains (8 steps), segments the validation
     workspace with its model and is scored by -VOI."""

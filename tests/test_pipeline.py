@@ -153,6 +153,21 @@ def test_selection_and_argv(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
+def _assert_demo_quality(ev: dict) -> None:
+    """Quality floors of the small-preset demo (fixed seeds). Measured: stitch tile error median
+    0.0005 px; alignment (a) adjacent-pair median 0.95 px, (c) drift 0.059 px/section; vessel IoU
+    0.876; synapses 3 true / 4 predicted / 3 matched: F1 0.857, partners 3/3. Floors ~10-15 % off
+    those, or the criterion itself where that is looser (stitch 0.3 px, drift 0.1 px/section); the
+    synapse floors each tolerate one more error (a false hit: F1 0.75; a wrong partner: 2/3)."""
+    st, al, ve, sy = ev["stitching"], ev["alignment"], ev["vessels"], ev["synapses"]
+    assert st["status"] == "ok" and st["error_median_px"] <= 0.3, st
+    adj, drift = al["adjacent_pair_error"], al["drift"]
+    assert al["status"] == "ok" and adj["status"] == "ok" and adj["median_px"] <= 1.1, adj
+    assert drift["status"] == "ok" and abs(drift["slope_px_per_section"]) <= 0.1, drift
+    assert ve["status"] == "ok" and ve["iou"] >= 0.78, ve
+    assert sy["f1"] >= 0.75 and sy["partner_accuracy"] >= 0.66, sy
+
+
 def test_demo_end_to_end_then_skips(tmp_path):
     """`connectome demo --preset small`: pipelines/demo.yaml through every stage (the shipped vessel
     and synapse models, the shipped boundary model and the default learned-boundary segmentation), evaluated;
@@ -177,6 +192,7 @@ def test_demo_end_to_end_then_skips(tmp_path):
     assert (ws / "precomputed" / "segmentation" / "info").is_file()
     ev = json.loads((ws / "evaluation.json").read_text())
     assert ev["synapses"]["status"] == "ok" and ev["synapses"]["n_true"] > 0
+    _assert_demo_quality(ev)
     assert "pipeline demo: finished" in r.stdout and "record:" in r.stdout
     for sid in ids:  # the runner's summary table names every stage
         assert any(line.split()[:2] == [sid, "done"] for line in r.stdout.splitlines()), sid

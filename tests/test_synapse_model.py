@@ -244,9 +244,8 @@ def test_two_rank_horovod_training_under_mpiexec(tiny, tmp_path):
 
 def test_shipped_model_finds_synapses_on_an_unseen_volume(tmp_path):
     """The shipped model (default of `connectome synapses`) on a demo-preset volume from a seed it
-    never saw, with the true segmentation: most synapses found, most partners right. Loose bounds
-    (the demo-size numbers are in the model card); a broken model, input scaling or partner rule
-    fails them."""
+    never saw, with the true segmentation: nearly all synapses found, nearly all partners right
+    (floors one error below the measured values; the demo-size numbers are in the model card)."""
     import zarr
 
     from connectome.evaluate import EvaluateConfig, evaluate_workspace
@@ -267,4 +266,6 @@ def test_shipped_model_finds_synapses_on_an_unseen_volume(tmp_path):
     s = evaluate_workspace(ws, syn, EvaluateConfig(synapse_match_distance_nm=200.0))["synapses"]
     print("shipped model on seed", seed, s)
     assert s["n_true"] >= 8, s
-    assert s["f1"] >= 0.8 and s["partner_accuracy"] >= 0.6, s
+    # measured (CPU): 13 true, 14 predicted, 13 matched: F1 0.963, partners 12/13 = 0.923. Each floor
+    # tolerates exactly one more error than that (one more miss + false hit: F1 0.889; 11/13 = 0.846)
+    assert s["f1"] >= 0.88 and s["partner_accuracy"] >= 0.83, s

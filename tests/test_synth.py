@@ -299,11 +299,21 @@ def test_cli_rejects_unwritable_or_foreign_out(tmp_path, capsys):
     assert "--seed" in _error_line(capsys)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
-def test_cli_rejects_a_read_only_parent(tmp_path, capsys):
+def test_cli_rejects_a_read_only_parent(tmp_path, capsys, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
+    if os.name != "posix" or os.geteuid() == 0:
+        # root ignores directory permissions: make creating anything inside `ro` fail the way the
+        # kernel does for an unprivileged user, so the same error path runs
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if Path(self).resolve().is_relative_to(ro.resolve()):
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
     try:
         assert main(["synth", str(ro / "out"), "--shape", "2,96,96"]) == 2
         assert "not writable" in _error_line(capsys)

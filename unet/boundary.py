@@ -142,7 +142,7 @@ def plan(workspace: str | Path, config: BoundaryConfig = BoundaryConfig(), model
     from unet.data import intensity_stats
 
     ws = Workspace.open(workspace)
-    raw = ws.array("raw")
+    raw = ws.require_complete("raw", "predict-boundaries")
     m = resolve_model(ws.shape_zyx, ws.voxel_size_nm, config, model_dir, f"workspace {ws.path}")
     stats = intensity_stats(raw, m.factor)
     halo = (m.margin[0], m.margin[1] * m.factor, m.margin[2] * m.factor)
@@ -195,7 +195,7 @@ def require_boundary(ws: Workspace, what: str = "segment") -> object:
     if not ws.has(OUT):
         raise UserInputError(f"workspace {ws.path}: has no array '{OUT}' ({what} needs it); run "
                              f"`connectome predict-boundaries --workspace {ws.path}` first")
-    arr = ws.array(OUT)
+    arr = ws.require_complete(OUT, what)
     done, total = stage_progress(ws.path)
     if total is not None and done < total:
         raise UserInputError(f"workspace {ws.path}: array '{OUT}' is unfinished ({done} of {total} blocks of "

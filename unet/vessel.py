@@ -179,7 +179,7 @@ def plan_prob(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig
     from unet.data import intensity_stats
 
     ws = Workspace.open(workspace)
-    raw = ws.array("raw")
+    raw = ws.require_complete("raw", "mask-vessels")
     m = resolve_model(ws, config, model_dir)
     stats = intensity_stats(raw, m.factor)
     core_raw = (m.tile - 2 * m.margin) * m.factor
@@ -201,7 +201,7 @@ def plan_prob(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig
 
 def plan_mask(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig()) -> Task:
     ws = Workspace.open(workspace)
-    prob = ws.array(PROB)
+    prob = ws.require_complete(PROB, "mask-vessels")
     vy = ws.voxel_size_nm[1]
     if config.postprocess.threshold is None:
         post = dataclasses.replace(config.postprocess, threshold=float(prob.attrs.get("model_threshold", 0.5)))

@@ -4,7 +4,13 @@
 2. (driver) run the task's optional setup (e.g. create the workspace), create the output arrays;
 3. every process lists the blocks without a marker and hands them to the executor;
 4. blocks that keep failing stop the stage with :class:`StageFailed` naming the block and cause;
-5. (driver) append a run record (total / already done / processed / failed / seconds).
+5. (driver) append a run record (total / already done / processed / failed / seconds);
+6. (driver) mark the task's output arrays complete once every block has a done-marker.
+
+Each output array's ``connectome_state`` attribute (see :mod:`connectome.workspace`) is set to
+``complete: false`` in step 2 and to ``complete: true`` only in step 6, so a killed or failed run
+leaves its arrays marked incomplete and consumers refuse them. A multi-task stage declares an
+array as an output only of the task that writes it, so it is complete when that task finishes.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
         for out in task.outputs:
             ws.require_array(out.name, out.dtype, out.chunks_zyx, attrs=dict(out.attrs),
                              fill_value=out.fill_value, recreate=restart, channels=out.channels)
+            ws.mark_incomplete(out.name, task.stage, _digest(task))
         return already, uuid.uuid4().hex[:12]
 
     lock = StageLock(markers.dir, task.stage, task.workspace) if executor.is_driver else None
@@ -69,6 +76,26 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
     finally:
         if lock is not None:
             lock.release()
+
+
+def _digest(task: Task) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps(task.layout(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _mark_outputs_complete(task: Task, markers) -> None:
+    from connectome.workspace import Workspace
+
+    if not task.outputs:
+        return
+    if not {b.block_id for b in task.grid.blocks()} <= markers.done_ids():
+        return  # some block has no marker: leave the arrays marked incomplete
+    ws = Workspace.open(task.workspace)
+    for out in task.outputs:
+        ws.mark_complete(out.name)
 
 
 class StageLock:
@@ -153,4 +180,6 @@ def _run(task: Task, executor: Executor, progress: bool, restart: bool, markers,
         box = " ".join(f"{a}[{b}:{e}]" for a, b, e in zip("zyx", block.write_box.begin_zyx, block.write_box.end_zyx))
         raise StageFailed(f"stage '{task.stage}' failed on block {first.block_id} ({box}) after "
                           f"{first.attempts} attempts: {first.error}")
+    if executor.is_driver:
+        _mark_outputs_complete(task, markers)
     return report

@@ -54,6 +54,9 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     outputs = WorkspaceOutputs.open(workspace)
     truth = TruthSet.open(truth_dir)
     check_voxel_size(outputs, truth)
+    for name in ("raw", "vessel_mask", "segmentation"):  # never score an unfinished array
+        if outputs.has(name):
+            outputs.workspace.require_complete(name, "evaluate")
     for ws_name, truth_name in (("raw", "raw"), ("vessel_mask", "vessels"), ("segmentation", "neurons"),
                                 ("segmentation", "vessels")):
         if outputs.has(ws_name) and truth.has(truth_name):

@@ -73,7 +73,7 @@ class SmoothBlock:
 
 def plan(workspace: str | Path, config: SmoothConfig = SmoothConfig()) -> Task:
     ws = Workspace.open(workspace)
-    ws.array(config.input)  # clear error if missing
+    ws.require_complete(config.input, "smooth")  # clear error if missing or unfinished
     svox = sigma_voxels(config.sigma_nm, ws.voxel_size_nm)
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, halo_for(svox, config.truncate))
     out = OutputSpec(config.output, config.output_dtype, tuple(config.blockwise.block_shape_zyx),

@@ -230,8 +230,8 @@ def _grid(ws: Workspace, config: DetectConfig, halo) -> BlockGrid:
 
 def check_inputs(ws: Workspace, config: DetectConfig) -> None:
     """Clear errors for missing or wrong input arrays (before any block runs)."""
-    ws.array(config.prob_array)
-    ws.array(config.segmentation_array)
+    ws.require_complete(config.prob_array, "synapses")
+    ws.require_complete(config.segmentation_array, "synapses")
     if not ws.has(config.post_array):
         raise UserInputError(f"workspace {ws.path}: has no array '{config.post_array}' (the post-side signal, "
                              "high on the postsynaptic side of a cleft, that partner assignment needs)")
@@ -239,7 +239,7 @@ def check_inputs(ws: Workspace, config: DetectConfig) -> None:
         raise UserInputError(f"workspace {ws.path}: has no array '{config.pre_array}' (the pre-side signal); "
                              "rerun `connectome synapses` (its prediction pass writes it)")
     for name in filter(None, (config.post_array, config.pre_array)):
-        a = ws.array(name)
+        a = ws.require_complete(name, "synapses")
         if np.dtype(a.dtype).kind not in "uif" or a.shape != ws.array(config.prob_array).shape:
             raise UserInputError(f"workspace {ws.path}: array '{name}' has dtype {a.dtype} and shape {list(a.shape)}, "
                                  "expected uint8 (0..255) or float (0..1) of the volume's shape")

@@ -174,10 +174,11 @@ def plan_predict(workspace: str | Path, config: SynapsesConfig = SynapsesConfig(
     from unet.data import intensity_stats
 
     ws = Workspace.open(workspace)
-    raw = ws.array("raw")
+    raw = ws.require_complete("raw", "synapses")
     if not ws.has("segmentation"):
         raise UserInputError(f"workspace {ws.path}: has no array 'segmentation' (partners come from it); run "
                              "`connectome segment` first")
+    ws.require_complete("segmentation", "synapses")
     m = resolve_model(ws.shape_zyx, ws.voxel_size_nm, config, model_dir, f"workspace {ws.path}")
     stats = intensity_stats(raw, m.factor)
     halo = (m.margin[0], m.margin[1] * m.factor, m.margin[2] * m.factor)

@@ -73,6 +73,9 @@ def export_precomputed(workspace: str | Path, out: str | Path | None = None, com
 
     t0 = time.perf_counter()
     ws = Workspace.open(workspace, mode="r")
+    for name in VOLUME_LAYERS:  # an unfinished array is never exported as if it were finished
+        if ws.has(name):
+            ws.require_complete(name, "export-precomputed")
     out = Path(out) if out else default_out(ws.path)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out}: exists and is not a directory")
