@@ -23,6 +23,27 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           env=full_env, timeout=timeout)
 
 
+def kill_mid_run(args, done_dir: Path, at_least: int, delay_s: float, then_kill: bool = True,
+                 timeout: float = 120) -> subprocess.Popen:
+    """Start ``connectome *args`` in its own process group with every block slowed by ``delay_s``
+    (CONNECTOME_BLOCK_DELAY_S), wait until ``done_dir`` holds ``at_least`` done-markers, then (with
+    ``then_kill``) SIGKILL the whole group and reap it. Returns the process."""
+    import signal
+
+    cmd = [sys.executable, "-m", "connectome", *map(str, args)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": str(delay_s)},
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if done_dir.is_dir() and len(os.listdir(done_dir)) >= at_least:
+            break
+        time.sleep(0.02)
+    if then_kill:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """Relative path -> sha1 of every file under ``path`` (to prove nothing changed)."""
     out = {}

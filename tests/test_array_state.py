@@ -5,17 +5,13 @@ the command that finishes it), and ``connectome info`` shows the state."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
 from connectome.workspace import STATE_ATTR, Workspace
-from conftest import run_cli
+from conftest import kill_mid_run, run_cli
 
 SMOOTH = ["--sigma-nm", "40,16,16", "--block-shape", "4,32,32"]
 VOXEL = (40.0, 8.0, 8.0)
@@ -56,16 +52,7 @@ def test_killed_stage_leaves_array_incomplete_and_consumers_refuse_it(tmp_path):
     consumer = ["smooth", "--workspace", ws, "--config", tmp_path / "second.yaml", *SMOOTH, "--executor", "serial"]
 
     done_dir = ws / "blockwise" / "smooth" / "done"
-    cmd = [sys.executable, "-m", "connectome", "smooth", "--workspace", str(ws), *SMOOTH, "--executor", "serial"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.3"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if done_dir.is_dir() and len(os.listdir(done_dir)) >= 2:
-            break
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(["smooth", "--workspace", ws, *SMOOTH, "--executor", "serial"], done_dir, 2, 0.3)
     total = 3 * 2 * 2
     assert 2 <= len(os.listdir(done_dir)) < total, "the kill must land mid-run"
 

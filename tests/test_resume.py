@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import tifffile
 from connectome.blockwise import BlockGrid, MarkerStore, Task, make_executor, run_task
 from connectome.errors import StageFailed, UserInputError
 from connectome.workspace import Workspace
-from conftest import run_cli
+from conftest import kill_mid_run, run_cli
 
 SMOOTH = ["--sigma-nm", "40,16,16", "--block-shape", "4,32,32"]
 
@@ -43,17 +41,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, executor):
     total = 6 * 3 * 3
 
     done_dir = ws / "blockwise" / "smooth" / "done"
-    cmd = [sys.executable, "-m", "connectome", "smooth", "--workspace", str(ws), *SMOOTH, "--executor", executor,
-           "--workers", "2"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.15"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if done_dir.is_dir() and len(os.listdir(done_dir)) >= 8:
-            break
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(["smooth", "--workspace", ws, *SMOOTH, "--executor", executor, "--workers", "2"], done_dir, 8, 0.15)
     time.sleep(0.5)  # let orphaned pool workers notice and exit
     markers = MarkerStore(ws / "blockwise" / "smooth")
     finished = {b: markers.read_marker(b) for b in markers.done_ids()}
@@ -169,13 +157,9 @@ def test_second_run_of_a_stage_is_refused_while_the_first_holds_its_lock(tmp_pat
     (exit 2 naming the holder) and nothing is written; once the first is gone (killed: the OS
     drops its lock) a rerun proceeds."""
     ws = _prepared_workspace(tmp_path)
-    cmd = [sys.executable, "-m", "connectome", "smooth", "--workspace", str(ws), *SMOOTH, "--executor", "serial"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.2"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_dir = ws / "blockwise" / "smooth" / "done"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (done_dir.is_dir() and os.listdir(done_dir)):
-        time.sleep(0.02)
+    proc = kill_mid_run(["smooth", "--workspace", ws, *SMOOTH, "--executor", "serial"], done_dir, 1, 0.2,
+                        then_kill=False)
     r = run_cli("smooth", "--workspace", ws, *SMOOTH, "--executor", "serial")
     n_done = len(os.listdir(done_dir))
     os.killpg(proc.pid, signal.SIGKILL)
