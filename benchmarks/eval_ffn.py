@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from connectome.training.provenance import portable_command
+
 BIN = Path(sys.executable).parent
 
 #: issue 19's acceptance volumes: (name, preset, seed, synth overrides, in the training ranges)
@@ -85,12 +87,19 @@ def evaluate_volume(name: str, preset: str, seed: int, sets: dict, work: Path, m
         t = time.perf_counter()
         _cli(*args)
         wall = time.perf_counter() - t
-        seg = evaluate_workspace(ws, syn, EvaluateConfig())["segmentation"]
+        res = evaluate_workspace(ws, syn, EvaluateConfig())
+        seg, skel = res["segmentation"], res.get("skeletons") or {}
+        ok = skel.get("status") == "ok"
         rows.append({"volume": name, "seed": seed, "preset": preset, "synth_set": sets, "method": method,
                      "arand": round(seg["arand_error"], 4), "voi_split": round(seg["voi_split"], 4),
                      "voi_merge": round(seg["voi_merge"], 4), "voi": round(seg["voi_sum"], 4),
                      "split_objects": seg.get("n_split_truth_objects"), "merged_segments": seg.get("n_merger_segments"),
                      "unlabelled": round(seg["unlabelled_fraction"], 4), "seconds": round(wall, 1),
+                     # skeleton metrics along the true skeletons (connectome/evaluate/skeletons.py)
+                     "erl_nm": round(skel["erl_nm"], 1) if ok else None,
+                     "erl_truth_nm": round(skel["erl_truth_nm"], 1) if ok and "erl_truth_nm" in skel else None,
+                     "skeleton_merges": skel.get("n_merges") if ok else None,
+                     "skeleton_splits": skel.get("n_splits") if ok else None,
                      "voxels_per_s": round(nvox / wall), "predict_boundaries_s": None if boundary_s is None
                      else round(boundary_s, 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -104,12 +113,14 @@ def evaluate_volume(name: str, preset: str, seed: int, sets: dict, work: Path, m
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'volume':>20} {'method':>10} {'ARAND':>7} {'VOI split':>9} {'VOI merge':>9} {'VOI':>6} "
-          f"{'ARAND/base':>10} {'VOI/base':>8} {'splits':>6} {'merges':>6} {'unlab.':>7} {'time s':>7} {'kvox/s':>7}")
+          f"{'ARAND/base':>10} {'VOI/base':>8} {'splits':>6} {'merges':>6} {'unlab.':>7} {'time s':>7} {'kvox/s':>7} "
+          f"{'ERL nm':>8} {'ERL truth':>9} {'sk.merges':>9} {'sk.splits':>9}")
     for r in rows:
         print(f"{r['volume']:>20} {r['method']:>10} {r['arand']:7.4f} {r['voi_split']:9.4f} {r['voi_merge']:9.4f} "
               f"{r['voi']:6.3f} {str(r.get('arand_vs_baseline', '-')):>10} {str(r.get('voi_vs_baseline', '-')):>8} "
               f"{str(r['split_objects']):>6} {str(r['merged_segments']):>6} {r['unlabelled']:7.4f} "
-              f"{r['seconds']:7.1f} {r['voxels_per_s'] / 1e3:7.1f}")
+              f"{r['seconds']:7.1f} {r['voxels_per_s'] / 1e3:7.1f} {str(r.get('erl_nm')):>8} "
+              f"{str(r.get('erl_truth_nm')):>9} {str(r.get('skeleton_merges')):>9} {str(r.get('skeleton_splits')):>9}")
 
 
 def check_acceptance(rows: list[dict], default: str, in_range: set[str]) -> bool:
@@ -180,17 +191,20 @@ def main(argv=None) -> int:
         Path(a.out).write_text(json.dumps(rows, indent=1))
     if a.record:
         record(rows, a.boundary_model, a.ffn_model if "ffn" in " ".join(methods) else None,
-               " ".join(["python", "benchmarks/eval_ffn.py", *(argv or sys.argv[1:])]))
+               "python benchmarks/eval_ffn.py " + portable_command(list(argv or sys.argv[1:])))
     return 0 if ok or not a.suite else 3
 
 
 def table_lines(rows: list[dict]) -> list[str]:
     out = ["| volume | imaging | method | ARAND | VOI split | VOI merge | VOI | ARAND / baseline | VOI / baseline | "
-           "segment s |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "ERL (nm) / truth | skeleton merges / splits | segment s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         imaging = ", ".join(f"{k} {v}" for k, v in r["synth_set"].items()) or "preset"
         out.append(f"| {r['volume']} | {imaging} | {r['method']} | {r['arand']} | {r['voi_split']} | {r['voi_merge']} | "
-                   f"{r['voi']} | {r.get('arand_vs_baseline', '-')} | {r.get('voi_vs_baseline', '-')} | {r['seconds']} |")
+                   f"{r['voi']} | {r.get('arand_vs_baseline', '-')} | {r.get('voi_vs_baseline', '-')} | "
+                   f"{r.get('erl_nm', '-')} / {r.get('erl_truth_nm', '-')} | "
+                   f"{r.get('skeleton_merges', '-')} / {r.get('skeleton_splits', '-')} | {r['seconds']} |")
     return out
 
 

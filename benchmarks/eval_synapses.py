@@ -159,7 +159,11 @@ def record_test(model_dir: Path | None, rows: list[dict], argv: list[str], a) ->
     new = [{"name": f"seed {r['seed']} ({name})", **r} for r in rows]
     old = doc.get("test") or {}
     keys = {(r["name"], r["segmentation"]) for r in new}
-    command = ".venv/bin/python benchmarks/eval_synapses.py " + " ".join(a for a in map(str, argv) if a != "--record")
+    from connectome.training.provenance import portable_command
+
+    # paths relative to the repository root, so the card reads the same on every checkout
+    command = ".venv/bin/python benchmarks/eval_synapses.py " + portable_command(
+        [a for a in map(str, argv) if a != "--record"])
     doc["test"] = {
         "commands": [c for c in old.get("commands", []) if c != command] + [command],
         "match_distance_nm": a.match_nm,

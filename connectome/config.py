@@ -13,6 +13,7 @@ Supported field types: bool, int, float, str, ``Literal[...]``, ``Optional[T]``,
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import math
@@ -23,6 +24,10 @@ from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
 from connectome.errors import UserInputError
 
 T = TypeVar("T")
+
+
+#: set while a config from user input is built (:func:`config_from_dict`, :func:`load_config`)
+_USER_INPUT: contextvars.ContextVar[bool] = contextvars.ContextVar("connectome_user_config", default=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +42,14 @@ class BlockwiseConfig:
     def __post_init__(self) -> None:
         if any(b <= 0 for b in self.block_shape_zyx):
             raise ValueError(f"block_shape_zyx must be positive, got {list(self.block_shape_zyx)}")
+        from connectome.resources import MIN_BLOCK_VOXELS
+
+        # a user's config (file, option, pipeline) is held to the resource limits; code and tests
+        # may build tiny blocks on purpose
+        if _USER_INPUT.get() and math.prod(self.block_shape_zyx) < MIN_BLOCK_VOXELS:
+            raise ValueError(f"block_shape_zyx {list(self.block_shape_zyx)} has {math.prod(self.block_shape_zyx)} "
+                             f"voxels per block; at least {MIN_BLOCK_VOXELS} (e.g. [1, 32, 32] or [16, 16, 16]) "
+                             "keep per-block overhead from dominating")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
@@ -131,7 +144,7 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise _ConfigTypeError(prefix + str(unknown[0]),
-                               f"unknown key '{prefix}{unknown[0]}' in {cls.__name__} "
+                               f"unknown key {prefix + str(unknown[0])!r} in {cls.__name__} "
                                f"(known: {', '.join(sorted(fields))})")
     kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
     try:
@@ -147,17 +160,23 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str =
     if not isinstance(data, Mapping):
         raise UserInputError(f"{source}: expected a mapping of {cls.__name__} fields, "
                              f"got {type(data).__name__}")
+    token = _USER_INPUT.set(True)
     try:
         return _build(cls, data)
     except _ConfigTypeError as exc:
         raise UserInputError(f"{source}: {exc.message}") from None
+    finally:
+        _USER_INPUT.reset(token)
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> T:
+def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None = None,
+                options: Mapping[str, str] | None = None) -> T:
     """Load a stage config from a YAML file (or defaults when ``path`` is None).
 
     ``overrides`` (from command-line options) are applied on top of the file, key by key
     (nested keys as dotted names, e.g. ``{"blockwise.block_shape_zyx": [16, 128, 128]}``).
+    An error caused by an override names its option (``options`` maps dotted key -> option, e.g.
+    ``{"threshold": "--threshold"}``), otherwise the file (or "defaults").
     """
     from connectome.inputs import load_yaml
 
@@ -175,13 +194,55 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, A
             raise UserInputError(f"{p}: expected a mapping of {cls.__name__} fields at the top level, "
                                  f"got {type(loaded).__name__}")
         data = loaded
+    import copy
+
+    base = copy.deepcopy(data)
     for dotted, value in (overrides or {}).items():
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return config_from_dict(cls, data, source=source)
+        _set_dotted(data, dotted, value)
+    try:
+        return config_from_dict(cls, data, source=source)
+    except UserInputError:
+        culprit = _culprit_override(cls, base, overrides or {})
+        if culprit is None:
+            raise
+        token = _USER_INPUT.set(True)
+        try:
+            _build(cls, data)
+        except _ConfigTypeError as exc:
+            raise UserInputError(f"{(options or {}).get(culprit, culprit)}: {exc.message}") from None
+        finally:
+            _USER_INPUT.reset(token)
+        raise  # pragma: no cover - the build failed just above
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _culprit_override(cls: type, base: dict, overrides: Mapping[str, Any]) -> str | None:
+    """The first override that turns a valid ``base`` (file + defaults) into an invalid config."""
+    import copy
+
+    token = _USER_INPUT.set(True)
+    try:
+        try:
+            _build(cls, base)
+        except _ConfigTypeError:
+            return None  # the file itself is bad: report the file
+        for dotted, value in overrides.items():
+            trial = copy.deepcopy(base)
+            _set_dotted(trial, dotted, value)
+            try:
+                _build(cls, trial)
+            except _ConfigTypeError:
+                return dotted
+        return None
+    finally:
+        _USER_INPUT.reset(token)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

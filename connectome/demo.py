@@ -1,7 +1,7 @@
 """``connectome demo``: the whole reconstruction on synthetic data, in one command.
 
 It runs ``pipelines/demo.yaml`` (synth -> stitch -> align -> mask-vessels -> predict-boundaries -> segment -> synapses
--> graph -> evaluate -> export-precomputed) through the pipeline runner
+-> graph -> skeletonize -> evaluate -> export-precomputed) through the pipeline runner
 (:func:`connectome.pipeline.run_pipeline`), with the synthetic volume's preset and seed set from
 the command line (the demo preset: 64 x 512 x 512 voxels of 40 x 8 x 8 nm). Every stage is the
 real command with its own progress display; finished stages are skipped when the demo is run
@@ -38,6 +38,9 @@ METRICS = [
     ("vessels: IoU", "vessels", ("iou",), "{:.3f}"),
     ("neurons: adapted Rand error", "segmentation", ("arand_error",), "{:.3f}"),
     ("neurons: VOI split / merge (bits)", "segmentation", ("voi_split", "voi_merge"), "{:.3f} / {:.3f}"),
+    # skeleton metrics along the true skeletons (connectome/evaluate/skeletons.py, FFN paper)
+    ("neurons: ERL / ERL of the truth (nm)", "skeletons", ("erl_nm", "erl_truth_nm"), "{:.0f} / {:.0f}"),
+    ("neurons: skeleton merges / splits", "skeletons", ("n_merges", "n_splits"), "{} / {}"),
     ("synapses: F1 (precision / recall)", "synapses", ("f1", "precision", "recall"), "{:.3f} ({:.3f} / {:.3f})"),
     ("synapses: partner accuracy", "synapses", ("partner_accuracy",), "{:.3f}"),
     ("connectivity: edge F1 (all / >= 2 synapses)", "connectivity", ("edges_min1.f1", "edges_min2.f1"),

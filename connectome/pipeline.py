@@ -31,8 +31,8 @@ stages before it; a rerun skips stages whose marker matches, and a killed stage 
 its own block done-markers. ``WS/run.json`` records, per stage, status, wall time, block counts
 (from ``WS/blockwise/*/runs.jsonl``), the command and package versions.
 
-Adding a stage = one :data:`STAGES` entry (its command words, config class, options, kind);
-an entry whose command this installation does not have is refused at validation (exit 2).
+:data:`STAGES` is built from the command table (:mod:`connectome.commands.table`): a command with
+a pipeline ``kind`` is a stage, its options marked ``pipeline=KIND`` are the stage's options.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import math
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -53,8 +52,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from connectome.atomic import atomic_write_text
+from connectome.commands.spec import Command
+from connectome.commands.table import ENTRIES
 from connectome.errors import UserInputError
 from connectome.inputs import finite_float
+from connectome.mpi import mpi_rank, mpiexec_path
 
 # ---------------------------------------------------------------------------------------------
 # the stage registry
@@ -82,70 +84,16 @@ class StageDef:
     mpi: bool = False                             # may run as several ranks (mpiexec)
 
 
-def _cfg(module: str, attr: str) -> Callable[[], type]:
-    def load():
-        import importlib
-
-        return getattr(importlib.import_module(module), attr)
-    return load
-
-
-def _stage_cfg(name: str) -> Callable[[], type]:
-    def load():
-        from connectome.stages import load_stage
-
-        return load_stage(name).Config
-    return load
+def _stage_def(c) -> StageDef:
+    """A pipeline stage from its command-table entry (:mod:`connectome.commands.table`)."""
+    options = {a.name: Option(a.pipeline, required=a.required, positional=a.positional)
+               for a in c.args if a.pipeline is not None}
+    return StageDef(c.name, c.words, c.kind, options, config=c.load_config_class if c.config else None,
+                    workspace=c.takes_workspace, executor=c.takes_executor, progress=c.takes_progress, mpi=c.mpi)
 
 
-_BLOCK = {"block-shape": Option("zyx")}
-
-STAGES: dict[str, StageDef] = {s.name: s for s in [
-    StageDef("synth", ("synth",), "single", workspace=False,
-             options={"out": Option("path", required=True, positional=True), "shape": Option("zyx"),
-                      "seed": Option("int"), "preset": Option("str")}),
-    StageDef("import", ("import",), "blockwise", executor=True, config=_cfg("connectome.stages.importer", "ImportConfig"),
-             options={"src": Option("path", required=True, positional=True), "voxel-size": Option("zyx", required=True),
-                      "intensity-range": Option("range"), **_BLOCK}),
-    StageDef("smooth", ("smooth",), "blockwise", executor=True, config=_cfg("connectome.stages.smooth", "SmoothConfig"),
-             options={"sigma-nm": Option("zyx"), **_BLOCK}),
-    StageDef("stitch", ("stitch",), "blockwise", executor=True,
-             config=_cfg("connectome.montage.stitch_stage", "StitchConfig"),
-             options={"tiles": Option("path", required=True), "voxel-size": Option("zyx"), "frame-shape": Option("yx"),
-                      "skip-bad-tiles": Option("bool")}),
-    StageDef("align", ("align",), "blockwise", executor=True, config=_cfg("connectome.montage.align_stage", "AlignConfig"),
-             options=dict(_BLOCK)),
-    StageDef("mask-vessels", ("mask-vessels",), "blockwise", executor=True, config=_stage_cfg("mask-vessels"),
-             options={"model": Option("path"), **_BLOCK}),
-    StageDef("predict-boundaries", ("predict-boundaries",), "blockwise", executor=True,
-             config=_stage_cfg("predict-boundaries"), options={"model": Option("path"), **_BLOCK}),
-    StageDef("segment", ("segment",), "model", executor=True, mpi=True, config=_stage_cfg("segment"),
-             options={"model": Option("path"), "method": Option("str"), **_BLOCK}),
-    StageDef("synapses", ("synapses",), "blockwise", executor=True, config=_stage_cfg("synapses"),
-             options={"model": Option("path"), "threshold": Option("float"), "min-size": Option("int"), **_BLOCK}),
-    StageDef("graph", ("graph",), "single", progress=False,
-             options={"min-score": Option("float"), "min-synapses": Option("int")}),
-    StageDef("export-precomputed", ("export-precomputed",), "single", progress=False,
-             options={"out": Option("path"), "no-compress": Option("bool")}),
-    StageDef("evaluate", ("evaluate",), "single", progress=False, config=_cfg("connectome.evaluate", "EvaluateConfig"),
-             options={"truth": Option("path", required=True)}),
-    StageDef("train-vessel", ("train", "vessel"), "model", workspace=False, progress=False, mpi=True,
-             config=_stage_cfg("train-vessel"),
-             options={"data": Option("list", required=True), "val": Option("list"), "out": Option("path", required=True),
-                      "steps": Option("int")}),
-    StageDef("train-synapse", ("train", "synapse"), "model", workspace=False, progress=False, mpi=True,
-             config=_stage_cfg("train-synapse"),
-             options={"data": Option("list", required=True), "val": Option("list"), "out": Option("path", required=True),
-                      "steps": Option("int")}),
-    StageDef("train-boundary", ("train", "boundary"), "model", workspace=False, progress=False, mpi=True,
-             config=_stage_cfg("train-boundary"),
-             options={"data": Option("list", required=True), "val": Option("list"), "out": Option("path", required=True),
-                      "steps": Option("int")}),
-    StageDef("train-ffn", ("train", "ffn"), "model", workspace=False, progress=False, mpi=True,
-             config=_stage_cfg("train-ffn"),
-             options={"data": Option("list", required=True), "val": Option("list"), "out": Option("path", required=True),
-                      "steps": Option("int")}),
-]}
+#: every pipeline stage: the commands of the command table that have a pipeline ``kind``
+STAGES: dict[str, StageDef] = {c.name: _stage_def(c) for c in ENTRIES if isinstance(c, Command) and c.is_stage}
 
 STAGE_KEYS = ("stage", "id", "options", "config", "executor", "workers", "ranks", "pbs")
 PBS_KEYS = ("nodes", "ppn", "depth", "walltime", "queue")
@@ -155,20 +103,7 @@ EXECUTORS = ("serial", "local", "dask", "mpi")
 
 def available_commands() -> set[tuple[str, ...]]:
     """Command word tuples the CLI of this installation has (``("train", "vessel")`` etc.)."""
-    import argparse
-
-    from connectome.cli import build_parser
-
-    out: set[tuple[str, ...]] = set()
-
-    def walk(parser, prefix):
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    out.add(prefix + (name,))
-                    walk(sub, prefix + (name,))
-    walk(build_parser(), ())
-    return out
+    return {c.words for c in ENTRIES if isinstance(c, Command)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,22 +397,6 @@ def load_pipeline(path: str | os.PathLike, workspace: str | os.PathLike) -> Pipe
 
 # ---------------------------------------------------------------------------------------------
 # running
-
-
-def mpi_rank() -> Optional[int]:
-    """This process's MPI rank when launched by mpiexec (MPICH/PALS/Open MPI/PMIx), else None."""
-    for var in ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return None
-
-
-def mpiexec_path() -> str:
-    local = Path(sys.executable).parent / "mpiexec"
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    if not found:
-        raise UserInputError("ranks > 1 needs `mpiexec` on PATH (pip install mpich, or load the MPI module)")
-    return found
 
 
 def versions() -> dict[str, str]:

@@ -132,39 +132,42 @@ def _image_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         raise UserInputError(f"{path}: not a readable TIFF/PNG image ({type(exc).__name__}: {exc})") from None
 
 
-def _check(shape, dtype, where: str) -> tuple[tuple[int, int, int], str]:
+def _check(shape, dtype, where: str, dtypes=SUPPORTED_DTYPES) -> tuple[tuple[int, int, int], str]:
     dtype = np.dtype(dtype)
     if len(shape) != 3:
         raise UserInputError(f"{where}: expected a 3D volume (z, y, x), got {len(shape)}D shape {list(shape)}")
     if any(s <= 0 for s in shape):
         raise UserInputError(f"{where}: volume is empty (shape {list(shape)})")
-    if dtype not in SUPPORTED_DTYPES:
+    if dtypes is None:  # label volumes: any dtype here; the caller checks it
+        return tuple(int(s) for s in shape), dtype.name  # type: ignore[return-value]
+    if dtype not in dtypes:
         raise UserInputError(f"{where}: unsupported dtype {dtype} (expected uint8 or uint16 grayscale)")
     return tuple(int(s) for s in shape), dtype.name  # type: ignore[return-value]
 
 
-def open_source(src: str) -> VolumeSource:
-    """Detect and open ``src``; raises :class:`UserInputError` on anything wrong with it."""
+def open_source(src: str, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
+    """Detect and open ``src``; raises :class:`UserInputError` on anything wrong with it.
+    ``dtypes=None`` accepts any dtype (label volumes, ``connectome review import``)."""
     m = re.match(r"^(.*\.(?:h5|hdf5|hdf)):(/?.+)$", src, re.IGNORECASE)
     if m:
-        return _open_hdf5(m.group(1), m.group(2))
+        return _open_hdf5(m.group(1), m.group(2), dtypes)
     p = Path(src)
     if not p.exists():
         raise UserInputError(f"{src}: source not found")
     if p.is_dir():
         if (p / "zarr.json").exists() or (p / ".zarray").exists() or (p / ".zgroup").exists():
-            return _open_zarr(p)
-        return _open_folder(p)
+            return _open_zarr(p, dtypes)
+        return _open_folder(p, dtypes)
     suffix = p.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        return _open_tiff(p)
+        return _open_tiff(p, dtypes)
     if suffix in (".h5", ".hdf5", ".hdf"):
         raise UserInputError(f"{src}: HDF5 source needs a dataset: {src}:/path/to/dataset")
     raise UserInputError(f"{src}: unsupported source (expected a zarr array, a multi-page TIFF, a folder of "
                          "per-section TIFF/PNG images, or file.h5:/dataset)")
 
 
-def _open_zarr(p: Path) -> VolumeSource:
+def _open_zarr(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
     import zarr
 
     try:
@@ -175,11 +178,11 @@ def _open_zarr(p: Path) -> VolumeSource:
         names = sorted(n for n, _ in node.arrays())
         raise UserInputError(f"{p}: is a zarr group, not an array; name one of its arrays: "
                              + (", ".join(f"{p}/{n}" for n in names) or "(it has none)"))
-    shape, dtype = _check(node.shape, node.dtype, str(p))
+    shape, dtype = _check(node.shape, node.dtype, str(p), dtypes)
     return ZarrSource(f"zarr:{p.resolve()}", shape, dtype, path=str(p.resolve()))
 
 
-def _open_tiff(p: Path) -> VolumeSource:
+def _open_tiff(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
     import tifffile
 
     try:
@@ -188,11 +191,11 @@ def _open_tiff(p: Path) -> VolumeSource:
             shape, dtype = tuple(series.shape), series.dtype
     except Exception as exc:
         raise UserInputError(f"{p}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    shape, dtype = _check(shape, dtype, str(p))
+    shape, dtype = _check(shape, dtype, str(p), dtypes)
     return TiffStackSource(f"tiff:{p.resolve()}", shape, dtype, path=str(p.resolve()))
 
 
-def _open_folder(p: Path) -> VolumeSource:
+def _open_folder(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
     files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")),
                    key=lambda f: _natural_key(f.name))
     if not files:
@@ -205,11 +208,11 @@ def _open_folder(p: Path) -> VolumeSource:
         if shape != shape0 or dtype != dtype0:
             raise UserInputError(f"{f}: section has shape {list(shape)} {dtype}, but {files[0].name} has "
                                  f"{list(shape0)} {dtype0}; all sections must match")
-    shape, dtype = _check((len(files),) + shape0, dtype0, str(p))
+    shape, dtype = _check((len(files),) + shape0, dtype0, str(p), dtypes)
     return ImageFolderSource(f"folder:{p.resolve()}", shape, dtype, files=tuple(str(f.resolve()) for f in files))
 
 
-def _open_hdf5(path: str, dataset: str) -> VolumeSource:
+def _open_hdf5(path: str, dataset: str, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
     import h5py
 
     if not os.path.isfile(path):
@@ -226,6 +229,6 @@ def _open_hdf5(path: str, dataset: str) -> VolumeSource:
         raise
     except Exception as exc:
         raise UserInputError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
-    shape, dtype = _check(shape, dtype, f"{path}:{dataset}")
+    shape, dtype = _check(shape, dtype, f"{path}:{dataset}", dtypes)
     return HDF5Source(f"hdf5:{Path(path).resolve()}:{dataset}", shape, dtype, path=str(Path(path).resolve()),
                       dataset=dataset)

@@ -131,7 +131,7 @@ class Workspace:
             raise UserInputError(f"workspace {path}: shape must be positive, got {list(frame.shape_zyx)}")
         if any(not v > 0 for v in frame.voxel_size_nm):
             raise UserInputError(f"workspace {path}: voxel size must be positive, got {list(frame.voxel_size_nm)}")
-        if (path / VOLUME).exists():
+        if cls.exists(path):
             ws = cls.open(path, mode="r+")
             ws.check_frame(frame)
             return ws
@@ -139,11 +139,29 @@ class Workspace:
             raise UserInputError(f"workspace {path}: exists and is not a directory")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            group = zarr.open_group(_store(path / VOLUME), mode="w-", zarr_format=3)
-            group.attrs["connectome"] = frame.to_json()
+            if (path / VOLUME).is_dir():  # only temporary files of a killed first write (see exists)
+                for p in (path / VOLUME).iterdir():
+                    p.unlink()
+            # the frame goes into the group's first (atomic) metadata write: a run killed here
+            # leaves either no group or a complete one, never a group without its frame
+            group = zarr.open_group(_store(path / VOLUME), mode="w-", zarr_format=3,
+                                    attributes={"connectome": frame.to_json()})
         except OSError as exc:
             raise UserInputError(f"workspace {path}: cannot create ({exc.strerror or exc})") from None
         return cls(path, group, frame)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """Whether ``path`` holds a workspace (or something else named ``volume.zarr`` that
+        :meth:`open` judges). A ``volume.zarr`` folder holding nothing but the temporary files of
+        an interrupted first write (a creating run killed before its group's metadata landed)
+        is no workspace yet: creating one there goes ahead."""
+        vol = Path(path) / VOLUME
+        if not vol.exists():
+            return False
+        if (vol / "zarr.json").is_file() or not vol.is_dir():
+            return True
+        return any(not p.name.endswith(".partial") for p in vol.iterdir())
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r+") -> "Workspace":

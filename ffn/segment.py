@@ -35,6 +35,7 @@ from connectome.atomic import atomic_write_bytes
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.errors import UserInputError
+from connectome.resources import MODEL_WORKER_BYTES
 from connectome.workspace import Workspace, open_array
 from ffn.inference import InferenceConfig
 from ffn.reconcile import MatchRule, NpzSubvolumeStore, Subvolume, subvolume_grid
@@ -359,7 +360,8 @@ def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_di
                                 else None),
           "model_factor_yx": factor, "precision": config.precision, "intensity": stats.to_json(), "vessel_mask": has_mask,
           "inference": config_to_dict(config.inference), "overlap_zyx": list(config.overlap)}
-    return Task(STAGE_SUB, ws.path, grid, proc, fp, (), max_retries=config.blockwise.max_retries)
+    return Task(STAGE_SUB, ws.path, grid, proc, fp, (), max_retries=config.blockwise.max_retries,
+                bytes_per_voxel=64.0, worker_memory_bytes=MODEL_WORKER_BYTES)
 
 
 @dataclass(frozen=True)

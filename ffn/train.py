@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from connectome.training import TrainerConfig
+from connectome.training.provenance import portable_command, portable_path
 from unet.augment import AugmentConfig
 from ffn.data import CentreSampler, augment, crop, model_resolution
 from ffn.model import PAD_PROB, SEED_PROB, FFNModelConfig, logit
@@ -487,7 +488,6 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
     weights.npz}`` (atomically; a finished ``out_dir`` is refused unless ``overwrite``). Returns a
     summary on rank 0 (``{"stopped": True, ...}`` after a signal)."""
     import json
-    import shlex
     import sys
     import time
     from pathlib import Path
@@ -535,10 +535,11 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
         if s.is_root:
             arrays = wio.load_npz(result.weights_file)
             doc = {"inference": {"move_threshold": cfg.examples.move_threshold},
-                   "training": {"command": " ".join(shlex.quote(c) for c in (command or sys.argv)),
+                   "training": {"command": portable_command(list(command or sys.argv)),
                                 "ranks": result.ranks, "global_batch": result.global_batch, "steps": result.steps,
                                 "seconds_last_run": result.seconds, "examples_per_s_last_run": result.examples_per_s,
-                                "data": [str(d) for d in data], "validation_data": [str(d) for d in val],
+                                "data": [portable_path(d) for d in data],
+                                "validation_data": [portable_path(d) for d in val],
                                 "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "config": json.loads(json.dumps(config_to_dict(cfg), default=str)),
                                 "rank_weight_digests": result.rank_weight_digests},

@@ -168,7 +168,7 @@ def test_fold_is_flagged_and_bridged_missing_section_left_empty(folded):
     assert min(np.subtract(ours, want)) >= -0.05
     res = transform_residuals(data, ws)
     good = np.concatenate([v for z, v in res.items() if z != 6])
-    # reported, not asserted: on this data the content itself drifts (oblique neurites), see README
+    # reported, not asserted: on this data the content itself drifts (oblique neurites), see docs/stages/align.md
     print(f"synth absolute transform residual: median {np.median(good):.2f} px, max {good.max():.2f} px")
 
 

@@ -115,7 +115,7 @@ def test_render_pipeline_out_and_submit_dry_run(tmp_path, capsys):
     assert all(os.access(p, os.X_OK) for p in out)
     rc = main(["pbs", "submit", str(pipe), "--system", "local", "--nodes", "1", "--workspace",
                str(tmp_path / "ws2"), "--dry-run"])
-    assert rc == 0 and len(_scripts(capsys.readouterr().out)) == 10  # every stage of pipelines/demo.yaml
+    assert rc == 0 and len(_scripts(capsys.readouterr().out)) == 11  # every stage of pipelines/demo.yaml
     assert not (tmp_path / "ws2").exists()
 
 

@@ -176,8 +176,8 @@ def test_demo_end_to_end_then_skips(tmp_path):
     r = run_cli("demo", "--workspace", ws, "--preset", "small", "--no-progress", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.loads((ws / "run.json").read_text())
-    ids = ["synth", "stitch", "align", "mask-vessels", "predict-boundaries", "segment", "synapses", "graph", "evaluate",
-           "export-precomputed"]
+    ids = ["synth", "stitch", "align", "mask-vessels", "predict-boundaries", "segment", "synapses", "graph",
+           "skeletonize", "evaluate", "export-precomputed"]
     assert rec["pipeline"]["stages"] == ids
     for sid in ids:
         st = rec["stages"][sid]
@@ -198,6 +198,10 @@ def test_demo_end_to_end_then_skips(tmp_path):
         assert any(line.split()[:2] == [sid, "done"] for line in r.stdout.splitlines()), sid
     # the demo's own table: headline metrics and the view command
     assert "demo results" in r.stdout and "synapses: F1" in r.stdout and "vessels: IoU" in r.stdout
+    # skeletons: in the export, and ERL / merges / splits in the evaluation and the demo table
+    assert json.loads((ws / "precomputed" / "segmentation" / "info").read_text())["skeletons"] == "skeletons"
+    assert ev["skeletons"]["status"] == "ok" and 0 < ev["skeletons"]["erl_nm"] <= ev["skeletons"]["erl_truth_nm"]
+    assert "neurons: ERL / ERL of the truth (nm)" in r.stdout
     assert f"connectome view --workspace {ws}" in r.stdout
     # second run (the pipeline the demo wrote, through `connectome run`): everything is skipped
     r = run_cli("run", ws / "pipeline" / "demo.yaml", "--workspace", ws)
@@ -250,3 +254,29 @@ def test_run_killed_mid_stage_resumes_identical(tmp_path):
     assert rec["stages"]["stitch"]["blocks"]["stitch"]["already_done"] >= n_done
     assert rec["stages"]["stitch"]["blocks"]["stitch"]["processed"] == 8 - rec["stages"]["stitch"]["blocks"]["stitch"]["already_done"]
     _assert_same_outputs(ref, ws)
+
+
+def test_registry_options_match_the_cli():
+    """Every option of a stage's CLI command can be set in a pipeline, and nothing else (so a
+    pipeline can, e.g., retrain with --overwrite or stitch with --allow-absolute-paths)."""
+    import argparse
+
+    from connectome.cli import build_parser
+
+    general = {"help", "verbose", "quiet", "config", "executor", "workers", "scheduler_file", "progress",
+               "restart", "workspace"}
+
+    def sub(parser, words):
+        for w in words:
+            action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            parser = action.choices[w]
+        return parser
+
+    parser = build_parser()
+    bad = []
+    for sdef in STAGES.values():
+        cli = {a.dest.replace("_", "-") for a in sub(parser, sdef.command)._actions} - {
+            g.replace("_", "-") for g in general}
+        if set(sdef.options) != cli:
+            bad.append((sdef.name, sorted(cli - set(sdef.options)), sorted(set(sdef.options) - cli)))
+    assert not bad, bad

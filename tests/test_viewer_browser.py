@@ -80,3 +80,39 @@ def test_view_screenshot_command(tmp_path, capsys):
     img = Image.open(png)
     assert img.size == (800, 600)
     assert np.asarray(img.convert("L")).std() > 10
+
+
+@pytest.mark.timeout(180)
+def test_view_shows_skeletons_headless(tmp_path):
+    """After `connectome skeletonize`, the export's segmentation layer carries skeletons: with
+    the meshes switched off, the 3D panel shows the skeletons of the selected segments (and
+    nothing without the skeletons subsource)."""
+    _need_browser()
+    from connectome.viewer.screenshot import take_screenshot
+    from connectome.viewer.serve import ViewServer
+    from connectome.viewer.state import build_state, state_url
+
+    ws = make_workspace(tmp_path / "ws")
+    assert main(["skeletonize", "--workspace", str(ws), "--executor", "serial", "-q"]) == 0
+    assert main(["export-precomputed", "--workspace", str(ws), "-q"]) == 0
+    out = ws / "precomputed"
+    assert json.loads((out / "segmentation" / "info").read_text())["skeletons"] == "skeletons"
+    manifest = json.loads((out / "connectome.json").read_text())
+    stats = {}
+    with ViewServer(out, port=0) as srv:
+        for skeletons in (True, False):
+            state = build_state(manifest, srv.data_url)
+            state["showSlices"] = False
+            state["layout"] = "3d"
+            seg = next(layer for layer in state["layers"] if layer["name"] == "segmentation")
+            seg["source"] = {"url": seg["source"], "enableDefaultSubsources": False,
+                             "subsources": {"default": True, "mesh": False, "skeletons": skeletons}}
+            seg["skeletonRendering"] = {"mode3d": "lines", "lineWidth3d": 8}
+            state["layers"] = [layer for layer in state["layers"] if layer["name"] == "segmentation"]
+            png = tmp_path / f"skeletons_{skeletons}.png"
+            result = take_screenshot(state_url(srv.client_url, state), png, size=(800, 600), timeout=60,
+                                     state=state)
+            (panel,) = [s for s in _panel_stats(png, result["panels"]) if s["kind"] == "3d"]
+            stats[skeletons] = panel
+    assert stats[True]["colourful"] > 0.002, stats
+    assert stats[False]["colourful"] < stats[True]["colourful"] / 4, stats

@@ -27,6 +27,7 @@ import numpy as np
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig
 from connectome.errors import UserInputError
+from connectome.resources import MODEL_WORKER_BYTES
 from connectome.workspace import Workspace, open_array
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,8 @@ def plan(workspace: str | Path, config: BoundaryConfig = BoundaryConfig(), model
                         config.no_data_value)
     fingerprint = {"model_sha256": m.sha256, "factor": m.factor, "tile_zyx": list(m.tile),
                    "margin_zyx": list(m.margin), "intensity": stats.to_json(), "no_data_value": config.no_data_value}
-    return Task(STAGE, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries)
+    return Task(STAGE, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries,
+                bytes_per_voxel=32.0, worker_memory_bytes=MODEL_WORKER_BYTES)
 
 
 def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir=None, config: BoundaryConfig = BoundaryConfig()

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from connectome.errors import UserInputError
+from connectome.training.provenance import portable_path
 
 #: (p95 - p5) of a unit normal distribution
 SPREAD_TO_SIGMA = 3.29
@@ -137,7 +138,7 @@ class LabelledVolume:
     positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "seed": self.meta.get("seed"), "preset": self.meta.get("preset"),
+        return {"path": portable_path(self.path), "seed": self.meta.get("seed"), "preset": self.meta.get("preset"),
                 "generator": self.meta.get("generator"), "shape_zyx": list(self.raw.shape),
                 "voxel_size_nm": list(self.voxel_size_nm),
                 "label_fraction": round(float(self.meta.get("label_fraction", float("nan"))), 5)}

@@ -35,6 +35,7 @@ import numpy as np
 
 from connectome.errors import UserInputError
 from connectome.training import TrainerConfig
+from connectome.training.provenance import portable_path
 from unet.augment import AugmentConfig
 from unet.data import IntensityStats, adjust_stats
 from unet.losses import LossConfig
@@ -270,7 +271,7 @@ def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConf
     log.info("detection calibration: best threshold %.2f, min size %d: F1 %.4f", best[0], best[1], grid[best][0])
     out = []
     for (p, shape, vs, *_rest, sec), row in zip(preds, grid[best][1]):
-        out.append({"path": str(p), "shape_zyx": list(shape), "seconds_predict": round(sec, 1),
+        out.append({"path": portable_path(p), "shape_zyx": list(shape), "seconds_predict": round(sec, 1),
                     **{k: (round(v, 5) if isinstance(v, float) and v == v else v) for k, v in row.items()}})
     table = {f"{t:g}/{m}": round(f, 4) for (t, m), (f, _) in grid.items()}
     return float(best[0]), int(best[1]), out, table

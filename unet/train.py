@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -46,6 +45,7 @@ import numpy as np
 from connectome.config import config_to_dict
 from connectome.errors import UserInputError
 from connectome.training import TrainerConfig
+from connectome.training.provenance import portable_command, portable_path
 from unet.augment import AugmentConfig, geometric_augment, intensity_augment
 from unet.data import (IntensityStats, LabelledVolume, adjust_stats, crop_example, draw_spec, intensity_stats,
                        load_synth_volume, validation_specs, volume_factor)
@@ -483,15 +483,13 @@ def unet3d_doc(task: str, cfg, input_voxel_nm: float, trained_on_voxel_nm, array
 
 
 def _command_line(command: Optional[Sequence[str]]) -> str:
-    argv = list(command or sys.argv)
-    if argv and (argv[0].endswith("__main__.py") or Path(argv[0]).name == "connectome"):
-        argv[0] = "connectome"
-    return " ".join(shlex.quote(a) for a in argv)
+    """The training command as the model card records it (paths relative to the repository root)."""
+    return portable_command(list(command or sys.argv))
 
 
 def _describe(d: Path) -> dict:
     m = _read_meta(d)
-    return {"path": str(d), "seed": m.get("seed"), "preset": m.get("preset"), "shape_zyx": m.get("shape_zyx"),
+    return {"path": portable_path(d), "seed": m.get("seed"), "preset": m.get("preset"), "shape_zyx": m.get("shape_zyx"),
             "voxel_size_nm": m.get("voxel_size_nm"), "generator": m.get("generator")}
 
 
@@ -555,8 +553,27 @@ def write_model_card(model_dir: str | Path) -> Path:
             shape = ",".join(str(v) for v in d["shape_zyx"])
             lines.append(f"connectome synth {d['path']} --preset {d['preset']} --seed {d['seed']} --shape {shape}")
         lines.append("```")
+    ft = doc.get("fine_tuning")
+    if ft:
+        c, i = ft["corrections"], ft["init"]
+        ws = c.get("workspace") or {}
+        lines += ["", "## Fine-tuning on reviewed corrections", "",
+                  f"- Init model: `{i.get('portable_path') or i['path']}` (weights sha256 `{i['weights_sha256']}`).",
+                  f"- Corrections: `{c['review_dir']}` (import `{c.get('import_id')}`, queue strategy "
+                  f"{c.get('strategy')}), {len(c['item_ids'])} corrected box(es): "
+                  f"{c.get('voxels', {}).get('corrected')} corrected voxels, "
+                  f"{c.get('voxels', {}).get('foreground')} of them vessel.",
+                  f"  - trained on: {', '.join(map(str, c['train_item_ids']))}",
+                  f"  - held back for validation: {', '.join(map(str, c['validation_item_ids']))}",
+                  f"- Workspace: `{ws.get('path')}` (fingerprint `{ws.get('fingerprint')}`).",
+                  f"- Replay of the synth folders above: {ft['replay_fraction']:.0%} of each batch when any are "
+                  "given; voxels not corrected (255) carry no loss."]
+        cb = v.get("corrected_boxes")
+        if cb:
+            lines.append(f"- Held-back boxes through the inference path (corrected voxels, threshold "
+                         f"{cb['threshold']:g}): IoU {cb['iou']}, precision {cb['precision']}, recall {cb['recall']}.")
     lines += ["", "## Validation", ""]
-    tiles = v.get("tiles_at_model_resolution") or {}
+    tiles = v.get("tiles_at_model_resolution") or v.get("corrected_boxes_tiles") or {}
     if tiles:
         lines.append(f"- Validation tiles at model resolution (best step {w.get('from_step')}): IoU {tiles.get('iou', 0):.4f}, "
                      f"Dice {tiles.get('dice', 0):.4f}, BCE {tiles.get('loss', 0):.4f}.")

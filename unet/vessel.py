@@ -29,6 +29,7 @@ import numpy as np
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.errors import UserInputError
+from connectome.resources import MODEL_WORKER_BYTES
 from connectome.workspace import Workspace, open_array
 from unet.infer import PostprocessConfig
 
@@ -196,7 +197,8 @@ def plan_prob(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig
                            (stats.p5, stats.p50, stats.p95), config.batch_size, config.threads)
     fingerprint = {"model_sha256": m.sha256, "factor": m.factor, "tile_px": m.tile, "margin_px": m.margin,
                    "z_context": m.z_context, "intensity": stats.to_json()}
-    return Task(STAGE_PROB, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries)
+    return Task(STAGE_PROB, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries,
+                bytes_per_voxel=32.0, worker_memory_bytes=MODEL_WORKER_BYTES)
 
 
 def plan_mask(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig()) -> Task:

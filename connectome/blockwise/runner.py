@@ -51,9 +51,13 @@ def _progress_bar(enabled: bool, total: int, initial: int, stage: str):
 
 def run_task(task: Task, executor: Executor | None = None, progress: bool = False,
              restart: bool = False) -> RunReport:
-    from connectome.workspace import Workspace
+    from connectome.workspace import STATE_ATTR, Workspace, stage_command
+
+    from connectome.resources import check_plan
 
     executor = executor or SerialExecutor()
+    if executor.is_driver:
+        check_plan(task)
     markers = MarkerStore(task.workspace / "blockwise" / task.stage)
     t0 = time.perf_counter()
 
@@ -63,9 +67,14 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
         already = markers.prepare(task.layout(), restart=restart)
         ws = Workspace.open(task.workspace)
         for out in task.outputs:
-            ws.require_array(out.name, out.dtype, out.chunks_zyx, attrs=dict(out.attrs),
+            # created already marked incomplete: a kill between creating it and marking it must
+            # not leave an array that reads as finished
+            state = {"stage": stage_command(task.stage), "task": task.stage, "complete": False,
+                     "config_digest": _digest(task)}
+            ws.require_array(out.name, out.dtype, out.chunks_zyx, attrs={**dict(out.attrs), STATE_ATTR: state},
                              fill_value=out.fill_value, recreate=restart, channels=out.channels)
             ws.mark_incomplete(out.name, task.stage, _digest(task))
+            _remove_stale_partials(ws.path / "volume.zarr" / out.name)
         return already, uuid.uuid4().hex[:12]
 
     lock = StageLock(markers.dir, task.stage, task.workspace) if executor.is_driver else None
@@ -76,6 +85,56 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
     finally:
         if lock is not None:
             lock.release()
+
+
+def discard_progress(workspace, stages) -> None:
+    """Forget the done-markers and recorded layout of ``stages`` (their run history stays), each
+    under its stage lock. A multi-step command run with ``--restart`` calls this for its later
+    steps before its first step starts, so a ``--restart`` run killed in an early step needs no
+    second ``--restart``: a plain rerun continues step 1 and runs the later steps afresh."""
+    import shutil
+    from pathlib import Path
+
+    from connectome.workspace import Workspace
+
+    stages = set(stages)
+    ws = Workspace.open(workspace) if (Path(workspace) / "volume.zarr").exists() else None
+    for stage in sorted(stages):
+        markers = MarkerStore(Path(workspace) / "blockwise" / stage)
+        if not markers.dir.exists():
+            continue
+        lock = StageLock(markers.dir, stage, workspace)
+        lock.acquire()
+        try:
+            if ws is not None:  # what these steps wrote is no longer finished
+                for name in list(ws.group.array_keys()):
+                    state = ws.array_state(name)
+                    if state and state.get("task") == stage and state.get("complete"):
+                        ws.mark_incomplete(name, stage, state.get("config_digest", ""))
+            markers.layout_path.unlink(missing_ok=True)
+            shutil.rmtree(markers.done_dir, ignore_errors=True)
+        finally:
+            lock.release()
+        log.info("stage %s: progress discarded (--restart)", stage)
+
+
+def _remove_stale_partials(directory) -> None:
+    """Temporary files (``*.partial``) a killed run left in an output array of this task. Safe
+    here: the driver holds the stage lock and no block of this run has started yet, and no other
+    stage writes this task's outputs."""
+    import os
+
+    if not os.path.isdir(directory):
+        return
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            if name.endswith(".partial"):
+                try:
+                    os.unlink(os.path.join(root, name))
+                except OSError:
+                    pass
+                else:
+                    log.debug("removed %s left by a killed run", os.path.join(root, name))
 
 
 def _digest(task: Task) -> str:

@@ -47,6 +47,10 @@ class Task:
     max_retries: int = 2
     #: optional driver-only step before markers and outputs are prepared (e.g. create the workspace)
     setup: Optional[Callable[[], None]] = None
+    #: memory estimate of one worker (see :mod:`connectome.resources`): bytes per voxel of a
+    #: block's read box, plus a fixed overhead (``resources.MODEL_WORKER_BYTES`` for model stages)
+    bytes_per_voxel: float = 16.0
+    worker_memory_bytes: int = 200 << 20
 
     def layout(self) -> dict[str, Any]:
         return {"stage": self.stage, "grid": self.grid.to_json(), "fingerprint": dict(self.fingerprint),

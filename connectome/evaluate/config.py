@@ -52,6 +52,11 @@ class EvaluateConfig:
     #: (e) run the downstream criterion (segments the truth raw in WS/evaluate/truth_raw/:
     #: predict-boundaries + segment; minutes). ``connectome evaluate --downstream`` sets it.
     downstream: bool = False
+    #: Skeleton metrics (:mod:`.skeletons`): a segment counts as holding a true skeleton (for
+    #: merges and splits) when at least this much of the skeleton's cable (nm) lies in it
+    skeleton_min_overlap_nm: float = 100.0
+    #: how many of the worst mergers (by true skeleton length affected) evaluation.json lists
+    skeleton_top_mergers: int = 10
 
     def __post_init__(self) -> None:
         if len(self.block_shape_zyx) != 3 or any(int(b) <= 0 for b in self.block_shape_zyx):
@@ -68,5 +73,7 @@ class EvaluateConfig:
             raise ValueError(f"synapse_match_distance_nm must be > 0, got {self.synapse_match_distance_nm}")
         if self.align_grid_px < 1:
             raise ValueError(f"align_grid_px must be >= 1, got {self.align_grid_px}")
+        if not self.skeleton_min_overlap_nm >= 0 or self.skeleton_top_mergers < 0:
+            raise ValueError("skeleton_min_overlap_nm and skeleton_top_mergers must be >= 0")
         if not self.edge_min_synapses or any(k < 1 for k in self.edge_min_synapses):
             raise ValueError(f"edge_min_synapses must be ints >= 1, got {list(self.edge_min_synapses)}")

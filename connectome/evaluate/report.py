@@ -48,6 +48,16 @@ LAYOUT = [
         ("n_segments", "segments overlapping neurons"),
         ("unlabelled_fraction", "unlabelled neuron voxels"),
     ]),
+    ("skeletons", "skeletons (along the true skeletons)", [
+        ("erl_nm", "expected run length ERL (nm)"),
+        ("erl_truth_nm", "ERL of the truth labels (ceiling, nm)"),
+        ("erl_fraction_of_truth", "ERL / ERL of the truth"),
+        ("total_length_nm", "true skeleton length (nm)"),
+        ("n_merges", "merges (on skeleton nodes)"),
+        ("n_splits", "splits (on skeleton nodes)"),
+        ("n_skeletons", "true skeletons"),
+        ("omitted_node_fraction", "nodes in no segment"),
+    ]),
     ("synapses", "synapses", [
         ("n_predicted", "predicted"),
         ("n_true", "true"),
@@ -156,8 +166,18 @@ def alignment_criteria_rows(section: Mapping[str, Any]) -> list[tuple[str, str, 
     return rows
 
 
+def worst_merger_rows(section: Mapping[str, Any], top: int = 3) -> list[tuple[str, str, str]]:
+    """The worst mergers of a skeletons section: segment id, skeletons joined, where (z,y,x voxels)."""
+    rows = []
+    for m in (section.get("worst_mergers") or [])[:top]:
+        where = ",".join(str(v) for v in m.get("position_zyx", []))
+        rows.append((f"worst merger: segment {m['segment_id']}",
+                     f"{m['n_skeletons']} skeletons, {m['skeleton_length_nm'] / 1e3:.1f} um, at z,y,x {where}", ""))
+    return rows
+
+
 #: extra (label, value, check) rows appended to a scored section
-EXTRA_ROWS = {"alignment": alignment_criteria_rows}
+EXTRA_ROWS = {"alignment": alignment_criteria_rows, "skeletons": worst_merger_rows}
 
 
 def format_table(results: Mapping[str, Any]) -> str:

@@ -16,6 +16,8 @@ Which sections are computed from what::
                   (e) --downstream: WS segmentation vs the same segmenter on truth raw (downstream)
     vessels       WS vessel_mask                  vs  truth vessels
     segmentation  WS segmentation                 vs  truth neurons (minus truth vessels)
+    skeletons     WS segmentation along truth/skeletons (or skeletons of truth neurons): ERL,
+                  merges and splits on skeleton nodes; ERL of the truth neurons = the ceiling
     synapses      WS/synapses.csv                 vs  truth/synapses.csv   (+ segmentation for partners)
     connectivity  WS/connectivity.csv             vs  truth/connectivity.csv (needs segmentation)
 """
@@ -128,6 +130,14 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
         seg_map = segmentation.segment_to_truth_map(table)
         log.info("evaluate: segmentation done in %.1f s", time.perf_counter() - t0)
 
+    # ---- skeletons: ERL, merges and splits along the true skeletons (needs the segmentation)
+    if not outputs.has("segmentation"):
+        results["skeletons"] = _skip("not run", "no segmentation in WS/volume.zarr")
+    elif not truth.has("neurons") and truth.table("skeletons/info") is None:
+        results["skeletons"] = _skip("no truth", "no truth/skeletons and no neurons in truth.zarr")
+    else:
+        results["skeletons"] = _timed("skeletons", _skeletons, outputs, truth, cfg, voxel_size, progress)
+
     # ---- alignment criterion (e), downstream (needs the segmentation section)
     if results["alignment"].get("status") == "ok":
         if not cfg.downstream:
@@ -174,6 +184,17 @@ def _timed(name: str, fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
     log.info("evaluate: %s done in %.1f s", name, time.perf_counter() - t0)
+    return out
+
+
+def _skeletons(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig, voxel_size, progress) -> dict:
+    from connectome.evaluate import skeletons
+
+    true_skels, source = skeletons.truth_skeletons(truth, voxel_size, progress)
+    neurons = truth.array("neurons") if truth.has("neurons") else None
+    out = skeletons.evaluate_skeletons(true_skels, outputs.array("segmentation"), neurons, voxel_size,
+                                       cfg.skeleton_min_overlap_nm, cfg.skeleton_top_mergers)
+    out["truth_source"] = source
     return out
 
 

@@ -19,7 +19,7 @@ from connectome.montage.align_store import align_dir, read_match
 from connectome.montage.store import open_montages
 
 if TYPE_CHECKING:
-    from connectome.montage.align_stage import AlignConfig
+    from connectome.montage.align_config import AlignConfig
 
 log = logging.getLogger(__name__)
 

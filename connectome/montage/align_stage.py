@@ -47,55 +47,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
-from connectome.config import BlockwiseConfig, config_to_dict
+from connectome.config import config_to_dict
 from connectome.montage.align import MatchParams, fold_score, register_pair
+from connectome.montage.align_config import AlignConfig
 from connectome.montage.align_report import write_report  # noqa: F401 (used by the CLI)
 from connectome.montage.align_store import (align_dir, bridge_refs, match_path, n_sections, present_sections,
                                             section_health, step1_refs, stitch_fingerprint, transform_path)
 from connectome.montage.compose import Compose
 from connectome.montage.store import is_driver_process, open_montages  # noqa: F401 (used by the CLI)
 from connectome.montage.warp import DisplacementGrid
-from connectome.montage.zsolve import DriftPrior
 
 log = logging.getLogger(__name__)
 
 STAGES = ("align", "align-bridge", "align-render")
-
-
-@dataclass(frozen=True)
-class AlignConfig:
-    #: registration of one section pair (coarse affine, patches, filtering, smooth field)
-    pair: MatchParams = field(default_factory=MatchParams)
-    #: match every section to this many preceding sections (1 = its predecessor only); more
-    #: gives the joint solve redundant matches (weight 1/distance), at that many times the cost
-    neighbours: int = 1
-    #: bridge bad sections by matching to z-2 .. z-max_skip
-    max_skip: int = 4
-    #: node spacing (px) of the stored section transforms over the aligned frame
-    grid_spacing_px: int = 32
-    #: sections whose montage shows a straight dark band scoring above this are folded (bad)
-    max_fold_score: float = 3.8
-    #: drift control: pull of each section towards its stitched stage frame, per kind of motion,
-    #: relative to one match (see :mod:`.zsolve`; all 0 = plain composition of the matches)
-    drift_prior: DriftPrior = field(default_factory=DriftPrior)
-    #: spline order of the final resampling (1 = bilinear, 3 = cubic)
-    interpolation_order: int = 3
-    #: how many evenly spaced sections get a preview PNG (bad and bridged ones always do)
-    preview_sections: int = 4
-    #: render blocks (and chunks of raw)
-    blockwise: BlockwiseConfig = field(default_factory=lambda: BlockwiseConfig(block_shape_zyx=(8, 256, 256)))
-
-    def __post_init__(self):
-        if self.max_skip < 1 or self.grid_spacing_px < 4 or self.neighbours < 1:
-            raise ValueError("max_skip >= 1, neighbours >= 1 and grid_spacing_px >= 4 are required")
-        if self.interpolation_order not in (0, 1, 3):
-            raise ValueError(f"interpolation_order must be 0, 1 or 3, got {self.interpolation_order}")
 
 
 Config = AlignConfig
@@ -150,6 +120,9 @@ class ResetOnRestart:
         if self.restart:
             import shutil
 
+            # step 1's done-markers go first (the runner would drop them only after this setup):
+            # a --restart run killed in here must not leave markers claiming deleted matches
+            shutil.rmtree(Path(self.workspace) / "blockwise" / "align" / "done", ignore_errors=True)
             for sub in ("matches", "transforms"):
                 shutil.rmtree(align_dir(self.workspace) / sub, ignore_errors=True)
 

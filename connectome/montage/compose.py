@@ -19,8 +19,8 @@ from connectome.montage.zsolve import Edge, solve
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the config lives with the stage, which imports this module
-    from connectome.montage.align_stage import AlignConfig
+if TYPE_CHECKING:
+    from connectome.montage.align_config import AlignConfig
 
 
 def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int], config: "AlignConfig") -> dict:

@@ -499,20 +499,26 @@ class PrepareOutputs:
         create = True
         if (path / "zarr.json").is_file():
             group = _open_montages(path, mode="r+")
-            old = dict(group.attrs).get("montage", {})
-            same = (old.get("fingerprint") == attrs["fingerprint"] and "montage" in group and
-                    tuple(group["montage"].shape) == shape and tuple(group["montage"].chunks) == chunks)
-            if not same and not self.restart:
-                raise UserInputError(f"{path}: was stitched from another manifest or config; rerun with --restart "
-                                     "to replace it")
-            create = not same
+            old = dict(group.attrs).get("montage")
+            # no attribute: a run was killed while creating the store (the attribute is written
+            # last, before any section is stitched into it), so it holds nothing: create it anew
+            if old is not None:
+                same = (old.get("fingerprint") == attrs["fingerprint"] and "montage" in group and
+                        tuple(group["montage"].shape) == shape and tuple(group["montage"].chunks) == chunks)
+                if not same and not self.restart:
+                    raise UserInputError(f"{path}: was stitched from another manifest or config; rerun with "
+                                         "--restart to replace it")
+                create = not same
         Workspace.create(self.workspace, (lay.n_sections,) + tuple(lay.frame_yx), self.voxel_size_nm)
         atomic_write_text(Path(self.workspace) / "stitch" / "plan_bad_tiles.json", self.bad_tiles_json)
         if not create:
             return
-        if path.exists():
-            import shutil
+        import shutil
 
+        # a new store holds no section, so no done-marker may claim one (markers left by a run
+        # whose store is being replaced, e.g. a --restart run killed after this point)
+        shutil.rmtree(Path(self.workspace) / "blockwise" / STAGE / "done", ignore_errors=True)
+        if path.exists():
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         group = _open_montages(path, mode="w")
@@ -538,10 +544,11 @@ def plan(manifest_path: str | Path, workspace: str | Path, config: StitchConfig 
     full = read_manifest(manifest_path, allow_outside=config.allow_absolute_paths)
     manifest, spec, bad = check_tiles(full, skip_bad_tiles=config.skip_bad_tiles)
     layout = _layout(manifest, full, spec, config)
+    _check_sizes(layout, ws, config)
     intensity = _intensity(manifest, spec)
-    if (ws / "volume.zarr").exists():
-        from connectome.workspace import Frame, Workspace
+    from connectome.workspace import Frame, Workspace
 
+    if Workspace.exists(ws):
         Workspace.open(ws).check_frame(Frame((layout.n_sections,) + tuple(layout.frame_yx),
                                              tuple(float(v) for v in config.voxel_size_nm)))
     per_z = [tuple() for _ in range(layout.n_sections)]
@@ -565,7 +572,35 @@ def plan(manifest_path: str | Path, workspace: str | Path, config: StitchConfig 
                             "reason": b.reason} for b in bad])
     setup = PrepareOutputs(str(ws), layout, tuple(config.chunk_yx), tuple(config.voxel_size_nm),
                            json.dumps(attrs), bad_json, restart)
-    return Task(STAGE, ws, grid, proc, fingerprint, (), max_retries=config.max_retries, setup=setup)
+    return Task(STAGE, ws, grid, proc, fingerprint, (), max_retries=config.max_retries, setup=setup,
+                bytes_per_voxel=0.0, worker_memory_bytes=_section_bytes(layout))
+
+
+#: bytes per canvas pixel while one section is stitched (float32 accumulators, weights, masks)
+_STITCH_BYTES_PER_PX = 24
+#: the aligned volume's render blocks (``AlignConfig`` default, 8 x 256 x 256) are counted up front
+_RENDER_BLOCK_ZYX = (8, 256, 256)
+
+
+def _section_bytes(layout: Layout) -> int:
+    from connectome.resources import PLAIN_WORKER_BYTES
+
+    return PLAIN_WORKER_BYTES + _STITCH_BYTES_PER_PX * int(layout.canvas_hw[0]) * int(layout.canvas_hw[1])
+
+
+def _check_sizes(layout: Layout, ws: Path, config: StitchConfig) -> None:
+    """Refuse (exit 2, with the estimate) a frame that the aligned volume could not hold: more render
+    blocks than the runner accepts, or more bytes than the workspace's disk has free."""
+    from connectome.resources import MAX_BLOCKS, check_disk
+
+    option = "--frame-shape / frame_shape_yx" if config.frame_shape_yx is not None else "stitch"
+    n, (fy, fx) = layout.n_sections, layout.frame_yx
+    blocks = math.prod(-(-s // b) for s, b in zip((n, fy, fx), _RENDER_BLOCK_ZYX))
+    if blocks > MAX_BLOCKS:
+        raise UserInputError(f"{option}: a frame of {fy} x {fx} px over {n} sections makes an aligned volume of "
+                             f"{n * fy * fx:,} voxels ({blocks:,} render blocks of {list(_RENDER_BLOCK_ZYX)}, "
+                             f"limit {MAX_BLOCKS:,}); the tiles span {layout.canvas_hw[0]} x {layout.canvas_hw[1]} px")
+    check_disk(ws, n * fy * fx, f"the aligned volume ({n} x {fy} x {fx} uint8)", option)
 
 
 def parse_yx(text: str, what: str) -> list[int]:

@@ -60,7 +60,7 @@ def plan(src: str, workspace: str | Path, voxel_size_nm, config: ImportConfig = 
     source = open_source(src)
     ws_path = Path(workspace)
     frame = Frame(source.shape_zyx, tuple(float(v) for v in voxel_size_nm))
-    if (ws_path / "volume.zarr").exists():
+    if Workspace.exists(ws_path):
         Workspace.open(ws_path).check_frame(frame)  # refuses before anything is written
     elif ws_path.exists() and not ws_path.is_dir():
         raise UserInputError(f"workspace {ws_path}: exists and is not a directory")

@@ -26,9 +26,13 @@ class SmoothConfig:
     blockwise: BlockwiseConfig = field(default_factory=BlockwiseConfig)
     #: Gaussian sigma in nm (z, y, x)
     sigma_nm: tuple[float, float, float] = (40.0, 16.0, 16.0)
+    #: filter radius in sigmas (scipy's ``truncate``); also sets the halo each block reads
     truncate: float = 4.0
+    #: the workspace array to smooth
     input: str = "raw"
+    #: the new array written (not one of the pipeline's arrays, not the input)
     output: str = "raw_smooth"
+    #: "uint8" (rounded and clipped to 0..255) or "float32"
     output_dtype: Literal["uint8", "float32"] = "uint8"
 
     def __post_init__(self):

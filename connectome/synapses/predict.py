@@ -27,6 +27,7 @@ from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig
 from connectome.errors import UserInputError
 from connectome.synapses.partners import DEFAULT_SHELL_RADIUS_NM
+from connectome.resources import MODEL_WORKER_BYTES
 from connectome.workspace import Workspace, open_array
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ def plan_predict(workspace: str | Path, config: SynapsesConfig = SynapsesConfig(
     fingerprint = {"model_sha256": m.sha256, "factor": m.factor, "tile_zyx": list(m.tile),
                    "margin_zyx": list(m.margin), "tta": config.tta, "intensity": stats.to_json(),
                    "no_data_value": config.no_data_value}
-    return Task(STAGE, ws.path, grid, proc, fingerprint, outs, max_retries=config.blockwise.max_retries)
+    return Task(STAGE, ws.path, grid, proc, fingerprint, outs, max_retries=config.blockwise.max_retries,
+                bytes_per_voxel=32.0, worker_memory_bytes=MODEL_WORKER_BYTES)
 
 
 def detect_config(workspace: str | Path, config: SynapsesConfig):

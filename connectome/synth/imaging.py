@@ -27,6 +27,10 @@ Per section, in this order (``render_block``):
    low-dose SEM scans.
 5. *Quantisation* to uint8.
 
+The new-brain look (preset ``newbrain``) adds: membranes widened by ``membrane_extra_px``
+px; dark endothelial nuclei (0.30) and pericytes (0.40) in the vessel wall, and a light glial
+sheath (0.78) around it (vessels.py); a gamma ``image_gamma`` after the section staining.
+
 Randomness comes from :mod:`.fields`, keyed by section and global position, so blocks agree.
 """
 
@@ -42,6 +46,7 @@ MEMBRANE, MITO, MITO_RIM = 0.20, 0.36, 0.22
 LUMEN, WALL, LAMINA, RBC, ENDO_MEMBRANE, NUCLEUS = 0.90, 0.52, 0.25, 0.20, 0.32, 0.47
 PSD, ACTIVE_ZONE_DARKEN, VES_LUMEN, VES_RIM = 0.14, 0.12, 0.80, 0.20
 NOTHING = 0.45
+DARK_NUCLEUS, PERICYTE, GLIA = 0.30, 0.40, 0.78  # new-brain look (presets.py: newbrain)
 MID = 0.55
 
 
@@ -143,6 +148,8 @@ def render_block(block, core, geom, levels, looks, seed: int):
                 zd += 0.5 * (block.owner[iz + dz] != own)
         img = img * (1.0 - 0.5 * zd) + (0.5 * cfg.membrane_gray) * zd
         mem = _membranes(own)
+        if cfg.membrane_extra_px > 0:  # thicker membranes (new-brain look): the dark line widened
+            mem = ndi.binary_dilation(mem, iterations=int(cfg.membrane_extra_px)) & (own >= 0)
         img[mem] = cfg.membrane_gray + 0.04 * t2[mem]
         if block.vessel_sdf is not None:
             vs = block.vessel_sdf[iz]
@@ -160,11 +167,21 @@ def render_block(block, core, geom, levels, looks, seed: int):
                 img[inv & (vs > -18.0)] = LAMINA
                 r = block.rbc[iz]
                 img[r] = RBC + 0.015 * t1[r]
+            for cells, gray in ((block.pericytes, PERICYTE), (block.dark_nuclei, DARK_NUCLEUS)):
+                if cells is not None and cells[iz].any():
+                    c = cells[iz]
+                    img[c] = gray + 0.04 * t1[c] + 0.03 * t2[c]
+                    img[c & _membranes(c.astype(np.int8))] = ENDO_MEMBRANE - 0.08
+        if block.glia is not None and block.glia[iz].any():
+            g = block.glia[iz]
+            img[g] = GLIA + 0.03 * t1[g] + 0.02 * t2[g]
         img[block.active_zone[iz]] -= ACTIVE_ZONE_DARKEN
         p = block.psd[iz]
         img[p] = np.minimum(img[p], PSD + 0.03 * t2[p])
         _vesicles(img, own, geom.synapses, z, box, voxel)
         img = MID + gain[z] * (img - MID) + offset[z]
+        if cfg.image_gamma != 1.0:  # another stain/detector response (new-brain look)
+            img = np.clip(img, 0.0, 1.0) ** cfg.image_gamma
         if cfg.psf_sigma_px > 0:
             img = ndi.gaussian_filter(img, cfg.psf_sigma_px, mode="nearest", truncate=4.0)
         clean = img[ys, xs]

@@ -213,6 +213,11 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
     fingerprint = {"format": FORMAT, "seed": seed, "config": cfg.fingerprint_json()}
     if writer.prepare(out, fingerprint):
         log.info("synth: %s already holds this dataset (same parameters and seed)", out)
+        if not (out / "truth" / "skeletons" / "info").is_file():  # made before true skeletons existed
+            geom, _, _ = build_geometry(cfg, plan_acquisition(cfg, seed), seed)
+            n = writer.write_truth_skeletons(out / "truth" / "skeletons", writer.truth_skeletons(
+                geom.neuropil.tubes, cfg.shape_zyx, cfg.voxel_size_nm))
+            log.info("synth: added %d true skeletons to %s", n, out / "truth" / "skeletons")
         if preview and not (out / "preview.png").exists():
             from connectome.synth.preview import write_preview
             write_preview(out)
@@ -279,6 +284,9 @@ def generate(out, shape_zyx=None, seed: int = 0, preset: str = "small", preview:
     writer.write_csv(out / "truth" / "connectivity.csv",
                      ["pre_segment_id", "post_segment_id", "synapse_count", "mean_score"], connectivity)
     writer.write_json(out / "truth" / "sections.json", _sections_json(cfg, plan, looks))
+    n_skel = writer.write_truth_skeletons(out / "truth" / "skeletons", writer.truth_skeletons(
+        geom.neuropil.tubes, cfg.shape_zyx, cfg.voxel_size_nm))
+    log.info("synth: %d true skeletons in %s", n_skel, out / "truth" / "skeletons")
     writer.write_json(out / "synth.json", _synth_json(cfg, seed, fingerprint, plan, stats, geo_stats,
                                                       len(synapse_rows), len(connectivity), flow.result()))
     if preview:

@@ -12,6 +12,8 @@ except ``fibres``, which is ``demo`` with oriented fibres (a known net content f
     bench   256 x 2048 x 2048   4 x 4 of ~590 px    scaling runs (written in z-slabs)
     fibres  64 x 512 x 512      3 x 3 of ~200 px    demo + 70% of axons as oriented fibres whose
                                                     content flows ~(0, +0.8) px per section
+    newbrain 64 x 512 x 512     3 x 3 of ~200 px    demo in a look the shipped models have not
+                                                    seen (held out; see PRESETS["newbrain"])
 
 Tuple fields can be given on the command line as ``--set fibre_flow_px=0.0,0.8`` (comma
 separated) or as a YAML list ``--set fibre_flow_px=[0.0,0.8]``.
@@ -79,6 +81,13 @@ class SynthConfig:
     vessels: bool = True
     #: Target volume fraction of vessels (lumen + wall); cortex: ~2-5% (Tsai et al. 2009).
     vessel_fraction: float = 0.05
+    #: New-brain look (vessels.py; all off by default): the wall as a fraction of the outer
+    #: radius, extra dark endothelial nuclei in the wall, pericytes on its outer side, and a
+    #: glial (astrocytic end-foot) sheath of this width (nm) outside it.
+    vessel_wall_fraction: float = 0.25
+    endothelial_nuclei: int = 0
+    pericytes: int = 0
+    glial_sheath_nm: float = 0.0
 
     # ---- synapses (see synapses.py) -------------------------------------------------------
     #: ~1 synapse per um^3 in mammalian cortex neuropil (DeFelipe et al. 1999: 0.6-1.1).
@@ -97,6 +106,10 @@ class SynthConfig:
     #: imaging lies outside what a model was trained on.
     membrane_gray: float = 0.20
     mito_gray: float = 0.36
+    #: New-brain look (imaging.py): membranes widened by this many px (0 = the 2 px line) and
+    #: a gamma applied after the section staining (1 = none).
+    membrane_extra_px: int = 0
+    image_gamma: float = 1.0
 
     # ---- acquisition (see acquisition.py) -------------------------------------------------
     #: Target tile edge (px) and overlap fraction between neighbouring tiles (8-15% typical).
@@ -151,6 +164,9 @@ class SynthConfig:
             if not getattr(self, switch):
                 for k in fields:
                     d.pop(k, None)
+        for k, default in UNSEEN_WHEN_DEFAULT.items():
+            if d.get(k) == default:
+                d.pop(k, None)
         return d
 
     @property
@@ -167,6 +183,13 @@ OFF_WHEN_ZERO: dict[str, tuple[str, ...]] = {
     "tile_vignetting": ("tile_vignetting",),
 }
 
+#: Fields added after the first format that change nothing at their default value: left out of
+#: the fingerprint while at it (the new-brain look, issue 23).
+UNSEEN_WHEN_DEFAULT: dict[str, Any] = {
+    "vessel_wall_fraction": 0.25, "endothelial_nuclei": 0, "pericytes": 0, "glial_sheath_nm": 0.0,
+    "membrane_extra_px": 0, "image_gamma": 1.0,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(shape_zyx=(16, 256, 256), tile_size_px=150, drift_translation_px=6.0,
                   drift_rotation_deg=0.25, elastic_amplitude_px=1.0, elastic_spacing_px=128,
@@ -179,6 +202,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   chunk_zyx=(32, 256, 256), block_xy_px=512, missing_sections=1, damaged_sections=1),
 }
 PRESETS["fibres"] = dict(PRESETS["demo"], fibre_fraction=0.7, fibre_flow_px=(0.0, 0.8))
+#: A brain the shipped models have not seen (issue 23): thicker vessel walls with dark
+#: endothelial nuclei and pericytes, a light glial sheath around the vessel, thicker and
+#: darker membranes, another gamma, contrast drift and more noise, ~2x the synapses. Held out:
+#: the shipped models are never trained on it (it is for measuring and fine-tuning only).
+PRESETS["newbrain"] = dict(PRESETS["demo"], vessel_fraction=0.07, vessel_wall_fraction=0.35, endothelial_nuclei=6,
+                           pericytes=3, glial_sheath_nm=120.0, membrane_extra_px=1, membrane_gray=0.14,
+                           image_gamma=1.35, noise_sigma=0.16, psf_sigma_px=1.1, section_gain_sigma=0.08,
+                           synapse_density_per_um3=2.0)
+#: presets no shipped model may be trained on (connectome train refuses their folders where it checks)
+HELD_OUT_PRESETS = ("newbrain",)
 
 
 def make_config(preset: str = "small", shape_zyx: Sequence[int] | None = None,
@@ -264,6 +297,16 @@ def _check(cfg: SynthConfig) -> None:
         bad("fibre_flow_px", "two numbers (dy, dx) px per section, each within +-100")
     if not (isinstance(cfg.fibre_spread_deg, (int, float)) and 0.0 <= cfg.fibre_spread_deg <= 90.0):
         bad("fibre_spread_deg", "in [0, 90]")
+    if not 0.05 <= cfg.vessel_wall_fraction <= 0.6:
+        bad("vessel_wall_fraction", "in [0.05, 0.6]")
+    for name in ("endothelial_nuclei", "pericytes", "membrane_extra_px"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= (4 if name == "membrane_extra_px" else 200)):
+            bad(name, "an integer in [0, 4]" if name == "membrane_extra_px" else "an integer in [0, 200]")
+    if not (isinstance(cfg.glial_sheath_nm, (int, float)) and 0.0 <= cfg.glial_sheath_nm <= 1000.0):
+        bad("glial_sheath_nm", "in [0, 1000] nm")
+    if not (isinstance(cfg.image_gamma, (int, float)) and 0.2 <= cfg.image_gamma <= 5.0):
+        bad("image_gamma", "in [0.2, 5]")
     if cfg.missing_sections < 0 or cfg.damaged_sections < 0:
         bad("missing_sections", ">= 0")
     if cfg.missing_sections + cfg.damaged_sections > max(0, cfg.shape_zyx[0] - 1):

@@ -14,6 +14,21 @@ scaled-down one (documented, not physiological). The wall is 25% of the radius (
 ``vessels`` truth = lumen + wall (+ red blood cells inside the lumen). Neurites are packed
 around the vessel (they see it in the clearance grid) and the gaps next to it are filled by the
 nearest neurite, as astrocytic end-feet would be in real tissue.
+
+New-brain look (preset ``newbrain``; all off by default, and then the data are exactly those
+made before these options existed):
+
+* ``endothelial_nuclei`` more endothelial nuclei: dark, flat ellipsoids elongated along the
+  vessel, centred in the wall ring (radial semi-axis ~0.6 wall) and clipped to the vessel;
+* ``pericytes`` pericyte bodies on the outer side of the wall (abluminal, inside the basal
+  lamina), clipped to the vessel;
+* ``glial_sheath_nm``: a band of that width just outside the wall that belongs to no neuron
+  (astrocytic end-feet), drawn lighter than neuropil;
+* ``vessel_wall_fraction``: the wall as a fraction of the outer radius (default 0.25).
+
+Truth stays that of a vessel-mask user: ``vessels`` = lumen + wall with every nucleus and
+pericyte in it (they are clipped to the vessel's outer surface); the glial sheath is neither
+vessel nor neuron (``neurons`` = 0 there, as on extracellular space).
 """
 
 from __future__ import annotations
@@ -38,6 +53,9 @@ class Vessel:
     frame: np.ndarray         # (4, 3): centre c0, axis d, e1, e2 (unit, perpendicular)
     wall_waves: np.ndarray    # (2, 3): amplitude, angular order, phase of two wall waves
     nucleus: np.ndarray       # (4, 3): centre, semi-axes along d, radial, tangential (row 1 = radii)
+    extra_nuclei: tuple = ()  # more (4, 3) ellipsoids like ``nucleus``: dark endothelial nuclei
+    pericytes: tuple = ()     # (4, 3) ellipsoids on the outer wall
+    sheath_nm: float = 0.0    # glial sheath width outside the wall (0 = none)
 
     def describe(self) -> dict:
         return {"radius_nm": round(self.radius_nm, 1), "wall_nm": round(self.wall_nm, 1),
@@ -55,7 +73,7 @@ def make_vessel(cfg, truth_hi_nm, gen_lo_nm, gen_hi_nm, rng) -> Vessel | None:
     area = truth_hi[1] * truth_hi[2]
     r = float(np.sqrt(cfg.vessel_fraction * area * np.cos(tilt) / np.pi))
     r = min(r, 0.3 * min(truth_hi[1], truth_hi[2]))
-    wall = float(np.clip(0.25 * r, 48.0, 500.0))
+    wall = float(np.clip(getattr(cfg, "vessel_wall_fraction", 0.25) * r, 48.0, 500.0))
     # centre: mid-depth, anywhere that keeps the vessel inside the frame in (y, x)
     room = np.maximum(0.0, 0.5 * truth_hi[1:] - 1.3 * r)
     c0 = np.array([0.5 * truth_hi[0], *(0.5 * truth_hi[1:] + rng.uniform(-1, 1, 2) * 0.6 * room)])
@@ -90,8 +108,39 @@ def make_vessel(cfg, truth_hi_nm, gen_lo_nm, gen_hi_nm, rng) -> Vessel | None:
     nucleus = np.array([c0 + s_n * d + (r - 0.6 * wall) * radial,
                         [1.1 * r, max(0.28 * r, 1.6 * wall), 0.6 * r],
                         radial, np.cross(d, radial)])
+    extra = _wall_cells(rng, int(getattr(cfg, "endothelial_nuclei", 0)), c0, d, e1, e2, r, wall, truth_hi,
+                        depth=0.5, size=(0.9, 0.6, 0.35))
+    peri = _wall_cells(rng, int(getattr(cfg, "pericytes", 0)), c0, d, e1, e2, r, wall, truth_hi,
+                       depth=0.12, size=(0.7, 0.45, 0.45))
     return Vessel(caps, r, wall, centres, axes, rad, thick, float(np.rad2deg(tilt)),
-                  np.array([c0, d, e1, e2]), waves, nucleus)
+                  np.array([c0, d, e1, e2]), waves, nucleus, extra, peri,
+                  float(getattr(cfg, "glial_sheath_nm", 0.0)))
+
+
+def _wall_cells(rng, n, c0, d, e1, e2, r, wall, truth_hi, depth, size) -> tuple:
+    """``n`` ellipsoids in the wall ring: centred ``depth`` walls in from the outer surface,
+    semi-axes (along the vessel, radial, tangential) = ``size`` x (r, wall, r) (radial at least
+    40 nm), spread along the vessel inside the truth volume. Drawn after every other vessel
+    number, so the default data are unchanged when ``n`` is 0."""
+    out = []
+    span = 0.45 * truth_hi[0] / max(0.2, abs(d[0]))
+    for _ in range(n):
+        phi = rng.uniform(0, 2 * np.pi)
+        radial = np.cos(phi) * e1 + np.sin(phi) * e2
+        s_n = rng.uniform(-1.0, 1.0) * span
+        out.append(np.array([c0 + s_n * d + (r - depth * wall) * radial,
+                             [size[0] * r * rng.uniform(0.8, 1.2), max(40.0, size[1] * wall), size[2] * r],
+                             radial, np.cross(d, radial)]))
+    return tuple(out)
+
+
+def _ellipsoids(cells, d, zc, yc, xc) -> np.ndarray:
+    m = np.zeros((len(zc), len(yc), len(xc)), bool)
+    for nc, radii, radial, tang in cells:
+        q = [(zc - nc[0])[:, None, None], (yc - nc[1])[None, :, None], (xc - nc[2])[None, None, :]]
+        e = sum(((q[0] * ax[0] + q[1] * ax[1] + q[2] * ax[2]) / rr) ** 2 for ax, rr in zip((d, radial, tang), radii))
+        m |= e <= 1.0
+    return m
 
 
 def vessel_fields(vessel: Vessel, box, voxel_nm):
@@ -104,9 +153,11 @@ def vessel_fields(vessel: Vessel, box, voxel_nm):
     from connectome.synth.geometry import raster_min
 
     sdf = np.full(box.shape, np.inf, np.float32)
-    raster_min(vessel.capsules, box, voxel_nm, sdf, pad_nm=60.0)
+    raster_min(vessel.capsules, box, voxel_nm, sdf, pad_nm=60.0 + vessel.sheath_nm)
     inside = sdf < 0
     if not inside.any():
+        if vessel.sheath_nm > 0 and (sdf < vessel.sheath_nm).any():  # only the glial sheath reaches here
+            return sdf, *(np.zeros(box.shape, bool) for _ in range(3))
         return None, None, None, None
     # work only on the bounding box of the vessel within the block
     nzs = [np.nonzero(inside.any(axis=ax))[0] for ax in ((1, 2), (0, 2), (0, 1))]
@@ -142,3 +193,32 @@ def vessel_fields(vessel: Vessel, box, voxel_nm):
     lumen, rbc_full, nucleus = (np.zeros(full_shape, bool) for _ in range(3))
     lumen[crop], rbc_full[crop], nucleus[crop] = lumen_c, rbc, nucleus_c
     return sdf, lumen, rbc_full, nucleus
+
+
+def vessel_extras(vessel: Vessel, box, voxel_nm, sdf):
+    """The new-brain parts on ``box`` (see the module docstring): masks of the dark endothelial
+    nuclei and of the pericytes (both inside the vessel) and of the glial sheath (outside it);
+    None for each part that is off or absent here. ``sdf``: from :func:`vessel_fields`."""
+    if sdf is None or not (vessel.extra_nuclei or vessel.pericytes or vessel.sheath_nm > 0):
+        return None, None, None
+    near = sdf < vessel.sheath_nm
+    if not near.any():
+        return None, None, None
+    nzs = [np.nonzero(near.any(axis=ax))[0] for ax in ((1, 2), (0, 2), (0, 1))]
+    crop = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nzs)
+    zc, yc, xc = (c[s] for c, s in zip(box.centres(voxel_nm), crop))
+    inside_c = sdf[crop] < 0
+    d = vessel.frame[1]
+    out = []
+    for cells in (vessel.extra_nuclei, vessel.pericytes):
+        if not cells:
+            out.append(None)
+            continue
+        m = np.zeros(box.shape, bool)
+        m[crop] = _ellipsoids(cells, d, zc, yc, xc) & inside_c
+        out.append(m if m.any() else None)
+    sheath = None
+    if vessel.sheath_nm > 0:
+        sheath = (sdf >= 0) & (sdf < vessel.sheath_nm)
+        sheath = sheath if sheath.any() else None
+    return out[0], out[1], sheath

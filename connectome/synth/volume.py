@@ -28,7 +28,7 @@ from scipy import ndimage as ndi
 
 from connectome.synth.geometry import VoxelBox, raster_min
 from connectome.synth.synapses import synapse_fields
-from connectome.synth.vessels import vessel_fields
+from connectome.synth.vessels import vessel_extras, vessel_fields
 
 HALO_ZYX = (3, 24, 24)
 
@@ -57,6 +57,9 @@ class BlockVolume:
     cleft: np.ndarray          # int64 synapse id (index + 1)
     psd: np.ndarray            # bool
     active_zone: np.ndarray    # bool
+    dark_nuclei: np.ndarray | None = None  # new-brain parts (vessels.py); None when off/absent
+    pericytes: np.ndarray | None = None
+    glia: np.ndarray | None = None         # glial sheath: owner 0 (no neuron), drawn light
 
     def neurons(self) -> np.ndarray:
         """Truth neuron labels (uint64; 0 on vessel, ECS and unowned voxels)."""
@@ -80,6 +83,14 @@ def compute_block(geom: Geometry, box: VoxelBox) -> BlockVolume:
     vessel_sdf, lumen, rbc, nucleus = (vessel_fields(geom.vessel, box, v) if geom.vessel is not None
                                        else (None, None, None, None))
     in_vessel = vessel_sdf < 0 if vessel_sdf is not None else np.zeros(box.shape, bool)
+    dark, peri, glia = (vessel_extras(geom.vessel, box, v, vessel_sdf) if geom.vessel is not None
+                        else (None, None, None))
+    if dark is not None:  # dark endothelial nuclei are wall, not lumen
+        lumen &= ~dark
+    if peri is not None:
+        lumen &= ~peri
+    if glia is not None:  # the sheath is no neuron's: neurites fill up to it, not into it
+        in_vessel = in_vessel | glia
 
     best = np.full(box.shape, np.inf, np.float32)
     own = np.zeros(box.shape, np.int32)
@@ -94,6 +105,9 @@ def compute_block(geom: Geometry, box: VoxelBox) -> BlockVolume:
     elif not feat.any():
         own[:] = 0
     own[in_vessel] = -1
+    if glia is not None:
+        own[glia] = 0
+        in_vessel = in_vessel & ~glia
 
     ecs = np.zeros(box.shape, bool)
     for axis in (1, 2):
@@ -112,4 +126,5 @@ def compute_block(geom: Geometry, box: VoxelBox) -> BlockVolume:
     mito = (mito_sdf < 0) & (mito_own == own) & (own > 0)
 
     cleft, psd, az = synapse_fields(geom.synapses, box, v, own)
-    return BlockVolume(box, own, ecs, vessel_sdf, lumen, rbc, nucleus, mito, mito_sdf, cleft, psd, az)
+    return BlockVolume(box, own, ecs, vessel_sdf, lumen, rbc, nucleus, mito, mito_sdf, cleft, psd, az,
+                       dark, peri, glia)

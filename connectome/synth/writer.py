@@ -14,6 +14,9 @@ Layout of ``OUT`` (see ``shared/CONTRACT.md``, "Synthetic dataset")::
       truth/connectivity.csv  pre_segment_id,post_segment_id,synapse_count,mean_score
       truth/tiles.csv         section,row,col,x,y,gain,offset   (true positions, px)
       truth/sections.json     per section: transform aligned -> montage, flags
+      truth/skeletons/        the true skeleton of every neuron (its centre lines, nm), as
+                              neuroglancer precomputed skeletons: info + one file <neuron id>
+                              (see connectome/skeletons/precomputed.py); cropped to the volume
       preview.png             with --preview
 
 ``OUT`` must be missing, empty, or an earlier ``connectome synth`` output (recognised by
@@ -142,3 +145,55 @@ def write_tile(tiles_dir: Path, rel: str, img: np.ndarray, fmt: str) -> None:
 
 def fmt_float(v: float, nd: int = 4) -> str:
     return f"{float(v):.{nd}f}".rstrip("0").rstrip(".") if np.isfinite(v) else "nan"
+
+
+SKELETON_INFO = {"@type": "neuroglancer_skeletons", "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+                 "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}]}
+
+
+def truth_skeletons(tubes, shape_zyx, voxel_size_nm) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per neuron id: (vertices nm z y x, edges, radii nm) of its centre lines inside the volume.
+
+    A neuron's tubes (root, branches, spines) are chained point to point; a branch starts at a
+    point of its parent, so points at equal positions are merged into one vertex, which joins
+    the tree. Vertices outside ``[0, shape * voxel)`` nm are dropped with their edges (voxel i
+    spans [i, i+1) * voxel, its centre at (i + 0.5) * voxel, as the truth volumes are drawn)."""
+    hi = np.asarray(shape_zyx, float) * np.asarray(voxel_size_nm, float)
+    by_neuron: dict[int, list] = {}
+    for t in tubes:
+        by_neuron.setdefault(int(t.neuron), []).append(t)
+    out = {}
+    for nid in sorted(by_neuron):
+        pts = np.concatenate([t.points for t in by_neuron[nid]])
+        rad = np.concatenate([t.radii for t in by_neuron[nid]])
+        starts = np.cumsum([0] + [len(t.points) for t in by_neuron[nid]])
+        edges = np.concatenate([np.stack([np.arange(a, b - 1), np.arange(a + 1, b)], 1)
+                                for a, b in zip(starts[:-1], starts[1:]) if b - a > 1] or [np.zeros((0, 2), int)])
+        key = np.round(pts, 3)
+        uniq, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+        radii = np.zeros(len(uniq))
+        np.maximum.at(radii, inv, rad)
+        e = np.sort(inv[edges], axis=1)
+        e = np.unique(e[e[:, 0] != e[:, 1]], axis=0)
+        inside = np.all((uniq >= 0) & (uniq < hi), axis=1)
+        new = np.cumsum(inside) - 1
+        e = e[inside[e[:, 0]] & inside[e[:, 1]]]
+        if len(e):
+            out[nid] = (uniq[inside], new[e], radii[inside])
+    return out
+
+
+def write_truth_skeletons(folder: Path, skeletons) -> int:
+    """``folder/info`` and one precomputed skeleton file per neuron (x, y, z order on disk)."""
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for nid, (v, e, r) in skeletons.items():
+        data = (struct.pack("<II", len(v), len(e)) + np.ascontiguousarray(v[:, ::-1], "<f4").tobytes()
+                + np.ascontiguousarray(e, "<u4").tobytes() + np.ascontiguousarray(r, "<f4").tobytes())
+        tmp = _atomic(folder / str(nid))
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / str(nid))
+    write_json(folder / "info", SKELETON_INFO)
+    return len(skeletons)

@@ -5,7 +5,8 @@
 * ``raw`` - image, uint8, with a downsampled pyramid (mean pooling);
 * ``segmentation`` - compressed_segmentation, pyramid by mode pooling, ``mesh/`` (marching
   cubes, :mod:`connectome.viewer.mesh`) and ``segment_properties/`` (size in voxels, synapses
-  in / out, written by us);
+  in / out, written by us); ``skeletons/`` when ``connectome skeletonize`` has run on the
+  current segmentation (copied from ``WS/skeletons/precomputed``, :mod:`connectome.skeletons.stage`);
 * ``vessel_mask`` - image, uint8 {0,1} (max pooling);
 * ``boundary`` - image, uint8: channel 0 (boundary probability) of ``WS/volume.zarr/boundary``
   (optional: exported when the workspace has it);
@@ -177,6 +178,10 @@ def _export_segmentation(ws, out: Path, step: Step, gz) -> dict:
     info = read_json(layer / "info")
     info.update({"mesh": "mesh", "segment_properties": "segment_properties"})
     write_json(layer / "info", info)
+    from connectome.skeletons.stage import install_in_export
+
+    if install_in_export(ws.path, out):  # `connectome skeletonize` ran on this segmentation
+        summary["skeletons"] = "linked"
     summary["segments"] = int(keep.sum())
     return summary
 

@@ -90,6 +90,7 @@ def export_meshes(seg_array, mesh_dir: Path, shape_zyx, res_zyx, step, block_zyx
     """Mesh every segment blockwise (resumable through ``step``); then write the manifests."""
     from connectome.blockwise import BlockGrid
     from connectome.viewer.fsutil import write_bytes
+    from connectome.viewer.steps import block_delay
 
     grid = BlockGrid(tuple(shape_zyx), tuple(min(b, s) for b, s in zip(block_zyx, shape_zyx)))
     written = skipped = 0
@@ -99,6 +100,7 @@ def export_meshes(seg_array, mesh_dir: Path, shape_zyx, res_zyx, step, block_zyx
         if step.is_done(bid):
             skipped += 1
             continue
+        block_delay()
         (z0, y0, x0), (z1, y1, x1) = block.write_box.begin_zyx, block.write_box.end_zyx
         z1, y1, x1 = (min(e + 1, s) for e, s in zip((z1, y1, x1), shape_zyx))
         data = np.asarray(seg_array[z0:z1, y0:y1, x0:x1])

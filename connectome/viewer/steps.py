@@ -13,7 +13,9 @@ finished block, with the block's by-products such as segment counts) and ``compl
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,6 +24,16 @@ import numpy as np
 from connectome.viewer.fsutil import read_json, write_bytes, write_json
 
 STATE_DIR = ".connectome-export"
+
+
+def block_delay() -> None:
+    """Fault-injection hook for tests and demos of resumption, as in the blockwise runner: sleep
+    ``CONNECTOME_BLOCK_DELAY_S`` seconds before each export block."""
+    from connectome.blockwise.task import DELAY_ENV
+
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
 
 
 class Step:

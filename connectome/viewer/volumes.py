@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from connectome.viewer.steps import Step
+from connectome.viewer.steps import Step, block_delay
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ def write_volume(src_array, layer_dir: Path, spec: VolumeSpec, shape_zyx, res_zy
                     if step.is_done(bid):
                         skipped += 1
                         continue
+                    block_delay()
                     if p.source_level == 0:
                         block = zyx_to_xyz(np.asarray(src_array[origin[2]:end[2], origin[1]:end[1], origin[0]:end[0]]))
                     else:
