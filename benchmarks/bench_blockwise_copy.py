@@ -78,9 +78,25 @@ def main() -> int:
             dst = work / f"{name}_{factor}"
             shutil.rmtree(dst, ignore_errors=True)
             if name == "engine":
-                cmd = [sys.executable, "-m", "connectome", "import", str(src), "--workspace", str(dst),
-                       "--voxel-size", "40,8,8", "--block-shape", ",".join(map(str, CHUNK)), "--executor", "local",
-                       "--workers", "2", "--no-progress", "-q"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "connectome",
+                    "import",
+                    str(src),
+                    "--workspace",
+                    str(dst),
+                    "--voxel-size",
+                    "40,8,8",
+                    "--block-shape",
+                    ",".join(map(str, CHUNK)),
+                    "--executor",
+                    "local",
+                    "--workers",
+                    "2",
+                    "--no-progress",
+                    "-q",
+                ]
             else:
                 cmd = [sys.executable, "-c", DASK_COPY, str(src), str(dst / "copy.zarr")]
             secs, peak, res = run_measured(cmd)
@@ -88,8 +104,11 @@ def main() -> int:
                 print(res.stderr, file=sys.stderr)
                 return 1
             rows.append((factor, name, shape, nbytes, secs, peak))
-            print(f"{name:6s} {nbytes / 2**30:5.2f} GiB  {secs:7.2f} s  {nbytes / 2**20 / secs:8.1f} MiB/s  "
-                  f"peak RSS {peak / 2**20:7.1f} MiB", flush=True)
+            print(
+                f"{name:6s} {nbytes / 2**30:5.2f} GiB  {secs:7.2f} s  {nbytes / 2**20 / secs:8.1f} MiB/s  "
+                f"peak RSS {peak / 2**20:7.1f} MiB",
+                flush=True,
+            )
             if not args.keep:
                 shutil.rmtree(dst, ignore_errors=True)
     print("\nsize_GiB  engine_MiB/s  dask_MiB/s  ratio  engine_peak_MiB  dask_peak_MiB")
@@ -97,7 +116,9 @@ def main() -> int:
         e = next(r for r in rows if r[0] == factor and r[1] == "engine")
         d = next(r for r in rows if r[0] == factor and r[1] == "dask")
         te, td = e[3] / 2**20 / e[4], d[3] / 2**20 / d[4]
-        print(f"{e[3] / 2**30:8.2f}  {te:12.1f}  {td:10.1f}  {te / td:5.2f}  {e[5] / 2**20:15.1f}  {d[5] / 2**20:13.1f}")
+        print(
+            f"{e[3] / 2**30:8.2f}  {te:12.1f}  {td:10.1f}  {te / td:5.2f}  {e[5] / 2**20:15.1f}  {d[5] / 2**20:13.1f}"
+        )
     e1 = next(r for r in rows if r[0] == 1 and r[1] == "engine")[5]
     e2 = next(r for r in rows if r[0] == 2 and r[1] == "engine")[5]
     print(f"\nengine peak RSS growth when the volume doubles: {e2 / e1:.2f}x (flat = ~1.0)")

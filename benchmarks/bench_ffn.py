@@ -49,8 +49,9 @@ def forward_rates(repeats: int = 3) -> list[dict]:
         m16 = build_model(cfg, precision="bfloat16")
         m16.set_weights(m32.get_weights())
         for batch in (1, 16):
-            x = tf.convert_to_tensor(np.random.default_rng(0).normal(size=(batch,) + cfg.fov_zyx + (len(cfg.channels) + 1,)),
-                                     tf.float32)
+            x = tf.convert_to_tensor(
+                np.random.default_rng(0).normal(size=(batch,) + cfg.fov_zyx + (len(cfg.channels) + 1,)), tf.float32
+            )
             for prec, m in (("float32", m32), ("bfloat16", m16)):
                 f = tf.function(m.call, reduce_retracing=True)
                 f(x)
@@ -60,8 +61,16 @@ def forward_rates(repeats: int = 3) -> list[dict]:
                     f(x).numpy()
                 dt = (time.perf_counter() - t) / n
                 fovs = batch / dt
-                rows.append({"model": name, "params": cfg.n_parameters(), "batch": batch, "precision": prec,
-                             "fov_per_s": round(fovs, 2), "gflop_per_s": round(fovs * cfg.flops_per_fov() / 1e9, 1)})
+                rows.append(
+                    {
+                        "model": name,
+                        "params": cfg.n_parameters(),
+                        "batch": batch,
+                        "precision": prec,
+                        "fov_per_s": round(fovs, 2),
+                        "gflop_per_s": round(fovs * cfg.flops_per_fov() / 1e9, 1),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -89,7 +98,7 @@ def canvas_rates(model_dir: str | None, work: Path) -> list[dict]:
     factor = model_factor(spec.voxel_size_nm[1], 8.0, "bench")
     stats = intensity_stats(raw, factor)
     bnd = None
-    if "boundary" in spec.model.channels:   # the model reads the boundary channel of predict-boundaries
+    if "boundary" in spec.model.channels:  # the model reads the boundary channel of predict-boundaries
         from unet.boundary import predict_arrays
 
         bnd = predict_arrays(raw, (40.0, 8.0, 8.0))[0]
@@ -98,7 +107,7 @@ def canvas_rates(model_dir: str | None, work: Path) -> list[dict]:
         spec_pred = _predictor(model_dir, spec.weights_sha256, 0, precision)
         in_model = [0.0, 0, 0]
 
-        def timed(x):
+        def timed(x, spec_pred=spec_pred, in_model=in_model):  # called within this iteration only
             t = time.perf_counter()
             out = spec_pred[1](x)
             in_model[0] += time.perf_counter() - t
@@ -112,13 +121,25 @@ def canvas_rates(model_dir: str | None, work: Path) -> list[dict]:
         wall = time.perf_counter() - t
         table = Contingency.from_labels(truth, labels).without_truth(0)
         split, merge = voi(table)
-        rows.append({"precision": precision, "concurrent_objects": conc, "voxels": int(raw.size),
-                     "seconds": round(wall, 2), "voxels_per_s": round(raw.size / wall), "fovs": in_model[1],
-                     "mean_batch": round(in_model[1] / max(1, in_model[2]), 2),
-                     "forward_fraction": round(in_model[0] / wall, 3),
-                     "forward_gflop_per_s": round(in_model[1] * spec.model.flops_per_fov() / 1e9 / max(in_model[0], 1e-9), 1),
-                     "arand": round(adapted_rand(table)[0], 4), "voi_split": round(split, 4), "voi_merge": round(merge, 4),
-                     "objects": int(len(np.unique(labels)) - 1)})
+        rows.append(
+            {
+                "precision": precision,
+                "concurrent_objects": conc,
+                "voxels": int(raw.size),
+                "seconds": round(wall, 2),
+                "voxels_per_s": round(raw.size / wall),
+                "fovs": in_model[1],
+                "mean_batch": round(in_model[1] / max(1, in_model[2]), 2),
+                "forward_fraction": round(in_model[0] / wall, 3),
+                "forward_gflop_per_s": round(
+                    in_model[1] * spec.model.flops_per_fov() / 1e9 / max(in_model[0], 1e-9), 1
+                ),
+                "arand": round(adapted_rand(table)[0], 4),
+                "voi_split": round(split, 4),
+                "voi_merge": round(merge, 4),
+                "objects": int(len(np.unique(labels)) - 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -132,13 +153,28 @@ def training_rates(work: Path, steps: int) -> dict:
         "model: {depth: 6, features: 16, fov_zyx: [17, 33, 33], deltas_zyx: [4, 8, 8]}\n"
         f"trainer: {{batch_size: 4, log_every: {steps // 2}, validate_every: 0, checkpoint_every: {steps},"
         " intra_op_threads: 1, inter_op_threads: 1, warmup_steps: 0}\n"
-        "examples: {val_episodes_per_volume: 1}\n")
+        "examples: {val_episodes_per_volume: 1}\n"
+    )
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     out = {}
     for ranks in (1, 2):
-        args = [str(BIN / "connectome"), "train", "ffn", "--data", str(work / "s9201"), "--data", str(work / "s9203"),
-                "--val", str(work / "s9202"), "--out", str(work / f"m{ranks}"), "--config", str(work / "t.yaml"),
-                "--steps", str(steps)]
+        args = [
+            str(BIN / "connectome"),
+            "train",
+            "ffn",
+            "--data",
+            str(work / "s9201"),
+            "--data",
+            str(work / "s9203"),
+            "--val",
+            str(work / "s9202"),
+            "--out",
+            str(work / f"m{ranks}"),
+            "--config",
+            str(work / "t.yaml"),
+            "--steps",
+            str(steps),
+        ]
         if ranks > 1:
             args = [str(BIN / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo"] + args
         r = subprocess.run(args, capture_output=True, text=True, env=env)
@@ -146,8 +182,11 @@ def training_rates(work: Path, steps: int) -> dict:
             raise SystemExit(r.stderr[-2000:])
         events = [json.loads(line) for line in (work / f"m{ranks}" / "train" / "log.jsonl").read_text().splitlines()]
         out[ranks] = [e for e in events if e["event"] == "end"][-1]["examples_per_s"]
-    row = {"examples_per_s_1_rank": round(out[1], 2), "examples_per_s_2_ranks": round(out[2], 2),
-           "scaling_efficiency": round(out[2] / (2 * out[1]), 3)}
+    row = {
+        "examples_per_s_1_rank": round(out[1], 2),
+        "examples_per_s_2_ranks": round(out[2], 2),
+        "scaling_efficiency": round(out[2] / (2 * out[1]), 3),
+    }
     print(json.dumps(row), flush=True)
     return row
 

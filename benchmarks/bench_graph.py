@@ -54,9 +54,18 @@ def make_workspace(ws: Path, rows: int, segments: int, seed: int) -> float:
         f.write("synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n")
         for lo in range(0, rows, 200_000):
             hi = min(rows, lo + 200_000)
-            f.write("".join(f"{i},{z},{y},{x},{a},{b},{s:.4f}\n" for i, (z, y, x), a, b, s in zip(
-                range(lo + 1, hi + 1), zyx[lo:hi].tolist(), pre[lo:hi].tolist(), post[lo:hi].tolist(),
-                score[lo:hi].tolist())))
+            f.write(
+                "".join(
+                    f"{i},{z},{y},{x},{a},{b},{s:.4f}\n"
+                    for i, (z, y, x), a, b, s in zip(
+                        range(lo + 1, hi + 1),
+                        zyx[lo:hi].tolist(),
+                        pre[lo:hi].tolist(),
+                        post[lo:hi].tolist(),
+                        score[lo:hi].tolist(),
+                    )
+                )
+            )
     return time.perf_counter() - t0
 
 
@@ -80,8 +89,15 @@ def main() -> int:
 
     if not (ws / "synapses.csv").is_file():
         made = make_workspace(ws, args.rows, args.segments, args.seed)
-        emit({"step": "make_inputs", "seconds": round(made, 2), "rows": args.rows, "segments": args.segments,
-              "csv_mib": round((ws / "synapses.csv").stat().st_size / 2 ** 20, 1)})
+        emit(
+            {
+                "step": "make_inputs",
+                "seconds": round(made, 2),
+                "rows": args.rows,
+                "segments": args.segments,
+                "csv_mib": round((ws / "synapses.csv").stat().st_size / 2**20, 1),
+            }
+        )
     runs = []
     for i in range(args.repeat):
         sec, peak, res = run_measured([sys.executable, "-m", "connectome", "graph", "--workspace", str(ws)])
@@ -96,15 +112,30 @@ def main() -> int:
                 rec["rows_per_s"] = round(args.rows / s)
             emit(rec)
         counts = re.search(r"graph: (\d+) neurons, (\d+) edges", res.stdout)
-        runs.append({"run": i, "total_seconds": round(sec, 2), "rows_per_s": round(args.rows / sec),
-                     "peak_rss_mib": round(peak / 2 ** 20, 1), "nodes": int(counts.group(1)) if counts else None,
-                     "edges": int(counts.group(2)) if counts else None,
-                     "graphml_mib": round((ws / "connectivity.graphml").stat().st_size / 2 ** 20, 1),
-                     "cpu_count": os.cpu_count(), "load_avg": [round(v, 2) for v in os.getloadavg()]})
+        runs.append(
+            {
+                "run": i,
+                "total_seconds": round(sec, 2),
+                "rows_per_s": round(args.rows / sec),
+                "peak_rss_mib": round(peak / 2**20, 1),
+                "nodes": int(counts.group(1)) if counts else None,
+                "edges": int(counts.group(2)) if counts else None,
+                "graphml_mib": round((ws / "connectivity.graphml").stat().st_size / 2**20, 1),
+                "cpu_count": os.cpu_count(),
+                "load_avg": [round(v, 2) for v in os.getloadavg()],
+            }
+        )
         emit(runs[-1])
     best = min(runs, key=lambda r: r["total_seconds"])
-    emit({"summary": True, "rows": args.rows, "best_total_seconds": best["total_seconds"],
-          "best_rows_per_s": best["rows_per_s"], "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)})
+    emit(
+        {
+            "summary": True,
+            "rows": args.rows,
+            "best_total_seconds": best["total_seconds"],
+            "best_rows_per_s": best["rows_per_s"],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        }
+    )
     (work / "results.jsonl").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -78,12 +78,16 @@ def score(ws: Path, data: Path, transforms: dict, status: dict, raw) -> dict:
     crit = align_truth.transform_criteria(nz, (h, w), transforms, status, truth["by_z"], offsets, 16)
     flagged = {z for z, s in status.items() if s in align_truth.QC_FLAGGED}
     flagged |= {z for z, r in truth["by_z"].items() if r.get("missing")}
-    d = align_truth.over_registration(pair_ncc(raw, smooth_px=1.0), pair_ncc(truth_raw(data), smooth_px=1.0),
-                                      flagged)
+    d = align_truth.over_registration(pair_ncc(raw, smooth_px=1.0), pair_ncc(truth_raw(data), smooth_px=1.0), flagged)
     a, b, c = crit["adjacent_pair_error"], crit["accumulated_error"], crit["drift"]
-    return {"pair_median_px": a.get("median_px"), "pair_p95_px": a.get("p95_px"),
-            "pairs_excluded": a.get("n_pairs_excluded"), "worst_section_px": b.get("worst_rms_px"),
-            "drift_px_per_section": c.get("slope_px_per_section"), "delta_ncc": d.get("delta_ncc")}
+    return {
+        "pair_median_px": a.get("median_px"),
+        "pair_p95_px": a.get("p95_px"),
+        "pairs_excluded": a.get("n_pairs_excluded"),
+        "worst_section_px": b.get("worst_rms_px"),
+        "drift_px_per_section": c.get("slope_px_per_section"),
+        "delta_ncc": d.get("delta_ncc"),
+    }
 
 
 def stitch_scores(ws: Path, data: Path) -> dict:
@@ -94,6 +98,7 @@ def stitch_scores(ws: Path, data: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # the naive baseline (run in its own process so its time and memory are measured alike)
+
 
 def baseline(ws: Path, out_json: Path) -> None:
     import zarr
@@ -115,16 +120,18 @@ def baseline(ws: Path, out_json: Path) -> None:
         # reference(q) = moving(q - s): T_z = T_prev - s
         shifts[z] = shifts[[p for p in present if p < z][-1]] - np.asarray(s)
         prev_img = img
-    out = zarr.open_array(str(ws / "baseline_raw.zarr"), mode="w", shape=(nz,) + tuple(frame),
-                          chunks=(1,) + tuple(frame), dtype="uint8")
+    out = zarr.open_array(
+        str(ws / "baseline_raw.zarr"), mode="w", shape=(nz,) + tuple(frame), chunks=(1,) + tuple(frame), dtype="uint8"
+    )
     for z in present:
         img = np.asarray(montage[z], np.float32)
         moved = ndimage.shift(img, -shifts[z], order=1, mode="constant")
-        out[z] = np.clip(np.rint(moved[oy:oy + frame[0], ox:ox + frame[1]]), 0, 255).astype(np.uint8)
+        out[z] = np.clip(np.rint(moved[oy : oy + frame[0], ox : ox + frame[1]]), 0, 255).astype(np.uint8)
     out_json.write_text(json.dumps({str(z): list(map(float, v)) for z, v in shifts.items()}))
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def run_dataset(name: str, data: Path, work: Path, workers: int) -> dict:
     import zarr
@@ -136,16 +143,31 @@ def run_dataset(name: str, data: Path, work: Path, workers: int) -> dict:
     out_mpx = nz * h * w / 1e6
     ws = work / f"ws_{name}"
     shutil.rmtree(ws, ignore_errors=True)
-    t_st, rss_st, r = run_measured(CLI + ["stitch", "--tiles", str(data / "tiles" / "manifest.csv"), "--workspace",
-                                          str(ws), "--frame-shape", f"{h},{w}", "--workers", str(workers),
-                                          "--no-progress"])
+    t_st, rss_st, r = run_measured(
+        CLI
+        + [
+            "stitch",
+            "--tiles",
+            str(data / "tiles" / "manifest.csv"),
+            "--workspace",
+            str(ws),
+            "--frame-shape",
+            f"{h},{w}",
+            "--workers",
+            str(workers),
+            "--no-progress",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     t_al, rss_al, r = run_measured(CLI + ["align", "--workspace", str(ws), "--workers", str(workers), "--no-progress"])
     assert r.returncode == 0, r.stderr
     records = {r["z"]: r for r in json.loads((ws / "align" / "sections.json").read_text())}
     status = {z: r["status"] for z, r in records.items()}
-    ours = {z: DisplacementGrid.from_npz(ws / "align" / "transforms" / f"z{z:05d}.npz").apply
-            for z in records if (ws / "align" / "transforms" / f"z{z:05d}.npz").is_file()}
+    ours = {
+        z: DisplacementGrid.from_npz(ws / "align" / "transforms" / f"z{z:05d}.npz").apply
+        for z in records
+        if (ws / "align" / "transforms" / f"z{z:05d}.npz").is_file()
+    }
     raw = zarr.open_group(str(ws / "volume.zarr"), mode="r")["raw"]
     acc = score(ws, data, ours, status, raw)
     st = stitch_scores(ws, data)
@@ -158,16 +180,22 @@ def run_dataset(name: str, data: Path, work: Path, workers: int) -> dict:
     flow = json.loads((ws / "align" / "flow.json").read_text()) if (ws / "align" / "flow.json").is_file() else {}
     synth = json.loads((data / "synth.json").read_text()) if (data / "synth.json").is_file() else {}
     return {
-        "dataset": name, "shape_zyx": [nz, h, w], "output_mpx": round(out_mpx, 2),
+        "dataset": name,
+        "shape_zyx": [nz, h, w],
+        "output_mpx": round(out_mpx, 2),
         "sections_flagged": sorted(z for z, s in status.items() if s == "bad"),
         "content_flow_true_yx": synth.get("statistics", {}).get("content_flow", {}).get("mean_px_per_section_yx"),
         "content_flow_estimated_yx": flow.get("flow_px_per_section_yx"),
-        "stitch": {"seconds": round(t_st, 2), "peak_rss_mb": round(rss_st / 2 ** 20),
-                   "tile_err_median_px": st.get("error_median_px"), "tile_err_max_px": st.get("error_max_px"),
-                   "tiles_at_nominal": st.get("n_tiles_at_nominal", 0)},
-        "align": {"seconds": round(t_al, 2), "peak_rss_mb": round(rss_al / 2 ** 20), **acc},
+        "stitch": {
+            "seconds": round(t_st, 2),
+            "peak_rss_mb": round(rss_st / 2**20),
+            "tile_err_median_px": st.get("error_median_px"),
+            "tile_err_max_px": st.get("error_max_px"),
+            "tiles_at_nominal": st.get("n_tiles_at_nominal", 0),
+        },
+        "align": {"seconds": round(t_al, 2), "peak_rss_mb": round(rss_al / 2**20), **acc},
         "ours_mpx_per_s": round(out_mpx / (t_st + t_al), 2),
-        "baseline": {"seconds": round(t_bl, 2), "peak_rss_mb": round(rss_bl / 2 ** 20), **bl_acc},
+        "baseline": {"seconds": round(t_bl, 2), "peak_rss_mb": round(rss_bl / 2**20), **bl_acc},
         "baseline_mpx_per_s": round(out_mpx / (t_st + t_bl), 2),
     }
 
@@ -178,26 +206,34 @@ def _f(v, fmt="{:.2f}") -> str:
 
 def print_table(results: list[dict]) -> None:
     print()
-    print(f"{'dataset':8s} {'method':9s} {'stitch s':>8s} {'align s':>8s} {'MB':>5s} {'Mpx/s':>6s}  "
-          f"{'tile med/max (nominal)':>22s}  {'(a) med/p95':>11s} {'(b)':>5s} {'(c)':>6s} {'(d)':>7s}")
+    print(
+        f"{'dataset':8s} {'method':9s} {'stitch s':>8s} {'align s':>8s} {'MB':>5s} {'Mpx/s':>6s}  "
+        f"{'tile med/max (nominal)':>22s}  {'(a) med/p95':>11s} {'(b)':>5s} {'(c)':>6s} {'(d)':>7s}"
+    )
     for res in results:
         st, al, bl = res["stitch"], res["align"], res["baseline"]
         tiles = f"{_f(st['tile_err_median_px'])}/{_f(st['tile_err_max_px'])} ({st['tiles_at_nominal']})"
-        for method, a, secs, mb, rate in (("ours", al, al["seconds"], max(st["peak_rss_mb"], al["peak_rss_mb"]),
-                                           res["ours_mpx_per_s"]),
-                                          ("baseline", bl, bl["seconds"], bl["peak_rss_mb"], res["baseline_mpx_per_s"])):
-            print(f"{res['dataset'] if method == 'ours' else '':8s} {method:9s} {st['seconds']:8.1f} {secs:8.1f} "
-                  f"{mb:5d} {rate:6.2f}  {tiles if method == 'ours' else '':>22s}  "
-                  f"{_f(a['pair_median_px'])}/{_f(a['pair_p95_px']):>5s} {_f(a['worst_section_px'], '{:.1f}'):>5s} "
-                  f"{_f(a['drift_px_per_section'], '{:.3f}'):>6s} {_f(a['delta_ncc'], '{:+.3f}'):>7s}")
-    print("targets: tile error median <= 0.3 / max <= 1.5 px, nothing left at nominal silently; (a) <= 1 / 2 px; "
-          "(b) <= 5 px; (c) <= 0.1 px/section; (d) <= +0.02; >= 2 Mpx/s")
+        for method, a, secs, mb, rate in (
+            ("ours", al, al["seconds"], max(st["peak_rss_mb"], al["peak_rss_mb"]), res["ours_mpx_per_s"]),
+            ("baseline", bl, bl["seconds"], bl["peak_rss_mb"], res["baseline_mpx_per_s"]),
+        ):
+            print(
+                f"{res['dataset'] if method == 'ours' else '':8s} {method:9s} {st['seconds']:8.1f} {secs:8.1f} "
+                f"{mb:5d} {rate:6.2f}  {tiles if method == 'ours' else '':>22s}  "
+                f"{_f(a['pair_median_px'])}/{_f(a['pair_p95_px']):>5s} {_f(a['worst_section_px'], '{:.1f}'):>5s} "
+                f"{_f(a['drift_px_per_section'], '{:.3f}'):>6s} {_f(a['delta_ncc'], '{:+.3f}'):>7s}"
+            )
+    print(
+        "targets: tile error median <= 0.3 / max <= 1.5 px, nothing left at nominal silently; (a) <= 1 / 2 px; "
+        "(b) <= 5 px; (c) <= 0.1 px/section; (d) <= +0.02; >= 2 Mpx/s"
+    )
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", default="demo,large,variant",
-                   help=f"comma-separated, of {', '.join(list(DATASETS) + ['known'])}")
+    p.add_argument(
+        "--datasets", default="demo,large,variant", help=f"comma-separated, of {', '.join(list(DATASETS) + ['known'])}"
+    )
     p.add_argument("--seed", type=int, default=4101, help="synth seed of the first dataset (then +1, +2, ...)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", help="working folder (default: a temporary one, removed afterwards)")
@@ -217,14 +253,26 @@ def main(argv=None) -> int:
                 from connectome.montage.testdata import make_dataset
 
                 if not (data / "truth_raw.npy").exists():
-                    make_dataset(data, n_sections=16, frame_hw=(1024, 1024), tile_px=600, jitter_px=7, drift_px=24,
-                                 rotation_deg=0.3, elastic_px=3.0, elastic_spacing=512, noise=8.0,
-                                 noise_sections=(8,), seed=args.seed + i)
+                    make_dataset(
+                        data,
+                        n_sections=16,
+                        frame_hw=(1024, 1024),
+                        tile_px=600,
+                        jitter_px=7,
+                        drift_px=24,
+                        rotation_deg=0.3,
+                        elastic_px=3.0,
+                        elastic_spacing=512,
+                        noise=8.0,
+                        noise_sections=(8,),
+                        seed=args.seed + i,
+                    )
             elif name in DATASETS:
                 if not (data / "synth.json").exists():
                     t0 = time.perf_counter()
-                    r = run_measured(CLI + ["synth", str(data), "--seed", str(args.seed + i), "--no-progress"]
-                                     + DATASETS[name])[2]
+                    r = run_measured(
+                        CLI + ["synth", str(data), "--seed", str(args.seed + i), "--no-progress"] + DATASETS[name]
+                    )[2]
                     assert r.returncode == 0, r.stderr
                     print(f"synth {name} (seed {args.seed + i}): {time.perf_counter() - t0:.0f} s", flush=True)
             else:

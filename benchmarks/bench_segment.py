@@ -50,11 +50,23 @@ def _check(r, what):
 
 def _volume(work: Path, name: str, shape: str, seed: int) -> tuple[Path, Path]:
     syn = work / f"syn_{name}"
-    _check(subprocess.run(_cli("synth", syn, "--preset", "demo", "--seed", seed, "--shape", shape, "--no-progress"),
-                          capture_output=True, text=True), "synth")
+    _check(
+        subprocess.run(
+            _cli("synth", syn, "--preset", "demo", "--seed", seed, "--shape", shape, "--no-progress"),
+            capture_output=True,
+            text=True,
+        ),
+        "synth",
+    )
     ws = work / f"ws_{name}"
-    _check(subprocess.run(_cli("import", syn / "truth.zarr" / "raw", "--workspace", ws, "--voxel-size", "40,8,8",
-                               "--no-progress"), capture_output=True, text=True), "import")
+    _check(
+        subprocess.run(
+            _cli("import", syn / "truth.zarr" / "raw", "--workspace", ws, "--voxel-size", "40,8,8", "--no-progress"),
+            capture_output=True,
+            text=True,
+        ),
+        "import",
+    )
     return syn, ws
 
 
@@ -71,13 +83,19 @@ def stage_rows(work: Path, ffn_model: str | None, ffn_floods: bool = False) -> l
     rows = []
     sec, peak, r = run_measured(_cli("predict-boundaries", "--workspace", ws, "--no-progress"))
     _check(r, "predict-boundaries")
-    rows.append({"command": "predict-boundaries", "seconds": round(sec, 1), "voxels_per_s": round(nvox / sec),
-                 "peak_rss_mib": round(peak / 2 ** 20)})
+    rows.append(
+        {
+            "command": "predict-boundaries",
+            "seconds": round(sec, 1),
+            "voxels_per_s": round(nvox / sec),
+            "peak_rss_mib": round(peak / 2**20),
+        }
+    )
     print(json.dumps(rows[-1]), flush=True)
     methods = [("default (auto)", []), ("watershed", ["--method", "watershed"])]
     if ffn_model:
         methods.append(("ffn-agglomerate", ["--method", "ffn-agglomerate", "--model", ffn_model]))
-        if ffn_floods:   # full floods run ~30 kvox/s here: minutes on this volume
+        if ffn_floods:  # full floods run ~30 kvox/s here: minutes on this volume
             methods.append(("ffn", ["--method", "ffn", "--model", ffn_model]))
     else:
         print("ffn rows: skipped (no FFN model; pass --ffn-model DIR)", flush=True)
@@ -87,8 +105,15 @@ def stage_rows(work: Path, ffn_model: str | None, ffn_floods: bool = False) -> l
         shutil.copytree(ws, w, ignore=shutil.ignore_patterns("segment*", "segmentation"))
         sec, peak, r = run_measured(_cli("segment", "--workspace", w, *extra, "--no-progress"))
         _check(r, f"segment {name}")
-        rows.append({"command": f"segment {name}", "seconds": round(sec, 1), "voxels_per_s": round(nvox / sec),
-                     "peak_rss_mib": round(peak / 2 ** 20), **_score(w, syn)})
+        rows.append(
+            {
+                "command": f"segment {name}",
+                "seconds": round(sec, 1),
+                "voxels_per_s": round(nvox / sec),
+                "peak_rss_mib": round(peak / 2**20),
+                **_score(w, syn),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -97,13 +122,24 @@ def memory_rows(work: Path) -> list[dict]:
     rows = []
     for name, shape, seed in (("m32", "32,512,512", 9302), ("m96", "96,768,768", 9303)):
         syn, ws = _volume(work, name, shape, seed)
-        _check(subprocess.run(_cli("predict-boundaries", "--workspace", ws, "--no-progress"), capture_output=True,
-                              text=True), "predict-boundaries")
+        _check(
+            subprocess.run(
+                _cli("predict-boundaries", "--workspace", ws, "--no-progress"), capture_output=True, text=True
+            ),
+            "predict-boundaries",
+        )
         nvox = int(np.prod([int(v) for v in shape.split(",")]))
         sec, peak, r = run_measured(_cli("segment", "--workspace", ws, "--no-progress"))
         _check(r, "segment")
-        rows.append({"volume": shape, "voxels": nvox, "seconds": round(sec, 1), "voxels_per_s": round(nvox / sec),
-                     "peak_rss_mib": round(peak / 2 ** 20)})
+        rows.append(
+            {
+                "volume": shape,
+                "voxels": nvox,
+                "seconds": round(sec, 1),
+                "voxels_per_s": round(nvox / sec),
+                "peak_rss_mib": round(peak / 2**20),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -130,7 +166,7 @@ def forward_rows(work: Path, ffn_model: str) -> list[dict]:
     for method in ("ffn-agglomerate", "ffn"):
         acc = [0.0, 0]
 
-        def timed(x):
+        def timed(x, acc=acc):  # called within this iteration only
             t = time.perf_counter()
             out = spec_pred[1](x)
             acc[0] += time.perf_counter() - t
@@ -141,13 +177,30 @@ def forward_rows(work: Path, ffn_model: str) -> list[dict]:
         if method == "ffn":
             segment_ffn_at(raw, None, (40.0, 8.0, 8.0), factor, stats, cfg, (spec_pred[0], timed), b4[0])
         else:
-            segment_ffn_agglomerate(b4, raw, None, (40.0, 8.0, 8.0), factor, stats, cfg.watershed,
-                                    cfg.ffn_agglomeration, cfg.inference, (spec_pred[0], timed))
+            segment_ffn_agglomerate(
+                b4,
+                raw,
+                None,
+                (40.0, 8.0, 8.0),
+                factor,
+                stats,
+                cfg.watershed,
+                cfg.ffn_agglomeration,
+                cfg.inference,
+                (spec_pred[0], timed),
+            )
         wall = time.perf_counter() - t
-        rows.append({"method": method, "voxels": int(raw.size), "seconds": round(wall, 2),
-                     "voxels_per_s": round(raw.size / wall), "fovs": acc[1],
-                     "forward_fraction": round(acc[0] / wall, 3),
-                     "forward_gflop_per_s": round(acc[1] * spec.model.flops_per_fov() / 1e9 / max(acc[0], 1e-9), 1)})
+        rows.append(
+            {
+                "method": method,
+                "voxels": int(raw.size),
+                "seconds": round(wall, 2),
+                "voxels_per_s": round(raw.size / wall),
+                "fovs": acc[1],
+                "forward_fraction": round(acc[0] / wall, 3),
+                "forward_gflop_per_s": round(acc[1] * spec.model.flops_per_fov() / 1e9 / max(acc[0], 1e-9), 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -159,13 +212,17 @@ def training_rows(work: Path, steps: int) -> list[dict]:
         generate(work / f"t{s}", preset="small", seed=s, shape_zyx=(32, 256, 256))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     configs = {
-        "boundary": (ROOT / "unet" / "configs" / "boundary_demo.yaml",
-                     f"trainer: {{log_every: {steps // 2}, validate_every: 0, checkpoint_every: {steps}, "
-                     "intra_op_threads: 1, inter_op_threads: 1, warmup_steps: 0}\n"),
-        "ffn": (ROOT / "ffn" / "configs" / "boundary16.yaml",
-                f"trainer: {{log_every: {steps // 2}, validate_every: 0, checkpoint_every: {steps}, "
-                "intra_op_threads: 1, inter_op_threads: 1, warmup_steps: 0}\n"
-                "examples: {val_episodes_per_volume: 1, val_segment_zyx: [0, 0, 0]}\n"),
+        "boundary": (
+            ROOT / "unet" / "configs" / "boundary_demo.yaml",
+            f"trainer: {{log_every: {steps // 2}, validate_every: 0, checkpoint_every: {steps}, "
+            "intra_op_threads: 1, inter_op_threads: 1, warmup_steps: 0}\n",
+        ),
+        "ffn": (
+            ROOT / "ffn" / "configs" / "boundary16.yaml",
+            f"trainer: {{log_every: {steps // 2}, validate_every: 0, checkpoint_every: {steps}, "
+            "intra_op_threads: 1, inter_op_threads: 1, warmup_steps: 0}\n"
+            "examples: {val_episodes_per_volume: 1, val_segment_zyx: [0, 0, 0]}\n",
+        ),
     }
     import yaml
 
@@ -179,17 +236,34 @@ def training_rows(work: Path, steps: int) -> list[dict]:
         rates = {}
         for ranks in (1, 2):
             out = work / f"{kind}_m{ranks}"
-            args = _cli("train", kind, "--data", work / "t9311", "--val", work / "t9312", "--out", out,
-                        "--config", path, "--steps", steps)
+            args = _cli(
+                "train",
+                kind,
+                "--data",
+                work / "t9311",
+                "--val",
+                work / "t9312",
+                "--out",
+                out,
+                "--config",
+                path,
+                "--steps",
+                steps,
+            )
             if ranks > 1:
                 args = [str(BIN / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo"] + args
             r = subprocess.run(args, capture_output=True, text=True, env=env)
             _check(r, f"train {kind} ({ranks} ranks)")
             events = [json.loads(x) for x in (out / "train" / "log.jsonl").read_text().splitlines()]
             rates[ranks] = [e for e in events if e["event"] == "end"][-1]["examples_per_s"]
-        rows.append({"model": kind, "examples_per_s_1_rank": round(rates[1], 2),
-                     "examples_per_s_2_ranks": round(rates[2], 2),
-                     "scaling_efficiency": round(rates[2] / (2 * rates[1]), 3)})
+        rows.append(
+            {
+                "model": kind,
+                "examples_per_s_1_rank": round(rates[1], 2),
+                "examples_per_s_2_ranks": round(rates[2], 2),
+                "scaling_efficiency": round(rates[2] / (2 * rates[1]), 3),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -199,15 +273,21 @@ def main(argv=None) -> int:
     p.add_argument("--ffn-model", help="FFN model directory (default: the shipped ffn/models/boundary16 if present)")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
-    p.add_argument("--ffn-floods", action="store_true",
-                   help="also time `segment --method ffn` on the 64 x 512 x 512 volume (slow; its forward share is "
-                        "measured on one subvolume either way)")
+    p.add_argument(
+        "--ffn-floods",
+        action="store_true",
+        help="also time `segment --method ffn` on the 64 x 512 x 512 volume (slow; its forward share is "
+        "measured on one subvolume either way)",
+    )
     p.add_argument("--steps", type=int, default=30, help="training steps per run")
     p.add_argument("--work", help="keep volumes and workspaces here")
     p.add_argument("--out", help="write the results as JSON here")
     a = p.parse_args(argv)
-    ffn_model = a.ffn_model or (str(ROOT / "ffn" / "models" / "boundary16")
-                                if (ROOT / "ffn" / "models" / "boundary16" / "model.json").is_file() else None)
+    ffn_model = a.ffn_model or (
+        str(ROOT / "ffn" / "models" / "boundary16")
+        if (ROOT / "ffn" / "models" / "boundary16" / "model.json").is_file()
+        else None
+    )
     res = {}
     with tempfile.TemporaryDirectory() as d:
         work = Path(a.work) if a.work else Path(d)
@@ -221,17 +301,25 @@ def main(argv=None) -> int:
             res["training"] = training_rows(work, a.steps)
     print(f"\n{'command':<28} {'s':>7} {'kvox/s':>8} {'peak MiB':>9} {'ARAND':>7} {'VOI':>6}")
     for r in res["stages"]:
-        print(f"{r['command']:<28} {r['seconds']:7.1f} {r['voxels_per_s'] / 1e3:8.1f} {r['peak_rss_mib']:9d} "
-              f"{str(r.get('arand', '')):>7} {str(r.get('voi', '')):>6}")
+        print(
+            f"{r['command']:<28} {r['seconds']:7.1f} {r['voxels_per_s'] / 1e3:8.1f} {r['peak_rss_mib']:9d} "
+            f"{str(r.get('arand', '')):>7} {str(r.get('voi', '')):>6}"
+        )
     for r in res.get("forward", []):
-        print(f"{r['method']:<28} one 32x256x256 subvolume: {r['voxels_per_s'] / 1e3:.1f} kvox/s, "
-              f"{r['forward_fraction'] * 100:.0f} % in the forward pass, {r['forward_gflop_per_s']} GFLOP/s")
+        print(
+            f"{r['method']:<28} one 32x256x256 subvolume: {r['voxels_per_s'] / 1e3:.1f} kvox/s, "
+            f"{r['forward_fraction'] * 100:.0f} % in the forward pass, {r['forward_gflop_per_s']} GFLOP/s"
+        )
     for r in res.get("memory", []):
-        print(f"default segment on {r['volume']:<12}: peak RSS {r['peak_rss_mib']} MiB, "
-              f"{r['voxels_per_s'] / 1e3:.1f} kvox/s")
+        print(
+            f"default segment on {r['volume']:<12}: peak RSS {r['peak_rss_mib']} MiB, "
+            f"{r['voxels_per_s'] / 1e3:.1f} kvox/s"
+        )
     for r in res.get("training", []):
-        print(f"train {r['model']:<9}: {r['examples_per_s_1_rank']} ex/s on 1 rank, {r['examples_per_s_2_ranks']} on 2 "
-              f"(efficiency {r['scaling_efficiency']})")
+        print(
+            f"train {r['model']:<9}: {r['examples_per_s_1_rank']} ex/s on 1 rank, {r['examples_per_s_2_ranks']} on 2 "
+            f"(efficiency {r['scaling_efficiency']})"
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
     return 0

@@ -41,8 +41,9 @@ def source_segmentation(source: Path, workdir: Path):
             return ws.array("segmentation"), ws.voxel_size_nm, f"{source}/volume.zarr/segmentation"
     syn = workdir / "synth"
     if not (syn / "synth.json").is_file():
-        r = run_measured([sys.executable, "-m", "connectome", "synth", str(syn), "--preset", "demo", "--seed", "1",
-                          "--no-progress"])[2]
+        r = run_measured(
+            [sys.executable, "-m", "connectome", "synth", str(syn), "--preset", "demo", "--seed", "1", "--no-progress"]
+        )[2]
         if r.returncode:
             raise SystemExit(r.stderr)
     arr = zarr.open_array(str(syn / "truth.zarr" / "neurons"), mode="r")
@@ -69,24 +70,45 @@ def main(argv=None) -> int:
     data = np.asarray(src[:]).astype(np.uint64)
     ws.require_array("segmentation", "uint64", (32, 256, 256))[:] = data
     ids, counts = np.unique(data, return_counts=True)
-    base = {"source": where, "shape_zyx": list(data.shape), "voxel_size_nm": list(vs),
-            "segments": int((ids != 0).sum()), "segments_over_100_voxels": int(((ids != 0) & (counts >= 100)).sum()),
-            "block_shape": a.block_shape}
+    base = {
+        "source": where,
+        "shape_zyx": list(data.shape),
+        "voxel_size_nm": list(vs),
+        "segments": int((ids != 0).sum()),
+        "segments_over_100_voxels": int(((ids != 0) & (counts >= 100)).sum()),
+        "block_shape": a.block_shape,
+    }
     rows = []
     for w in (int(x) for x in a.workers.split(",")):
         execu = ["--executor", "serial"] if w == 1 else ["--executor", "local", "--workers", str(w)]
         for attempt in ("fresh", "rerun"):
-            cmd = [sys.executable, "-m", "connectome", "skeletonize", "--workspace", str(ws_path), "--block-shape",
-                   a.block_shape, "--no-progress", *execu] + (["--restart"] if attempt == "fresh" else [])
+            cmd = [
+                sys.executable,
+                "-m",
+                "connectome",
+                "skeletonize",
+                "--workspace",
+                str(ws_path),
+                "--block-shape",
+                a.block_shape,
+                "--no-progress",
+                *execu,
+            ] + (["--restart"] if attempt == "fresh" else [])
             seconds, peak, r = run_measured(cmd)
             if r.returncode:
                 raise SystemExit(r.stderr)
             summary = json.loads((ws_path / "skeletons" / "summary.json").read_text())
-            row = {**base, "workers": w, "run": attempt, "seconds": round(seconds, 1),
-                   "peak_rss_mb": round(peak / 2 ** 20), "skeletons": summary["segments"],
-                   "cable_length_mm": round(summary["cable_length_nm"] / 1e6, 2),
-                   "segments_in_several_pieces": summary["segments_in_several_pieces"],
-                   "stdout": r.stdout.strip()}
+            row = {
+                **base,
+                "workers": w,
+                "run": attempt,
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(peak / 2**20),
+                "skeletons": summary["segments"],
+                "cable_length_mm": round(summary["cable_length_nm"] / 1e6, 2),
+                "segments_in_several_pieces": summary["segments_in_several_pieces"],
+                "stdout": r.stdout.strip(),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     with open(work / "results.jsonl", "a") as f:

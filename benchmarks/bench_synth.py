@@ -31,8 +31,19 @@ def _size(path: Path) -> int:
 def run_one(preset: str, out: Path, shape: str | None, seed: int) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "connectome.cli", "synth", str(out), "--preset", preset, "--seed", str(seed),
-           "--no-progress", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "connectome.cli",
+        "synth",
+        str(out),
+        "--preset",
+        preset,
+        "--seed",
+        str(seed),
+        "--no-progress",
+        "-q",
+    ]
     if shape:
         cmd += ["--shape", shape]
     seconds, peak, res = run_measured(cmd)
@@ -40,11 +51,19 @@ def run_one(preset: str, out: Path, shape: str | None, seed: int) -> dict:
         raise SystemExit(f"synth --preset {preset} failed (exit {res.returncode}): {res.stderr.strip()[-2000:]}")
     meta = json.loads((out / "synth.json").read_text())
     z, y, x = meta["shape_zyx"]
-    return {"preset": preset, "shape_zyx": [z, y, x], "seconds": round(seconds, 1),
-            "peak_rss_mib": round(peak / 2**20), "mvoxels_per_s": round(z * y * x / seconds / 1e6, 2),
-            "output_mib": round(_size(out) / 2**20), "tiles": meta["tiles"]["rows"] * meta["tiles"]["cols"],
-            "statistics": {k: meta["statistics"][k] for k in ("neuron_fraction_of_non_vessel", "vessel_fraction",
-                                                                 "synapse_density_per_um3", "noise_sigma_gray")}}
+    return {
+        "preset": preset,
+        "shape_zyx": [z, y, x],
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(peak / 2**20),
+        "mvoxels_per_s": round(z * y * x / seconds / 1e6, 2),
+        "output_mib": round(_size(out) / 2**20),
+        "tiles": meta["tiles"]["rows"] * meta["tiles"]["cols"],
+        "statistics": {
+            k: meta["statistics"][k]
+            for k in ("neuron_fraction_of_non_vessel", "vessel_fraction", "synapse_density_per_um3", "noise_sigma_gray")
+        },
+    }
 
 
 def main() -> int:
@@ -64,13 +83,19 @@ def main() -> int:
         if not args.no_demo:
             runs.append(run_one("demo", work / "demo", None, args.seed))
             r = runs[-1]
-            print(f"demo  {r['shape_zyx']}: {r['seconds']} s (goal <= 60 s), peak RSS {r['peak_rss_mib']} MiB, "
-                  f"{r['mvoxels_per_s']} Mvoxel/s, output {r['output_mib']} MiB", flush=True)
+            print(
+                f"demo  {r['shape_zyx']}: {r['seconds']} s (goal <= 60 s), peak RSS {r['peak_rss_mib']} MiB, "
+                f"{r['mvoxels_per_s']} Mvoxel/s, output {r['output_mib']} MiB",
+                flush=True,
+            )
         if args.bench:
             runs.append(run_one("bench", work / "bench", args.bench_shape, args.seed))
             r = runs[-1]
-            print(f"bench {r['shape_zyx']}: {r['seconds']} s, peak RSS {r['peak_rss_mib']} MiB (goal well below "
-                  f"8192), {r['mvoxels_per_s']} Mvoxel/s, output {r['output_mib']} MiB", flush=True)
+            print(
+                f"bench {r['shape_zyx']}: {r['seconds']} s, peak RSS {r['peak_rss_mib']} MiB (goal well below "
+                f"8192), {r['mvoxels_per_s']} Mvoxel/s, output {r['output_mib']} MiB",
+                flush=True,
+            )
         print(json.dumps(runs, indent=1))
     finally:
         if not args.keep:

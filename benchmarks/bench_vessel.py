@@ -37,8 +37,17 @@ from _measure import run_measured  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
-TRAINER = {"batch_size": 4, "validate_every": 0, "checkpoint_every": 1000, "log_every": 10, "warmup_steps": 5,
-           "intra_op_threads": 1, "inter_op_threads": 1, "distributed": "horovod", "prefetch": 2}
+TRAINER = {
+    "batch_size": 4,
+    "validate_every": 0,
+    "checkpoint_every": 1000,
+    "log_every": 10,
+    "warmup_steps": 5,
+    "intra_op_threads": 1,
+    "inter_op_threads": 1,
+    "distributed": "horovod",
+    "prefetch": 2,
+}
 
 
 def train_config(model_dir: Path, steps: int) -> str:
@@ -50,8 +59,14 @@ def train_config(model_dir: Path, steps: int) -> str:
 
     doc = json.loads(((model_dir or default_vessel_model()) / "model.json").read_text())
     trained = doc["training"]["config"]
-    cfg = {"model": trained["model"], "data": trained["data"], "loss": trained["loss"],
-           "augment": trained["augment"], "trainer": {**TRAINER, "steps": steps}, "final_validation": False}
+    cfg = {
+        "model": trained["model"],
+        "data": trained["data"],
+        "loss": trained["loss"],
+        "augment": trained["augment"],
+        "trainer": {**TRAINER, "steps": steps},
+        "final_validation": False,
+    }
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
@@ -87,31 +102,58 @@ def main() -> int:
 
     synth = work / "synth"
     if not (synth / "synth.json").is_file():
-        check(run_measured(cli("synth", synth, "--preset", "demo", "--seed", 400, "--shape", args.shape,
-                               "--no-progress"))[2], "synth")
+        check(
+            run_measured(
+                cli("synth", synth, "--preset", "demo", "--seed", 400, "--shape", args.shape, "--no-progress")
+            )[2],
+            "synth",
+        )
     ws = work / "ws"
     if not (ws / "volume.zarr").is_dir():
-        check(run_measured(cli("import", synth / "truth.zarr" / "raw", "--workspace", ws, "--voxel-size", "40,8,8",
-                               "--executor", "serial", "-q"))[2], "import")
+        check(
+            run_measured(
+                cli(
+                    "import",
+                    synth / "truth.zarr" / "raw",
+                    "--workspace",
+                    ws,
+                    "--voxel-size",
+                    "40,8,8",
+                    "--executor",
+                    "serial",
+                    "-q",
+                )
+            )[2],
+            "import",
+        )
     z, y, x = (int(v) for v in args.shape.split(","))
     mvox = z * y * x / 1e6
     model = ["--model", args.model] if args.model else []
 
     if not args.skip_inference:
         inference = {}
-        for name, extra in (("serial", ["--executor", "serial"]),
-                            ("local x2", ["--executor", "local", "--workers", "2"])):
+        for name, extra in (
+            ("serial", ["--executor", "serial"]),
+            ("local x2", ["--executor", "local", "--workers", "2"]),
+        ):
             sec, peak, res = run_measured(cli("mask-vessels", "--workspace", ws, *model, *extra, "--restart"))
             check(res, f"mask-vessels ({name})")
             st = stage_seconds(res.stdout)
-            inference[name] = {"seconds": round(sec, 2), "megavoxels": mvox, "mvox_per_s": round(mvox / sec, 3),
-                               "unet_pass_mvox_per_s": (round(mvox / st["mask-vessels"], 3)
-                                                        if "mask-vessels" in st else None),
-                               "postprocess_mvox_per_s": (round(mvox / st["mask-vessels-post"], 3)
-                                                          if st.get("mask-vessels-post") else None),
-                               "peak_rss_mib": round(peak / 2 ** 20, 1)}
-            print(f"inference {name:9s}: {sec:6.1f} s  {mvox / sec:6.2f} Mvox/s (U-Net pass "
-                  f"{inference[name]['unet_pass_mvox_per_s']} Mvox/s)  peak RSS {peak / 2 ** 20:7.1f} MiB", flush=True)
+            inference[name] = {
+                "seconds": round(sec, 2),
+                "megavoxels": mvox,
+                "mvox_per_s": round(mvox / sec, 3),
+                "unet_pass_mvox_per_s": (round(mvox / st["mask-vessels"], 3) if "mask-vessels" in st else None),
+                "postprocess_mvox_per_s": (
+                    round(mvox / st["mask-vessels-post"], 3) if st.get("mask-vessels-post") else None
+                ),
+                "peak_rss_mib": round(peak / 2**20, 1),
+            }
+            print(
+                f"inference {name:9s}: {sec:6.1f} s  {mvox / sec:6.2f} Mvox/s (U-Net pass "
+                f"{inference[name]['unet_pass_mvox_per_s']} Mvox/s)  peak RSS {peak / 2**20:7.1f} MiB",
+                flush=True,
+            )
         results["inference"] = inference
         try:
             import zarr
@@ -132,16 +174,32 @@ def main() -> int:
         for n in (1, 2):
             out = work / f"train_np{n}"
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [str(BIN / "horovodrun"), "-np", str(n), "-H", f"localhost:{n}", "--gloo",
-                   *cli("train", "vessel", "--data", synth, "--out", out, "--config", cfg, "-q")]
+            cmd = [
+                str(BIN / "horovodrun"),
+                "-np",
+                str(n),
+                "-H",
+                f"localhost:{n}",
+                "--gloo",
+                *cli("train", "vessel", "--data", synth, "--out", out, "--config", cfg, "-q"),
+            ]
             sec, peak, res = run_measured(cmd, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
             check(res, f"train with {n} rank(s)")
-            end = [json.loads(line) for line in (out / "train" / "log.jsonl").read_text().splitlines()
-                   if '"end"' in line][-1]
-            training[n] = {"examples_per_s": round(end["examples_per_s"], 3), "global_batch": 4 * n,
-                           "steps": args.train_steps, "wall_s": round(sec, 1), "peak_rss_mib": round(peak / 2 ** 20, 1)}
-            print(f"training {n} rank(s): {end['examples_per_s']:6.2f} examples/s (global batch {4 * n}), "
-                  f"peak RSS {peak / 2 ** 20:7.1f} MiB", flush=True)
+            end = [
+                json.loads(line) for line in (out / "train" / "log.jsonl").read_text().splitlines() if '"end"' in line
+            ][-1]
+            training[n] = {
+                "examples_per_s": round(end["examples_per_s"], 3),
+                "global_batch": 4 * n,
+                "steps": args.train_steps,
+                "wall_s": round(sec, 1),
+                "peak_rss_mib": round(peak / 2**20, 1),
+            }
+            print(
+                f"training {n} rank(s): {end['examples_per_s']:6.2f} examples/s (global batch {4 * n}), "
+                f"peak RSS {peak / 2**20:7.1f} MiB",
+                flush=True,
+            )
         eff = training[2]["examples_per_s"] / (2 * training[1]["examples_per_s"])
         results["training"] = {"1": training[1], "2": training[2], "scaling_efficiency_2_ranks": round(eff, 3)}
         print(f"scaling efficiency 1 -> 2 ranks: {eff:.2f}")

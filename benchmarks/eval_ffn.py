@@ -41,8 +41,13 @@ ACCEPTANCE = (
     ("demo-1121", "demo", 1121, {}, True),
     ("demo-1122", "demo", 1122, {}, True),
     ("small-1123", "small", 1123, {}, True),
-    ("demo-1124-offrange", "demo", 1124, {"psf_sigma_px": 1.7, "noise_sigma": 0.22, "membrane_gray": 0.34,
-                                           "mito_gray": 0.28, "section_gain_sigma": 0.1}, False),
+    (
+        "demo-1124-offrange",
+        "demo",
+        1124,
+        {"psf_sigma_px": 1.7, "noise_sigma": 0.22, "membrane_gray": 0.34, "mito_gray": 0.28, "section_gain_sigma": 0.1},
+        False,
+    ),
 )
 
 
@@ -53,13 +58,32 @@ def _cli(*args) -> subprocess.CompletedProcess:
     return r
 
 
-def evaluate_volume(name: str, preset: str, seed: int, sets: dict, work: Path, methods, configs: dict,
-                    ffn_model: str | None, boundary_model: str | None, executor: str, workers: int) -> list[dict]:
+def evaluate_volume(
+    name: str,
+    preset: str,
+    seed: int,
+    sets: dict,
+    work: Path,
+    methods,
+    configs: dict,
+    ffn_model: str | None,
+    boundary_model: str | None,
+    executor: str,
+    workers: int,
+) -> list[dict]:
     from connectome.evaluate import EvaluateConfig, evaluate_workspace
 
     syn = work / f"syn_{name}"
-    _cli("synth", syn, "--preset", preset, "--seed", seed, "--no-progress",
-         *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")])
+    _cli(
+        "synth",
+        syn,
+        "--preset",
+        preset,
+        "--seed",
+        seed,
+        "--no-progress",
+        *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+    )
     base = work / f"ws_{name}"
     if not base.exists():
         _cli("import", syn / "truth.zarr" / "raw", "--workspace", base, "--voxel-size", "40,8,8", "--no-progress")
@@ -68,7 +92,9 @@ def evaluate_volume(name: str, preset: str, seed: int, sets: dict, work: Path, m
     boundary_s = None
     if any(m != "baseline" for m in methods):
         t = time.perf_counter()
-        _cli("predict-boundaries", "--workspace", base, *common, *(["--model", boundary_model] if boundary_model else []))
+        _cli(
+            "predict-boundaries", "--workspace", base, *common, *(["--model", boundary_model] if boundary_model else [])
+        )
         boundary_s = time.perf_counter() - t
     import zarr
 
@@ -90,18 +116,30 @@ def evaluate_volume(name: str, preset: str, seed: int, sets: dict, work: Path, m
         res = evaluate_workspace(ws, syn, EvaluateConfig())
         seg, skel = res["segmentation"], res.get("skeletons") or {}
         ok = skel.get("status") == "ok"
-        rows.append({"volume": name, "seed": seed, "preset": preset, "synth_set": sets, "method": method,
-                     "arand": round(seg["arand_error"], 4), "voi_split": round(seg["voi_split"], 4),
-                     "voi_merge": round(seg["voi_merge"], 4), "voi": round(seg["voi_sum"], 4),
-                     "split_objects": seg.get("n_split_truth_objects"), "merged_segments": seg.get("n_merger_segments"),
-                     "unlabelled": round(seg["unlabelled_fraction"], 4), "seconds": round(wall, 1),
-                     # skeleton metrics along the true skeletons (connectome/evaluate/skeletons.py)
-                     "erl_nm": round(skel["erl_nm"], 1) if ok else None,
-                     "erl_truth_nm": round(skel["erl_truth_nm"], 1) if ok and "erl_truth_nm" in skel else None,
-                     "skeleton_merges": skel.get("n_merges") if ok else None,
-                     "skeleton_splits": skel.get("n_splits") if ok else None,
-                     "voxels_per_s": round(nvox / wall), "predict_boundaries_s": None if boundary_s is None
-                     else round(boundary_s, 1)})
+        rows.append(
+            {
+                "volume": name,
+                "seed": seed,
+                "preset": preset,
+                "synth_set": sets,
+                "method": method,
+                "arand": round(seg["arand_error"], 4),
+                "voi_split": round(seg["voi_split"], 4),
+                "voi_merge": round(seg["voi_merge"], 4),
+                "voi": round(seg["voi_sum"], 4),
+                "split_objects": seg.get("n_split_truth_objects"),
+                "merged_segments": seg.get("n_merger_segments"),
+                "unlabelled": round(seg["unlabelled_fraction"], 4),
+                "seconds": round(wall, 1),
+                # skeleton metrics along the true skeletons (connectome/evaluate/skeletons.py)
+                "erl_nm": round(skel["erl_nm"], 1) if ok else None,
+                "erl_truth_nm": round(skel["erl_truth_nm"], 1) if ok and "erl_truth_nm" in skel else None,
+                "skeleton_merges": skel.get("n_merges") if ok else None,
+                "skeleton_splits": skel.get("n_splits") if ok else None,
+                "voxels_per_s": round(nvox / wall),
+                "predict_boundaries_s": None if boundary_s is None else round(boundary_s, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     base_row = next((r for r in rows if r["method"] == "baseline"), None)
     for r in rows:
@@ -112,15 +150,19 @@ def evaluate_volume(name: str, preset: str, seed: int, sets: dict, work: Path, m
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'volume':>20} {'method':>10} {'ARAND':>7} {'VOI split':>9} {'VOI merge':>9} {'VOI':>6} "
-          f"{'ARAND/base':>10} {'VOI/base':>8} {'splits':>6} {'merges':>6} {'unlab.':>7} {'time s':>7} {'kvox/s':>7} "
-          f"{'ERL nm':>8} {'ERL truth':>9} {'sk.merges':>9} {'sk.splits':>9}")
+    print(
+        f"\n{'volume':>20} {'method':>10} {'ARAND':>7} {'VOI split':>9} {'VOI merge':>9} {'VOI':>6} "
+        f"{'ARAND/base':>10} {'VOI/base':>8} {'splits':>6} {'merges':>6} {'unlab.':>7} {'time s':>7} {'kvox/s':>7} "
+        f"{'ERL nm':>8} {'ERL truth':>9} {'sk.merges':>9} {'sk.splits':>9}"
+    )
     for r in rows:
-        print(f"{r['volume']:>20} {r['method']:>10} {r['arand']:7.4f} {r['voi_split']:9.4f} {r['voi_merge']:9.4f} "
-              f"{r['voi']:6.3f} {str(r.get('arand_vs_baseline', '-')):>10} {str(r.get('voi_vs_baseline', '-')):>8} "
-              f"{str(r['split_objects']):>6} {str(r['merged_segments']):>6} {r['unlabelled']:7.4f} "
-              f"{r['seconds']:7.1f} {r['voxels_per_s'] / 1e3:7.1f} {str(r.get('erl_nm')):>8} "
-              f"{str(r.get('erl_truth_nm')):>9} {str(r.get('skeleton_merges')):>9} {str(r.get('skeleton_splits')):>9}")
+        print(
+            f"{r['volume']:>20} {r['method']:>10} {r['arand']:7.4f} {r['voi_split']:9.4f} {r['voi_merge']:9.4f} "
+            f"{r['voi']:6.3f} {str(r.get('arand_vs_baseline', '-')):>10} {str(r.get('voi_vs_baseline', '-')):>8} "
+            f"{str(r['split_objects']):>6} {str(r['merged_segments']):>6} {r['unlabelled']:7.4f} "
+            f"{r['seconds']:7.1f} {r['voxels_per_s'] / 1e3:7.1f} {str(r.get('erl_nm')):>8} "
+            f"{str(r.get('erl_truth_nm')):>9} {str(r.get('skeleton_merges')):>9} {str(r.get('skeleton_splits')):>9}"
+        )
 
 
 def check_acceptance(rows: list[dict], default: str, in_range: set[str]) -> bool:
@@ -131,15 +173,19 @@ def check_acceptance(rows: list[dict], default: str, in_range: set[str]) -> bool
         ma, mv = float(np.mean([r["arand"] for r in inr])), float(np.mean([r["voi"] for r in inr]))
         good = ma <= 0.08 and mv <= 1.0
         ok &= good
-        print(f"\n{default}: mean over the in-range volumes ARAND {ma:.4f} (target <= 0.08), VOI {mv:.3f} "
-              f"(target <= 1.0): {'met' if good else 'NOT met'}")
+        print(
+            f"\n{default}: mean over the in-range volumes ARAND {ma:.4f} (target <= 0.08), VOI {mv:.3f} "
+            f"(target <= 1.0): {'met' if good else 'NOT met'}"
+        )
     for r in mine:
         if r.get("arand_vs_baseline") is None:
             continue
         good = r["arand_vs_baseline"] <= 2 / 3 and r["voi_vs_baseline"] <= 2 / 3
         ok &= good
-        print(f"{default} on {r['volume']}: ARAND {r['arand_vs_baseline']:.3f} x baseline, VOI "
-              f"{r['voi_vs_baseline']:.3f} x baseline (target <= 0.667 each): {'met' if good else 'NOT met'}")
+        print(
+            f"{default} on {r['volume']}: ARAND {r['arand_vs_baseline']:.3f} x baseline, VOI "
+            f"{r['voi_vs_baseline']:.3f} x baseline (target <= 0.667 each): {'met' if good else 'NOT met'}"
+        )
     return ok
 
 
@@ -168,43 +214,57 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--work", help="keep the volumes and workspaces in this folder (reused: synth is idempotent)")
     p.add_argument("--out", help="write the rows as JSON here")
-    p.add_argument("--record", action="store_true",
-                   help="write the table into the boundary model's model.json 'test' section and regenerate its card")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="write the table into the boundary model's model.json 'test' section and regenerate its card",
+    )
     a = p.parse_args(argv)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     configs = {m: getattr(a, f"config_{m}") for m in ("watershed", "ffn", "baseline")}
     if a.suite:
         vols = [v for v in ACCEPTANCE if not a.only or v[0] in a.only.split(",")]
     else:
-        vols = [(f"{a.preset}-{s}" + ("-set" if a.set else ""), a.preset, int(s), _sets(a.set), True)
-                for s in a.seeds.split(",")]
+        vols = [
+            (f"{a.preset}-{s}" + ("-set" if a.set else ""), a.preset, int(s), _sets(a.set), True)
+            for s in a.seeds.split(",")
+        ]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         work = Path(a.work) if a.work else Path(d)
         work.mkdir(parents=True, exist_ok=True)
         for name, preset, seed, sets, _ in vols:
-            rows += evaluate_volume(name, preset, seed, sets, work, methods, configs, a.ffn_model, a.boundary_model,
-                                    a.executor, a.workers)
+            rows += evaluate_volume(
+                name, preset, seed, sets, work, methods, configs, a.ffn_model, a.boundary_model, a.executor, a.workers
+            )
     print_table(rows)
     ok = check_acceptance(rows, a.default, {v[0] for v in vols if v[4]}) if a.suite else True
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
     if a.record:
-        record(rows, a.boundary_model, a.ffn_model if "ffn" in " ".join(methods) else None,
-               "python benchmarks/eval_ffn.py " + portable_command(list(argv or sys.argv[1:])))
+        record(
+            rows,
+            a.boundary_model,
+            a.ffn_model if "ffn" in " ".join(methods) else None,
+            "python benchmarks/eval_ffn.py " + portable_command(list(argv or sys.argv[1:])),
+        )
     return 0 if ok or not a.suite else 3
 
 
 def table_lines(rows: list[dict]) -> list[str]:
-    out = ["| volume | imaging | method | ARAND | VOI split | VOI merge | VOI | ARAND / baseline | VOI / baseline | "
-           "ERL (nm) / truth | skeleton merges / splits | segment s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| volume | imaging | method | ARAND | VOI split | VOI merge | VOI | ARAND / baseline | VOI / baseline | "
+        "ERL (nm) / truth | skeleton merges / splits | segment s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         imaging = ", ".join(f"{k} {v}" for k, v in r["synth_set"].items()) or "preset"
-        out.append(f"| {r['volume']} | {imaging} | {r['method']} | {r['arand']} | {r['voi_split']} | {r['voi_merge']} | "
-                   f"{r['voi']} | {r.get('arand_vs_baseline', '-')} | {r.get('voi_vs_baseline', '-')} | "
-                   f"{r.get('erl_nm', '-')} / {r.get('erl_truth_nm', '-')} | "
-                   f"{r.get('skeleton_merges', '-')} / {r.get('skeleton_splits', '-')} | {r['seconds']} |")
+        out.append(
+            f"| {r['volume']} | {imaging} | {r['method']} | {r['arand']} | {r['voi_split']} | {r['voi_merge']} | "
+            f"{r['voi']} | {r.get('arand_vs_baseline', '-')} | {r.get('voi_vs_baseline', '-')} | "
+            f"{r.get('erl_nm', '-')} / {r.get('erl_truth_nm', '-')} | "
+            f"{r.get('skeleton_merges', '-')} / {r.get('skeleton_splits', '-')} | {r['seconds']} |"
+        )
     return out
 
 
@@ -216,11 +276,21 @@ def record(rows: list[dict], boundary_model: str | None, ffn_model: str | None, 
     from unet.boundary import default_model
     from unet.boundary_train import write_model_card as unet_card
 
-    test = {"command": command, "rows": rows,
-            "text": ["Volumes from seeds never used for training or checkpoint choice, the true raw imported "
-                     "(alignment out of the measurement), `connectome predict-boundaries` then `connectome "
-                     "segment --method M`, scored by `connectome evaluate` (vessel voxels excluded):", "",
-                     "```", command, "```", "", *table_lines(rows)]}
+    test = {
+        "command": command,
+        "rows": rows,
+        "text": [
+            "Volumes from seeds never used for training or checkpoint choice, the true raw imported "
+            "(alignment out of the measurement), `connectome predict-boundaries` then `connectome "
+            "segment --method M`, scored by `connectome evaluate` (vessel voxels excluded):",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            *table_lines(rows),
+        ],
+    }
     targets = [(Path(boundary_model) if boundary_model else default_model(), unet_card)]
     if ffn_model is not None or any(r["method"].startswith("ffn") for r in rows):
         targets.append((Path(ffn_model) if ffn_model else default_model_dir(), ffn_card))

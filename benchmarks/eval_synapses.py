@@ -49,11 +49,18 @@ def make_volume(seed: int, preset: str, shape: str, density: float, work: Path) 
     if density > 0:
         from connectome.synth import generate
 
-        generate(out, preset=preset, seed=seed, shape_zyx=tuple(int(v) for v in shape.split(",")),
-                 synapse_density_per_um3=density)
+        generate(
+            out,
+            preset=preset,
+            seed=seed,
+            shape_zyx=tuple(int(v) for v in shape.split(",")),
+            synapse_density_per_um3=density,
+        )
     else:
-        check(run_measured(cli("synth", out, "--preset", preset, "--seed", seed, "--shape", shape,
-                               "--no-progress"))[2], "synth")
+        check(
+            run_measured(cli("synth", out, "--preset", preset, "--seed", seed, "--shape", shape, "--no-progress"))[2],
+            "synth",
+        )
     return out
 
 
@@ -65,8 +72,10 @@ def evaluate_seed(seed: int, a, work: Path) -> list[dict]:
 
     syn = make_volume(seed, a.preset, a.shape, a.density, work)
     base = work / f"ws{seed}"
-    check(run_measured(cli("import", syn / "truth.zarr" / "raw", "--workspace", base, "--voxel-size", "40,8,8",
-                           "-q"))[2], "import")
+    check(
+        run_measured(cli("import", syn / "truth.zarr" / "raw", "--workspace", base, "--voxel-size", "40,8,8", "-q"))[2],
+        "import",
+    )
     rows = []
     for seg in a.segmentations.split(","):
         ws = work / f"ws{seed}_{seg}"
@@ -80,8 +89,11 @@ def evaluate_seed(seed: int, a, work: Path) -> list[dict]:
             extra = ["--model", a.ffn_model] if (seg == "ffn" and a.ffn_model) else ["--method", "baseline"]
             check(run_measured(cli("segment", "--workspace", ws, *extra, "--no-progress", "-q"))[2], "segment")
         model = ["--model", a.model] if a.model else []
-        sec, peak, res = run_measured(cli("synapses", "--workspace", ws, *model, "--no-progress",
-                                          "--executor", a.executor, "--workers", a.workers))
+        sec, peak, res = run_measured(
+            cli(
+                "synapses", "--workspace", ws, *model, "--no-progress", "--executor", a.executor, "--workers", a.workers
+            )
+        )
         check(res, "synapses")
         pred_s = re.search(r"^synapses: .* total, ([0-9.]+) s$", res.stdout, re.M)
         check(run_measured(cli("graph", "--workspace", ws))[2], "graph")
@@ -93,17 +105,27 @@ def evaluate_seed(seed: int, a, work: Path) -> list[dict]:
         def rnd(v):
             return round(v, 4) if isinstance(v, float) and v == v else v
 
-        rows.append({"seed": seed, "segmentation": seg, "n_true": s["n_true"], "n_predicted": s["n_predicted"],
-                     "precision": rnd(s["precision"]), "recall": rnd(s["recall"]), "f1": rnd(s["f1"]),
-                     "partner_accuracy": rnd(s["partner_accuracy"]),
-                     "edges_true": c.get("edges_min1", {}).get("n_true"),
-                     "edge_f1": rnd(c.get("edges_min1", {}).get("f1", float("nan"))),
-                     "edges_true_min2": c.get("edges_min2", {}).get("n_true"),
-                     "edge_f1_min2": rnd(c.get("edges_min2", {}).get("f1", float("nan"))),
-                     "seconds": round(sec, 1), "predict_seconds": float(pred_s.group(1)) if pred_s else None,
-                     "mvox_per_s": round(mvox / sec, 3),
-                     "predict_mvox_per_s": round(mvox / float(pred_s.group(1)), 3) if pred_s else None,
-                     "peak_rss_mib": round(peak / 2 ** 20, 1)})
+        rows.append(
+            {
+                "seed": seed,
+                "segmentation": seg,
+                "n_true": s["n_true"],
+                "n_predicted": s["n_predicted"],
+                "precision": rnd(s["precision"]),
+                "recall": rnd(s["recall"]),
+                "f1": rnd(s["f1"]),
+                "partner_accuracy": rnd(s["partner_accuracy"]),
+                "edges_true": c.get("edges_min1", {}).get("n_true"),
+                "edge_f1": rnd(c.get("edges_min1", {}).get("f1", float("nan"))),
+                "edges_true_min2": c.get("edges_min2", {}).get("n_true"),
+                "edge_f1_min2": rnd(c.get("edges_min2", {}).get("f1", float("nan"))),
+                "seconds": round(sec, 1),
+                "predict_seconds": float(pred_s.group(1)) if pred_s else None,
+                "mvox_per_s": round(mvox / sec, 3),
+                "predict_mvox_per_s": round(mvox / float(pred_s.group(1)), 3) if pred_s else None,
+                "peak_rss_mib": round(peak / 2**20, 1),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -122,8 +144,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--keep", help="keep volumes and workspaces in this folder")
     p.add_argument("--out", help="write the rows as JSON here")
-    p.add_argument("--record", action="store_true",
-                   help="add the rows and this command to the model's test section (model.json + MODEL_CARD.md)")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="add the rows and this command to the model's test section (model.json + MODEL_CARD.md)",
+    )
     a = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -132,13 +157,17 @@ def main(argv=None) -> int:
         for s in (int(v) for v in a.seeds.split(",")):
             rows += evaluate_seed(s, a, work)
     print(f"\nmatch within {a.match_nm:g} nm")
-    print(f"{'seed':>5} {'seg':>9} {'true':>5} {'pred':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'partner':>7} "
-          f"{'edgeF1':>6} {'edges>=2':>8} {'edgeF1>=2':>9} {'Mvox/s':>7} {'pred Mvox/s':>11} {'RSS MiB':>8}")
+    print(
+        f"{'seed':>5} {'seg':>9} {'true':>5} {'pred':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'partner':>7} "
+        f"{'edgeF1':>6} {'edges>=2':>8} {'edgeF1>=2':>9} {'Mvox/s':>7} {'pred Mvox/s':>11} {'RSS MiB':>8}"
+    )
     for r in rows:
-        print(f"{r['seed']:>5} {r['segmentation']:>9} {r['n_true']:>5} {r['n_predicted']:>5} {r['precision']!s:>6} "
-              f"{r['recall']!s:>6} {r['f1']!s:>6} {r['partner_accuracy']!s:>7} {r['edge_f1']!s:>6} "
-              f"{r['edges_true_min2']!s:>8} {r['edge_f1_min2']!s:>9} {r['mvox_per_s']:>7} "
-              f"{r['predict_mvox_per_s']!s:>11} {r['peak_rss_mib']:>8}")
+        print(
+            f"{r['seed']:>5} {r['segmentation']:>9} {r['n_true']:>5} {r['n_predicted']:>5} {r['precision']!s:>6} "
+            f"{r['recall']!s:>6} {r['f1']!s:>6} {r['partner_accuracy']!s:>7} {r['edge_f1']!s:>6} "
+            f"{r['edges_true_min2']!s:>8} {r['edge_f1_min2']!s:>9} {r['mvox_per_s']:>7} "
+            f"{r['predict_mvox_per_s']!s:>11} {r['peak_rss_mib']:>8}"
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
     if a.record:
@@ -163,7 +192,8 @@ def record_test(model_dir: Path | None, rows: list[dict], argv: list[str], a) ->
 
     # paths relative to the repository root, so the card reads the same on every checkout
     command = ".venv/bin/python benchmarks/eval_synapses.py " + portable_command(
-        [a for a in map(str, argv) if a != "--record"])
+        [a for a in map(str, argv) if a != "--record"]
+    )
     doc["test"] = {
         "commands": [c for c in old.get("commands", []) if c != command] + [command],
         "match_distance_nm": a.match_nm,

@@ -77,20 +77,36 @@ def main(argv=None) -> int:
         for aff_mode, scoring in itertools.product(grid["affinities"], grid["scoring"]):
             cfg = WatershedConfig(**fparams, affinities=aff_mode, scoring=scoring)
             t0 = time.perf_counter()
-            segs = [agglomerate(affinities_for(b4, cfg), fr, thresholds, scoring) for (_, b4, _, _), fr in zip(vols, frags)]
+            segs = [
+                agglomerate(affinities_for(b4, cfg), fr, thresholds, scoring) for (_, b4, _, _), fr in zip(vols, frags)
+            ]
             for min_size, (i, t) in itertools.product(grid["min_size_voxels"], enumerate(thresholds)):
                 per = []
                 for (name, _, neurons, vessels), s_vol in zip(vols, segs):
-                    m = segmentation_metrics(contingency_from_arrays(neurons, absorb_small(s_vol[i], min_size), vessels))
+                    m = segmentation_metrics(
+                        contingency_from_arrays(neurons, absorb_small(s_vol[i], min_size), vessels)
+                    )
                     per.append((name, m["arand_error"], m["voi_split"], m["voi_merge"]))
-                params = {**fparams, "affinities": aff_mode, "scoring": scoring, "min_size_voxels": min_size,
-                          "merge_threshold": t}
+                params = {
+                    **fparams,
+                    "affinities": aff_mode,
+                    "scoring": scoring,
+                    "min_size_voxels": min_size,
+                    "merge_threshold": t,
+                }
                 arand = float(np.mean([r[1] for r in per]))
                 voi = float(np.mean([r[2] + r[3] for r in per]))
-                row = {**params, "arand": round(arand, 4), "voi": round(voi, 4), "score": round(arand + voi / 4, 4),
-                       "seconds": round(time.perf_counter() - t0, 1),
-                       "volumes": {n: {"arand": round(x, 4), "voi_split": round(sp, 3), "voi_merge": round(mg, 3)}
-                                   for n, x, sp, mg in per}}
+                row = {
+                    **params,
+                    "arand": round(arand, 4),
+                    "voi": round(voi, 4),
+                    "score": round(arand + voi / 4, 4),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "volumes": {
+                        n: {"arand": round(x, 4), "voi_split": round(sp, 3), "voi_merge": round(mg, 3)}
+                        for n, x, sp, mg in per
+                    },
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     rows.sort(key=lambda r: r["score"])

@@ -82,8 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _internal(exc)
         # a workspace, output or input the user cannot write (or read): bad input, not a bug
         where = exc.filename or "a file"
-        print(f"connectome: error: {where}: {exc.strerror or exc}; make it writable (or readable) for this user, "
-              "or choose another --workspace / output", file=sys.stderr)
+        print(
+            f"connectome: error: {where}: {exc.strerror or exc}; make it writable (or readable) for this user, "
+            "or choose another --workspace / output",
+            file=sys.stderr,
+        )
         return 2
     except Exception as exc:  # an internal failure
         return _internal(exc)

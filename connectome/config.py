@@ -23,7 +23,10 @@ from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
 
 from connectome.errors import UserInputError
 
-T = TypeVar("T")
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 #: set while a config from user input is built (:func:`config_from_dict`, :func:`load_config`)
@@ -47,9 +50,11 @@ class BlockwiseConfig:
         # a user's config (file, option, pipeline) is held to the resource limits; code and tests
         # may build tiny blocks on purpose
         if _USER_INPUT.get() and math.prod(self.block_shape_zyx) < MIN_BLOCK_VOXELS:
-            raise ValueError(f"block_shape_zyx {list(self.block_shape_zyx)} has {math.prod(self.block_shape_zyx)} "
-                             f"voxels per block; at least {MIN_BLOCK_VOXELS} (e.g. [1, 32, 32] or [16, 16, 16]) "
-                             "keep per-block overhead from dominating")
+            raise ValueError(
+                f"block_shape_zyx {list(self.block_shape_zyx)} has {math.prod(self.block_shape_zyx)} "
+                f"voxels per block; at least {MIN_BLOCK_VOXELS} (e.g. [1, 32, 32] or [16, 16, 16]) "
+                "keep per-block overhead from dominating"
+            )
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
@@ -77,9 +82,9 @@ def _describe(tp: Any) -> str:
             return f"a list of {len(args)} {_describe(args[0])}s"
         return "a list (" + ", ".join(_describe(a) for a in args) + ")"
     if origin is typing.Union:
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return " or ".join(_describe(a) for a in args) + " or null"
-    if dataclasses.is_dataclass(tp):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        return " or ".join(_describe(a) for a in members) + " or null"
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return f"a mapping ({tp.__name__})"
     return getattr(tp, "__name__", str(tp))
 
@@ -87,7 +92,7 @@ def _describe(tp: Any) -> str:
 def _convert(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     bad = _ConfigTypeError(key, f"'{key}' expects {_describe(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise bad
         return _build(tp, value, prefix=key + ".")
@@ -143,9 +148,10 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise _ConfigTypeError(prefix + str(unknown[0]),
-                               f"unknown key {prefix + str(unknown[0])!r} in {cls.__name__} "
-                               f"(known: {', '.join(sorted(fields))})")
+        raise _ConfigTypeError(
+            prefix + str(unknown[0]),
+            f"unknown key {prefix + str(unknown[0])!r} in {cls.__name__} (known: {', '.join(sorted(fields))})",
+        )
     kwargs = {name: _convert(value, hints[name], prefix + name) for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -158,8 +164,7 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str =
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise UserInputError(f"{source}: expected a mapping of {cls.__name__} fields, "
-                             f"got {type(data).__name__}")
+        raise UserInputError(f"{source}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
     token = _USER_INPUT.set(True)
     try:
         return _build(cls, data)
@@ -169,8 +174,12 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str =
         _USER_INPUT.reset(token)
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, Any] | None = None,
-                options: Mapping[str, str] | None = None) -> T:
+def load_config(
+    cls: type[T],
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    options: Mapping[str, str] | None = None,
+) -> T:
     """Load a stage config from a YAML file (or defaults when ``path`` is None).
 
     ``overrides`` (from command-line options) are applied on top of the file, key by key
@@ -191,8 +200,9 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Mapping[str, A
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise UserInputError(f"{p}: expected a mapping of {cls.__name__} fields at the top level, "
-                                 f"got {type(loaded).__name__}")
+            raise UserInputError(
+                f"{p}: expected a mapping of {cls.__name__} fields at the top level, got {type(loaded).__name__}"
+            )
         data = loaded
     import copy
 

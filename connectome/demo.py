@@ -27,14 +27,26 @@ METRICS = [
     ("alignment: residual median (px)", "alignment", ("residual_median_px",), "{:.2f}"),
     # the alignment criteria against the truth transforms (connectome/evaluate/align_truth.py),
     # each with its target and pass/FAIL
-    ("alignment (a): adjacent-pair error median / p95 (px)", "alignment.adjacent_pair_error",
-     ("median_px", "p95_px"), "{:.2f} / {:.2f}"),
-    ("alignment (b): worst section RMS, global affine off (px)", "alignment.accumulated_error",
-     ("worst_rms_px", "worst_z"), "{:.2f} (z {})"),
+    (
+        "alignment (a): adjacent-pair error median / p95 (px)",
+        "alignment.adjacent_pair_error",
+        ("median_px", "p95_px"),
+        "{:.2f} / {:.2f}",
+    ),
+    (
+        "alignment (b): worst section RMS, global affine off (px)",
+        "alignment.accumulated_error",
+        ("worst_rms_px", "worst_z"),
+        "{:.2f} (z {})",
+    ),
     ("alignment (c): drift (px/section)", "alignment.drift", ("slope_px_per_section",), "{:.3f}"),
     ("alignment (d): neighbour NCC aligned - truth", "alignment.over_registration", ("delta_ncc",), "{:+.3f}"),
-    ("alignment (e): ARAND / VOI aligned - truth raw", "alignment.downstream", ("delta_arand", "delta_voi"),
-     "{:+.3f} / {:+.3f}"),
+    (
+        "alignment (e): ARAND / VOI aligned - truth raw",
+        "alignment.downstream",
+        ("delta_arand", "delta_voi"),
+        "{:+.3f} / {:+.3f}",
+    ),
     ("vessels: IoU", "vessels", ("iou",), "{:.3f}"),
     ("neurons: adapted Rand error", "segmentation", ("arand_error",), "{:.3f}"),
     ("neurons: VOI split / merge (bits)", "segmentation", ("voi_split", "voi_merge"), "{:.3f} / {:.3f}"),
@@ -43,8 +55,12 @@ METRICS = [
     ("neurons: skeleton merges / splits", "skeletons", ("n_merges", "n_splits"), "{} / {}"),
     ("synapses: F1 (precision / recall)", "synapses", ("f1", "precision", "recall"), "{:.3f} ({:.3f} / {:.3f})"),
     ("synapses: partner accuracy", "synapses", ("partner_accuracy",), "{:.3f}"),
-    ("connectivity: edge F1 (all / >= 2 synapses)", "connectivity", ("edges_min1.f1", "edges_min2.f1"),
-     "{:.3f} / {:.3f}"),
+    (
+        "connectivity: edge F1 (all / >= 2 synapses)",
+        "connectivity",
+        ("edges_min1.f1", "edges_min2.f1"),
+        "{:.3f} / {:.3f}",
+    ),
 ]
 
 
@@ -108,8 +124,9 @@ def _verdict(sec: dict) -> str:
         return ""
     signed = "target" in sec and any(k.startswith("delta") for k in sec)
     if "target_median_px" in sec:  # (a): two targets
-        return (f"  (targets {sec['target_median_px']:g} / {sec['target_p95_px']:g}: "
-                f"{'pass' if sec['pass'] else 'FAIL'})")
+        return (
+            f"  (targets {sec['target_median_px']:g} / {sec['target_p95_px']:g}: {'pass' if sec['pass'] else 'FAIL'})"
+        )
     target = next((sec[k] for k in sec if k.startswith("target")), None)
     return f"  ({check_text(None, target, sec['pass'], signed)})"
 
@@ -125,8 +142,11 @@ def summary_table(workspace: Path) -> str:
         stages = rec.get("stages", {})
         total = sum(float(s.get("seconds") or 0) for s in stages.values())
         lines.append("")
-        lines.append("stage timings (s): " + ", ".join(f"{k} {float(v.get('seconds') or 0):.1f}"
-                                                       for k, v in stages.items()) + f"; total {total:.1f}")
+        lines.append(
+            "stage timings (s): "
+            + ", ".join(f"{k} {float(v.get('seconds') or 0):.1f}" for k, v in stages.items())
+            + f"; total {total:.1f}"
+        )
     lines += ["", f"metrics: {ev_path}", f"view:    connectome view --workspace {workspace}"]
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -51,17 +52,17 @@ log = logging.getLogger(__name__)
 SYNAPSES_CSV = "synapses.csv"
 CONNECTIVITY_CSV = "connectivity.csv"
 CONNECTIVITY_GRAPHML = "connectivity.graphml"
-SCAN_BLOCK_VOXELS = 2 ** 23
+SCAN_BLOCK_VOXELS = 2**23
 
 
 @dataclass(frozen=True)
 class Edges:
     """Kept edges, sorted by (pre, post)."""
 
-    pre: np.ndarray            # uint64
-    post: np.ndarray           # uint64
+    pre: np.ndarray  # uint64
+    post: np.ndarray  # uint64
     synapse_count: np.ndarray  # int64
-    mean_score: np.ndarray     # float64
+    mean_score: np.ndarray  # float64
 
     def __len__(self) -> int:
         return int(self.pre.size)
@@ -89,7 +90,7 @@ class GraphSummary:
     dropped_id0: int = 0
     dropped_autapse: int = 0
     dropped_score: int = 0
-    dropped_weak_edges: int = 0     # synapses on edges below --min-synapses
+    dropped_weak_edges: int = 0  # synapses on edges below --min-synapses
     weak_edges: int = 0
     nodes: int = 0
     edges: int = 0
@@ -100,10 +101,12 @@ class GraphSummary:
 
     def describe(self) -> str:
         """The two-line summary the command prints."""
-        return (f"graph: {self.nodes} neurons, {self.edges} edges, {self.reciprocal_pairs} reciprocal pairs\n"
-                f"synapses: {self.synapses} read, {self.used} used; dropped {self.dropped_id0} with id 0, "
-                f"{self.dropped_autapse} autapses, {self.dropped_score} below --min-score {self.min_score:g}, "
-                f"{self.dropped_weak_edges} on {self.weak_edges} edges below --min-synapses {self.min_synapses}")
+        return (
+            f"graph: {self.nodes} neurons, {self.edges} edges, {self.reciprocal_pairs} reciprocal pairs\n"
+            f"synapses: {self.synapses} read, {self.used} used; dropped {self.dropped_id0} with id 0, "
+            f"{self.dropped_autapse} autapses, {self.dropped_score} below --min-score {self.min_score:g}, "
+            f"{self.dropped_weak_edges} on {self.weak_edges} edges below --min-synapses {self.min_synapses}"
+        )
 
 
 # ------------------------------------------------------------------------------- aggregation
@@ -114,8 +117,14 @@ def aggregate(table: SynapseTable, min_score: float = 0.0, min_synapses: int = 1
     autapse = ~id0 & (pre == post)
     low = ~id0 & ~autapse & (score < min_score)
     keep = ~(id0 | autapse | low)
-    s = GraphSummary(synapses=len(table), dropped_id0=int(id0.sum()), dropped_autapse=int(autapse.sum()),
-                     dropped_score=int(low.sum()), min_score=float(min_score), min_synapses=int(min_synapses))
+    s = GraphSummary(
+        synapses=len(table),
+        dropped_id0=int(id0.sum()),
+        dropped_autapse=int(autapse.sum()),
+        dropped_score=int(low.sum()),
+        min_score=float(min_score),
+        min_synapses=int(min_synapses),
+    )
     p, q, sc = pre[keep], post[keep], score[keep]
     if p.size == 0:
         empty = np.zeros(0, np.uint64)
@@ -123,7 +132,7 @@ def aggregate(table: SynapseTable, min_score: float = 0.0, min_synapses: int = 1
     # factorize ids (monotone), so (pre index, post index) sorts like (pre, post)
     ids, inv = np.unique(np.concatenate([p, q]), return_inverse=True)
     n = np.int64(ids.size)
-    key = inv[:p.size].astype(np.int64) * n + inv[p.size:]
+    key = inv[: p.size].astype(np.int64) * n + inv[p.size :]
     ukey, edge_of, count = np.unique(key, return_inverse=True, return_counts=True)
     mean = np.bincount(edge_of, weights=sc, minlength=ukey.size) / count
     strong = count >= min_synapses
@@ -149,9 +158,14 @@ def node_table(edges: Edges, sizes: tuple[np.ndarray, np.ndarray] | None = None)
         found = ids[at] == nodes
         size[found] = counts[at[found]]
     w = edges.synapse_count
-    return Nodes(nodes, size, np.bincount(b, minlength=k), np.bincount(a, minlength=k),
-                 np.bincount(b, weights=w, minlength=k).astype(np.int64),
-                 np.bincount(a, weights=w, minlength=k).astype(np.int64))
+    return Nodes(
+        nodes,
+        size,
+        np.bincount(b, minlength=k),
+        np.bincount(a, minlength=k),
+        np.bincount(b, weights=w, minlength=k).astype(np.int64),
+        np.bincount(a, weights=w, minlength=k).astype(np.int64),
+    )
 
 
 def reciprocal_pairs(edges: Edges) -> int:
@@ -161,7 +175,7 @@ def reciprocal_pairs(edges: Edges) -> int:
     nodes = np.unique(np.concatenate([edges.pre, edges.post]))
     a = np.searchsorted(nodes, edges.pre).astype(np.int64)
     b = np.searchsorted(nodes, edges.post).astype(np.int64)
-    key = a * nodes.size + b          # sorted: edges are sorted by (pre, post)
+    key = a * nodes.size + b  # sorted: edges are sorted by (pre, post)
     rev = b * nodes.size + a
     at = np.clip(np.searchsorted(key, rev), 0, key.size - 1)
     return int(np.count_nonzero((key[at] == rev) & (a < b)))
@@ -203,14 +217,14 @@ def segment_sizes(array, block_shape_zyx=None) -> tuple[np.ndarray, np.ndarray]:
     """(sorted non-zero ids, voxel counts) of a label array (zarr or numpy), block by block."""
     from connectome.blockwise import BlockGrid
 
-    shape = tuple(int(s) for s in array.shape)
+    shape = cast("tuple[int, int, int]", tuple(int(s) for s in array.shape))
     chunks = tuple(getattr(array, "chunks", None) or shape)
     grid = BlockGrid(shape, block_shape_zyx or scan_block_shape(shape, chunks))
     parts, held = [], 0
     for block in grid.blocks():
         parts.append(_count_ids(np.asarray(array[block.write_box.slices])))
         held += parts[-1][0].size
-        if held > 4 * 2 ** 20:  # fold partial tables so memory is one count per distinct id
+        if held > 4 * 2**20:  # fold partial tables so memory is one count per distinct id
             parts = [_merge_counts(parts)]
             held = parts[0][0].size
     ids, counts = _merge_counts(parts) if parts else (np.zeros(0, np.uint64), np.zeros(0, np.int64))
@@ -225,8 +239,10 @@ def check_ids_in_segmentation(table: SynapseTable, seg_ids: np.ndarray, csv_path
     missing = np.setdiff1d(used, seg_ids, assume_unique=True)
     if missing.size:
         few = ", ".join(str(v) for v in missing[:5].tolist()) + (", ..." if missing.size > 5 else "")
-        raise UserInputError(f"{csv_path}: {missing.size} segment id(s) in pre_segment_id/post_segment_id are not "
-                             f"in {seg_path} (e.g. {few}); was the table made from another segmentation?")
+        raise UserInputError(
+            f"{csv_path}: {missing.size} segment id(s) in pre_segment_id/post_segment_id are not "
+            f"in {seg_path} (e.g. {few}); was the table made from another segmentation?"
+        )
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -239,9 +255,17 @@ def write_connectivity_csv(fh, edges: Edges) -> None:
     """The edge table into an open text file."""
     fh.write("pre_segment_id,post_segment_id,synapse_count,mean_score\n")
     for lo, hi in _chunks(len(edges)):
-        fh.write("".join(f"{a},{b},{c},{m:.6f}\n" for a, b, c, m in zip(
-            edges.pre[lo:hi].tolist(), edges.post[lo:hi].tolist(), edges.synapse_count[lo:hi].tolist(),
-            edges.mean_score[lo:hi].tolist())))
+        fh.write(
+            "".join(
+                f"{a},{b},{c},{m:.6f}\n"
+                for a, b, c, m in zip(
+                    edges.pre[lo:hi].tolist(),
+                    edges.post[lo:hi].tolist(),
+                    edges.synapse_count[lo:hi].tolist(),
+                    edges.mean_score[lo:hi].tolist(),
+                )
+            )
+        )
 
 
 _GRAPHML_HEAD = """<?xml version='1.0' encoding='utf-8'?>
@@ -267,16 +291,29 @@ def write_graphml(fh, nodes: Nodes, edges: Edges, min_score: float, min_synapses
     fh.write(_GRAPHML_HEAD)
     fh.write(f'    <data key="g0">{float(min_score)!r}</data>\n    <data key="g1">{int(min_synapses)}</data>\n')
     for lo, hi in _chunks(len(nodes)):
-        cols = [getattr(nodes, n)[lo:hi].tolist() for n in
-                ("segment_id", "size_voxels", "in_degree", "out_degree", "synapses_in", "synapses_out")]
-        fh.write("".join(
-            f'    <node id="{i}"><data key="n0">{s}</data><data key="n1">{di}</data><data key="n2">{do}</data>'
-            f'<data key="n3">{si}</data><data key="n4">{so}</data></node>\n' for i, s, di, do, si, so in zip(*cols)))
+        cols = [
+            getattr(nodes, n)[lo:hi].tolist()
+            for n in ("segment_id", "size_voxels", "in_degree", "out_degree", "synapses_in", "synapses_out")
+        ]
+        fh.write(
+            "".join(
+                f'    <node id="{i}"><data key="n0">{s}</data><data key="n1">{di}</data><data key="n2">{do}</data>'
+                f'<data key="n3">{si}</data><data key="n4">{so}</data></node>\n'
+                for i, s, di, do, si, so in zip(*cols)
+            )
+        )
     for lo, hi in _chunks(len(edges)):
-        fh.write("".join(
-            f'    <edge source="{a}" target="{b}"><data key="e0">{c}</data><data key="e1">{m:.6f}</data></edge>\n'
-            for a, b, c, m in zip(edges.pre[lo:hi].tolist(), edges.post[lo:hi].tolist(),
-                                  edges.synapse_count[lo:hi].tolist(), edges.mean_score[lo:hi].tolist())))
+        fh.write(
+            "".join(
+                f'    <edge source="{a}" target="{b}"><data key="e0">{c}</data><data key="e1">{m:.6f}</data></edge>\n'
+                for a, b, c, m in zip(
+                    edges.pre[lo:hi].tolist(),
+                    edges.post[lo:hi].tolist(),
+                    edges.synapse_count[lo:hi].tolist(),
+                    edges.mean_score[lo:hi].tolist(),
+                )
+            )
+        )
     fh.write("  </graph>\n</graphml>\n")
 
 

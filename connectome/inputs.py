@@ -41,6 +41,7 @@ def float_option(text: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # YAML without duplicate keys
 
+
 class DuplicateKeyError(Exception):
     def __init__(self, key: Any, line: int, first_line: int):
         super().__init__(f"duplicate key {key!r} (line {line}; first at line {first_line})")
@@ -55,7 +56,7 @@ def _yaml_loader():
     class UniqueKeyLoader(yaml.SafeLoader):
         """SafeLoader whose mappings refuse a key given twice (merge keys ``<<`` may be overridden)."""
 
-        def construct_mapping(self, node, deep=False):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
             if isinstance(node, yaml.MappingNode):
                 seen: dict[Any, int] = {}
                 for key_node, _ in node.value:

@@ -58,22 +58,43 @@ class SystemInfo:
     name: str
     template: str
     default_ppn: int
-    cores_per_node: int          # usable physical cores, for the default --depth
+    cores_per_node: int  # usable physical cores, for the default --depth
     default_filesystems: str
     default_setup: str
-    pbspro: bool                 # PBS Pro + mpiexec (else Cobalt + aprun)
-    local: bool = False          # this machine's Torque-compatible qsub (no ALCF resources)
+    pbspro: bool  # PBS Pro + mpiexec (else Cobalt + aprun)
+    local: bool = False  # this machine's Torque-compatible qsub (no ALCF resources)
 
 
 SYSTEMS = {
-    "polaris": SystemInfo("polaris", "alcf_pbspro.pbs.tmpl", 4, 32, "home:eagle",
-                          "module use /soft/modulefiles\nmodule load conda\nconda activate base", True),
-    "aurora": SystemInfo("aurora", "alcf_pbspro.pbs.tmpl", 12, 102, "home:flare",
-                         "module load frameworks", True),
-    "theta": SystemInfo("theta", "theta_cobalt.cobalt.tmpl", 4, 64, "home:grand",
-                        "module load conda/2021-09-22\nconda activate base", False),
-    "local": SystemInfo("local", "local_pbs.pbs.tmpl", os.cpu_count() or 1, os.cpu_count() or 1, "",
-                        f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH", True, local=True),
+    "polaris": SystemInfo(
+        "polaris",
+        "alcf_pbspro.pbs.tmpl",
+        4,
+        32,
+        "home:eagle",
+        "module use /soft/modulefiles\nmodule load conda\nconda activate base",
+        True,
+    ),
+    "aurora": SystemInfo("aurora", "alcf_pbspro.pbs.tmpl", 12, 102, "home:flare", "module load frameworks", True),
+    "theta": SystemInfo(
+        "theta",
+        "theta_cobalt.cobalt.tmpl",
+        4,
+        64,
+        "home:grand",
+        "module load conda/2021-09-22\nconda activate base",
+        False,
+    ),
+    "local": SystemInfo(
+        "local",
+        "local_pbs.pbs.tmpl",
+        os.cpu_count() or 1,
+        os.cpu_count() or 1,
+        "",
+        f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH",
+        True,
+        local=True,
+    ),
 }
 
 GPU_PINNING = {
@@ -102,9 +123,9 @@ class JobSpec:
     workspace: str | None = None
     stage_args: str | None = None
     setup: str | None = None
-    pipeline: str | None = None      # pipeline jobs: `connectome run PIPELINE --only STAGE_ID`
+    pipeline: str | None = None  # pipeline jobs: `connectome run PIPELINE --only STAGE_ID`
     stage_id: str | None = None
-    kind: str | None = None          # model | blockwise | single (pipeline stages: from the registry)
+    kind: str | None = None  # model | blockwise | single (pipeline stages: from the registry)
 
 
 def _kind(spec: JobSpec) -> str:
@@ -154,7 +175,9 @@ def validate(spec: JobSpec) -> JobSpec:
         if value is not None and not _SAFE.match(value):
             raise UserInputError(f"{opt}: expected letters, digits and _.,:+- only, got {value!r}")
     if spec.filesystems is not None and not all(spec.filesystems.replace(",", ":").split(":")):
-        raise UserInputError(f"--filesystems: expected names separated by ':', e.g. home:eagle, got {spec.filesystems!r}")
+        raise UserInputError(
+            f"--filesystems: expected names separated by ':', e.g. home:eagle, got {spec.filesystems!r}"
+        )
     if spec.stage_args is not None:
         try:
             shlex.split(spec.stage_args)
@@ -165,12 +188,16 @@ def validate(spec: JobSpec) -> JobSpec:
             raise UserInputError("--workspace: required for a pipeline")
     elif spec.stage == "hpo":
         if not spec.stage_args:
-            raise UserInputError("--stage-args: required for hpo (e.g. 'SPACE.yaml --max-evals N --out DIR', "
-                                 "passed to `connectome hpo run ... --evaluator mpicomm`)")
+            raise UserInputError(
+                "--stage-args: required for hpo (e.g. 'SPACE.yaml --max-evals N --out DIR', "
+                "passed to `connectome hpo run ... --evaluator mpicomm`)"
+            )
     elif spec.stage.startswith("train-"):
         if not spec.stage_args:
-            raise UserInputError(f"--stage-args: required for {spec.stage} "
-                                 "(e.g. '--data DIR --out MODEL_DIR', passed to `connectome train`)")
+            raise UserInputError(
+                f"--stage-args: required for {spec.stage} "
+                "(e.g. '--data DIR --out MODEL_DIR', passed to `connectome train`)"
+            )
     elif not spec.workspace:
         raise UserInputError(f"--workspace: required for stage {spec.stage}")
     return spec
@@ -199,53 +226,64 @@ def _launch_pbspro(spec: JobSpec, ppn: int, depth: int) -> str:
     mpi = f"mpiexec -n $((NNODES * {ppn})) --ppn {ppn} --depth {depth} --cpu-bind depth"
     if _kind(spec) == "model":
         executor = _MODEL_ARGS.get(spec.stage, "")
-        return "\n".join([
-            f"# one rank per GPU{' tile' if spec.system == 'aurora' else ''}; "
-            + ("Horovod training" if spec.stage.startswith("train-") else "DeepHyper mpicomm (rank 0 is the master)"
-               if spec.stage == "hpo" else "the mpi executor"),
-            f'{mpi} \\\n    "$AFFINITY" {_stage_command(spec, executor)}',
-            "RC=$?",
-            'rm -f "$AFFINITY"',
-            'echo "connectome ' + spec.stage + ': exit code $RC"',
-            "exit $RC",
-        ])
+        return "\n".join(
+            [
+                f"# one rank per GPU{' tile' if spec.system == 'aurora' else ''}; "
+                + (
+                    "Horovod training"
+                    if spec.stage.startswith("train-")
+                    else "DeepHyper mpicomm (rank 0 is the master)"
+                    if spec.stage == "hpo"
+                    else "the mpi executor"
+                ),
+                f'{mpi} \\\n    "$AFFINITY" {_stage_command(spec, executor)}',
+                "RC=$?",
+                'rm -f "$AFFINITY"',
+                'echo "connectome ' + spec.stage + ': exit code $RC"',
+                "exit $RC",
+            ]
+        )
     if _kind(spec) == "single":
-        return "\n".join([
-            "# a single process (the stage is not blockwise)",
-            f"mpiexec -n 1 --ppn 1 --depth {depth} --cpu-bind depth {_stage_command(spec, '')}",
+        return "\n".join(
+            [
+                "# a single process (the stage is not blockwise)",
+                f"mpiexec -n 1 --ppn 1 --depth {depth} --cpu-bind depth {_stage_command(spec, '')}",
+                "RC=$?",
+                'rm -f "$AFFINITY"',
+                'echo "connectome ' + spec.stage + ': exit code $RC"',
+                "exit $RC",
+            ]
+        )
+    # blockwise: dask scheduler on the first node, workers on the others
+    return "\n".join(
+        [
+            "# dask: scheduler on the first node (scheduler file), workers on the other nodes",
+            "SCHEDULER_FILE=${PBS_O_WORKDIR}/.connectome-dask.${PBS_JOBID:-$$}.json",
+            'rm -f "$SCHEDULER_FILE"',
+            "HEAD_NODE=$(head -n 1 $PBS_NODEFILE)",
+            "if [ \"$NNODES\" -gt 1 ]; then",
+            "    WORKER_HOSTS=$(tail -n +2 $PBS_NODEFILE | paste -sd, -)",
+            "    NWORKERS=$(((NNODES - 1) * PPN))",
+            "else",
+            "    WORKER_HOSTS=$HEAD_NODE",
+            "    NWORKERS=$PPN",
+            "fi",
+            'mpiexec -n 1 --ppn 1 --hosts "$HEAD_NODE" dask scheduler --scheduler-file "$SCHEDULER_FILE" &',
+            "SCHEDULER_PID=$!",
+            "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
+            'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
+            f'mpiexec -n $NWORKERS --ppn {ppn} --hosts "$WORKER_HOSTS" --depth {depth} --cpu-bind depth \\',
+            f'    "$AFFINITY" dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers 1 --nthreads {depth} &',
+            "WORKERS_PID=$!",
+            _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
             "RC=$?",
-            'rm -f "$AFFINITY"',
+            "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
+            "wait",
+            'rm -f "$AFFINITY" "$SCHEDULER_FILE"',
             'echo "connectome ' + spec.stage + ': exit code $RC"',
             "exit $RC",
-        ])
-    # blockwise: dask scheduler on the first node, workers on the others
-    return "\n".join([
-        "# dask: scheduler on the first node (scheduler file), workers on the other nodes",
-        "SCHEDULER_FILE=${PBS_O_WORKDIR}/.connectome-dask.${PBS_JOBID:-$$}.json",
-        'rm -f "$SCHEDULER_FILE"',
-        "HEAD_NODE=$(head -n 1 $PBS_NODEFILE)",
-        "if [ \"$NNODES\" -gt 1 ]; then",
-        "    WORKER_HOSTS=$(tail -n +2 $PBS_NODEFILE | paste -sd, -)",
-        "    NWORKERS=$(((NNODES - 1) * PPN))",
-        "else",
-        "    WORKER_HOSTS=$HEAD_NODE",
-        "    NWORKERS=$PPN",
-        "fi",
-        'mpiexec -n 1 --ppn 1 --hosts "$HEAD_NODE" dask scheduler --scheduler-file "$SCHEDULER_FILE" &',
-        "SCHEDULER_PID=$!",
-        "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
-        'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
-        f'mpiexec -n $NWORKERS --ppn {ppn} --hosts "$WORKER_HOSTS" --depth {depth} --cpu-bind depth \\',
-        f'    "$AFFINITY" dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers 1 --nthreads {depth} &',
-        "WORKERS_PID=$!",
-        _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
-        "RC=$?",
-        "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
-        "wait",
-        'rm -f "$AFFINITY" "$SCHEDULER_FILE"',
-        'echo "connectome ' + spec.stage + ': exit code $RC"',
-        "exit $RC",
-    ])
+        ]
+    )
 
 
 def _launch_cobalt(spec: JobSpec, ppn: int, depth: int) -> str:
@@ -256,24 +294,26 @@ def _launch_cobalt(spec: JobSpec, ppn: int, depth: int) -> str:
     elif _kind(spec) == "single":
         body = [f"aprun -n 1 -N 1 -d {depth} -j 1 -cc depth {_stage_command(spec, '')}"]
     else:
-        return "\n".join([
-            "# dask: scheduler on this (MOM) node, workers on the compute nodes via aprun",
-            "SCHEDULER_FILE=$(pwd)/.connectome-dask.${COBALT_JOBID:-$$}.json",
-            'rm -f "$SCHEDULER_FILE"',
-            'dask scheduler --scheduler-file "$SCHEDULER_FILE" &',
-            "SCHEDULER_PID=$!",
-            "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
-            'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
-            f'{aprun} dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers 1 --nthreads {depth} &',
-            "WORKERS_PID=$!",
-            _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
-            "RC=$?",
-            "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
-            "wait",
-            'rm -f "$SCHEDULER_FILE"',
-            'echo "connectome ' + spec.stage + ': exit code $RC"',
-            "exit $RC",
-        ])
+        return "\n".join(
+            [
+                "# dask: scheduler on this (MOM) node, workers on the compute nodes via aprun",
+                "SCHEDULER_FILE=$(pwd)/.connectome-dask.${COBALT_JOBID:-$$}.json",
+                'rm -f "$SCHEDULER_FILE"',
+                'dask scheduler --scheduler-file "$SCHEDULER_FILE" &',
+                "SCHEDULER_PID=$!",
+                "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
+                'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
+                f'{aprun} dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers 1 --nthreads {depth} &',
+                "WORKERS_PID=$!",
+                _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
+                "RC=$?",
+                "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
+                "wait",
+                'rm -f "$SCHEDULER_FILE"',
+                'echo "connectome ' + spec.stage + ': exit code $RC"',
+                "exit $RC",
+            ]
+        )
     return "\n".join(body + ["RC=$?", 'echo "connectome ' + spec.stage + ': exit code $RC"', "exit $RC"])
 
 
@@ -282,30 +322,36 @@ def _launch_local(spec: JobSpec, ppn: int) -> str:
     tail = ["RC=$?", 'echo "connectome ' + (spec.stage_id or spec.stage) + ': exit code $RC"', "exit $RC"]
     if _kind(spec) == "model":
         executor = _MODEL_ARGS.get(spec.stage, "")
-        return "\n".join([f"# {'Horovod training' if spec.stage.startswith('train-') else 'the mpi executor'}, "
-                          "one rank per slot",
-                          f"mpiexec -n $((NNODES * {ppn})) {_stage_command(spec, executor)}"] + tail)
+        return "\n".join(
+            [
+                f"# {'Horovod training' if spec.stage.startswith('train-') else 'the mpi executor'}, one rank per slot",
+                f"mpiexec -n $((NNODES * {ppn})) {_stage_command(spec, executor)}",
+            ]
+            + tail
+        )
     if _kind(spec) == "single":
         return "\n".join(["# a single process (the stage is not blockwise)", _stage_command(spec, "")] + tail)
-    return "\n".join([
-        "# dask: a scheduler and PPN single-thread workers on this node",
-        'SCHEDULER_FILE="$(pwd)/.connectome-dask.${JOBID}.json"',
-        'rm -f "$SCHEDULER_FILE"',
-        'dask scheduler --scheduler-file "$SCHEDULER_FILE" --host 127.0.0.1 --port 0 --dashboard-address :0 &',
-        "SCHEDULER_PID=$!",
-        "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
-        'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
-        f'dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers $((NNODES * {ppn})) --nthreads 1 '
-        '--host 127.0.0.1 --no-dashboard &',
-        "WORKERS_PID=$!",
-        _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
-        "RC=$?",
-        "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
-        "wait",
-        'rm -f "$SCHEDULER_FILE"',
-        'echo "connectome ' + (spec.stage_id or spec.stage) + ': exit code $RC"',
-        "exit $RC",
-    ])
+    return "\n".join(
+        [
+            "# dask: a scheduler and PPN single-thread workers on this node",
+            'SCHEDULER_FILE="$(pwd)/.connectome-dask.${JOBID}.json"',
+            'rm -f "$SCHEDULER_FILE"',
+            'dask scheduler --scheduler-file "$SCHEDULER_FILE" --host 127.0.0.1 --port 0 --dashboard-address :0 &',
+            "SCHEDULER_PID=$!",
+            "for _ in $(seq 120); do [ -s \"$SCHEDULER_FILE\" ] && break; sleep 1; done",
+            'if [ ! -s "$SCHEDULER_FILE" ]; then echo "dask scheduler did not start" >&2; kill $SCHEDULER_PID; exit 1; fi',
+            f'dask worker --scheduler-file "$SCHEDULER_FILE" --nworkers $((NNODES * {ppn})) --nthreads 1 '
+            '--host 127.0.0.1 --no-dashboard &',
+            "WORKERS_PID=$!",
+            _stage_command(spec, '--executor dask --scheduler-file "$SCHEDULER_FILE"'),
+            "RC=$?",
+            "kill $WORKERS_PID $SCHEDULER_PID 2>/dev/null",
+            "wait",
+            'rm -f "$SCHEDULER_FILE"',
+            'echo "connectome ' + (spec.stage_id or spec.stage) + ': exit code $RC"',
+            "exit $RC",
+        ]
+    )
 
 
 def render(spec: JobSpec) -> str:
@@ -325,7 +371,7 @@ def render(spec: JobSpec) -> str:
         "walltime": spec.walltime,
         "minutes": str(-(-seconds // 60)),
         "queue": spec.queue,
-        "project": spec.project,
+        "project": spec.project or "",  # None only on local systems, whose template has no {project}
         "ppn": str(ppn),
         "depth": str(depth),
         "workspace": shlex.quote(spec.workspace) if spec.workspace else '""',
@@ -386,8 +432,16 @@ def pipeline_jobs(base: JobSpec, from_: str | None = None, until: str | None = N
     pipe = load_pipeline(base.stage, base.workspace)
     out = []
     for st in pipe.select(from_, until):
-        spec = replace(base, stage=st.stage.name, stage_id=st.id, kind=st.stage.kind, pipeline=str(pipe.path),
-                       workspace=str(pipe.workspace), stage_args=None, **st.pbs)
+        spec = replace(
+            base,
+            stage=st.stage.name,
+            stage_id=st.id,
+            kind=st.stage.kind,
+            pipeline=str(pipe.path),
+            workspace=str(pipe.workspace),
+            stage_args=None,
+            **st.pbs,
+        )
         validate(spec)
         out.append((st.id, spec))
     return out
@@ -430,8 +484,7 @@ def print_pipeline(jobs: list[tuple[str, JobSpec]], stream=None) -> None:
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.\[\]-]+$")
 
 
-def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: bool = False,
-           stream=None) -> list[dict]:
+def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: bool = False, stream=None) -> list[dict]:
     """Write the scripts to ``WS/pbs/`` and ``qsub`` them in order, each job ``afterok`` the one
     before (the first one after ``after``, if given); job ids go to ``WS/pbs/jobs.json``."""
     stream = stream or sys.stdout
@@ -442,9 +495,13 @@ def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: b
         return []
     qsub = shutil.which("qsub")
     if not qsub:
-        raise UserInputError("qsub: not found on PATH (`connectome pbs submit` needs a PBS or Torque-compatible "
-                             "batch system here; use --dry-run to print the scripts, or `pbs render --out DIR`)")
-    ws = Path(jobs[0][1].workspace)
+        raise UserInputError(
+            "qsub: not found on PATH (`connectome pbs submit` needs a PBS or Torque-compatible "
+            "batch system here; use --dry-run to print the scripts, or `pbs render --out DIR`)"
+        )
+    workspace = jobs[0][1].workspace
+    assert workspace is not None, "pipeline jobs always name their workspace (pipeline_jobs)"
+    ws = Path(workspace)
     pbs_dir = ws / "pbs"
     paths = write_pipeline(jobs, pbs_dir / "scripts")
     record_path = pbs_dir / "jobs.json"
@@ -452,12 +509,19 @@ def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: b
         record = json.loads(record_path.read_text())
     except (OSError, ValueError):
         record = {"submissions": []}
-    submission = {"submitted": time.time(), "pipeline": jobs[0][1].pipeline, "system": jobs[0][1].system,
-                  "qsub": qsub, "after": after, "jobs": []}
+    submitted: list[dict] = []
+    submission = {
+        "submitted": time.time(),
+        "pipeline": jobs[0][1].pipeline,
+        "system": jobs[0][1].system,
+        "qsub": qsub,
+        "after": after,
+        "jobs": submitted,
+    }
     record["submissions"].append(submission)
     prev = after
     try:
-        for (sid, spec), path in zip(jobs, paths):
+        for (sid, _spec), path in zip(jobs, paths):
             cmd = [qsub] + (["-W", f"depend=afterok:{prev}"] if prev else []) + [str(path)]
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, cwd=pbs_dir, timeout=120)
@@ -468,7 +532,7 @@ def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: b
             if r.returncode != 0 or not _JOB_ID.match(job_id):
                 why = (r.stderr.strip() or r.stdout.strip() or f"exit code {r.returncode}").splitlines()
                 raise StageFailed(f"qsub refused the job of stage {sid} ({path}): {' '.join(why)[:300]}")
-            submission["jobs"].append({"stage": sid, "job_id": job_id, "script": str(path), "depends_on": prev})
+            submitted.append({"stage": sid, "job_id": job_id, "script": str(path), "depends_on": prev})
             stream.write(f"{sid:18s} {job_id:12s} {path}" + (f"  (afterok:{prev})" if prev else "") + "\n")
             prev = job_id
     finally:
@@ -476,5 +540,5 @@ def submit(jobs: list[tuple[str, JobSpec]], after: str | None = None, dry_run: b
         from connectome.atomic import atomic_write_text
 
         atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
-    stream.write(f"{len(submission['jobs'])} jobs submitted; job ids in {record_path}\n")
-    return submission["jobs"]
+    stream.write(f"{len(submitted)} jobs submitted; job ids in {record_path}\n")
+    return submitted

@@ -66,30 +66,42 @@ from connectome.mpi import mpi_rank, mpiexec_path
 class Option:
     """One stage option as written in a pipeline (``options: {NAME: value}``)."""
 
-    kind: str = "str"           # str | path | int | float | bool | zyx | yx | range | list
+    kind: str = "str"  # str | path | int | float | bool | zyx | yx | range | list
     required: bool = False
-    positional: bool = False    # passed as a positional argument (before the flags)
+    positional: bool = False  # passed as a positional argument (before the flags)
 
 
 @dataclass(frozen=True)
 class StageDef:
     name: str
-    command: tuple[str, ...]                      # CLI words after `connectome`
-    kind: str                                     # blockwise | model | single (how jobs launch it)
+    command: tuple[str, ...]  # CLI words after `connectome`
+    kind: str  # blockwise | model | single (how jobs launch it)
     options: Mapping[str, Option] = field(default_factory=dict)
-    config: Optional[Callable[[], type]] = None   # the stage's config dataclass (imported lazily)
-    workspace: bool = True                        # takes --workspace WS
-    executor: bool = False                        # takes --executor/--workers/--scheduler-file
-    progress: bool = True                         # takes --progress/--no-progress
-    mpi: bool = False                             # may run as several ranks (mpiexec)
+    config: Optional[Callable[[], type]] = None  # the stage's config dataclass (imported lazily)
+    workspace: bool = True  # takes --workspace WS
+    executor: bool = False  # takes --executor/--workers/--scheduler-file
+    progress: bool = True  # takes --progress/--no-progress
+    mpi: bool = False  # may run as several ranks (mpiexec)
 
 
 def _stage_def(c) -> StageDef:
     """A pipeline stage from its command-table entry (:mod:`connectome.commands.table`)."""
-    options = {a.name: Option(a.pipeline, required=a.required, positional=a.positional)
-               for a in c.args if a.pipeline is not None}
-    return StageDef(c.name, c.words, c.kind, options, config=c.load_config_class if c.config else None,
-                    workspace=c.takes_workspace, executor=c.takes_executor, progress=c.takes_progress, mpi=c.mpi)
+    options = {
+        a.name: Option(a.pipeline, required=a.required, positional=a.positional)
+        for a in c.args
+        if a.pipeline is not None
+    }
+    return StageDef(
+        c.name,
+        c.words,
+        c.kind,
+        options,
+        config=c.load_config_class if c.config else None,
+        workspace=c.takes_workspace,
+        executor=c.takes_executor,
+        progress=c.takes_progress,
+        mpi=c.mpi,
+    )
 
 
 #: every pipeline stage: the commands of the command table that have a pipeline ``kind``
@@ -115,8 +127,8 @@ class PlannedStage:
     index: int
     id: str
     stage: StageDef
-    options: dict[str, Any]          # resolved values
-    config: Optional[dict]           # validated config as a JSON-able dict (None: stage defaults)
+    options: dict[str, Any]  # resolved values
+    config: Optional[dict]  # validated config as a JSON-able dict (None: stage defaults)
     config_obj: Any
     executor: Optional[str]
     workers: Optional[int]
@@ -124,9 +136,15 @@ class PlannedStage:
     pbs: dict[str, Any]
     fingerprint: str = ""
 
-    def argv(self, workspace: Path, config_path: Optional[Path] = None, executor: Optional[str] = None,
-             workers: Optional[int] = None, scheduler_file: Optional[str] = None,
-             progress: Optional[bool] = None) -> list[str]:
+    def argv(
+        self,
+        workspace: Path,
+        config_path: Optional[Path] = None,
+        executor: Optional[str] = None,
+        workers: Optional[int] = None,
+        scheduler_file: Optional[str] = None,
+        progress: Optional[bool] = None,
+    ) -> list[str]:
         """The stage's own command line (after ``connectome``)."""
         s = self.stage
         argv = list(s.command)
@@ -175,8 +193,9 @@ class Pipeline:
     def ids(self) -> list[str]:
         return [s.id for s in self.stages]
 
-    def select(self, from_: Optional[str] = None, until: Optional[str] = None,
-               only: Optional[str] = None) -> list[PlannedStage]:
+    def select(
+        self, from_: Optional[str] = None, until: Optional[str] = None, only: Optional[str] = None
+    ) -> list[PlannedStage]:
         ids = self.ids()
         for opt, value in (("--from", from_), ("--until", until), ("--only", only)):
             if value is not None and value not in ids:
@@ -189,7 +208,7 @@ class Pipeline:
         hi = ids.index(until) if until else len(ids) - 1
         if lo > hi:
             raise UserInputError(f"--from {from_} comes after --until {until} in {self.path}")
-        return self.stages[lo:hi + 1]
+        return self.stages[lo : hi + 1]
 
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -198,9 +217,11 @@ _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def _subst(value: str, variables: Mapping[str, str], where: str) -> str:
     def sub(m):
         if m.group(1) not in variables:
-            raise UserInputError(f"{where}: unknown variable {{{m.group(1)}}} "
-                                 f"(known: {', '.join('{' + k + '}' for k in variables)})")
+            raise UserInputError(
+                f"{where}: unknown variable {{{m.group(1)}}} (known: {', '.join('{' + k + '}' for k in variables)})"
+            )
         return variables[m.group(1)]
+
     return _VAR.sub(sub, value)
 
 
@@ -323,8 +344,10 @@ def load_pipeline(path: str | os.PathLike, workspace: str | os.PathLike) -> Pipe
             raise UserInputError(f"{where}: unknown stage {name!r} (known: {', '.join(STAGES)})")
         sdef = STAGES[name]
         if sdef.command not in commands:
-            raise UserInputError(f"{where}: stage {name!r} needs `connectome {' '.join(sdef.command)}`, "
-                                 "which this installation does not have")
+            raise UserInputError(
+                f"{where}: stage {name!r} needs `connectome {' '.join(sdef.command)}`, "
+                "which this installation does not have"
+            )
         sid = entry.get("id", name)
         if not isinstance(sid, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sid):
             raise UserInputError(f"{where}: id must be letters, digits and _.- (got {sid!r})")
@@ -347,7 +370,8 @@ def load_pipeline(path: str | os.PathLike, workspace: str | os.PathLike) -> Pipe
             raise UserInputError(f"{where}: option {missing[0]!r} is required for stage {name}")
 
         cfg_raw = entry.get("config")
-        cfg_obj = cfg_dict = None
+        cfg_obj: Any = None
+        cfg_dict: Optional[dict] = None
         if cfg_raw is not None:
             if sdef.config is None:
                 raise UserInputError(f"{where}: stage {name} has no config (remove 'config')")
@@ -386,13 +410,20 @@ def load_pipeline(path: str | os.PathLike, workspace: str | os.PathLike) -> Pipe
             raise UserInputError(f"{where}: pbs: unknown key {bad[0]!r} (known: {', '.join(PBS_KEYS)})")
 
         st = PlannedStage(i, sid, sdef, opts, cfg_dict, cfg_obj, executor, workers, ranks, dict(pbs))
-        chain.update(json.dumps({"stage": name, "id": sid, "options": opts, "config": cfg_dict},
-                                sort_keys=True).encode())
+        chain.update(
+            json.dumps({"stage": name, "id": sid, "options": opts, "config": cfg_dict}, sort_keys=True).encode()
+        )
         st.fingerprint = chain.hexdigest()[:20]
         planned.append(st)
     name = data.get("name", p.stem)
-    return Pipeline(p.absolute(), str(name), str(data.get("description", "")), ws, planned,
-                    hashlib.sha256(p.read_bytes()).hexdigest())
+    return Pipeline(
+        p.absolute(),
+        str(name),
+        str(data.get("description", "")),
+        ws,
+        planned,
+        hashlib.sha256(p.read_bytes()).hexdigest(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,8 +437,17 @@ def versions() -> dict[str, str]:
     from connectome import __version__
 
     out = {"connectome": __version__, "python": sys.version.split()[0]}
-    for dist in ("numpy", "zarr", "dask", "distributed", "scikit-image", "tensorflow-cpu", "tensorflow",
-                 "horovod", "mpi4py"):
+    for dist in (
+        "numpy",
+        "zarr",
+        "dask",
+        "distributed",
+        "scikit-image",
+        "tensorflow-cpu",
+        "tensorflow",
+        "horovod",
+        "mpi4py",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -428,7 +468,7 @@ def _new_block_runs(ws: Path, before: Mapping[str, int]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for f in sorted((ws / "blockwise").glob("*/runs.jsonl")):
         try:
-            lines = f.read_text().splitlines()[before.get(f.parent.name, 0):]
+            lines = f.read_text().splitlines()[before.get(f.parent.name, 0) :]
         except OSError:
             continue
         for line in lines:
@@ -464,8 +504,12 @@ class RunRecord:
         data = self.load()
         data["format"] = "connectome-run/1"
         data["workspace"] = str(self.pipeline.workspace)
-        data["pipeline"] = {"name": self.pipeline.name, "path": str(self.pipeline.path),
-                            "sha256": self.pipeline.sha256, "stages": self.pipeline.ids()}
+        data["pipeline"] = {
+            "name": self.pipeline.name,
+            "path": str(self.pipeline.path),
+            "sha256": self.pipeline.sha256,
+            "stages": self.pipeline.ids(),
+        }
         stages = data.setdefault("stages", {})
         if stage_id is not None and stage is not None:
             stages[stage_id] = {**stages.get(stage_id, {}), **stage}
@@ -516,9 +560,18 @@ def _stage_row(sid: str, rec: Mapping[str, Any]) -> str:
     return f"  {sid:18s} {rec.get('status', '?'):8s} {'' if secs is None else f'{secs:8.1f}':>8s}  {btxt}"
 
 
-def run_pipeline(path, workspace, from_: Optional[str] = None, until: Optional[str] = None,
-                 only: Optional[str] = None, executor: Optional[str] = None, workers: Optional[int] = None,
-                 scheduler_file: Optional[str] = None, progress: Optional[bool] = None, out=None) -> int:
+def run_pipeline(
+    path,
+    workspace,
+    from_: Optional[str] = None,
+    until: Optional[str] = None,
+    only: Optional[str] = None,
+    executor: Optional[str] = None,
+    workers: Optional[int] = None,
+    scheduler_file: Optional[str] = None,
+    progress: Optional[bool] = None,
+    out=None,
+) -> int:
     """Run the selected stages of a pipeline; returns the exit code (that of the failing stage)."""
     from connectome import cli
 
@@ -543,10 +596,16 @@ def run_pipeline(path, workspace, from_: Optional[str] = None, until: Optional[s
 
     if driver:
         ws.mkdir(parents=True, exist_ok=True)
-        say(f"pipeline {pipe.name} ({pipe.path}): {len(selected)} of {len(pipe.stages)} stages "
-            f"on workspace {ws}")
-        record.update(run={"run_id": run_id, "started": t_run, "status": "running",
-                           "selected": [s.id for s in selected], "argv": sys.argv[1:]})
+        say(f"pipeline {pipe.name} ({pipe.path}): {len(selected)} of {len(pipe.stages)} stages on workspace {ws}")
+        record.update(
+            run={
+                "run_id": run_id,
+                "started": t_run,
+                "status": "running",
+                "selected": [s.id for s in selected],
+                "argv": sys.argv[1:],
+            }
+        )
     rc = 0
     for n, st in enumerate(selected, 1):
         if is_done(ws, st):
@@ -554,21 +613,29 @@ def run_pipeline(path, workspace, from_: Optional[str] = None, until: Optional[s
             summary[st.id] = {"status": "skipped"}
             continue
         config_path = _write_config(ws, st)
-        argv = st.argv(ws, config_path, executor=executor, workers=workers, scheduler_file=scheduler_file,
-                       progress=progress)
+        argv = st.argv(
+            ws, config_path, executor=executor, workers=workers, scheduler_file=scheduler_file, progress=progress
+        )
         spawn = st.ranks > 1 and rank is None
         command = (["mpiexec", "-n", str(st.ranks)] if spawn else []) + ["connectome"] + argv
         say(f"[{n}/{len(selected)}] {st.id}: {' '.join(shlex.quote(a) for a in command)}")
         before = _runs_snapshot(ws)
         t0 = time.time()
         if driver:
-            record.update(st.id, {"stage": st.stage.name, "status": "running", "started": t0,
-                                  "command": " ".join(shlex.quote(a) for a in command), "run_id": run_id,
-                                  "mpi_ranks": st.ranks if spawn else int(os.environ.get("PMI_SIZE", "1") or 1)})
+            record.update(
+                st.id,
+                {
+                    "stage": st.stage.name,
+                    "status": "running",
+                    "started": t0,
+                    "command": " ".join(shlex.quote(a) for a in command),
+                    "run_id": run_id,
+                    "mpi_ranks": st.ranks if spawn else int(os.environ.get("PMI_SIZE", "1") or 1),
+                },
+            )
         try:
             if spawn:
-                proc = subprocess.run([mpiexec_path(), "-n", str(st.ranks), sys.executable, "-m", "connectome",
-                                       *argv])
+                proc = subprocess.run([mpiexec_path(), "-n", str(st.ranks), sys.executable, "-m", "connectome", *argv])
                 code = proc.returncode
                 code = 130 if code < 0 else code
             else:
@@ -578,16 +645,32 @@ def run_pipeline(path, workspace, from_: Optional[str] = None, until: Optional[s
         seconds = round(time.time() - t0, 3)
         blocks = _new_block_runs(ws, before)
         status = "done" if code == 0 else "failed"
-        rec = {"status": status, "exit_code": code, "seconds": seconds, "finished": time.time(),
-               "blocks": blocks, "versions": versions(), "fingerprint": st.fingerprint}
+        rec = {
+            "status": status,
+            "exit_code": code,
+            "seconds": seconds,
+            "finished": time.time(),
+            "blocks": blocks,
+            "versions": versions(),
+            "fingerprint": st.fingerprint,
+        }
         summary[st.id] = rec
         if driver:
             record.update(st.id, rec)
             if code == 0:
                 m = _done_marker(ws, st)
                 m.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(m, json.dumps({"fingerprint": st.fingerprint, "stage": st.stage.name,
-                                                 "seconds": seconds, "finished": time.time()}))
+                atomic_write_text(
+                    m,
+                    json.dumps(
+                        {
+                            "fingerprint": st.fingerprint,
+                            "stage": st.stage.name,
+                            "seconds": seconds,
+                            "finished": time.time(),
+                        }
+                    ),
+                )
         if code != 0:
             say(f"[{n}/{len(selected)}] {st.id}: FAILED with exit code {code}; later stages not run")
             rc = code
@@ -595,9 +678,18 @@ def run_pipeline(path, workspace, from_: Optional[str] = None, until: Optional[s
         say(f"[{n}/{len(selected)}] {st.id}: done in {seconds:.1f} s")
     total = round(time.time() - t_run, 3)
     if driver:
-        record.update(run={"run_id": run_id, "started": t_run, "finished": time.time(), "seconds": total,
-                           "status": "done" if rc == 0 else "failed", "exit_code": rc,
-                           "selected": [s.id for s in selected], "argv": sys.argv[1:]})
+        record.update(
+            run={
+                "run_id": run_id,
+                "started": t_run,
+                "finished": time.time(),
+                "seconds": total,
+                "status": "done" if rc == 0 else "failed",
+                "exit_code": rc,
+                "selected": [s.id for s in selected],
+                "argv": sys.argv[1:],
+            }
+        )
         say("")
         say(f"pipeline {pipe.name}: {'finished' if rc == 0 else 'FAILED'} in {total:.1f} s")
         say(f"  {'stage':18s} {'status':8s} {'seconds':>8s}  blocks")
@@ -607,5 +699,15 @@ def run_pipeline(path, workspace, from_: Optional[str] = None, until: Optional[s
     return rc
 
 
-__all__ = ["STAGES", "StageDef", "Option", "Pipeline", "PlannedStage", "load_pipeline", "run_pipeline",
-           "is_done", "mpi_rank", "versions"]
+__all__ = [
+    "STAGES",
+    "StageDef",
+    "Option",
+    "Pipeline",
+    "PlannedStage",
+    "load_pipeline",
+    "run_pipeline",
+    "is_done",
+    "mpi_rank",
+    "versions",
+]

@@ -81,18 +81,24 @@ def check_plan(task: "Task", available: Optional[int] = None) -> None:
         raise UserInputError(
             f"stage '{task.stage}': block shape {list(grid.block_shape_zyx)} over a volume of "
             f"{list(grid.shape_zyx)} plans {n:,} blocks (limit {MAX_BLOCKS:,}); choose a larger "
-            "block_shape_zyx (blockwise.block_shape_zyx in --config, or --block-shape)")
+            "block_shape_zyx (blockwise.block_shape_zyx in --config, or --block-shape)"
+        )
     need = worker_bytes(task)
     have = available_memory_bytes() if available is None else available
     if need > have * MEMORY_SHARE:
         raise UserInputError(
             f"stage '{task.stage}': one block of {list(grid.block_shape_zyx)} (+ halo {list(grid.halo_zyx)}) needs "
             f"about {fmt_bytes(need)} of memory per worker, but only {fmt_bytes(have)} is available; "
-            "choose a smaller block_shape_zyx")
+            "choose a smaller block_shape_zyx"
+        )
 
 
-def local_workers(requested: Optional[int], task: Optional["Task"] = None,
-                  available: Optional[int] = None, cores: Optional[int] = None) -> tuple[int, str]:
+def local_workers(
+    requested: Optional[int],
+    task: Optional["Task"] = None,
+    available: Optional[int] = None,
+    cores: Optional[int] = None,
+) -> tuple[int, str]:
     """How many local worker processes to start, and a note saying why when it is fewer than asked.
 
     ``requested`` None means "as many as fit" (no warning). The cap is the usable cores and,
@@ -103,8 +109,12 @@ def local_workers(requested: Optional[int], task: Optional["Task"] = None,
     if task is not None:
         have = available_memory_bytes() if available is None else available
         per = max(1, worker_bytes(task))
-        caps.append((max(1, int(have * MEMORY_SHARE // per)),
-                     f"{fmt_bytes(have)} available memory / ~{fmt_bytes(per)} per worker"))
+        caps.append(
+            (
+                max(1, int(have * MEMORY_SHARE // per)),
+                f"{fmt_bytes(have)} available memory / ~{fmt_bytes(per)} per worker",
+            )
+        )
     cap, why = min(caps, key=lambda c: c[0])
     if want <= cap:
         return want, ""
@@ -119,5 +129,7 @@ def check_disk(path: str | os.PathLike, nbytes: int, what: str, option: str) -> 
         p = p.parent
     free = shutil.disk_usage(p).free
     if nbytes > free:
-        raise UserInputError(f"{option}: {what} would be about {fmt_bytes(nbytes)} uncompressed, but the "
-                             f"workspace's disk ({p}) has {fmt_bytes(free)} free")
+        raise UserInputError(
+            f"{option}: {what} would be about {fmt_bytes(nbytes)} uncompressed, but the "
+            f"workspace's disk ({p}) has {fmt_bytes(free)} free"
+        )

@@ -123,8 +123,15 @@ def _image_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
         from PIL import Image
 
         with Image.open(path) as im:
-            mode_dtype = {"L": "uint8", "I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I": "int32",
-                          "F": "float32", "1": "bool"}
+            mode_dtype = {
+                "L": "uint8",
+                "I;16": "uint16",
+                "I;16B": "uint16",
+                "I;16L": "uint16",
+                "I": "int32",
+                "F": "float32",
+                "1": "bool",
+            }
             if im.mode in ("RGB", "RGBA", "LA", "P", "CMYK"):
                 return (im.height, im.width, len(im.getbands())), np.dtype("uint8")
             return (im.height, im.width), np.dtype(mode_dtype.get(im.mode, "uint8"))
@@ -163,8 +170,10 @@ def open_source(src: str, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
         return _open_tiff(p, dtypes)
     if suffix in (".h5", ".hdf5", ".hdf"):
         raise UserInputError(f"{src}: HDF5 source needs a dataset: {src}:/path/to/dataset")
-    raise UserInputError(f"{src}: unsupported source (expected a zarr array, a multi-page TIFF, a folder of "
-                         "per-section TIFF/PNG images, or file.h5:/dataset)")
+    raise UserInputError(
+        f"{src}: unsupported source (expected a zarr array, a multi-page TIFF, a folder of "
+        "per-section TIFF/PNG images, or file.h5:/dataset)"
+    )
 
 
 def _open_zarr(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
@@ -174,10 +183,12 @@ def _open_zarr(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
         node = zarr.open(str(p), mode="r")
     except Exception as exc:
         raise UserInputError(f"{p}: not a readable zarr array ({type(exc).__name__}: {exc})") from None
-    if not hasattr(node, "shape"):
+    if isinstance(node, zarr.Group):
         names = sorted(n for n, _ in node.arrays())
-        raise UserInputError(f"{p}: is a zarr group, not an array; name one of its arrays: "
-                             + (", ".join(f"{p}/{n}" for n in names) or "(it has none)"))
+        raise UserInputError(
+            f"{p}: is a zarr group, not an array; name one of its arrays: "
+            + (", ".join(f"{p}/{n}" for n in names) or "(it has none)")
+        )
     shape, dtype = _check(node.shape, node.dtype, str(p), dtypes)
     return ZarrSource(f"zarr:{p.resolve()}", shape, dtype, path=str(p.resolve()))
 
@@ -188,26 +199,30 @@ def _open_tiff(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
     try:
         with tifffile.TiffFile(p) as tf:
             series = tf.series[0]
-            shape, dtype = tuple(series.shape), series.dtype
+            series_shape, series_dtype = tuple(series.shape), series.dtype
     except Exception as exc:
         raise UserInputError(f"{p}: not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    shape, dtype = _check(shape, dtype, str(p), dtypes)
+    shape, dtype = _check(series_shape, series_dtype, str(p), dtypes)
     return TiffStackSource(f"tiff:{p.resolve()}", shape, dtype, path=str(p.resolve()))
 
 
 def _open_folder(p: Path, dtypes=SUPPORTED_DTYPES) -> VolumeSource:
-    files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")),
-                   key=lambda f: _natural_key(f.name))
+    files = sorted(
+        (f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")),
+        key=lambda f: _natural_key(f.name),
+    )
     if not files:
         raise UserInputError(f"{p}: folder has no .tif/.tiff/.png section images")
     shape0, dtype0 = _image_header(files[0])
     if len(shape0) != 2:
         raise UserInputError(f"{files[0]}: expected a 2D grayscale section, got shape {list(shape0)}")
     for f in files[1:]:
-        shape, dtype = _image_header(f)
-        if shape != shape0 or dtype != dtype0:
-            raise UserInputError(f"{f}: section has shape {list(shape)} {dtype}, but {files[0].name} has "
-                                 f"{list(shape0)} {dtype0}; all sections must match")
+        f_shape, f_dtype = _image_header(f)
+        if f_shape != shape0 or f_dtype != dtype0:
+            raise UserInputError(
+                f"{f}: section has shape {list(f_shape)} {f_dtype}, but {files[0].name} has "
+                f"{list(shape0)} {dtype0}; all sections must match"
+            )
     shape, dtype = _check((len(files),) + shape0, dtype0, str(p), dtypes)
     return ImageFolderSource(f"folder:{p.resolve()}", shape, dtype, files=tuple(str(f.resolve()) for f in files))
 
@@ -230,5 +245,6 @@ def _open_hdf5(path: str, dataset: str, dtypes=SUPPORTED_DTYPES) -> VolumeSource
     except Exception as exc:
         raise UserInputError(f"{path}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
     shape, dtype = _check(shape, dtype, f"{path}:{dataset}", dtypes)
-    return HDF5Source(f"hdf5:{Path(path).resolve()}:{dataset}", shape, dtype, path=str(Path(path).resolve()),
-                      dataset=dataset)
+    return HDF5Source(
+        f"hdf5:{Path(path).resolve()}:{dataset}", shape, dtype, path=str(Path(path).resolve()), dataset=dataset
+    )

@@ -36,7 +36,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, cast
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from connectome.inputs import finite_float
 
 FORMAT_VERSION = 1
 VOLUME = "volume.zarr"
+
+#: the access modes of :meth:`Workspace.open` (zarr's)
+OpenMode = Literal["r", "r+", "a", "w", "w-"]
 
 #: dtypes the contract fixes for the well-known arrays.
 KNOWN_DTYPES: dict[str, np.dtype] = {
@@ -69,11 +72,17 @@ STATE_ATTR = "connectome_state"
 
 #: blockwise task name -> the `connectome` command that runs it (for "rerun ..." messages).
 TASK_COMMANDS = {
-    "segment-subvolumes": "segment", "segment-write": "segment",
-    "vessel-prob": "mask-vessels", "vessel-mask": "mask-vessels",
-    "synapses-predict": "synapses", "synapses-label": "synapses", "synapses-join": "synapses",
+    "segment-subvolumes": "segment",
+    "segment-write": "segment",
+    "vessel-prob": "mask-vessels",
+    "vessel-mask": "mask-vessels",
+    "synapses-predict": "synapses",
+    "synapses-label": "synapses",
+    "synapses-join": "synapses",
     "synapses-partners": "synapses",
-    "align": "align", "align-bridge": "align", "align-render": "align",
+    "align": "align",
+    "align-bridge": "align",
+    "align-render": "align",
 }
 
 
@@ -107,8 +116,11 @@ class Frame:
     voxel_size_nm: tuple[float, float, float]
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, "shape_zyx": list(self.shape_zyx),
-                "voxel_size_nm": [float(v) for v in self.voxel_size_nm]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "shape_zyx": list(self.shape_zyx),
+            "voxel_size_nm": [float(v) for v in self.voxel_size_nm],
+        }
 
 
 class Workspace:
@@ -126,7 +138,10 @@ class Workspace:
         import zarr
 
         path = Path(path)
-        frame = Frame(tuple(int(s) for s in shape_zyx), tuple(float(v) for v in voxel_size_nm))
+        frame = Frame(
+            cast("tuple[int, int, int]", tuple(int(s) for s in shape_zyx)),
+            cast("tuple[float, float, float]", tuple(float(v) for v in voxel_size_nm)),
+        )
         if any(s <= 0 for s in frame.shape_zyx):
             raise UserInputError(f"workspace {path}: shape must be positive, got {list(frame.shape_zyx)}")
         if any(not v > 0 for v in frame.voxel_size_nm):
@@ -144,8 +159,9 @@ class Workspace:
                     p.unlink()
             # the frame goes into the group's first (atomic) metadata write: a run killed here
             # leaves either no group or a complete one, never a group without its frame
-            group = zarr.open_group(_store(path / VOLUME), mode="w-", zarr_format=3,
-                                    attributes={"connectome": frame.to_json()})
+            group = zarr.open_group(
+                _store(path / VOLUME), mode="w-", zarr_format=3, attributes={"connectome": frame.to_json()}
+            )
         except OSError as exc:
             raise UserInputError(f"workspace {path}: cannot create ({exc.strerror or exc})") from None
         return cls(path, group, frame)
@@ -164,28 +180,35 @@ class Workspace:
         return any(not p.name.endswith(".partial") for p in vol.iterdir())
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r+") -> "Workspace":
+    def open(cls, path: str | Path, mode: OpenMode = "r+") -> "Workspace":
         """Open and validate an existing workspace."""
         import zarr
 
         path = Path(path)
         vol = path / VOLUME
         if not path.is_dir():
-            raise UserInputError(f"workspace {path}: not found (create it with `connectome import` or `connectome stitch`)")
+            raise UserInputError(
+                f"workspace {path}: not found (create it with `connectome import` or `connectome stitch`)"
+            )
         if not (vol / "zarr.json").is_file():
-            raise UserInputError(f"workspace {path}: no {VOLUME} (zarr format 3 group) inside; not a connectome workspace")
+            raise UserInputError(
+                f"workspace {path}: no {VOLUME} (zarr format 3 group) inside; not a connectome workspace"
+            )
         try:
             group = zarr.open_group(_store(vol, read_only=(mode == "r")), mode=mode, zarr_format=3)
         except Exception as exc:  # zarr raises a variety of errors for broken metadata
             raise UserInputError(f"workspace {path}: {VOLUME} is not a readable zarr v3 group ({exc})") from None
-        meta = dict(group.attrs).get("connectome")
+        meta: Any = dict(group.attrs).get("connectome")  # unchecked JSON: any failure below is reported
         try:
-            frame = Frame(tuple(int(s) for s in meta["shape_zyx"]),
-                          tuple(float(v) for v in meta["voxel_size_nm"]))
+            frame = Frame(
+                cast("tuple[int, int, int]", tuple(int(s) for s in meta["shape_zyx"])),
+                cast("tuple[float, float, float]", tuple(float(v) for v in meta["voxel_size_nm"])),
+            )
             assert len(frame.shape_zyx) == 3 and len(frame.voxel_size_nm) == 3
         except Exception:
-            raise UserInputError(f"workspace {path}: {VOLUME} lacks a valid 'connectome' frame attribute "
-                                 "(shape_zyx, voxel_size_nm)") from None
+            raise UserInputError(
+                f"workspace {path}: {VOLUME} lacks a valid 'connectome' frame attribute (shape_zyx, voxel_size_nm)"
+            ) from None
         ws = cls(path, group, frame)
         for name in ws.array_names():
             ws._validate_array(name)
@@ -215,11 +238,15 @@ class Workspace:
 
     def check_frame(self, frame: Frame) -> None:
         if frame.shape_zyx != self.frame.shape_zyx:
-            raise UserInputError(f"workspace {self.path}: frame shape is {list(self.frame.shape_zyx)} (z,y,x) "
-                                 f"but the input has shape {list(frame.shape_zyx)}; use a new workspace")
+            raise UserInputError(
+                f"workspace {self.path}: frame shape is {list(self.frame.shape_zyx)} (z,y,x) "
+                f"but the input has shape {list(frame.shape_zyx)}; use a new workspace"
+            )
         if not np.allclose(frame.voxel_size_nm, self.frame.voxel_size_nm):
-            raise UserInputError(f"workspace {self.path}: voxel size is {list(self.frame.voxel_size_nm)} nm (z,y,x) "
-                                 f"but {list(frame.voxel_size_nm)} nm was given")
+            raise UserInputError(
+                f"workspace {self.path}: voxel size is {list(self.frame.voxel_size_nm)} nm (z,y,x) "
+                f"but {list(frame.voxel_size_nm)} nm was given"
+            )
 
     def _validate_array(self, name: str):
         arr = self.group[name]
@@ -227,10 +254,14 @@ class Workspace:
         chans = arr.attrs.get("channels")
         if arr.ndim == 4 and isinstance(chans, list) and len(chans) == arr.shape[0]:
             if tuple(arr.shape[1:]) != self.frame.shape_zyx:
-                raise UserInputError(f"{where} has shape {list(arr.shape)}, expected (channels,) + the frame "
-                                     f"{list(self.frame.shape_zyx)}")
+                raise UserInputError(
+                    f"{where} has shape {list(arr.shape)}, expected (channels,) + the frame "
+                    f"{list(self.frame.shape_zyx)}"
+                )
         elif tuple(arr.shape) != self.frame.shape_zyx:
-            raise UserInputError(f"{where} has shape {list(arr.shape)}, expected the frame {list(self.frame.shape_zyx)}")
+            raise UserInputError(
+                f"{where} has shape {list(arr.shape)}, expected the frame {list(self.frame.shape_zyx)}"
+            )
         vs = arr.attrs.get("voxel_size_nm")
         if vs is None or len(vs) != 3 or not np.allclose([float(v) for v in vs], self.frame.voxel_size_nm):
             raise UserInputError(f"{where} has voxel_size_nm {vs}, expected {list(self.frame.voxel_size_nm)}")
@@ -240,8 +271,16 @@ class Workspace:
         return arr
 
     # ------------------------------------------------------------------ writing
-    def require_array(self, name: str, dtype, chunks_zyx: Sequence[int], attrs: dict | None = None,
-                      fill_value: Any = 0, recreate: bool = False, channels: Sequence[str] = ()):
+    def require_array(
+        self,
+        name: str,
+        dtype,
+        chunks_zyx: Sequence[int],
+        attrs: dict | None = None,
+        fill_value: Any = 0,
+        recreate: bool = False,
+        channels: Sequence[str] = (),
+    ):
         """Create an array in the frame, or return the existing one if its spec matches.
 
         ``channels``: names of the channels of a channel-first array ``(C, z, y, x)`` (chunks
@@ -266,11 +305,14 @@ class Workspace:
                 arr.attrs.update(all_attrs)
                 return self._validate_array(name)
             if not recreate:
-                raise UserInputError(f"workspace {self.path}: array '{name}' exists with dtype {arr.dtype} and "
-                                     f"chunks {list(arr.chunks)}, not {dtype} / {list(chunks)}; rerun with --restart")
+                raise UserInputError(
+                    f"workspace {self.path}: array '{name}' exists with dtype {arr.dtype} and "
+                    f"chunks {list(arr.chunks)}, not {dtype} / {list(chunks)}; rerun with --restart"
+                )
             del self.group[name]
-        return self.group.create_array(name, shape=shape, chunks=chunks, dtype=dtype,
-                                       fill_value=fill_value, attributes=all_attrs)
+        return self.group.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value, attributes=all_attrs
+        )
 
     # ------------------------------------------------------------------ array state
     def array_state(self, name: str) -> dict | None:
@@ -287,8 +329,12 @@ class Workspace:
     def mark_incomplete(self, name: str, task: str, config_digest: str = "") -> None:
         """Record that ``task`` has started (re)writing ``name``: it is not finished until
         :meth:`mark_complete`."""
-        self.group[name].attrs[STATE_ATTR] = {"stage": stage_command(task), "task": task, "complete": False,
-                                              "config_digest": config_digest}
+        self.group[name].attrs[STATE_ATTR] = {
+            "stage": stage_command(task),
+            "task": task,
+            "complete": False,
+            "config_digest": config_digest,
+        }
 
     def mark_complete(self, name: str) -> None:
         state = self.array_state(name) or {}
@@ -301,9 +347,11 @@ class Workspace:
         arr = self.array(name)
         if not self.is_complete(name):
             cmd = (self.array_state(name) or {}).get("stage") or PRODUCERS.get(name, "?")
-            raise UserInputError(f"{self.path / VOLUME / name} is incomplete (stage '{cmd}' did not finish; "
-                                 f"{consumer} needs it finished); rerun `connectome {cmd} --workspace {self.path}` "
-                                 "to finish it")
+            raise UserInputError(
+                f"{self.path / VOLUME / name} is incomplete (stage '{cmd}' did not finish; "
+                f"{consumer} needs it finished); rerun `connectome {cmd} --workspace {self.path}` "
+                "to finish it"
+            )
         return arr
 
     def stage_dir(self, stage: str) -> Path:

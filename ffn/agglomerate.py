@@ -76,8 +76,7 @@ class FFNAgglomerationConfig:
             raise ValueError("decision must be 'floods' or 'soft' and soft_threshold in (0, 1)")
         if len(self.seed_window_zyx) != 3 or min(int(v) for v in self.seed_window_zyx) < 0:
             raise ValueError(f"seed_window_zyx must be three numbers >= 0, got {list(self.seed_window_zyx)}")
-        if not 0 < self.agree_fraction <= 1 or min(self.max_fovs_per_flood, self.max_pairs,
-                                                   self.parallel_floods) < 1:
+        if not 0 < self.agree_fraction <= 1 or min(self.max_fovs_per_flood, self.max_pairs, self.parallel_floods) < 1:
             raise ValueError("agree_fraction must be in (0, 1]; max_fovs_per_flood, max_pairs and parallel_floods >= 1")
 
 
@@ -104,7 +103,7 @@ def contact_points(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
         uu, vv = u[diff], v[diff]
         k = np.stack([np.minimum(uu, vv), np.maximum(uu, vv)], 1)
         p = np.empty_like(idx)
-        p[:, axis] = idx[:, 0] + 1            # the voxel on the high side of the face
+        p[:, axis] = idx[:, 0] + 1  # the voxel on the high side of the face
         p[:, [x for x in range(3) if x != axis]] = idx[:, 1:]
         keys.append(k)
         pos.append(p)
@@ -117,8 +116,9 @@ def contact_points(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     if not len(row):
         return out
     n = np.bincount(row, minlength=n_u).astype(np.float64)
-    mean = np.stack([np.bincount(row, weights=pos[:, d], minlength=n_u) for d in range(3)], 1) / \
-        np.maximum(n, 1)[:, None]
+    mean = (
+        np.stack([np.bincount(row, weights=pos[:, d], minlength=n_u) for d in range(3)], 1) / np.maximum(n, 1)[:, None]
+    )
     dist = ((pos - mean[row]) ** 2).sum(1)
     order = np.lexsort((dist, row))
     first = np.r_[True, row[order][1:] != row[order][:-1]]
@@ -136,8 +136,7 @@ def _box(centre, box_zyx, shape) -> tuple[slice, ...]:
     return tuple(out)
 
 
-def _deepest(mask: np.ndarray, voxel_nm, window: Optional[tuple[slice, ...]] = None
-             ) -> Optional[tuple[int, int, int]]:
+def _deepest(mask: np.ndarray, voxel_nm, window: Optional[tuple[slice, ...]] = None) -> Optional[tuple[int, int, int]]:
     """The voxel of ``mask`` farthest from its border (nm), searched inside ``window`` (slices
     of ``mask``'s shape; None: everywhere); None when the window holds no voxel of ``mask``."""
     if not mask.any():
@@ -152,16 +151,26 @@ def _deepest(mask: np.ndarray, voxel_nm, window: Optional[tuple[slice, ...]] = N
     return tuple(int(v) for v in np.unravel_index(int(np.argmax(dt)), mask.shape))
 
 
-def decide_pairs(image: np.ndarray, labels: np.ndarray, pairs: np.ndarray, voxel_nm, model, inference,
-                 cfg: FFNAgglomerationConfig, predict, batch_size: int = 16) -> tuple[np.ndarray, dict]:
+def decide_pairs(
+    image: np.ndarray,
+    labels: np.ndarray,
+    pairs: np.ndarray,
+    voxel_nm,
+    model,
+    inference,
+    cfg: FFNAgglomerationConfig,
+    predict,
+    batch_size: int = 16,
+) -> tuple[np.ndarray, dict]:
     """bool per pair row: merge? (see the module doc, steps 2-3). ``image`` (z, y, x, C) model
     input channels and ``labels`` the segments, both at the model's resolution."""
     import dataclasses
 
     from ffn.inference import Canvas, run_canvases
 
-    icfg = dataclasses.replace(inference, min_segment_voxels=1, max_fovs_per_object=cfg.max_fovs_per_flood,
-                               concurrent_objects=1)
+    icfg = dataclasses.replace(
+        inference, min_segment_voxels=1, max_fovs_per_object=cfg.max_fovs_per_flood, concurrent_objects=1
+    )
     merge = np.zeros(len(pairs), bool)
     stats = {"pairs": int(len(pairs)), "decided": 0, "merged": 0, "fovs": 0, "no_contact": 0}
     if not len(pairs):
@@ -189,14 +198,14 @@ def decide_pairs(image: np.ndarray, labels: np.ndarray, pairs: np.ndarray, voxel
         stats["merged"] = int(merge.sum())
         return merge, stats
     for k in range(0, len(jobs), max(1, cfg.parallel_floods // 2)):
-        chunk = jobs[k:k + max(1, cfg.parallel_floods // 2)]
+        chunk = jobs[k : k + max(1, cfg.parallel_floods // 2)]
         canvases = []
-        for i, box, A, B, sa, sb in chunk:
+        for _, box, _, _, sa, sb in chunk:
             img = image[box]
             ca, cb = Canvas(img, model, icfg), Canvas(img, model, icfg)
             canvases += [(ca, np.asarray([sa])), (cb, np.asarray([sb]))]
         run_canvases(canvases, predict, batch_size)
-        for j, (i, box, A, B, sa, sb) in enumerate(chunk):
+        for j, (i, _, A, B, _, _) in enumerate(chunk):
             fa, fb = canvases[2 * j][0], canvases[2 * j + 1][0]
             stats["fovs"] += fa.n_fovs + fb.n_fovs
             ra = np.count_nonzero((fa.seg > 0) & B) / max(1, np.count_nonzero(B))
@@ -207,8 +216,9 @@ def decide_pairs(image: np.ndarray, labels: np.ndarray, pairs: np.ndarray, voxel
     return merge, stats
 
 
-def _soft_decisions(image, jobs, n_pairs: int, model, cfg: FFNAgglomerationConfig, predict, batch_size: int,
-                    stats: dict) -> np.ndarray:
+def _soft_decisions(
+    image, jobs, n_pairs: int, model, cfg: FFNAgglomerationConfig, predict, batch_size: int, stats: dict
+) -> np.ndarray:
     """``decision: soft``: per pair, one FOV centred on each seed (clamped into the box), the seed
     logits pad everywhere but the seed voxel; merge when the mean probability over the other
     segment's voxels of that FOV is >= ``soft_threshold`` from both sides."""
@@ -230,8 +240,8 @@ def _soft_decisions(image, jobs, n_pairs: int, model, cfg: FFNAgglomerationConfi
             owners.append((i, other[fov]))
     scores: dict[int, list[float]] = {}
     for k in range(0, len(xs), batch_size):
-        out = predict(np.stack(xs[k:k + batch_size]))
-        for (i, other), lg in zip(owners[k:k + batch_size], out):
+        out = predict(np.stack(xs[k : k + batch_size]))
+        for (i, other), lg in zip(owners[k : k + batch_size], out):
             p = 1.0 / (1.0 + np.exp(-lg))
             scores.setdefault(i, []).append(float(p[other].mean()) if other.any() else 0.0)
     stats["fovs"] += len(xs)
@@ -264,9 +274,18 @@ def join(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return ids[roots][np.searchsorted(ids, labels)]
 
 
-def segment_ffn_agglomerate(boundary4: np.ndarray, raw8: np.ndarray, mask, voxel_nm, factor: int, stats,
-                            watershed_cfg, cfg: FFNAgglomerationConfig, inference, spec_and_predict
-                            ) -> tuple[np.ndarray, dict]:
+def segment_ffn_agglomerate(
+    boundary4: np.ndarray,
+    raw8: np.ndarray,
+    mask,
+    voxel_nm,
+    factor: int,
+    stats,
+    watershed_cfg,
+    cfg: FFNAgglomerationConfig,
+    inference,
+    spec_and_predict,
+) -> tuple[np.ndarray, dict]:
     """uint64 (z, y, x) neurons of one subvolume (full resolution) and a summary dict."""
     from ffn.data import model_resolution
     from ffn.train import stack_channels
@@ -279,7 +298,7 @@ def segment_ffn_agglomerate(boundary4: np.ndarray, raw8: np.ndarray, mask, voxel
     base = watershed_cfg.merge_threshold if cfg.base_threshold is None else cfg.base_threshold
     seg, graph = agglomerate_with_graph(affinities_for(boundary4, watershed_cfg), frags, base, watershed_cfg.scoring)
     cand = graph[(graph[:, 2] >= base) & (graph[:, 2] < base + cfg.band)]
-    cand = cand[np.argsort(cand[:, 2], kind="stable")][:cfg.max_pairs]
+    cand = cand[np.argsort(cand[:, 2], kind="stable")][: cfg.max_pairs]
     f = int(factor)
     z, h, w = raw8.shape
     pad = ((0, 0), (0, -h % f), (0, -w % f))
@@ -289,8 +308,9 @@ def segment_ffn_agglomerate(boundary4: np.ndarray, raw8: np.ndarray, mask, voxel
     seg_m = np.pad(seg, pad, mode="edge")[:, c::f, c::f]
     model_nm = (voxel_nm[0], voxel_nm[1] * f, voxel_nm[2] * f)
     chans = stack_channels(spec.model, stats.standardize(image), bnd if "boundary" in spec.model.channels else None)
-    merge, summary = decide_pairs(chans, seg_m, cand, model_nm, spec.model, inference, cfg, predict,
-                                  inference.batch_size)
+    merge, summary = decide_pairs(
+        chans, seg_m, cand, model_nm, spec.model, inference, cfg, predict, inference.batch_size
+    )
     seg = join(seg, cand[merge, :2])
     seg = absorb_small(seg, watershed_cfg.min_size_voxels)
     if mask is not None:

@@ -184,8 +184,9 @@ def _compact(labels: np.ndarray, min_size: int) -> np.ndarray:
     return new[np.searchsorted(ids, flat)].reshape(labels.shape)
 
 
-def segment_baseline(raw: np.ndarray, config: BaselineConfig | None = None,
-                     vessel_mask: np.ndarray | None = None) -> np.ndarray:
+def segment_baseline(
+    raw: np.ndarray, config: BaselineConfig | None = None, vessel_mask: np.ndarray | None = None
+) -> np.ndarray:
     """Segment a (z, y, x) EM volume (dark membranes) into uint64 neuron ids (0 = none).
 
     ``vessel_mask`` (same shape, non-zero = vessel) voxels are never seeded, never flooded, and

@@ -33,8 +33,9 @@ from scipy import ndimage
 THRESHOLDS = (0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def object_fractions(labels: np.ndarray, radius_zyx, min_object_voxels: int = 0,
-                     mask: np.ndarray | None = None) -> np.ndarray:
+def object_fractions(
+    labels: np.ndarray, radius_zyx, min_object_voxels: int = 0, mask: np.ndarray | None = None
+) -> np.ndarray:
     """float32 volume: each voxel's object fraction in the box of ``radius_zyx`` (clipped at the
     volume's faces, so the fraction is of the voxels inside); -1 where excluded (background,
     small objects, ``mask`` true)."""
@@ -82,12 +83,19 @@ def partition_of(fractions: np.ndarray) -> np.ndarray:
 class CentreSampler:
     """Example centres drawn equally per partition (empty partitions skipped)."""
 
-    centres: list[np.ndarray]       # per partition: (n, 3) int32 z, y, x
+    centres: list[np.ndarray]  # per partition: (n, 3) int32 z, y, x
 
     @classmethod
-    def from_labels(cls, labels: np.ndarray, radius_zyx, example_zyx, min_object_voxels: int = 0,
-                    mask: np.ndarray | None = None, max_per_partition: int = 20000,
-                    seed: int = 0) -> "CentreSampler":
+    def from_labels(
+        cls,
+        labels: np.ndarray,
+        radius_zyx,
+        example_zyx,
+        min_object_voxels: int = 0,
+        mask: np.ndarray | None = None,
+        max_per_partition: int = 20000,
+        seed: int = 0,
+    ) -> "CentreSampler":
         frac = object_fractions(labels, radius_zyx, min_object_voxels, mask)
         # centres whose example box lies inside the volume
         half = np.asarray(example_zyx) // 2

@@ -114,8 +114,9 @@ def _distance_peaks(inside: np.ndarray, mask, voxel_nm, cfg: InferenceConfig) ->
     return pts[order]
 
 
-def boundary_seeds(boundary01: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: InferenceConfig,
-                   threshold: float = 0.5) -> np.ndarray:
+def boundary_seeds(
+    boundary01: np.ndarray, mask: np.ndarray | None, voxel_nm, cfg: InferenceConfig, threshold: float = 0.5
+) -> np.ndarray:
     """(n, 3) seed points from a boundary map in [0, 1] (models with a "boundary" channel): the
     peaks of the distance transform (nm, the voxel aspect ratio as sampling) of the voxels below
     ``threshold``, as :func:`peak_seeds` takes them (minimum distance, minimum radius, order)."""
@@ -134,7 +135,7 @@ class _Flood:
         self.lo, self.hi = np.asarray(s), np.asarray(s) + 1
         self.n_fovs = 0
         self.truncated = False
-        self.deferred: list = []   # seeds of cancelled floods, queued again after this commits
+        self.deferred: list = []  # seeds of cancelled floods, queued again after this commits
         self.k = None
         self.sl = None
 
@@ -151,14 +152,15 @@ class Canvas:
     is not repeated. ``concurrent_objects=1`` is the
     classic sequential FFN. Results are deterministic for a given ``concurrent_objects``."""
 
-    def __init__(self, image: np.ndarray, model: FFNModelConfig, cfg: InferenceConfig,
-                 mask: np.ndarray | None = None):
+    def __init__(self, image: np.ndarray, model: FFNModelConfig, cfg: InferenceConfig, mask: np.ndarray | None = None):
         self.image = np.asarray(image, np.float32)
         if self.image.ndim == 3:
             self.image = self.image[..., None]
         if self.image.shape[3] != len(model.channels):
-            raise ValueError(f"the image has {self.image.shape[3]} channel(s), the model takes "
-                             f"{len(model.channels)} ({', '.join(model.channels)})")
+            raise ValueError(
+                f"the image has {self.image.shape[3]} channel(s), the model takes "
+                f"{len(model.channels)} ({', '.join(model.channels)})"
+            )
         self.shape = tuple(int(v) for v in self.image.shape[:3])
         if any(cfg.deltas_zyx):
             import dataclasses
@@ -306,9 +308,13 @@ class Canvas:
                     todo[:0] = f.deferred
 
 
-def run_canvases(jobs: list[tuple[Canvas, np.ndarray]], predict: Callable[[np.ndarray], np.ndarray],
-                 batch_size: int, progress: Callable[[int], None] | None = None,
-                 max_fovs: int | None = None) -> bool:
+def run_canvases(
+    jobs: list[tuple[Canvas, np.ndarray]],
+    predict: Callable[[np.ndarray], np.ndarray],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+    max_fovs: int | None = None,
+) -> bool:
     """Drive several canvases in lock step: each round takes the pending FOV stacks of the
     waiting canvases (whole stacks, up to ``batch_size`` FOVs unless one stack alone is larger)
     and evaluates them in forward passes of at most ``batch_size`` (``predict``:
@@ -329,11 +335,11 @@ def run_canvases(jobs: list[tuple[Canvas, np.ndarray]], predict: Callable[[np.nd
             pending.append(waiting.popleft())
             n += len(pending[-1][1])
         x = np.concatenate([xs for _, xs in pending])
-        out = np.concatenate([predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        out = np.concatenate([predict(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
         at = 0
         for gen, xs in pending:
             try:
-                waiting.append((gen, gen.send(out[at:at + len(xs)])))
+                waiting.append((gen, gen.send(out[at : at + len(xs)])))
             except StopIteration:
                 pass
             at += len(xs)

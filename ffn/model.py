@@ -55,16 +55,22 @@ class FFNModelConfig:
     anisotropic: bool = False
 
     def __post_init__(self):
-        if not self.channels or len(set(self.channels)) != len(self.channels) or \
-                any(c not in INPUT_CHANNELS for c in self.channels):
+        if (
+            not self.channels
+            or len(set(self.channels)) != len(self.channels)
+            or any(c not in INPUT_CHANNELS for c in self.channels)
+        ):
             raise ValueError(f"channels must be distinct names from {list(INPUT_CHANNELS)}, got {list(self.channels)}")
         if self.depth < 1 or self.features < 1:
             raise ValueError(f"depth and features must be >= 1, got {self.depth} and {self.features}")
         if len(self.fov_zyx) != 3 or any(int(f) < 3 or int(f) % 2 == 0 for f in self.fov_zyx):
             raise ValueError(f"fov_zyx must be three odd sizes >= 3, got {list(self.fov_zyx)}")
-        if len(self.deltas_zyx) != 3 or any(not 0 < int(d) <= int(f) // 2 for d, f in zip(self.deltas_zyx, self.fov_zyx)):
-            raise ValueError(f"deltas_zyx must be in 1..fov//2 per axis, got {list(self.deltas_zyx)} "
-                             f"for fov {list(self.fov_zyx)}")
+        if len(self.deltas_zyx) != 3 or any(
+            not 0 < int(d) <= int(f) // 2 for d, f in zip(self.deltas_zyx, self.fov_zyx)
+        ):
+            raise ValueError(
+                f"deltas_zyx must be in 1..fov//2 per axis, got {list(self.deltas_zyx)} for fov {list(self.fov_zyx)}"
+            )
 
     @property
     def radius_zyx(self) -> tuple[int, int, int]:

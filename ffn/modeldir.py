@@ -52,9 +52,14 @@ def read_model_dir(path: str | Path, what: str = "--model") -> FFNModelSpec:
     mj, doc = read_model_json(p, FORMAT, FORMAT_VERSION, "FFN", what)
     try:
         a = doc["architecture"]
-        model = FFNModelConfig(int(a["depth"]), int(a["features"]), tuple(int(v) for v in a["fov_zyx"]),
-                               tuple(int(v) for v in a["deltas_zyx"]), tuple(str(c) for c in a.get("channels", ["raw"])),
-                               bool(a.get("anisotropic", False)))
+        model = FFNModelConfig(
+            int(a["depth"]),
+            int(a["features"]),
+            tuple(int(v) for v in a["fov_zyx"]),
+            tuple(int(v) for v in a["deltas_zyx"]),
+            tuple(str(c) for c in a.get("channels", ["raw"])),
+            bool(a.get("anisotropic", False)),
+        )
         vs = tuple(float(v) for v in doc["input"]["voxel_size_nm"])
         wfile, wsha = str(doc["weights"]["file"]), str(doc["weights"]["sha256"])
         inference = dict(doc.get("inference", {}))
@@ -88,8 +93,14 @@ def build_model(spec: FFNModelSpec, precision: str = "float32"):
     return model
 
 
-def write_model_dir(path: str | Path, arrays: dict[str, np.ndarray], model: FFNModelConfig,
-                    voxel_size_nm, doc: dict[str, Any], float_dtype: str = "float32") -> Path:
+def write_model_dir(
+    path: str | Path,
+    arrays: dict[str, np.ndarray],
+    model: FFNModelConfig,
+    voxel_size_nm,
+    doc: dict[str, Any],
+    float_dtype: str = "float32",
+) -> Path:
     """Write weights then model.json (each atomically); returns the model.json path."""
     from connectome.training import weights as wio
 
@@ -97,14 +108,24 @@ def write_model_dir(path: str | Path, arrays: dict[str, np.ndarray], model: FFNM
     p.mkdir(parents=True, exist_ok=True)
     wpath = p / WEIGHTS
     wio.save_npz(arrays, wpath, float_dtype=float_dtype)
-    out = {"format": FORMAT, "format_version": FORMAT_VERSION, "task": "ffn",
-           "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model).items()},
-           "input": {"voxel_size_nm": [float(v) for v in voxel_size_nm],
-                     "normalization": {"method": "volume_percentiles",
-                                       "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"}}}
+    out = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": "ffn",
+        "architecture": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model).items()},
+        "input": {
+            "voxel_size_nm": [float(v) for v in voxel_size_nm],
+            "normalization": {"method": "volume_percentiles", "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"},
+        },
+    }
     out.update({k: v for k, v in doc.items() if k not in out})
-    out["weights"] = {"file": WEIGHTS, "sha256": sha256_file(wpath), "dtype": float_dtype,
-                      "size_bytes": wpath.stat().st_size, "parameters": model.n_parameters()}
+    out["weights"] = {
+        "file": WEIGHTS,
+        "sha256": sha256_file(wpath),
+        "dtype": float_dtype,
+        "size_bytes": wpath.stat().st_size,
+        "parameters": model.n_parameters(),
+    }
     tmp = p / f".{MODEL_JSON}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(out, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n")
     os.replace(tmp, p / MODEL_JSON)

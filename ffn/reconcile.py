@@ -110,7 +110,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 
 from connectome.atomic import atomic_write_bytes
-from connectome.blockwise.geometry import Box, BlockGrid
+from connectome.blockwise.geometry import BlockGrid, Box
 
 
 # ----------------------------------------------------------------------------------- geometry
@@ -151,8 +151,10 @@ def subvolume_grid(shape_zyx, core_shape_zyx, overlap_zyx) -> list[Subvolume]:
     subs = []
     for block in grid.blocks():
         core = block.write_box
-        box = Box(tuple(b - o // 2 for b, o in zip(core.begin_zyx, overlap)),
-                  tuple(e + o - o // 2 for e, o in zip(core.end_zyx, overlap))).intersect(vol)
+        box = Box(
+            tuple(b - o // 2 for b, o in zip(core.begin_zyx, overlap)),
+            tuple(e + o - o // 2 for e, o in zip(core.end_zyx, overlap)),
+        ).intersect(vol)
         subs.append(Subvolume(block.block_id, box, core))
     return subs
 
@@ -174,7 +176,7 @@ def overlapping_pairs(subvolumes: Sequence[Subvolume]) -> list[tuple[Subvolume, 
     subs = canonical_order(subvolumes)
     pairs = []
     for i, a in enumerate(subs):
-        for b in subs[i + 1:]:
+        for b in subs[i + 1 :]:
             if b.box.begin_zyx[0] >= a.box.end_zyx[0]:
                 break
             if a.box.intersect(b.box).size > 0:
@@ -210,18 +212,22 @@ class NpzSubvolumeStore:
     def save(self, sub: Subvolume, labels: np.ndarray) -> None:
         labels = np.asarray(labels)
         if tuple(labels.shape) != sub.box.shape_zyx:
-            raise ValueError(f"subvolume {sub.subvolume_id}: labels have shape {labels.shape}, "
-                             f"box has {sub.box.shape_zyx}")
+            raise ValueError(
+                f"subvolume {sub.subvolume_id}: labels have shape {labels.shape}, box has {sub.box.shape_zyx}"
+            )
         if labels.dtype.kind not in "ui":
             raise ValueError(f"subvolume {sub.subvolume_id}: labels must be integers, got {labels.dtype}")
         if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
             raise ValueError(f"subvolume {sub.subvolume_id}: negative labels")
         labels = labels.astype(np.uint64, copy=False)
         buf = io.BytesIO()
-        np.savez_compressed(buf, labels=labels,
-                            box=np.array([sub.box.begin_zyx, sub.box.end_zyx], np.int64),
-                            ids=_nonzero_unique(labels),
-                            core_ids=_nonzero_unique(labels[sub.core.relative_to(sub.box)]))
+        np.savez_compressed(
+            buf,
+            labels=labels,
+            box=np.array([sub.box.begin_zyx, sub.box.end_zyx], np.int64),
+            ids=_nonzero_unique(labels),
+            core_ids=_nonzero_unique(labels[sub.core.relative_to(sub.box)]),
+        )
         atomic_write_bytes(self.path(sub), buf.getvalue())
 
     def _read(self, sub: Subvolume, key: str) -> np.ndarray:
@@ -354,8 +360,9 @@ def _is_best(owner: np.ndarray, other: np.ndarray, n: np.ndarray) -> np.ndarray:
     return out
 
 
-def pair_edges(store: SubvolumeStore, sub_a: Subvolume, sub_b: Subvolume, offsets: dict[str, int],
-               rule: MatchRule = MatchRule()) -> np.ndarray:
+def pair_edges(
+    store: SubvolumeStore, sub_a: Subvolume, sub_b: Subvolume, offsets: dict[str, int], rule: MatchRule = MatchRule()
+) -> np.ndarray:
     """The merges (global id pairs) from the overlap of two subvolumes; loads only these two."""
     region = sub_a.box.intersect(sub_b.box)
     if region.size == 0:
@@ -422,8 +429,9 @@ def join_edges(n_ids: int, edges: Iterable[np.ndarray]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ (c) output
-def relabel_tables(store: SubvolumeStore, subvolumes: Sequence[Subvolume], offsets: dict[str, int],
-                   roots: np.ndarray) -> dict[str, np.ndarray]:
+def relabel_tables(
+    store: SubvolumeStore, subvolumes: Sequence[Subvolume], offsets: dict[str, int], roots: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per subvolume id: final id (uint64) indexed by local rank (index 0 -> 0).
 
     Final ids number the roots that occur in some core, in increasing root order, ``1..K``.
@@ -439,7 +447,7 @@ def relabel_tables(store: SubvolumeStore, subvolumes: Sequence[Subvolume], offse
     for sub in subvolumes:
         off, n = offsets[sub.subvolume_id], int(store.ids(sub).size)
         table = np.zeros(n + 1, np.uint64)
-        table[1:] = final_of_root[roots[off + 1: off + n + 1]]
+        table[1:] = final_of_root[roots[off + 1 : off + n + 1]]
         tables[sub.subvolume_id] = table
     return tables
 
@@ -451,8 +459,12 @@ def reconciled_core(store: SubvolumeStore, sub: Subvolume, table: np.ndarray) ->
     return table[local.astype(np.int64)]
 
 
-def reconcile(store: SubvolumeStore, subvolumes: Sequence[Subvolume], out, rule: MatchRule = MatchRule(),
-              ) -> dict:
+def reconcile(
+    store: SubvolumeStore,
+    subvolumes: Sequence[Subvolume],
+    out,
+    rule: MatchRule = MatchRule(),
+) -> dict:
     """Run (a)-(c) serially and write every core into ``out`` (numpy or zarr, volume-shaped).
 
     Returns a small summary (counts of subvolumes, pairs, merges, local and final ids).
@@ -465,5 +477,10 @@ def reconcile(store: SubvolumeStore, subvolumes: Sequence[Subvolume], out, rule:
     for sub in subs:
         out[sub.core.slices] = reconciled_core(store, sub, tables[sub.subvolume_id])
     n_final = int(max((int(t.max()) for t in tables.values() if t.size), default=0))
-    return {"subvolumes": len(subs), "pairs": len(edges), "merges": int(sum(e.shape[0] for e in edges)),
-            "local_ids": n_ids, "final_ids": n_final}
+    return {
+        "subvolumes": len(subs),
+        "pairs": len(edges),
+        "merges": int(sum(e.shape[0] for e in edges)),
+        "local_ids": n_ids,
+        "final_ids": n_final,
+    }

@@ -37,9 +37,9 @@ from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.errors import UserInputError
 from connectome.resources import MODEL_WORKER_BYTES
 from connectome.workspace import Workspace, open_array
+from ffn.agglomerate import FFNAgglomerationConfig
 from ffn.inference import InferenceConfig
 from ffn.reconcile import MatchRule, NpzSubvolumeStore, Subvolume, subvolume_grid
-from ffn.agglomerate import FFNAgglomerationConfig
 from ffn.watershed import WatershedConfig
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ def _store(workspace) -> NpzSubvolumeStore:
 
 
 def _subvolumes(ws: Workspace, config: SegmentConfig) -> dict[str, Subvolume]:
-    return {s.subvolume_id: s for s in subvolume_grid(ws.shape_zyx, config.blockwise.block_shape_zyx,
-                                                        config.overlap)}
+    return {s.subvolume_id: s for s in subvolume_grid(ws.shape_zyx, config.blockwise.block_shape_zyx, config.overlap)}
 
 
 @dataclass(frozen=True)
@@ -176,9 +175,17 @@ class SubvolumeBlock:
 
             bnd = np.asarray(open_array(self.workspace, "boundary")[(slice(None),) + sub.box.slices])
             labels, summary = segment_ffn_agglomerate(
-                bnd, raw8, mask, self.voxel_nm, self.factor, IntensityStats(*self.stats), self.config.watershed,
-                self.config.ffn_agglomeration, self.config.inference,
-                _predictor(self.model_dir, self.sha, self.config.threads, self.config.precision))
+                bnd,
+                raw8,
+                mask,
+                self.voxel_nm,
+                self.factor,
+                IntensityStats(*self.stats),
+                self.config.watershed,
+                self.config.ffn_agglomeration,
+                self.config.inference,
+                _predictor(self.model_dir, self.sha, self.config.threads, self.config.precision),
+            )
             log.info("segment %s: FFN agglomeration %s", block.block_id, summary)
         elif method == "baseline":
             from ffn.baseline import BaselineConfig, segment_baseline
@@ -186,15 +193,27 @@ class SubvolumeBlock:
             labels = segment_baseline(raw8, BaselineConfig(), vessel_mask=mask)
         else:
             spec_pred = _predictor(self.model_dir, self.sha, self.config.threads, self.config.precision)
-            bnd = (np.asarray(open_array(self.workspace, "boundary")[(0,) + sub.box.slices])
-                   if "boundary" in spec_pred[0].model.channels else None)
-            labels = segment_ffn_at(raw8, mask, self.voxel_nm, self.factor, IntensityStats(*self.stats),
-                                    self.config, spec_pred, bnd)
+            bnd = (
+                np.asarray(open_array(self.workspace, "boundary")[(0,) + sub.box.slices])
+                if "boundary" in spec_pred[0].model.channels
+                else None
+            )
+            labels = segment_ffn_at(
+                raw8, mask, self.voxel_nm, self.factor, IntensityStats(*self.stats), self.config, spec_pred, bnd
+            )
         _store(self.workspace).save(sub, np.asarray(labels).astype(np.uint64))
 
 
-def segment_ffn_at(raw8: np.ndarray, mask, voxel_nm, factor: int, stats, config: SegmentConfig,
-                   spec_and_predict, boundary8: Optional[np.ndarray] = None) -> np.ndarray:
+def segment_ffn_at(
+    raw8: np.ndarray,
+    mask,
+    voxel_nm,
+    factor: int,
+    stats,
+    config: SegmentConfig,
+    spec_and_predict,
+    boundary8: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """One subvolume (uint8 raw at the workspace's pixels; ``boundary8`` the uint8 boundary
     channel of ``predict-boundaries`` for a model with a "boundary" input) with the FFN at the
     model's pixels: edge-pad (y, x) to a multiple of ``factor``, area-downsample, standardise the
@@ -205,22 +224,31 @@ def segment_ffn_at(raw8: np.ndarray, mask, voxel_nm, factor: int, stats, config:
     f = int(factor)
     z, h, w = raw8.shape
     pad = ((0, 0), (0, -h % f), (0, -w % f))
-    image, _, m = model_resolution(np.pad(raw8, pad, mode="edge"), None,
-                                   None if mask is None else np.pad(mask, pad, mode="edge"), f)
+    image, _, m = model_resolution(
+        np.pad(raw8, pad, mode="edge"), None, None if mask is None else np.pad(mask, pad, mode="edge"), f
+    )
     bnd = None if boundary8 is None else model_resolution(np.pad(boundary8, pad, mode="edge"), None, None, f)[0]
-    coarse = segment_ffn(stats.standardize(image), m, (voxel_nm[0], voxel_nm[1] * f, voxel_nm[2] * f),
-                         config.inference, spec_and_predict, bnd)
+    coarse = segment_ffn(
+        stats.standardize(image),
+        m,
+        (voxel_nm[0], voxel_nm[1] * f, voxel_nm[2] * f),
+        config.inference,
+        spec_and_predict,
+        bnd,
+    )
     labels = np.repeat(np.repeat(coarse, f, axis=1), f, axis=2)[:, :h, :w] if f > 1 else coarse
     if config.fill_unlabelled or (config.refine_upsampled and f > 1):
-        labels = snap_to_membranes(raw8, labels, f if (config.refine_upsampled and f > 1) else 0, mask,
-                                   config.fill_unlabelled)
+        labels = snap_to_membranes(
+            raw8, labels, f if (config.refine_upsampled and f > 1) else 0, mask, config.fill_unlabelled
+        )
     if mask is not None:
         labels[mask] = 0
     return labels
 
 
-def snap_to_membranes(raw8: np.ndarray, labels: np.ndarray, margin: int, mask=None, fill: bool = False,
-                      sigma: float = 1.0) -> np.ndarray:
+def snap_to_membranes(
+    raw8: np.ndarray, labels: np.ndarray, margin: int, mask=None, fill: bool = False, sigma: float = 1.0
+) -> np.ndarray:
     """Per section: each label keeps, as a watershed marker, its pixels farther than ``margin``
     px from any other value (``margin`` = the upsampling factor: the nearest-upsampled borders
     are uncertain by that much), and the rest is re-flooded from the markers over the smoothed
@@ -249,8 +277,9 @@ def snap_to_membranes(raw8: np.ndarray, labels: np.ndarray, margin: int, mask=No
     return out
 
 
-def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_and_predict,
-                boundary01: Optional[np.ndarray] = None) -> np.ndarray:
+def segment_ffn(
+    image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_and_predict, boundary01: Optional[np.ndarray] = None
+) -> np.ndarray:
     """One subvolume with the FFN: seeds, canvas, labels (uint64, 0 = none). ``image`` is the
     standardised raw; ``boundary01`` the boundary probability (models with a boundary input;
     seeds then come from its interior, :func:`ffn.inference.boundary_seeds`)."""
@@ -270,9 +299,11 @@ def segment_ffn(image: np.ndarray, mask, voxel_nm, cfg: InferenceConfig, spec_an
 def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Optional[str], Optional[str], int]:
     if config.method in ("baseline", "watershed"):
         if model_dir:
-            raise UserInputError(f"--model {model_dir}: method {config.method!r} uses no FFN model (the boundary model "
-                                 "is chosen by `connectome predict-boundaries --model`); drop --model or use "
-                                 "--method ffn")
+            raise UserInputError(
+                f"--model {model_dir}: method {config.method!r} uses no FFN model (the boundary model "
+                "is chosen by `connectome predict-boundaries --model`); drop --model or use "
+                "--method ffn"
+            )
         if config.method == "watershed":
             from unet.boundary import require_boundary
 
@@ -282,19 +313,25 @@ def _resolve_model(ws: Workspace, config: SegmentConfig, model_dir) -> tuple[Opt
 
     path = Path(model_dir) if model_dir else default_model_dir()
     if not model_dir and not (path / "model.json").is_file():
-        raise UserInputError("segment: no shipped FFN model in this checkout (ffn/models/boundary16); pass --model DIR "
-                             "(a directory written by `connectome train ffn`)")
+        raise UserInputError(
+            "segment: no shipped FFN model in this checkout (ffn/models/boundary16); pass --model DIR "
+            "(a directory written by `connectome train ffn`)"
+        )
     spec = read_model_dir(path)
     factor = model_pixel_factor(ws, spec, path)
     have_z, want_z = ws.voxel_size_nm[0], spec.voxel_size_nm[0]
     if abs(have_z - want_z) > 0.3 * want_z:
-        raise UserInputError(f"--model {path}: trained at voxel size {list(spec.voxel_size_nm)} nm, the workspace "
-                             f"has {list(ws.voxel_size_nm)} nm (z differs by more than 30 %)")
+        raise UserInputError(
+            f"--model {path}: trained at voxel size {list(spec.voxel_size_nm)} nm, the workspace "
+            f"has {list(ws.voxel_size_nm)} nm (z differs by more than 30 %)"
+        )
     at_model = (ws.shape_zyx[0], ws.shape_zyx[1] // factor, ws.shape_zyx[2] // factor)
     if any(s < f for s, f in zip(at_model, spec.model.fov_zyx)):
-        raise UserInputError(f"workspace {ws.path}: volume {list(ws.shape_zyx)} ({list(at_model)} at the model's "
-                             f"{spec.voxel_size_nm[1]:g} nm pixels) is smaller than the model's field of view "
-                             f"{list(spec.model.fov_zyx)}")
+        raise UserInputError(
+            f"workspace {ws.path}: volume {list(ws.shape_zyx)} ({list(at_model)} at the model's "
+            f"{spec.voxel_size_nm[1]:g} nm pixels) is smaller than the model's field of view "
+            f"{list(spec.model.fov_zyx)}"
+        )
     if "boundary" in spec.model.channels:
         from unet.boundary import require_boundary
 
@@ -308,8 +345,10 @@ def model_pixel_factor(ws: Workspace, spec, path) -> int:
     from unet.data import model_factor
 
     if ws.voxel_size_nm[1] != ws.voxel_size_nm[2] or spec.voxel_size_nm[1] != spec.voxel_size_nm[2]:
-        raise UserInputError(f"--model {path}: y and x pixel sizes must be equal (workspace {list(ws.voxel_size_nm)} "
-                             f"nm, model {list(spec.voxel_size_nm)} nm)")
+        raise UserInputError(
+            f"--model {path}: y and x pixel sizes must be equal (workspace {list(ws.voxel_size_nm)} "
+            f"nm, model {list(spec.voxel_size_nm)} nm)"
+        )
     return model_factor(spec.voxel_size_nm[1], ws.voxel_size_nm[1], f"--model {path}", tolerance=0.3)
 
 
@@ -340,28 +379,53 @@ def plan_subvolumes(workspace, config: SegmentConfig = SegmentConfig(), model_di
         _subvolumes(ws, config)
     except ValueError as exc:
         raise UserInputError(f"segment config: {exc}") from None
-    bad = [f"{k} {list(v)}" for k, v in (("blockwise.block_shape_zyx", config.blockwise.block_shape_zyx),
-                                         ("overlap_zyx", config.overlap)) if v[1] % factor or v[2] % factor]
+    bad = [
+        f"{k} {list(v)}"
+        for k, v in (("blockwise.block_shape_zyx", config.blockwise.block_shape_zyx), ("overlap_zyx", config.overlap))
+        if v[1] % factor or v[2] % factor
+    ]
     if bad:
-        raise UserInputError(f"segment config: {', '.join(bad)}: (y, x) must be multiples of {factor}, the model's "
-                             f"pixel factor (so subvolumes share one coarse pixel grid)")
+        raise UserInputError(
+            f"segment config: {', '.join(bad)}: (y, x) must be multiples of {factor}, the model's "
+            f"pixel factor (so subvolumes share one coarse pixel grid)"
+        )
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
-    proc = SubvolumeBlock(str(ws.path), config, (stats.p5, stats.p50, stats.p95), tuple(ws.voxel_size_nm), model, sha,
-                          has_mask, factor)
+    proc = SubvolumeBlock(
+        str(ws.path), config, (stats.p5, stats.p50, stats.p95), tuple(ws.voxel_size_nm), model, sha, has_mask, factor
+    )
     if config.method == "ffn-agglomerate":
         from unet.boundary import require_boundary
 
         require_boundary(ws, "segment --method ffn-agglomerate")
-    boundary_sha = (ws.require_complete("boundary", "segment").attrs.get("model_sha256")
-                    if config.method != "baseline" and ws.has("boundary") else None)
-    fp = {"method": config.method, "model_sha256": sha, "boundary_model_sha256": boundary_sha,
-          "watershed": config_to_dict(config.watershed) if config.method in ("watershed", "ffn-agglomerate") else None,
-          "ffn_agglomeration": (config_to_dict(config.ffn_agglomeration) if config.method == "ffn-agglomerate"
-                                else None),
-          "model_factor_yx": factor, "precision": config.precision, "intensity": stats.to_json(), "vessel_mask": has_mask,
-          "inference": config_to_dict(config.inference), "overlap_zyx": list(config.overlap)}
-    return Task(STAGE_SUB, ws.path, grid, proc, fp, (), max_retries=config.blockwise.max_retries,
-                bytes_per_voxel=64.0, worker_memory_bytes=MODEL_WORKER_BYTES)
+    boundary_sha = (
+        ws.require_complete("boundary", "segment").attrs.get("model_sha256")
+        if config.method != "baseline" and ws.has("boundary")
+        else None
+    )
+    fp = {
+        "method": config.method,
+        "model_sha256": sha,
+        "boundary_model_sha256": boundary_sha,
+        "watershed": config_to_dict(config.watershed) if config.method in ("watershed", "ffn-agglomerate") else None,
+        "ffn_agglomeration": (config_to_dict(config.ffn_agglomeration) if config.method == "ffn-agglomerate" else None),
+        "model_factor_yx": factor,
+        "precision": config.precision,
+        "intensity": stats.to_json(),
+        "vessel_mask": has_mask,
+        "inference": config_to_dict(config.inference),
+        "overlap_zyx": list(config.overlap),
+    }
+    return Task(
+        STAGE_SUB,
+        ws.path,
+        grid,
+        proc,
+        fp,
+        (),
+        max_retries=config.blockwise.max_retries,
+        bytes_per_voxel=64.0,
+        worker_memory_bytes=MODEL_WORKER_BYTES,
+    )
 
 
 @dataclass(frozen=True)
@@ -372,8 +436,14 @@ class Reconcile:
     config: SegmentConfig
 
     def __call__(self) -> None:
-        from ffn.reconcile import (canonical_order, global_id_offsets, join_edges, overlapping_pairs, pair_edges,
-                                   relabel_tables)
+        from ffn.reconcile import (
+            canonical_order,
+            global_id_offsets,
+            join_edges,
+            overlapping_pairs,
+            pair_edges,
+            relabel_tables,
+        )
 
         ws = Workspace.open(self.workspace)
         store = _store(self.workspace)
@@ -386,8 +456,14 @@ class Reconcile:
         np.savez(buf, **tables)
         atomic_write_bytes(Path(self.workspace) / "segment" / "relabel.npz", buf.getvalue())
         n_final = int(max((int(t.max()) for t in tables.values() if t.size), default=0))
-        log.info("segment: %d subvolumes, %d overlapping pairs, %d merges, %d local ids -> %d objects", len(subs),
-                 len(edges), int(sum(e.shape[0] for e in edges)), n_ids, n_final)
+        log.info(
+            "segment: %d subvolumes, %d overlapping pairs, %d merges, %d local ids -> %d objects",
+            len(subs),
+            len(edges),
+            int(sum(e.shape[0] for e in edges)),
+            n_ids,
+            n_final,
+        )
 
 
 @dataclass(frozen=True)
@@ -402,8 +478,9 @@ class WriteBlock:
         sub = _subvolumes(ws, self.config)[block.block_id]
         with np.load(str(Path(self.workspace) / "segment" / "relabel.npz")) as f:
             table = np.array(f[sub.subvolume_id])
-        open_array(self.workspace, OUT, mode="r+")[block.write_box.slices] = reconciled_core(_store(self.workspace), sub,
-                                                                                           table)
+        open_array(self.workspace, OUT, mode="r+")[block.write_box.slices] = reconciled_core(
+            _store(self.workspace), sub, table
+        )
 
 
 def _subvolumes_digest(workspace) -> str:
@@ -420,9 +497,24 @@ def plan_write(workspace, config: SegmentConfig = SegmentConfig(), model_dir=Non
     config = resolve_method(config, model_dir)
     ws = Workspace.open(workspace)
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx)
-    out = OutputSpec(OUT, "uint64", tuple(config.blockwise.block_shape_zyx),
-                     attrs={"from": "raw", "method": config.method, "values": "object id, 0 = no object"})
-    fp = {"subvolumes": _subvolumes_digest(workspace), "match": config_to_dict(config.match),
-          "config": config_to_dict(config)}
-    return Task(STAGE_WRITE, ws.path, grid, WriteBlock(str(ws.path), config), fp, (out,),
-                max_retries=config.blockwise.max_retries, setup=Reconcile(str(ws.path), config))
+    out = OutputSpec(
+        OUT,
+        "uint64",
+        tuple(config.blockwise.block_shape_zyx),
+        attrs={"from": "raw", "method": config.method, "values": "object id, 0 = no object"},
+    )
+    fp = {
+        "subvolumes": _subvolumes_digest(workspace),
+        "match": config_to_dict(config.match),
+        "config": config_to_dict(config),
+    }
+    return Task(
+        STAGE_WRITE,
+        ws.path,
+        grid,
+        WriteBlock(str(ws.path), config),
+        fp,
+        (out,),
+        max_retries=config.blockwise.max_retries,
+        setup=Reconcile(str(ws.path), config),
+    )

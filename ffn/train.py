@@ -34,9 +34,9 @@ import numpy as np
 
 from connectome.training import TrainerConfig
 from connectome.training.provenance import portable_command, portable_path
-from unet.augment import AugmentConfig
 from ffn.data import CentreSampler, augment, crop, model_resolution
 from ffn.model import PAD_PROB, SEED_PROB, FFNModelConfig, logit
+from unet.augment import AugmentConfig
 
 #: the 6 moves (axis, sign)
 MOVES = tuple((ax, sg) for ax in range(3) for sg in (-1, 1))
@@ -111,8 +111,8 @@ class TrainingVolume:
     image: np.ndarray
     labels: np.ndarray
     sampler: CentreSampler
-    stats: object = None   # unet.data.IntensityStats of ``image``
-    voxel_nm: tuple = (40.0, 8.0, 8.0)   # of ``image`` (the model's input voxels)
+    stats: object = None  # unet.data.IntensityStats of ``image``
+    voxel_nm: tuple = (40.0, 8.0, 8.0)  # of ``image`` (the model's input voxels)
     #: boundary probability in [0, 1] at the model's resolution (models with a "boundary" channel)
     boundary: np.ndarray | None = None
 
@@ -122,8 +122,9 @@ class TrainingVolume:
     def channels(self, model: FFNModelConfig, box=None) -> np.ndarray:
         """(z, y, x, C) model input of ``box`` (slices; None: all), unaugmented."""
         box = box if box is not None else (slice(None),) * 3
-        return stack_channels(model, self.standardized(self.image[box]),
-                              None if self.boundary is None else self.boundary[box])
+        return stack_channels(
+            model, self.standardized(self.image[box]), None if self.boundary is None else self.boundary[box]
+        )
 
 
 def stack_channels(model: FFNModelConfig, raw_std: np.ndarray, boundary01: np.ndarray | None) -> np.ndarray:
@@ -142,12 +143,12 @@ def stack_channels(model: FFNModelConfig, raw_std: np.ndarray, boundary01: np.nd
 
 @dataclass
 class _Slot:
-    image: np.ndarray | None = None   # example box, the model's input channels (z, y, x, C)
-    label: np.ndarray | None = None   # example box, soft labels
-    seed: np.ndarray | None = None    # example box, logits
-    queue: list = field(default_factory=list)   # (FOV centre in box coordinates, round)
-    pos: tuple | None = None          # FOV centre in box coordinates (of the current step)
-    round: int = 0                    # 0 for the episode's centre FOV, k for the k-th round of moves
+    image: np.ndarray | None = None  # example box, the model's input channels (z, y, x, C)
+    label: np.ndarray | None = None  # example box, soft labels
+    seed: np.ndarray | None = None  # example box, logits
+    queue: list = field(default_factory=list)  # (FOV centre in box coordinates, round)
+    pos: tuple | None = None  # FOV centre in box coordinates (of the current step)
+    round: int = 0  # 0 for the episode's centre FOV, k for the k-th round of moves
     visited: set = field(default_factory=set)
     n_fovs: int = 0
 
@@ -157,8 +158,14 @@ def example_shape(model: FFNModelConfig, ex: FFNExampleConfig) -> tuple[int, int
     return tuple(int(f) + 2 * int(d) * ex.episode_rounds for f, d in zip(model.fov_zyx, model.deltas_zyx))
 
 
-def new_episode(vol: TrainingVolume, centre, model: FFNModelConfig, ex: FFNExampleConfig,
-                rng: np.random.Generator | None, intensity=None) -> _Slot:
+def new_episode(
+    vol: TrainingVolume,
+    centre,
+    model: FFNModelConfig,
+    ex: FFNExampleConfig,
+    rng: np.random.Generator | None,
+    intensity=None,
+) -> _Slot:
     """A fresh episode at ``centre``; with ``rng``: flips/transpose, section shifts and (with
     ``intensity``, a :class:`unet.augment.AugmentConfig`) the U-Net's intensity augmentation
     (sections as channels: per-section gain/offset, contrast, gamma, blur, noise, defects)."""
@@ -200,7 +207,7 @@ def shift_sections(img: np.ndarray, rng: np.random.Generator, max_px: int) -> np
     for z in range(img.shape[0]):
         dy, dx = (int(v) for v in rng.integers(-pad, pad + 1, 2))
         p = np.pad(img[z], pad, mode="edge")
-        out[z] = p[pad - dy:pad - dy + img.shape[1], pad - dx:pad - dx + img.shape[2]]
+        out[z] = p[pad - dy : pad - dy + img.shape[1], pad - dx : pad - dx + img.shape[2]]
     return out
 
 
@@ -244,8 +251,17 @@ def accepted_moves(logits_fov: np.ndarray, pos, model: FFNModelConfig, threshold
 class FFNJob:
     """:class:`connectome.training.loop.TrainJob` for the FFN (stateful: FOV movement)."""
 
-    def __init__(self, model: FFNModelConfig, examples: FFNExampleConfig, train: Sequence[TrainingVolume],
-                 val: Sequence[TrainingVolume], seed: int, reset_every: int, fingerprint: dict, intensity=None):
+    def __init__(
+        self,
+        model: FFNModelConfig,
+        examples: FFNExampleConfig,
+        train: Sequence[TrainingVolume],
+        val: Sequence[TrainingVolume],
+        seed: int,
+        reset_every: int,
+        fingerprint: dict,
+        intensity=None,
+    ):
         self.model, self.ex = model, examples
         self.intensity = intensity
         self.train, self.val = list(train), list(val)
@@ -256,8 +272,9 @@ class FFNJob:
         self._predict = None
         self.score_key = "seg_score" if any(examples.val_segment_zyx) and self.val else "f1"
         vr = np.random.default_rng([self.seed, 987654])
-        self.val_specs = [(i, v.sampler.draw(vr)) for i, v in enumerate(self.val)
-                          for _ in range(examples.val_episodes_per_volume)]
+        self.val_specs = [
+            (i, v.sampler.draw(vr)) for i, v in enumerate(self.val) for _ in range(examples.val_episodes_per_volume)
+        ]
 
     # --- TrainJob ------------------------------------------------------------------------
     def fingerprint(self) -> dict:
@@ -274,8 +291,12 @@ class FFNJob:
         return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y_true, logits=logits))
 
     def batch(self, step: int, rank: int, size: int, batch_size: int):
-        if self._slots is None or len(self._slots) != batch_size or step % self.reset_every == 0 \
-                or self._last_step != step - 1:
+        if (
+            self._slots is None
+            or len(self._slots) != batch_size
+            or step % self.reset_every == 0
+            or self._last_step != step - 1
+        ):
             self._slots = [_Slot() for _ in range(batch_size)]  # start (or resume): fresh episodes
         self._last_step = step
         xs, ys = [], []
@@ -283,8 +304,9 @@ class FFNJob:
             if not slot.queue:
                 rng = np.random.default_rng([self.seed, rank, step, k])
                 vol = self.train[int(rng.integers(len(self.train)))]
-                slot = self._slots[k] = new_episode(vol, vol.sampler.draw(rng), self.model, self.ex, rng,
-                                                    self.intensity)
+                slot = self._slots[k] = new_episode(
+                    vol, vol.sampler.draw(rng), self.model, self.ex, rng, self.intensity
+                )
             slot.pos, slot.round = slot.queue.pop(0)
             slot.n_fovs += 1
             sl = fov_slices(slot.pos, self.model.fov_zyx)
@@ -331,12 +353,20 @@ class FFNJob:
         lo = (np.asarray(vol.image.shape) - shape) // 2
         box = tuple(slice(a, a + n) for a, n in zip(lo, shape))
         image = vol.channels(self.model, box)
-        cfg = InferenceConfig(move_threshold=self.ex.move_threshold, segment_threshold=self.ex.val_segment_threshold,
-                              min_segment_voxels=self.ex.val_min_segment_voxels, batch_size=8,
-                              max_fovs_per_object=self.ex.val_segment_max_fovs_per_object)
+        cfg = InferenceConfig(
+            move_threshold=self.ex.move_threshold,
+            segment_threshold=self.ex.val_segment_threshold,
+            min_segment_voxels=self.ex.val_min_segment_voxels,
+            batch_size=8,
+            max_fovs_per_object=self.ex.val_segment_max_fovs_per_object,
+        )
         canvas = Canvas(image, self.model, cfg)
-        run_canvases([(canvas, canvas_seeds(vol, box, None, cfg))], predict, cfg.batch_size,
-                     max_fovs=self.ex.val_segment_max_fovs)
+        run_canvases(
+            [(canvas, canvas_seeds(vol, box, None, cfg))],
+            predict,
+            cfg.batch_size,
+            max_fovs=self.ex.val_segment_max_fovs,
+        )
         table = Contingency.from_labels(vol.labels[box], np.maximum(canvas.seg, 0)).without_truth(0)
         if not table.total:
             return {"both": 0.0, "truth_pairs": 0.0, "seg_pairs": 0.0, "split_n": 0.0, "merge_n": 0.0, "n": 0.0}
@@ -353,7 +383,7 @@ class FFNJob:
             from connectome.evaluate.segmentation import adapted_rand_from_sums
 
             arand = adapted_rand_from_sums(sums)[0]
-            arand = 1.0 if arand != arand else arand   # no pairs at all: worst score
+            arand = 1.0 if arand != arand else arand  # no pairs at all: worst score
             vs, vm = sums["split_n"] / sums["n"], sums["merge_n"] / sums["n"]
             out.update({"arand": arand, "voi_split": vs, "voi_merge": vm, "seg_score": -(arand + (vs + vm) / 4.0)})
         return out
@@ -374,8 +404,15 @@ def run_episode(slot: _Slot, model: FFNModelConfig, ex: FFNExampleConfig, predic
     batch) the moves the FOVs before accept, as in training."""
     while slot.queue:
         batch, slot.queue = slot.queue, []
-        x = np.stack([np.concatenate([slot.image[fov_slices(p, model.fov_zyx)],
-                                      slot.seed[fov_slices(p, model.fov_zyx)][..., None]], axis=-1) for p, _ in batch])
+        x = np.stack(
+            [
+                np.concatenate(
+                    [slot.image[fov_slices(p, model.fov_zyx)], slot.seed[fov_slices(p, model.fov_zyx)][..., None]],
+                    axis=-1,
+                )
+                for p, _ in batch
+            ]
+        )
         out = predict(x)[..., 0]
         for (p, rnd), lg in zip(batch, out):
             slot.seed[fov_slices(p, model.fov_zyx)] = lg
@@ -384,8 +421,14 @@ def run_episode(slot: _Slot, model: FFNModelConfig, ex: FFNExampleConfig, predic
             queue_moves(slot, lg, model, ex)
 
 
-def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed: int = 0,
-                         label: str = "neurons", mask: str | None = "vessels") -> TrainingVolume:
+def load_training_volume(
+    path,
+    model: FFNModelConfig,
+    ex: FFNExampleConfig,
+    seed: int = 0,
+    label: str = "neurons",
+    mask: str | None = "vessels",
+) -> TrainingVolume:
     """A ``connectome synth`` folder (``truth.zarr``: raw, ``label``, optional ``mask``) as a
     :class:`TrainingVolume` at the model's resolution (``ex.voxel_size_nm_yx``): the image
     area-downsampled (:func:`ffn.data.model_resolution`), labels and mask sampled at the same pixels,
@@ -404,24 +447,35 @@ def load_training_volume(path, model: FFNModelConfig, ex: FFNExampleConfig, seed
         g = zarr.open_group(str(path / "truth.zarr"), mode="r")
         raw, labels = g["raw"], g[label]
     except Exception:  # noqa: BLE001 - any failure to open is the same user error
-        raise UserInputError(f"--data {path}: expected a `connectome synth` folder with truth.zarr/raw and "
-                             f"truth.zarr/{label}") from None
+        raise UserInputError(
+            f"--data {path}: expected a `connectome synth` folder with truth.zarr/raw and truth.zarr/{label}"
+        ) from None
     vs = tuple(float(v) for v in raw.attrs.get("voxel_size_nm", (40.0, 8.0, 8.0)))
     factor = model_factor(ex.voxel_size_nm_yx, vs[1], f"--data {path}") if ex.voxel_size_nm_yx else 1
     shape = (raw.shape[0], raw.shape[1] // factor, raw.shape[2] // factor)
     ex_shape = example_shape(model, ex)
     if raw.shape != labels.shape or any(s < e for s, e in zip(shape, ex_shape)):
-        raise UserInputError(f"--data {path}: volume {list(shape)} (at the model's resolution) is smaller than one "
-                             f"training example {list(ex_shape)} (or raw and {label} differ in shape)")
+        raise UserInputError(
+            f"--data {path}: volume {list(shape)} (at the model's resolution) is smaller than one "
+            f"training example {list(ex_shape)} (or raw and {label} differ in shape)"
+        )
     stats = intensity_stats(raw, factor)
     raw_np = np.asarray(raw[:])
-    image, lab, m = model_resolution(raw_np, np.asarray(labels[:]),
-                                     np.asarray(g[mask][:]) > 0 if mask and mask in g else None, factor)
+    image, lab, m = model_resolution(
+        raw_np, np.asarray(labels[:]), np.asarray(g[mask][:]) > 0 if mask and mask in g else None, factor
+    )
     boundary = None
     if "boundary" in model.channels:
         boundary = model_resolution(predicted_boundary(path, raw_np, vs, ex.boundary_model), None, None, factor)[0]
-    sampler = CentreSampler.from_labels(lab, tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
-                                        ex_shape, ex.min_object_voxels, m, ex.max_per_partition, seed)
+    sampler = CentreSampler.from_labels(
+        lab,
+        tuple(r + d for r, d in zip(model.radius_zyx, model.deltas_zyx)),
+        ex_shape,
+        ex.min_object_voxels,
+        m,
+        ex.max_per_partition,
+        seed,
+    )
     return TrainingVolume(path.name, image, lab, sampler, stats, (vs[0], vs[1] * factor, vs[2] * factor), boundary)
 
 
@@ -454,9 +508,18 @@ def predicted_boundary(path, raw: np.ndarray, voxel_size_nm, model_dir: str = ""
 # ---------------------------------------------------------------------------------------------
 # `connectome train ffn`
 
+
 def _default_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=20000, batch_size=4, learning_rate=1e-3, warmup_steps=200, checkpoint_every=250,
-                         validate_every=1000, log_every=50, grad_clip_norm=1.0)
+    return TrainerConfig(
+        steps=20000,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup_steps=200,
+        checkpoint_every=250,
+        validate_every=1000,
+        log_every=50,
+        grad_clip_norm=1.0,
+    )
 
 
 def _default_model() -> FFNModelConfig:
@@ -482,8 +545,15 @@ class FFNTrainConfig:
 Config = FFNTrainConfig
 
 
-def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig(), val_dirs: Sequence = (),
-              restart: bool = False, command: Sequence[str] | None = None, overwrite: bool = False) -> dict:
+def train_ffn(
+    data_dirs: Sequence,
+    out_dir,
+    cfg: FFNTrainConfig = FFNTrainConfig(),
+    val_dirs: Sequence = (),
+    restart: bool = False,
+    command: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Train (or resume) the FFN on ``connectome synth`` folders; export ``out_dir/{model.json,
     weights.npz}`` (atomically; a finished ``out_dir`` is refused unless ``overwrite``). Returns a
     summary on rank 0 (``{"stopped": True, ...}`` after a signal)."""
@@ -498,8 +568,8 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
     from connectome.errors import UserInputError
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
+    from connectome.training.export import check_out_dir, run_summary, staged_model_dir
     from connectome.training.loop import run_training
-    from connectome.training.export import check_out_dir, staged_model_dir
     from ffn.modeldir import write_model_dir
 
     out = check_out_dir(out_dir, overwrite)
@@ -507,44 +577,61 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
     if not data:
         raise UserInputError("--data: give at least one `connectome synth` folder")
     if not val:
-        raise UserInputError("--val: give at least one held-out `connectome synth` folder (checkpoints are "
-                             "chosen on it)")
+        raise UserInputError(
+            "--val: give at least one held-out `connectome synth` folder (checkpoints are chosen on it)"
+        )
     for d in data + val:
         if not (d / "truth.zarr").is_dir():
             raise UserInputError(f"--data/--val {d}: not a `connectome synth` folder (no truth.zarr)")
     if {d.resolve() for d in data} & {d.resolve() for d in val}:
         raise UserInputError("--val: a validation folder is also a training folder")
-    vs = [tuple(zarr.open_group(str(d / "truth.zarr"), mode="r")["raw"].attrs.get("voxel_size_nm", (0, 0, 0)))
-          for d in data]
+    vs = [
+        tuple(zarr.open_group(str(d / "truth.zarr"), mode="r")["raw"].attrs.get("voxel_size_nm", (0, 0, 0)))
+        for d in data
+    ]
     tcfg = cfg.trainer
     # the trainer fingerprints its own (non-resumable) fields: steps etc. may change on resume
     job_cfg = {k: v for k, v in config_to_dict(cfg).items() if k != "trainer"}
-    fingerprint = {"task": "ffn", "config": json.loads(json.dumps(job_cfg, default=str)),
-                   "data": [str(d.resolve()) for d in data], "val": [str(d.resolve()) for d in val]}
+    fingerprint = {
+        "task": "ffn",
+        "config": json.loads(json.dumps(job_cfg, default=str)),
+        "data": [str(d.resolve()) for d in data],
+        "val": [str(d.resolve()) for d in val],
+    }
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
-        mine = data[s.rank::s.size] if len(data) >= s.size else data
+        mine = data[s.rank :: s.size] if len(data) >= s.size else data
         train = [load_training_volume(d, cfg.model, cfg.examples, tcfg.seed) for d in mine]
         vols_val = [load_training_volume(d, cfg.model, cfg.examples, tcfg.seed) for d in val]
-        job = FFNJob(cfg.model, cfg.examples, train, vols_val, tcfg.seed, tcfg.checkpoint_every, fingerprint,
-                     cfg.augment)
+        job = FFNJob(
+            cfg.model, cfg.examples, train, vols_val, tcfg.seed, tcfg.checkpoint_every, fingerprint, cfg.augment
+        )
         result = run_training(job, tcfg, out / "train", s, restart=restart)
         if result.stopped_by_signal:
             s.barrier()
             return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
         if s.is_root:
             arrays = wio.load_npz(result.weights_file)
-            doc = {"inference": {"move_threshold": cfg.examples.move_threshold},
-                   "training": {"command": portable_command(list(command or sys.argv)),
-                                "ranks": result.ranks, "global_batch": result.global_batch, "steps": result.steps,
-                                "seconds_last_run": result.seconds, "examples_per_s_last_run": result.examples_per_s,
-                                "data": [portable_path(d) for d in data],
-                                "validation_data": [portable_path(d) for d in val],
-                                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                "config": json.loads(json.dumps(config_to_dict(cfg), default=str)),
-                                "rank_weight_digests": result.rank_weight_digests},
-                   "validation": {"episodes_f1_at_0.9": result.best_metrics or result.last_metrics,
-                                  "best_step": result.best_step}}
+            doc = {
+                "inference": {"move_threshold": cfg.examples.move_threshold},
+                "training": {
+                    "command": portable_command(list(command or sys.argv)),
+                    "ranks": result.ranks,
+                    "global_batch": result.global_batch,
+                    "steps": result.steps,
+                    "seconds_last_run": result.seconds,
+                    "examples_per_s_last_run": result.examples_per_s,
+                    "data": [portable_path(d) for d in data],
+                    "validation_data": [portable_path(d) for d in val],
+                    "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "config": json.loads(json.dumps(config_to_dict(cfg), default=str)),
+                    "rank_weight_digests": result.rank_weight_digests,
+                },
+                "validation": {
+                    "episodes_f1_at_0.9": result.best_metrics or result.last_metrics,
+                    "best_step": result.best_step,
+                },
+            }
             v0 = vs[0]
             if cfg.examples.voxel_size_nm_yx:  # the model's input pixels, not the data's
                 v0 = (v0[0], cfg.examples.voxel_size_nm_yx, cfg.examples.voxel_size_nm_yx)
@@ -553,8 +640,6 @@ def train_ffn(data_dirs: Sequence, out_dir, cfg: FFNTrainConfig = FFNTrainConfig
             with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
                 write_model_dir(tmp, arrays, cfg.model, v0, doc)
                 write_model_card(tmp)
-            summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
-                       "seconds": result.seconds, "validation": doc["validation"],
-                       "rank_weight_digests": result.rank_weight_digests}
+            summary = run_summary(out, result, result.seconds, doc["validation"])
         s.barrier()
     return summary

@@ -147,23 +147,35 @@ def agglomerate(affs: np.ndarray, fragments: np.ndarray, thresholds, scoring: st
 
     out = []
     with _quiet_stdout():
-        for seg in waterz.agglomerate(np.ascontiguousarray(affs, np.float32), [float(t) for t in thresholds],
-                                      fragments=np.array(fragments, np.uint64, order="C", copy=True),
-                                      **_waterz_args(scoring)):
+        for seg in waterz.agglomerate(
+            np.ascontiguousarray(affs, np.float32),
+            [float(t) for t in thresholds],
+            fragments=np.array(fragments, np.uint64, order="C", copy=True),
+            **_waterz_args(scoring),
+        ):
             out.append(np.array(seg, np.uint64, copy=True))
     return out
 
 
-def agglomerate_with_graph(affs: np.ndarray, fragments: np.ndarray, threshold: float, scoring: str = "mean"
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def agglomerate_with_graph(
+    affs: np.ndarray, fragments: np.ndarray, threshold: float, scoring: str = "mean"
+) -> tuple[np.ndarray, np.ndarray]:
     """The segmentation at ``threshold`` and its region graph: (n, 3) float64 rows ``u, v,
     score`` (score = 1 - mean affinity along the shared face of segments ``u`` and ``v``)."""
     import waterz
 
     with _quiet_stdout():
-        seg, graph = next(iter(waterz.agglomerate(np.ascontiguousarray(affs, np.float32), [float(threshold)],
-                                                  fragments=np.array(fragments, np.uint64, order="C", copy=True),
-                                                  return_region_graph=True, **_waterz_args(scoring))))
+        seg, graph = next(
+            iter(
+                waterz.agglomerate(
+                    np.ascontiguousarray(affs, np.float32),
+                    [float(threshold)],
+                    fragments=np.array(fragments, np.uint64, order="C", copy=True),
+                    return_region_graph=True,
+                    **_waterz_args(scoring),
+                )
+            )
+        )
         seg = np.array(seg, np.uint64, copy=True)
     rows = np.array([(e["u"], e["v"], e["score"]) for e in graph], np.float64).reshape(-1, 3)
     return seg, rows
@@ -207,8 +219,9 @@ def absorb_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return ids[target][flat]
 
 
-def segment_watershed(boundary4: np.ndarray, cfg: WatershedConfig = WatershedConfig(),
-                      mask: Optional[np.ndarray] = None) -> np.ndarray:
+def segment_watershed(
+    boundary4: np.ndarray, cfg: WatershedConfig = WatershedConfig(), mask: Optional[np.ndarray] = None
+) -> np.ndarray:
     """uint64 (z, y, x) neurons from ``boundary4`` ((4, z, y, x) uint8 of predict-boundaries, or
     float in [0, 1]); ``mask`` (vessels) voxels stay 0."""
     scale = 255.0 if boundary4.dtype == np.uint8 else 1.0

@@ -108,8 +108,13 @@ def _run_child(cmds: list[list[str]], tdir: Path, timeout: float | None) -> tupl
     """Run the commands in one child; (exit code or None on timeout, last stderr line)."""
     (tdir / "commands.json").write_text(json.dumps(cmds, indent=1))
     with open(tdir / "log.txt", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "hpo.trial", str(tdir / "commands.json")], stdout=log,
-                                stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo.trial", str(tdir / "commands.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            start_new_session=True,
+        )
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -162,8 +167,11 @@ def run_trial(job, space_file: str, out: str):
             return _fail(tdir, result, "F_not_scored", why)
         shutil.rmtree(ws, ignore_errors=True)
         base = space.base_point()
-        meta = {"seconds": result["seconds"], "trial_dir": str(tdir), "base_config": base is not None and all(
-            _close(base[k], values[k]) for k in base)}
+        meta = {
+            "seconds": result["seconds"],
+            "trial_dir": str(tdir),
+            "base_config": base is not None and all(_close(base[k], values[k]) for k in base),
+        }
         meta.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         result.update(status="ok", objective=objective, metrics=metrics)
         (tdir / "result.json").write_text(json.dumps(result, indent=1, default=str))

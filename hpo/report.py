@@ -26,8 +26,10 @@ def _load(out: Path) -> tuple[dict, list[dict]]:
     if not out.is_dir():
         raise UserInputError(f"DIR {out}: not found")
     if not (out / RESULTS).is_file() or not (out / "space.json").is_file():
-        raise UserInputError(f"DIR {out}: no results.csv and space.json (not a `connectome hpo run` --out folder, "
-                             "or no trial finished yet)")
+        raise UserInputError(
+            f"DIR {out}: no results.csv and space.json (not a `connectome hpo run` --out folder, "
+            "or no trial finished yet)"
+        )
     try:
         snap = json.loads((out / "space.json").read_text())
         rows = read_results(out)
@@ -45,8 +47,10 @@ def report(out, top: int = 10) -> int:
     ok = [r for r in rows if as_number(r.get("objective")) is not None]
     failed = len(rows) - len(ok)
     if not ok:
-        raise UserInputError(f"DIR {out}: no successful evaluation among {len(rows)} in results.csv "
-                             "(see trials/*/result.json for the reasons)")
+        raise UserInputError(
+            f"DIR {out}: no successful evaluation among {len(rows)} in results.csv "
+            "(see trials/*/result.json for the reasons)"
+        )
     ok.sort(key=lambda r: (-as_number(r["objective"]), int(r["job_id"])))
     best = ok[0]
     from hpo.objective import trial_dir
@@ -56,29 +60,49 @@ def report(out, top: int = 10) -> int:
         raise UserInputError(f"DIR {out}: the best trial's config {src} is missing")
     _check_loadable(snap["stage"], src)
     base = [r for r in ok if str(r.get("m:base_config")).lower() == "true"]
-    header = (f"# best of {len(rows)} evaluations of a `connectome hpo run` sweep ({snap['stage']}, objective "
-              f"{snap['objective']} = {as_number(best['objective']):.6g}, trial {best['job_id']})\n"
-              f"# use: connectome {_stage_cmd(snap['stage'])} ... --config best.yaml\n")
+    header = (
+        f"# best of {len(rows)} evaluations of a `connectome hpo run` sweep ({snap['stage']}, objective "
+        f"{snap['objective']} = {as_number(best['objective']):.6g}, trial {best['job_id']})\n"
+        f"# use: connectome {_stage_cmd(snap['stage'])} ... --config best.yaml\n"
+    )
     tmp = out / "best.yaml.tmp"
     tmp.write_text(header + src.read_text())
     tmp.replace(out / "best.yaml")
 
-    metric_cols = [c for c in rows[0] if c.startswith("m:") and c not in (
-        "m:timestamp_submit", "m:timestamp_gather", "m:timestamp_start", "m:timestamp_end", "m:trial_dir",
-        "m:base_config", "m:seconds")]
+    metric_cols = [
+        c
+        for c in rows[0]
+        if c.startswith("m:")
+        and c
+        not in (
+            "m:timestamp_submit",
+            "m:timestamp_gather",
+            "m:timestamp_start",
+            "m:timestamp_end",
+            "m:trial_dir",
+            "m:base_config",
+            "m:seconds",
+        )
+    ]
     cols = ["rank", "job_id", "objective"] + params + ["m:seconds"] + metric_cols
-    table = [[str(i + 1), r["job_id"], _fmt(r["objective"])] + [_fmt(r.get(c)) for c in params + ["m:seconds"]
-                                                                + metric_cols] for i, r in enumerate(ok[:top])]
+    table = [
+        [str(i + 1), r["job_id"], _fmt(r["objective"])] + [_fmt(r.get(c)) for c in params + ["m:seconds"] + metric_cols]
+        for i, r in enumerate(ok[:top])
+    ]
     with open(out / "top.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([c.removeprefix("p:").removeprefix("m:") for c in cols])
         for r in ok[:top]:
-            w.writerow([ok.index(r) + 1, r["job_id"], r["objective"]] + [r.get(c, "") for c in params + ["m:seconds"]
-                                                                          + metric_cols])
+            w.writerow(
+                [ok.index(r) + 1, r["job_id"], r["objective"]]
+                + [r.get(c, "") for c in params + ["m:seconds"] + metric_cols]
+            )
     _plot(rows, out / "objective.png", snap["objective"])
 
-    print(f"hpo report: {out} -- {snap['stage']} sweep, objective {snap['objective']}: {len(rows)} evaluations, "
-          f"{failed} failed")
+    print(
+        f"hpo report: {out} -- {snap['stage']} sweep, objective {snap['objective']}: {len(rows)} evaluations, "
+        f"{failed} failed"
+    )
     shown = ["rank", "job_id", "objective"] + [c[2:] for c in params] + ["seconds"]
     width = len(shown)
     _print_table(shown, [row[:width] for row in table])

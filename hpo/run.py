@@ -51,8 +51,9 @@ def _check_out(out: Path, space) -> int:
         except (OSError, ValueError) as exc:
             raise UserInputError(f"--out {out}: unreadable space.json ({exc})") from None
         if old.get("digest") != space.digest():
-            raise UserInputError(f"--out {out}: holds a sweep of another space (from {old.get('space_file')}); "
-                                 "use a new --out folder")
+            raise UserInputError(
+                f"--out {out}: holds a sweep of another space (from {old.get('space_file')}); use a new --out folder"
+            )
     elif (out / RESULTS).is_file():
         raise UserInputError(f"--out {out}: has a results.csv but no space.json; not a `connectome hpo run` folder")
     return count_results(out)
@@ -77,8 +78,11 @@ def _print_done(self, job) -> None:
     obj = job.objective
     text = f"{obj:.6g}" if isinstance(obj, (int, float)) else str(obj)
     sec = (job.metadata or {}).get("seconds")
-    print(f"hpo: trial {str(job.id).split('.')[-1]} ({self.done}/{self.total}): objective {text}"
-          + (f" in {sec:.1f} s" if isinstance(sec, (int, float)) else ""), flush=True)
+    print(
+        f"hpo: trial {str(job.id).split('.')[-1]} ({self.done}/{self.total}): objective {text}"
+        + (f" in {sec:.1f} s" if isinstance(sec, (int, float)) else ""),
+        flush=True,
+    )
 
 
 def run_search(space_file, out, max_evals: int, method: str = "serial", workers: int | None = None) -> int:
@@ -96,11 +100,14 @@ def run_search(space_file, out, max_evals: int, method: str = "serial", workers:
 
         comm = MPI.COMM_WORLD
         if comm.Get_size() < 2:
-            raise UserInputError("--evaluator mpicomm: needs at least 2 MPI ranks (rank 0 is the master); "
-                                 "launch with mpiexec -n K")
+            raise UserInputError(
+                "--evaluator mpicomm: needs at least 2 MPI ranks (rank 0 is the master); launch with mpiexec -n K"
+            )
         if workers is not None:
-            raise UserInputError(f"--workers: with mpicomm the workers are the MPI ranks after rank 0 "
-                                 f"({comm.Get_size() - 1} here); leave --workers out")
+            raise UserInputError(
+                f"--workers: with mpicomm the workers are the MPI ranks after rank 0 "
+                f"({comm.Get_size() - 1} here); leave --workers out"
+            )
     space = load_space(space_file)
     out = Path(out).resolve()
     done = _check_out(out, space)  # every rank decides the same (before any rank writes)
@@ -117,8 +124,10 @@ def run_search(space_file, out, max_evals: int, method: str = "serial", workers:
 
     from hpo.objective import run_trial, run_trial_async
 
-    kwargs = {"run_function_kwargs": {"space_file": str(space.path), "out": str(out)},
-              "callbacks": [_progress(max_evals, done)]}
+    kwargs = {
+        "run_function_kwargs": {"space_file": str(space.path), "out": str(out)},
+        "callbacks": [_progress(max_evals, done)],
+    }
     if method in ("thread", "process"):
         kwargs["num_workers"] = workers or 1
     if method == "mpicomm":
@@ -130,23 +139,39 @@ def run_search(space_file, out, max_evals: int, method: str = "serial", workers:
         kwargs["storage"] = MemoryStorage()
     if not master:
         sys.stdout = open(os.devnull, "w")  # DeepHyper's workers print every result
-    evaluator = Evaluator.create(run_trial_async if method == "serial" else run_trial, method=method, method_kwargs=kwargs)
+    evaluator = Evaluator.create(
+        run_trial_async if method == "serial" else run_trial, method=method, method_kwargs=kwargs
+    )
     with evaluator:
         if method == "mpicomm" and not evaluator.is_master:
             return 0  # a worker rank: served trials until the master finished
         out.mkdir(parents=True, exist_ok=True)
-        snap = {"digest": space.digest(), "space_file": str(space.path), "stage": space.stage,
-                "objective": space.objective, "space": space.identity()}
+        snap = {
+            "digest": space.digest(),
+            "space_file": str(space.path),
+            "stage": space.stage,
+            "objective": space.objective,
+            "space": space.identity(),
+        }
         (out / "space.json").write_text(json.dumps(snap, indent=1, default=str))
         base = space.base_point() if done == 0 else None
         # a continuation draws from its own (still fixed) random state: with the original one the
         # optimizer would propose the first run's initial random points again
-        search = CBO(space.problem(), random_state=space.random_state + done, log_dir=str(out), checkpoint_restart=True,
-                     surrogate_model=space.surrogate_model, n_initial_points=space.n_initial_points,
-                     initial_points=[base] if base else None)
-        print(f"hpo run: {space.stage} sweep, {len(space.params)} parameters, objective {space.objective}; "
-              f"{remaining} evaluation(s) to run with {method} "
-              f"({evaluator.num_workers} worker(s)), {done} already in {out / RESULTS}", flush=True)
+        search = CBO(
+            space.problem(),
+            random_state=space.random_state + done,
+            log_dir=str(out),
+            checkpoint_restart=True,
+            surrogate_model=space.surrogate_model,
+            n_initial_points=space.n_initial_points,
+            initial_points=[base] if base else None,
+        )
+        print(
+            f"hpo run: {space.stage} sweep, {len(space.params)} parameters, objective {space.objective}; "
+            f"{remaining} evaluation(s) to run with {method} "
+            f"({evaluator.num_workers} worker(s)), {done} already in {out / RESULTS}",
+            flush=True,
+        )
         # strict cap on the jobs in DeepHyper's storage, which a checkpoint restart refills with
         # job ids 0..max(job_id) of results.csv (ids of trials killed unfinished included)
         search.search(evaluator, max_evals=max_evals + _max_job_id(out) + 1 - done, max_evals_strict=True)
@@ -177,6 +202,9 @@ def as_number(value):
 
 
 def best_row(out: Path):
-    rows = [r for r in read_results(out) if as_number(r.get("objective")) is not None] \
-        if (Path(out) / RESULTS).is_file() else []
+    rows = (
+        [r for r in read_results(out) if as_number(r.get("objective")) is not None]
+        if (Path(out) / RESULTS).is_file()
+        else []
+    )
     return max(rows, key=lambda r: (as_number(r["objective"]), -int(r["job_id"]))) if rows else None

@@ -51,11 +51,25 @@ STAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 #: objective aliases -> (section, key) of ``evaluation.json``
-ALIASES = {"arand": ("segmentation", "arand_error"), "voi": ("segmentation", "voi_sum"),
-           "iou": ("vessels", "iou"), "vessel_iou": ("vessels", "iou")}
+ALIASES = {
+    "arand": ("segmentation", "arand_error"),
+    "voi": ("segmentation", "voi_sum"),
+    "iou": ("vessels", "iou"),
+    "vessel_iou": ("vessels", "iou"),
+}
 #: metrics where lower is better: maximising them as they are is refused
-LOWER_IS_BETTER = {"arand_error", "voi_sum", "voi_split", "voi_merge", "unlabelled_fraction", "split_truth_objects",
-                   "merger_segments", "residual_median_px", "residual_max_px", "fraction_over_flag"}
+LOWER_IS_BETTER = {
+    "arand_error",
+    "voi_sum",
+    "voi_split",
+    "voi_merge",
+    "unlabelled_fraction",
+    "split_truth_objects",
+    "merger_segments",
+    "residual_median_px",
+    "residual_max_px",
+    "fraction_over_flag",
+}
 STAGE_SECTION = {"segment": "segmentation", "train-ffn": "segmentation", "train-vessel": "vessels"}
 
 _TOP_KEYS = {"stage", "base_config", "fixed", "parameters", "objective", "validation", "train", "budget", "search"}
@@ -110,7 +124,7 @@ class Space:
     #: the stage config every trial starts from (base_config with ``fixed`` applied), nested dict
     base: dict
     params: tuple[Param, ...]
-    objective: str            # as written, e.g. "-arand"
+    objective: str  # as written, e.g. "-arand"
     section: str
     key: str
     sign: float
@@ -159,10 +173,19 @@ class Space:
 
     def identity(self) -> dict:
         """What a results.csv depends on (a rerun into the same --out must match it)."""
-        return {"stage": self.stage, "base": self.base, "params": [dataclasses.asdict(p) for p in self.params],
-                "objective": self.objective, "validation": self.validation, "train": self.train,
-                "steps": self.steps, "seconds": self.seconds, "random_state": self.random_state,
-                "n_initial_points": self.n_initial_points, "surrogate_model": self.surrogate_model}
+        return {
+            "stage": self.stage,
+            "base": self.base,
+            "params": [dataclasses.asdict(p) for p in self.params],
+            "objective": self.objective,
+            "validation": self.validation,
+            "train": self.train,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "random_state": self.random_state,
+            "n_initial_points": self.n_initial_points,
+            "surrogate_model": self.surrogate_model,
+        }
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -170,6 +193,7 @@ class Space:
 
 # ---------------------------------------------------------------------------------------------
 # the config dataclass as a tree of dotted names
+
 
 def _set(data: dict, dotted: str, value) -> None:
     node = data
@@ -192,14 +216,16 @@ def field_type(cls: type, dotted: str, where: str):
     parts = dotted.split(".")
     for i, part in enumerate(parts):
         if not dataclasses.is_dataclass(tp):
-            raise UserInputError(f"{where}: unknown field '{dotted}' in {cls.__name__} "
-                                 f"('{'.'.join(parts[:i])}' has no fields)")
+            raise UserInputError(
+                f"{where}: unknown field '{dotted}' in {cls.__name__} ('{'.'.join(parts[:i])}' has no fields)"
+            )
         hints = typing.get_type_hints(tp)
         names = [f.name for f in dataclasses.fields(tp) if f.init]
         if part not in names:
             scope = ".".join(parts[:i]) or cls.__name__
-            raise UserInputError(f"{where}: unknown field '{dotted}' in {cls.__name__} "
-                                 f"(known in {scope}: {', '.join(sorted(names))})")
+            raise UserInputError(
+                f"{where}: unknown field '{dotted}' in {cls.__name__} (known in {scope}: {', '.join(sorted(names))})"
+            )
         tp = hints[part]
     return tp
 
@@ -226,12 +252,15 @@ def parse_param(cls: type, name: str, spec, where: str) -> Param:
     tp = field_type(cls, name, where)
     at = f"{where}: parameters.{name}"
     if dataclasses.is_dataclass(tp):
-        raise UserInputError(f"{at}: is a section of {cls.__name__}, not a field; name one of its fields "
-                             f"(e.g. {name}.{dataclasses.fields(tp)[0].name})")
+        raise UserInputError(
+            f"{at}: is a section of {cls.__name__}, not a field; name one of its fields "
+            f"(e.g. {name}.{dataclasses.fields(tp)[0].name})"
+        )
     kind, allowed = _scalar_kind(tp)
     if not kind:
-        raise UserInputError(f"{at}: only scalar fields (bool, int, float, str, one of a Literal) can be searched; "
-                             f"this one is {tp}")
+        raise UserInputError(
+            f"{at}: only scalar fields (bool, int, float, str, one of a Literal) can be searched; this one is {tp}"
+        )
     low = high = None
     log = False
     choices = None
@@ -255,16 +284,21 @@ def parse_param(cls: type, name: str, spec, where: str) -> Param:
         else:
             choices = spec
     else:
-        raise UserInputError(f"{at}: expected a range [low, high], {{low, high, log}} or a list of choices, "
-                             f"got {spec!r}")
+        raise UserInputError(
+            f"{at}: expected a range [low, high], {{low, high, log}} or a list of choices, got {spec!r}"
+        )
 
     if choices is not None:
         if not isinstance(choices, list) or not choices:
             raise UserInputError(f"{at}: empty choices (give at least one value)")
         out = []
         for v in choices:
-            ok = {"bool": isinstance(v, bool), "int": isinstance(v, int) and not isinstance(v, bool),
-                  "float": _is_number(v), "str": isinstance(v, str)}[kind]
+            ok = {
+                "bool": isinstance(v, bool),
+                "int": isinstance(v, int) and not isinstance(v, bool),
+                "float": _is_number(v),
+                "str": isinstance(v, str),
+            }[kind]
             if not ok or (allowed is not None and v not in allowed):
                 want = f"one of {', '.join(repr(a) for a in allowed)}" if allowed is not None else f"a {kind}"
                 raise UserInputError(f"{at}: choice {v!r} is not {want}")
@@ -289,6 +323,7 @@ def parse_param(cls: type, name: str, spec, where: str) -> Param:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def _mapping(doc: Mapping, key: str, where: str) -> dict:
     value = doc.get(key) or {}
@@ -361,8 +396,10 @@ def load_space(path: str | Path) -> Space:
     # parameters
     raw_params = doc.get("parameters")
     if not isinstance(raw_params, Mapping) or not raw_params:
-        raise UserInputError(f"{where}: 'parameters' expects a non-empty mapping of dotted field names "
-                             f"of {cls.__name__} to ranges or choices")
+        raise UserInputError(
+            f"{where}: 'parameters' expects a non-empty mapping of dotted field names "
+            f"of {cls.__name__} to ranges or choices"
+        )
     params = tuple(parse_param(cls, str(name), spec, where) for name, spec in raw_params.items())
     names = [p.name for p in params]
     for a in names:
@@ -371,14 +408,16 @@ def load_space(path: str | Path) -> Space:
                 raise UserInputError(f"{where}: parameters '{a}' and '{b}' overlap")
     # every range end and choice alone on the base config must be a valid config
     for p in params:
-        for v in (p.choices if p.choices is not None else (p.low, p.high)):
+        for v in p.choices if p.choices is not None else (p.low, p.high):
             trial = json.loads(json.dumps(base))
             _set(trial, p.name, p.coerce(v))
             try:
                 config_from_dict(cls, trial, source="trial")
             except UserInputError as exc:
-                raise UserInputError(f"{where}: parameters.{p.name}: value {p.coerce(v)!r} is not accepted by "
-                                     f"{cls.__name__} ({str(exc).removeprefix('trial: ')})") from None
+                raise UserInputError(
+                    f"{where}: parameters.{p.name}: value {p.coerce(v)!r} is not accepted by "
+                    f"{cls.__name__} ({str(exc).removeprefix('trial: ')})"
+                ) from None
 
     # objective
     obj = doc.get("objective")
@@ -392,28 +431,36 @@ def load_space(path: str | Path) -> Space:
     elif "." in name:
         section, key = name.split(".", 1)
     else:
-        raise UserInputError(f"{where}: objective '{obj}': unknown metric (use -arand, -voi, iou or "
-                             f"[-]SECTION.KEY of evaluation.json, e.g. -segmentation.voi_merge)")
+        raise UserInputError(
+            f"{where}: objective '{obj}': unknown metric (use -arand, -voi, iou or "
+            f"[-]SECTION.KEY of evaluation.json, e.g. -segmentation.voi_merge)"
+        )
     if section != STAGE_SECTION[stage]:
-        raise UserInputError(f"{where}: objective '{obj}': stage {stage} is scored in section "
-                             f"'{STAGE_SECTION[stage]}' of evaluation.json, not '{section}'")
+        raise UserInputError(
+            f"{where}: objective '{obj}': stage {stage} is scored in section "
+            f"'{STAGE_SECTION[stage]}' of evaluation.json, not '{section}'"
+        )
     if sign > 0 and key in LOWER_IS_BETTER:
-        raise UserInputError(f"{where}: objective '{obj}': lower is better for {key}; DeepHyper maximises, "
-                             f"write '-{name}'")
+        raise UserInputError(
+            f"{where}: objective '{obj}': lower is better for {key}; DeepHyper maximises, write '-{name}'"
+        )
 
     # validation, training inputs
     val = _mapping(doc, "validation", where)
-    validation = {"workspace": _path(val.get("workspace"), root, where, "validation.workspace"),
-                  "truth": _path(val.get("truth"), root, where, "validation.truth")}
+    validation = {
+        "workspace": _path(val.get("workspace"), root, where, "validation.workspace"),
+        "truth": _path(val.get("truth"), root, where, "validation.truth"),
+    }
     if not (Path(validation["workspace"]) / "volume.zarr").is_dir():
-        raise UserInputError(f"{where}: 'validation.workspace': {validation['workspace']} is not a connectome "
-                             f"workspace (no volume.zarr)")
+        raise UserInputError(
+            f"{where}: 'validation.workspace': {validation['workspace']} is not a connectome workspace (no volume.zarr)"
+        )
     if not (Path(validation["truth"]) / "truth.zarr").is_dir():
-        raise UserInputError(f"{where}: 'validation.truth': {validation['truth']} is not a `connectome synth` "
-                             f"folder (no truth.zarr)")
+        raise UserInputError(
+            f"{where}: 'validation.truth': {validation['truth']} is not a `connectome synth` folder (no truth.zarr)"
+        )
     if val.get("evaluate_config") is not None:
-        validation["evaluate_config"] = _path(val["evaluate_config"], root, where, "validation.evaluate_config",
-                                              "file")
+        validation["evaluate_config"] = _path(val["evaluate_config"], root, where, "validation.evaluate_config", "file")
     if stage == "segment":
         if val.get("model") is not None:
             validation["model"] = _path(val["model"], root, where, "validation.model")
@@ -460,5 +507,22 @@ def load_space(path: str | Path) -> Space:
     if sm not in ("ET", "RF", "GP", "GBRT", "DUMMY"):
         raise UserInputError(f"{where}: 'search.surrogate_model' expects ET, RF, GP, GBRT or DUMMY, got {sm!r}")
 
-    return Space(path.resolve(), stage, cls, base, params, obj, section, key, sign, validation, train,
-                 steps, float(seconds) if seconds is not None else None, rs, nip, sm, inputs)
+    return Space(
+        path.resolve(),
+        stage,
+        cls,
+        base,
+        params,
+        obj,
+        section,
+        key,
+        sign,
+        validation,
+        train,
+        steps,
+        float(seconds) if seconds is not None else None,
+        rs,
+        nip,
+        sm,
+        inputs,
+    )

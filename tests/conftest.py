@@ -19,20 +19,31 @@ BIN = Path(sys.executable).parent
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m connectome ARGS`` as a real process."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "connectome", *map(str, args)], capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "connectome", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
-def kill_mid_run(args, done_dir: Path, at_least: int, delay_s: float, then_kill: bool = True,
-                 timeout: float = 120) -> subprocess.Popen:
+def kill_mid_run(
+    args, done_dir: Path, at_least: int, delay_s: float, then_kill: bool = True, timeout: float = 120
+) -> subprocess.Popen:
     """Start ``connectome *args`` in its own process group with every block slowed by ``delay_s``
     (CONNECTOME_BLOCK_DELAY_S), wait until ``done_dir`` holds ``at_least`` done-markers, then (with
     ``then_kill``) SIGKILL the whole group and reap it. Returns the process."""
     import signal
 
     cmd = [sys.executable, "-m", "connectome", *map(str, args)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": str(delay_s)},
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": str(delay_s)},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         if done_dir.is_dir() and len(os.listdir(done_dir)) >= at_least:
@@ -70,18 +81,52 @@ def dask_cluster(tmp_path_factory):
     scheduler file."""
     d = tmp_path_factory.mktemp("dask")
     sched_file = d / "scheduler.json"
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--scheduler-file", str(sched_file), "--host",
-                               "127.0.0.1", "--port", "0", "--dashboard-address", ":0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--scheduler-file",
+                str(sched_file),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=d,
+        )
+    ]
     try:
         deadline = time.time() + 60
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.2)
         assert sched_file.exists(), "dask scheduler did not start"
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", "--scheduler-file", str(sched_file),
-                                       "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1",
-                                       "--no-dashboard", "--local-directory", str(d)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    "--scheduler-file",
+                    str(sched_file),
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(d),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=d,
+            )
+        )
         from distributed import Client
 
         with Client(scheduler_file=str(sched_file), timeout="30s") as c:
@@ -129,8 +174,10 @@ def _fail_unexpected_skip(report) -> None:
     if any(allowed in reason for allowed in CI_ALLOWED_SKIP_REASONS):
         return
     report.outcome = "failed"
-    report.longrepr = (f"unexpected skip under CI=true ({reason}); install what it needs, or add the reason to "
-                       "CI_ALLOWED_SKIP_REASONS in tests/conftest.py with why")
+    report.longrepr = (
+        f"unexpected skip under CI=true ({reason}); install what it needs, or add the reason to "
+        "CI_ALLOWED_SKIP_REASONS in tests/conftest.py with why"
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)

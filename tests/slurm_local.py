@@ -27,8 +27,9 @@ TOOLS = ("munged", "slurmctld", "slurmd", "qsub", "sbatch", "squeue", "scontrol"
 
 
 def _which(tool: str) -> str | None:
-    return shutil.which(tool) or next((p for p in (f"/usr/sbin/{tool}", f"/usr/bin/{tool}")
-                                       if os.access(p, os.X_OK)), None)
+    return shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/usr/bin/{tool}") if os.access(p, os.X_OK)), None
+    )
 
 
 def ensure_packages(timeout: float = 600) -> str | None:
@@ -40,12 +41,14 @@ def ensure_packages(timeout: float = 600) -> str | None:
     if not shutil.which("apt-get"):
         return "slurm-wlm/slurm-wlm-torque/munge are not installed and apt-get is not available"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    r = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True, env=env,
-                       timeout=timeout)
+    r = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True, env=env, timeout=timeout
+    )
     if r.returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=timeout)
-        r = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True,
-                           env=env, timeout=timeout)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True, env=env, timeout=timeout
+        )
     if r.returncode != 0 or not all(_which(t) for t in TOOLS):
         return f"apt-get install {' '.join(PACKAGES)} failed: {(r.stderr or r.stdout).strip()[-300:]}"
     return None
@@ -97,8 +100,9 @@ class LocalSlurm:
         for d in ("/var/lib/munge", "/var/log/munge"):
             Path(d).mkdir(parents=True, exist_ok=True)
             shutil.chown(d, "munge", "munge")
-        subprocess.run(["runuser", "-u", "munge", "--", _which("munged"), "--force"], check=True,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["runuser", "-u", "munge", "--", _which("munged"), "--force"], check=True, capture_output=True, timeout=30
+        )
         pid_file = run_dir / "munged.pid"
         deadline = time.time() + 20
         while time.time() < deadline and not _munge_works():
@@ -154,8 +158,9 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             args = [_which(daemon), "-D", "-f", str(self.conf)]
             if daemon == "slurmctld":
                 args.append("-c")  # fresh state, no jobs from an earlier run
-            self._procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True))
+            self._procs.append(
+                subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            )
             time.sleep(0.5)
         deadline = time.time() + timeout
         state = ""

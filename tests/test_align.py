@@ -16,17 +16,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import BIN, run_cli, tree_digest
+
 from connectome.montage.qc import ncc
 from connectome.montage.testdata import forward, make_dataset, texture
 from connectome.montage.warp import DisplacementGrid
 
 
 def _stitch_align(data: Path, ws: Path, *extra: str, executor: str = "local") -> None:
-    r = run_cli("stitch", "--tiles", data / "tiles" / "manifest.csv", "--workspace", ws, "--frame-shape",
-                ",".join(map(str, json.loads((data / "truth" / "sections.json").read_text())["shape_zyx"][1:])),
-                "--executor", executor, "--workers", "2")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        data / "tiles" / "manifest.csv",
+        "--workspace",
+        ws,
+        "--frame-shape",
+        ",".join(map(str, json.loads((data / "truth" / "sections.json").read_text())["shape_zyx"][1:])),
+        "--executor",
+        executor,
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("align", "--workspace", ws, "--executor", executor, "--workers", "2", *extra)
     assert r.returncode == 0, r.stderr
@@ -63,6 +73,7 @@ def transform_residuals(data: Path, ws: Path, step: float = 8.0) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # known answers: every section shows the same texture, so the true transforms are recoverable
+
 
 @pytest.fixture(scope="module")
 def known(tmp_path_factory):
@@ -134,6 +145,7 @@ def test_qc_outputs(known):
 # ---------------------------------------------------------------------------------------------
 # synthetic tissue (`connectome synth`): a fold and a missing section
 
+
 @pytest.fixture(scope="module")
 def folded(tmp_path_factory):
     from connectome.synth import generate
@@ -175,6 +187,7 @@ def test_fold_is_flagged_and_bridged_missing_section_left_empty(folded):
 # ---------------------------------------------------------------------------------------------
 # resumption and executors (a small known-answer set)
 
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
@@ -201,10 +214,27 @@ def test_sigkill_then_resume_is_bit_identical(small, tmp_path):
     ws = tmp_path / "ws"
     _fresh_copy(ref, ws)
     done = ws / "blockwise" / "align-render" / "done"
-    cmd = [sys.executable, "-m", "connectome", "align", "--workspace", str(ws), "--block-shape", "2,64,64",
-           "--executor", "local", "--workers", "2"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.1"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "connectome",
+        "align",
+        "--workspace",
+        str(ws),
+        "--block-shape",
+        "2,64,64",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.1"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 8):
         time.sleep(0.02)
@@ -227,8 +257,12 @@ def test_identical_output_across_executors(small, tmp_path, executor, request):
     _fresh_copy(ref, ws)
     args = ["align", "--workspace", str(ws), "--block-shape", "2,64,64"]
     if executor == "mpi":
-        r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
-                            "--executor", "mpi"], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args, "--executor", "mpi"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     elif executor == "dask":
         sched = request.getfixturevalue("dask_cluster")
         r = run_cli(*args, "--executor", "dask", "--scheduler-file", sched)
@@ -256,6 +290,7 @@ def test_rerun_does_nothing_and_align_needs_stitch(small, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # units with known answers
 
+
 def test_register_pair_recovers_an_affine_and_a_smooth_warp():
     from scipy import ndimage
 
@@ -265,13 +300,13 @@ def test_register_pair_recovers_an_affine_and_a_smooth_warp():
     fixed = world[10:410, 10:410]
     a = np.array([[np.cos(0.004), -np.sin(0.004), 3.3], [np.sin(0.004), np.cos(0.004), -5.2]])
     yy, xx = np.mgrid[:400, :400].astype(float)
-    bump = 1.5 * np.exp(-((yy - 200) ** 2 + (xx - 150) ** 2) / (2 * 60.0 ** 2))
-    # moving(P(q)) = fixed(q) with P(q) = A q + (bump, 0): sample fixed at P^-1 by fixed-point iteration
+    # moving(P(q)) = fixed(q) with P(q) = A q + (bump, 0), bump a 1.5 px Gaussian (sigma 60) at (200, 150):
+    # sample fixed at P^-1 by fixed-point iteration
     q = np.stack([yy, xx], -1)
     p = q.copy()
     ainv = np.linalg.inv(a[:, :2])
     for _ in range(8):
-        b = 1.5 * np.exp(-((p[..., 0] - 200) ** 2 + (p[..., 1] - 150) ** 2) / (2 * 60.0 ** 2))
+        b = 1.5 * np.exp(-((p[..., 0] - 200) ** 2 + (p[..., 1] - 150) ** 2) / (2 * 60.0**2))
         p = (q - a[:, 2] - np.stack([b, np.zeros_like(b)], -1)) @ ainv.T
     moving = ndimage.map_coordinates(world, [p[..., 0] + 10, p[..., 1] + 10], order=3, mode="nearest")
     mask = np.ones((400, 400), bool)
@@ -279,7 +314,7 @@ def test_register_pair_recovers_an_affine_and_a_smooth_warp():
     assert res.ok, res.reason
     pts = np.stack(np.meshgrid(np.arange(60, 340, 20.0), np.arange(60, 340, 20.0), indexing="ij"), -1).reshape(-1, 2)
     want = pts @ a[:, :2].T + a[:, 2]
-    want[:, 0] += 1.5 * np.exp(-((pts[:, 0] - 200) ** 2 + (pts[:, 1] - 150) ** 2) / (2 * 60.0 ** 2))
+    want[:, 0] += 1.5 * np.exp(-((pts[:, 0] - 200) ** 2 + (pts[:, 1] - 150) ** 2) / (2 * 60.0**2))
     err = np.hypot(*(res.grid.apply(pts) - want).T)
     assert np.median(err) < 0.3 and err.max() < 1.0, (np.median(err), err.max())
 
@@ -321,24 +356,48 @@ def test_config_defaults_pinned_and_loadable(tmp_path):
     from connectome.montage.stitch_stage import StitchConfig
 
     s, a = StitchConfig(), AlignConfig()
-    assert (s.stage_jitter_px, s.search_px, s.min_z, s.strong_z, s.min_ncc, s.min_peak_ratio, s.max_residual_px,
-            s.voxel_size_nm) == (15.0, 32, 2.0, 8.0, 0.2, 1.1, 3.0, (40.0, 8.0, 8.0))
-    assert (a.pair.match_downsample, a.pair.patch_px, a.pair.stride_px, a.pair.min_peak_ratio, a.pair.min_coverage,
-            a.pair.smoothness, a.pair.regulariser, a.neighbours, a.max_skip, a.max_fold_score) == \
-        (2, 192, 64, 1.3, 0.2, 0.25, "bending", 1, 4, 3.8)
-    assert (a.drift_prior.translation_px, a.drift_prior.linear_px, a.drift_prior.warp_px, a.drift_prior.match_px,
-            a.drift_prior.estimate_flow) == (6.0, 1.0, 1.5, 1.0, True)
+    assert (
+        s.stage_jitter_px,
+        s.search_px,
+        s.min_z,
+        s.strong_z,
+        s.min_ncc,
+        s.min_peak_ratio,
+        s.max_residual_px,
+        s.voxel_size_nm,
+    ) == (15.0, 32, 2.0, 8.0, 0.2, 1.1, 3.0, (40.0, 8.0, 8.0))
+    assert (
+        a.pair.match_downsample,
+        a.pair.patch_px,
+        a.pair.stride_px,
+        a.pair.min_peak_ratio,
+        a.pair.min_coverage,
+        a.pair.smoothness,
+        a.pair.regulariser,
+        a.neighbours,
+        a.max_skip,
+        a.max_fold_score,
+    ) == (2, 192, 64, 1.3, 0.2, 0.25, "bending", 1, 4, 3.8)
+    assert (
+        a.drift_prior.translation_px,
+        a.drift_prior.linear_px,
+        a.drift_prior.warp_px,
+        a.drift_prior.match_px,
+        a.drift_prior.estimate_flow,
+    ) == (6.0, 1.0, 1.5, 1.0, True)
     assert a.blockwise.block_shape_zyx == (8, 256, 256)
     cfg = tmp_path / "a.yaml"
     cfg.write_text("pair:\n  patch_px: 128\n  stride_px: 48\nmax_skip: 3\n")
     loaded = load_config(AlignConfig, cfg)
     assert loaded.pair.patch_px == 128 and loaded.pair.stride_px == 48 and loaded.max_skip == 3
-    for text, message in (("pair:\n  patchpx: 128\n", "unknown key 'pair.patchpx'"),
-                          ("pair:\n  patch_px: 97\n", "patch_px must be a multiple of 2 \\* match_downsample"),
-                          ("pair:\n  regulariser: spline\n", "regulariser must be 'bending' or 'membrane'"),
-                          ("neighbours: 0\n", "neighbours >= 1"),
-                          ("drift_prior:\n  flow_px: -1\n", "flow_px must be >= 0"),
-                          ("drift_prior:\n  linear_px: -1\n", "linear_px must be >= 0")):
+    for text, message in (
+        ("pair:\n  patchpx: 128\n", "unknown key 'pair.patchpx'"),
+        ("pair:\n  patch_px: 97\n", "patch_px must be a multiple of 2 \\* match_downsample"),
+        ("pair:\n  regulariser: spline\n", "regulariser must be 'bending' or 'membrane'"),
+        ("neighbours: 0\n", "neighbours >= 1"),
+        ("drift_prior:\n  flow_px: -1\n", "flow_px must be >= 0"),
+        ("drift_prior:\n  linear_px: -1\n", "linear_px must be >= 0"),
+    ):
         cfg.write_text(text)
         with pytest.raises(UserInputError, match=message):
             load_config(AlignConfig, cfg)
@@ -363,8 +422,10 @@ def test_drift_control_bounds_the_wander_of_oblique_content(folded, tmp_path):
     compose_transforms(plain_ws, present, (256, 256), AlignConfig(drift_prior=DriftPrior(0, 0, 0)))
     good = lambda res: np.concatenate([v for z, v in res.items() if z != 6])  # noqa: E731
     ours, plain = good(transform_residuals(data, ws)), good(transform_residuals(data, plain_ws))
-    print(f"synth residual: drift control median {np.median(ours):.2f} / max {ours.max():.2f} px; "
-          f"plain composition {np.median(plain):.2f} / {plain.max():.2f} px")
+    print(
+        f"synth residual: drift control median {np.median(ours):.2f} / max {ours.max():.2f} px; "
+        f"plain composition {np.median(plain):.2f} / {plain.max():.2f} px"
+    )
     assert ours.max() < 0.5 * plain.max()
     assert np.median(ours) < np.median(plain)
 
@@ -372,8 +433,10 @@ def test_drift_control_bounds_the_wander_of_oblique_content(folded, tmp_path):
 def _chain_edges(d_list, ncc):
     from connectome.montage.zsolve import Edge
 
-    return [Edge(z + 1, z, w, (lambda q, d=d: np.broadcast_to(d, q.shape).copy()))
-            for z, (d, w) in enumerate(zip(d_list, ncc))]
+    return [
+        Edge(z + 1, z, w, (lambda q, d=d: np.broadcast_to(d, q.shape).copy()))
+        for z, (d, w) in enumerate(zip(d_list, ncc))
+    ]
 
 
 def test_zsolve_plain_composition_and_pinning():
@@ -387,8 +450,7 @@ def test_zsolve_plain_composition_and_pinning():
     truth = np.cumsum(steps, axis=0)
     prior = DriftPrior()
     plain = solve(nodes, 0, list(range(1, 11)), _chain_edges(steps, [1.0] * 10), DriftPrior(0, 0, 0, 1.0))
-    pinned = solve(nodes, 0, list(range(1, 11)),
-                   _chain_edges(steps, [prior.match_weight(0.99, 1)] * 10), prior)
+    pinned = solve(nodes, 0, list(range(1, 11)), _chain_edges(steps, [prior.match_weight(0.99, 1)] * 10), prior)
     for z in range(1, 11):
         np.testing.assert_allclose(plain[z][4, 4], truth[z - 1], atol=1e-6)
         np.testing.assert_allclose(pinned[z], np.broadcast_to(truth[z - 1], pinned[z].shape), atol=0.05)
@@ -429,8 +491,15 @@ def test_zsolve_keeps_content_flow_out_of_the_transforms():
     n, flow = 48, np.array([0.5, -0.3])
     s = np.vstack([[0.0, 0.0], rng.normal(0, 1.5, (n - 1, 2))])
     w = DriftPrior().match_weight(0.55, 1)
-    edges = [Edge(z, z - 1, w, (lambda q, d=s[z] - s[z - 1] + flow + rng.normal(0, 0.2, 2):
-                                np.broadcast_to(d, q.shape).copy())) for z in range(1, n)]
+    edges = [
+        Edge(
+            z,
+            z - 1,
+            w,
+            (lambda q, d=s[z] - s[z - 1] + flow + rng.normal(0, 0.2, 2): np.broadcast_to(d, q.shape).copy()),
+        )
+        for z in range(1, n)
+    ]
     info: dict = {}
     est = solve(nodes, 0, list(range(1, n)), edges, DriftPrior(flow_scales_with_match=False), info=info)
     plain = solve(nodes, 0, list(range(1, n)), edges, DriftPrior(estimate_flow=False))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from conftest import kill_mid_run, run_cli
 
 from connectome.workspace import STATE_ATTR, Workspace
-from conftest import kill_mid_run, run_cli
 
 SMOOTH = ["--sigma-nm", "40,16,16", "--block-shape", "4,32,32"]
 VOXEL = (40.0, 8.0, 8.0)
@@ -59,8 +59,7 @@ def test_killed_stage_leaves_array_incomplete_and_consumers_refuse_it(tmp_path):
     st = _state(ws, "raw_smooth")
     assert st["complete"] is False and st["stage"] == "smooth"
     r = run_cli(*consumer)
-    _one_line_naming(r, "volume.zarr/raw_smooth is incomplete", "stage 'smooth'",
-                     f"connectome smooth --workspace {ws}")
+    _one_line_naming(r, "volume.zarr/raw_smooth is incomplete", "stage 'smooth'", f"connectome smooth --workspace {ws}")
     assert not Workspace.open(ws, mode="r").has("raw_smooth2")  # nothing consumed
     info = run_cli("info", "--workspace", ws)
     assert info.returncode == 0
@@ -102,8 +101,9 @@ def _truth(tmp_path, seg) -> Path:
     root = tmp_path / "truth"
     root.mkdir()
     group = zarr.open_group(str(root / "truth.zarr"), mode="w", zarr_format=3)
-    arr = group.create_array("neurons", shape=seg.shape, dtype=seg.dtype, chunks=seg.shape,
-                             attributes={"voxel_size_nm": list(VOXEL)})
+    arr = group.create_array(
+        "neurons", shape=seg.shape, dtype=seg.dtype, chunks=seg.shape, attributes={"voxel_size_nm": list(VOXEL)}
+    )
     arr[...] = seg
     (root / "truth").mkdir()
     return root
@@ -113,8 +113,9 @@ def test_export_and_evaluate_refuse_an_incomplete_segmentation(tmp_path):
     ws, seg = _workspace_with_segmentation(tmp_path, complete=False)
     truth = _truth(tmp_path, seg)
     r = run_cli("export-precomputed", "--workspace", ws)
-    _one_line_naming(r, "volume.zarr/segmentation is incomplete", "stage 'segment'",
-                     f"connectome segment --workspace {ws}")
+    _one_line_naming(
+        r, "volume.zarr/segmentation is incomplete", "stage 'segment'", f"connectome segment --workspace {ws}"
+    )
     assert not (ws / "precomputed" / "segmentation").exists()
     r = run_cli("evaluate", "--workspace", ws, "--truth", truth)
     _one_line_naming(r, "volume.zarr/segmentation is incomplete", f"connectome segment --workspace {ws}")

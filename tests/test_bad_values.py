@@ -17,8 +17,21 @@ def ws(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("bad")
     tifffile.imwrite(d / "v.tif", np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8))
-    assert main(["import", str(d / "v.tif"), "--workspace", str(d / "ws"), "--voxel-size", "40,8,8",
-                 "--no-progress", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "import",
+                str(d / "v.tif"),
+                "--workspace",
+                str(d / "ws"),
+                "--voxel-size",
+                "40,8,8",
+                "--no-progress",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return d / "ws"
 
 
@@ -56,13 +69,18 @@ def test_import_voxel_size_inf_exit_2(tmp_path, capsys):
     assert not (tmp_path / "ws").exists()
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["import", "SRC", "--workspace", "WS", "--voxel-size", "40,8,8", "--intensity-range", "0,nan"],
-     "--intensity-range"),
-    (["synapses", "--workspace", "WS", "--threshold", "nan"], "--threshold"),
-    (["graph", "--workspace", "WS", "--min-score=-inf"], "--min-score"),
-    (["stitch", "--tiles", "T.csv", "--workspace", "WS", "--voxel-size", "40,nan,8"], "--voxel-size"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (
+            ["import", "SRC", "--workspace", "WS", "--voxel-size", "40,8,8", "--intensity-range", "0,nan"],
+            "--intensity-range",
+        ),
+        (["synapses", "--workspace", "WS", "--threshold", "nan"], "--threshold"),
+        (["graph", "--workspace", "WS", "--min-score=-inf"], "--min-score"),
+        (["stitch", "--tiles", "T.csv", "--workspace", "WS", "--voxel-size", "40,nan,8"], "--voxel-size"),
+    ],
+)
 def test_nonfinite_float_options_exit_2(tmp_path, capsys, argv, fragment):
     argv = [a.replace("WS", str(tmp_path / "ws")) for a in argv]
     rc = main(argv)
@@ -88,14 +106,19 @@ def test_duplicate_nested_key_in_stage_config_exit_2(ws, tmp_path, capsys):
     assert rc == 2 and "duplicate key 'max_retries'" in err, err
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("stages:\n  - stage: align\n    executor: local\n    executor: serial\n", "duplicate key 'executor'"),
-    ("name: a\nname: b\nstages:\n  - stage: align\n", "duplicate key 'name'"),
-    ("stages:\n  - stage: align\n    config: {blockwise: {max_retries: 1, max_retries: 2}}\n",
-     "duplicate key 'max_retries'"),
-    ("stages:\n  - stage: stitch\n    options: {tiles: t.csv, voxel-size: [.inf, 8, 8]}\n", "finite"),
-    ("stages:\n  - stage: smooth\n    config: {sigma_nm: [.nan, 8, 8]}\n", "sigma_nm[0] = nan"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("stages:\n  - stage: align\n    executor: local\n    executor: serial\n", "duplicate key 'executor'"),
+        ("name: a\nname: b\nstages:\n  - stage: align\n", "duplicate key 'name'"),
+        (
+            "stages:\n  - stage: align\n    config: {blockwise: {max_retries: 1, max_retries: 2}}\n",
+            "duplicate key 'max_retries'",
+        ),
+        ("stages:\n  - stage: stitch\n    options: {tiles: t.csv, voxel-size: [.inf, 8, 8]}\n", "finite"),
+        ("stages:\n  - stage: smooth\n    config: {sigma_nm: [.nan, 8, 8]}\n", "sigma_nm[0] = nan"),
+    ],
+)
 def test_bad_pipeline_values_exit_2(tmp_path, capsys, text, fragment):
     p = tmp_path / "p.yaml"
     p.write_text(text)

@@ -11,13 +11,13 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-
 from conftest import run_cli, tree_digest
-from connectome.evaluate.segmentation import contingency_from_arrays, segmentation_metrics
 
+from connectome.evaluate.segmentation import contingency_from_arrays, segmentation_metrics
 
 # ---------------------------------------------------------------------------------------------
 # targets
+
 
 def test_affinity_targets_of_a_hand_built_volume():
     from unet.boundary_data import affinities_from_labels
@@ -25,8 +25,8 @@ def test_affinity_targets_of_a_hand_built_volume():
     lab = np.zeros((3, 4, 4), np.int64)
     lab[:, :, :2] = 1
     lab[:, :, 2:] = 2
-    lab[2, :, 2:] = 3           # section 2 has another object on the right
-    lab[1, 0, 0] = 0            # one background voxel
+    lab[2, :, 2:] = 3  # section 2 has another object on the right
+    lab[1, 0, 0] = 0  # one background voxel
     padded = np.pad(lab, 1, mode="edge")
     aff = affinities_from_labels(padded)
     assert aff.shape == (3, 3, 4, 4)
@@ -61,10 +61,18 @@ def test_crop_and_augmentation_keep_image_labels_and_boundary_aligned():
     labels = rng.integers(1, 40, size=(12, 40, 40)).repeat(2, axis=1).repeat(2, axis=2)[:, :64, :64]
     image = (labels % 17).astype(np.float32) / 16.0
     bnd = np.zeros(labels.shape, np.uint8)
-    bnd[:, 1:, :] |= (labels[:, 1:, :] != labels[:, :-1, :])
+    bnd[:, 1:, :] |= labels[:, 1:, :] != labels[:, :-1, :]
     vol = BoundaryVolume(None, image, bnd, labels.astype(np.int64), (40, 16, 16), 1, IntensityStats(0.1, 0.5, 0.9))
-    off = AugmentConfig(section_jitter=0, contrast_range=(1, 1), brightness=0, gamma_range=(1, 1), illumination=0,
-                        blur_prob=0, noise_prob=0, defect_prob=0)
+    off = AugmentConfig(
+        section_jitter=0,
+        contrast_range=(1, 1),
+        brightness=0,
+        gamma_range=(1, 1),
+        illumination=0,
+        blur_prob=0,
+        noise_prob=0,
+        defect_prob=0,
+    )
     for seed in range(12):
         r = np.random.default_rng(seed)
         img, b, lab = crop_example(vol, (6, 30, 33), (8, 24, 24), 1.0)
@@ -79,6 +87,7 @@ def test_crop_and_augmentation_keep_image_labels_and_boundary_aligned():
 
 # ---------------------------------------------------------------------------------------------
 # the watershed on known boundaries
+
 
 def _oracle(neurons: np.ndarray, sigma: float = 1.0, noise: float = 0.1, seed: int = 0) -> np.ndarray:
     """(4, z, y, x) float: blurred, noisy true boundaries and the true affinities."""
@@ -114,8 +123,11 @@ def test_watershed_recovers_the_truth_from_true_affinities(small_truth):
     # deterministic
     np.testing.assert_array_equal(seg, segment_watershed(b4, WatershedConfig(), mask=vessels > 0))
     # derived affinities (no z information) merge across sections: the learned ones matter
-    m2 = segmentation_metrics(contingency_from_arrays(
-        neurons, segment_watershed(b4, WatershedConfig(affinities="boundary"), mask=vessels > 0), vessels))
+    m2 = segmentation_metrics(
+        contingency_from_arrays(
+            neurons, segment_watershed(b4, WatershedConfig(affinities="boundary"), mask=vessels > 0), vessels
+        )
+    )
     assert m2["arand_error"] > m["arand_error"]
 
 
@@ -124,7 +136,7 @@ def test_absorb_small_gives_small_objects_to_their_main_neighbour():
 
     lab = np.ones((1, 6, 6), np.uint64)
     lab[0, :, 4:] = 2
-    lab[0, 2, 3] = 7           # one voxel: touches 1 (three faces) and 2 (one face)
+    lab[0, 2, 3] = 7  # one voxel: touches 1 (three faces) and 2 (one face)
     lab[0, 0, 0] = 0
     out = absorb_small(lab, 2)
     assert out[0, 2, 3] == 1 and out[0, 0, 0] == 0 and (out[0, :, 4:] == 2).all()
@@ -137,8 +149,8 @@ def test_contact_points_and_union_find():
     lab[:, :, :3], lab[:, :, 3:] = 1, 2
     lab[2] = 3
     c = contact_points(lab, np.array([[1, 2], [2, 1], [1, 3], [4, 5]]))
-    assert c[0].tolist() == c[1].tolist() and c[0][2] == 3 and c[0][0] in (0, 1)   # on the x face, high side
-    assert c[2][0] == 2 and lab[tuple(c[2])] == 3                                   # on the z face
+    assert c[0].tolist() == c[1].tolist() and c[0][2] == 3 and c[0][0] in (0, 1)  # on the x face, high side
+    assert c[2][0] == 2 and lab[tuple(c[2])] == 3  # on the z face
     assert c[3].tolist() == [-1, -1, -1]
     out = join(lab, np.array([[2, 3]]))
     assert set(np.unique(out)) == {1, 2}
@@ -166,8 +178,9 @@ def test_predict_boundaries_blockwise_equals_whole_and_resumes(ws, small_truth, 
     syn, _, _ = small_truth
     w = tmp_path / "w"
     shutil.copytree(ws, w)
-    r = run_cli("predict-boundaries", "--workspace", w, "--block-shape", "8,64,64", "--executor", "local",
-                "--workers", "2")
+    r = run_cli(
+        "predict-boundaries", "--workspace", w, "--block-shape", "8,64,64", "--executor", "local", "--workers", "2"
+    )
     assert r.returncode == 0, r.stderr
     arr = zarr.open_group(str(w / "volume.zarr"), mode="r")["boundary"]
     assert arr.shape == (4, 16, 128, 128) and arr.dtype == np.uint8 and arr.attrs["channels"] == list(CHANNELS)
@@ -217,8 +230,9 @@ def test_ffn_model_with_a_boundary_channel_needs_the_boundary_array(ws, tmp_path
     from ffn.model import FFNModelConfig, build_model
     from ffn.modeldir import write_model_dir
 
-    cfg = FFNModelConfig(depth=1, features=2, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3), channels=("raw", "boundary"),
-                         anisotropic=True)
+    cfg = FFNModelConfig(
+        depth=1, features=2, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3), channels=("raw", "boundary"), anisotropic=True
+    )
     m = build_model(cfg)
     assert m.input_shape[-1] == 3 and m.count_params() == cfg.n_parameters()
     mdir = tmp_path / "ffn"
@@ -271,17 +285,19 @@ def test_ffn_agglomeration_merges_only_what_both_floods_agree_on(small_truth):
     syn, neurons, vessels = small_truth
     raw = np.asarray(zarr.open_group(str(syn / "truth.zarr"), mode="r")["raw"][:8, :96, :96])
     b4 = (_oracle(neurons[:8, :96, :96], noise=0.2) * 255).astype(np.uint8)
-    b4[1:] = (0.5 * b4[1:] + 0.5 * (255 - b4[:1])).astype(np.uint8)   # blur the affinities: uncertain pairs
+    b4[1:] = (0.5 * b4[1:] + 0.5 * (255 - b4[:1])).astype(np.uint8)  # blur the affinities: uncertain pairs
     model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3), channels=("raw", "boundary"))
     ws_cfg = WatershedConfig()
-    cfg = FFNAgglomerationConfig(base_threshold=0.2, band=0.7, box_zyx=(5, 17, 17), max_fovs_per_flood=40,
-                                 decision="floods")
+    cfg = FFNAgglomerationConfig(
+        base_threshold=0.2, band=0.7, box_zyx=(5, 17, 17), max_fovs_per_flood=40, decision="floods"
+    )
     stats = intensity_stats(raw, 2)
 
     def run(bias):
         spec = SimpleNamespace(model=model)
-        return segment_ffn_agglomerate(b4, raw, None, (40, 8, 8), 2, stats, ws_cfg, cfg, InferenceConfig(),
-                                       (spec, lambda x: x[..., -1] + bias))
+        return segment_ffn_agglomerate(
+            b4, raw, None, (40, 8, 8), 2, stats, ws_cfg, cfg, InferenceConfig(), (spec, lambda x: x[..., -1] + bias)
+        )
 
     never, s0 = run(-4.0)
     base = segment_watershed(b4, WatershedConfig(merge_threshold=cfg.base_threshold))
@@ -316,9 +332,18 @@ def test_ffn_agglomeration_soft_decisions(small_truth):
     stats = intensity_stats(raw, 2)
     runs = {}
     for bias in (-4.0, 6.0):
-        runs[bias] = segment_ffn_agglomerate(b4, raw, None, (40, 8, 8), 2, stats, WatershedConfig(), cfg,
-                                             InferenceConfig(), (SimpleNamespace(model=model),
-                                                                 lambda x, b=bias: x[..., -1] + b))
+        runs[bias] = segment_ffn_agglomerate(
+            b4,
+            raw,
+            None,
+            (40, 8, 8),
+            2,
+            stats,
+            WatershedConfig(),
+            cfg,
+            InferenceConfig(),
+            (SimpleNamespace(model=model), lambda x, b=bias: x[..., -1] + b),
+        )
     (low, s0), (high, s1) = runs[-4.0], runs[6.0]
     assert s0["decided"] > 0 and s0["merged"] == 0 and s0["fovs"] == 2 * s0["decided"]
     np.testing.assert_array_equal(low, segment_watershed(b4, WatershedConfig(merge_threshold=0.2)))

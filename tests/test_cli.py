@@ -6,17 +6,18 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import run_cli
 
 HEAVY = ("tensorflow", "horovod", "deephyper", "neuroglancer", "keras")
 
 
 def test_import_connectome_is_light():
-    code = ("import sys, connectome, connectome.cli, connectome.workspace, connectome.blockwise, connectome.config, "
-            "connectome.stages.importer, connectome.stages.smooth, connectome.sources\n"
-            f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
-            "print(','.join(heavy))")
+    code = (
+        "import sys, connectome, connectome.cli, connectome.workspace, connectome.blockwise, connectome.config, "
+        "connectome.stages.importer, connectome.stages.smooth, connectome.sources\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print(','.join(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
 
@@ -33,12 +34,15 @@ def test_version():
     assert r.returncode == 0 and r.stdout.startswith("connectome ")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["import"], "required"),
-    (["info", "--workspace", "/nonexistent/ws"], "workspace /nonexistent/ws: not found"),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["import"], "required"),
+        (["info", "--workspace", "/nonexistent/ws"], "workspace /nonexistent/ws: not found"),
+        ([], None),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(args, fragment):
     r = run_cli(*args)
     assert r.returncode == 2
@@ -50,7 +54,9 @@ def test_info_describes_workspace(tmp_path, volume_u8):
     import tifffile
 
     tifffile.imwrite(tmp_path / "v.tif", volume_u8)
-    assert run_cli("import", tmp_path / "v.tif", "--workspace", tmp_path / "ws", "--voxel-size", "40,8,8").returncode == 0
+    assert (
+        run_cli("import", tmp_path / "v.tif", "--workspace", tmp_path / "ws", "--voxel-size", "40,8,8").returncode == 0
+    )
     r = run_cli("info", "--workspace", tmp_path / "ws")
     assert r.returncode == 0 and "[13, 70, 57]" in r.stdout and "raw" in r.stdout and "uint8" in r.stdout
     logs = list((tmp_path / "ws" / "logs").glob("import-*.log"))

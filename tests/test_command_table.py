@@ -32,10 +32,18 @@ def _describe(parser: argparse.ArgumentParser, words=(), out=None) -> dict:
             for name, sub in a.choices.items():
                 _describe(sub, words + (name,), out)
             continue
-        opts.append({"flags": list(a.option_strings), "dest": a.dest, "nargs": a.nargs, "required": a.required,
-                     "choices": list(a.choices) if a.choices else None,
-                     "default": a.default if isinstance(a.default, (int, float, str, bool, type(None))) else repr(a.default),
-                     "metavar": a.metavar if not isinstance(a.metavar, tuple) else list(a.metavar), "help": a.help})
+        opts.append(
+            {
+                "flags": list(a.option_strings),
+                "dest": a.dest,
+                "nargs": a.nargs,
+                "required": a.required,
+                "choices": list(a.choices) if a.choices else None,
+                "default": a.default if isinstance(a.default, (int, float, str, bool, type(None))) else repr(a.default),
+                "metavar": a.metavar if not isinstance(a.metavar, tuple) else list(a.metavar),
+                "help": a.help,
+            }
+        )
     out[" ".join(words)] = {"options": opts, "help": parser.format_help()}
     return out
 

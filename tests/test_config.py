@@ -16,11 +16,18 @@ def test_defaults_are_pinned():
     assert config_to_dict(BlockwiseConfig()) == {"block_shape_zyx": [32, 256, 256], "max_retries": 2}
     assert config_to_dict(ImportConfig()) == {
         "blockwise": {"block_shape_zyx": [32, 256, 256], "max_retries": 2},
-        "rescale": "percentile", "percentiles": [0.1, 99.9], "intensity_range": None}
+        "rescale": "percentile",
+        "percentiles": [0.1, 99.9],
+        "intensity_range": None,
+    }
     assert config_to_dict(SmoothConfig()) == {
         "blockwise": {"block_shape_zyx": [32, 256, 256], "max_retries": 2},
-        "sigma_nm": [40.0, 16.0, 16.0], "truncate": 4.0, "input": "raw", "output": "raw_smooth",
-        "output_dtype": "uint8"}
+        "sigma_nm": [40.0, 16.0, 16.0],
+        "truncate": 4.0,
+        "input": "raw",
+        "output": "raw_smooth",
+        "output_dtype": "uint8",
+    }
 
 
 def test_configs_are_frozen():
@@ -40,17 +47,20 @@ def test_yaml_overrides_and_nested(tmp_path):
     assert cfg2.blockwise.max_retries == 0 and cfg2.blockwise.block_shape_zyx == (4, 64, 64)
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("sigma: [1, 2, 3]\n", "unknown key 'sigma' in SmoothConfig"),
-    ("blockwise:\n  block_shape: [1, 2, 3]\n", "unknown key 'blockwise.block_shape' in BlockwiseConfig"),
-    ("truncate: big\n", "'truncate' expects float, got 'big'"),
-    ("sigma_nm: [1, 2]\n", "'sigma_nm' expects a list of 3 floats"),
-    ("output_dtype: int16\n", "'output_dtype' expects one of 'uint8', 'float32'"),
-    ("blockwise:\n  max_retries: true\n", "'blockwise.max_retries' expects int"),
-    ("blockwise:\n  block_shape_zyx: [0, 8, 8]\n", "block_shape_zyx must be positive"),
-    ("- a\n- b\n", "expected a mapping"),
-    ("a: [1,\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("sigma: [1, 2, 3]\n", "unknown key 'sigma' in SmoothConfig"),
+        ("blockwise:\n  block_shape: [1, 2, 3]\n", "unknown key 'blockwise.block_shape' in BlockwiseConfig"),
+        ("truncate: big\n", "'truncate' expects float, got 'big'"),
+        ("sigma_nm: [1, 2]\n", "'sigma_nm' expects a list of 3 floats"),
+        ("output_dtype: int16\n", "'output_dtype' expects one of 'uint8', 'float32'"),
+        ("blockwise:\n  max_retries: true\n", "'blockwise.max_retries' expects int"),
+        ("blockwise:\n  block_shape_zyx: [0, 8, 8]\n", "block_shape_zyx must be positive"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("a: [1,\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_is_a_clear_error(tmp_path, text, fragment):
     p = tmp_path / "bad.yaml"
     p.write_text(text)

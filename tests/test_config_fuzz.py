@@ -8,9 +8,9 @@ exit 2 with one line naming what is wrong — never exit 1 ("internal error").""
 from __future__ import annotations
 
 import contextlib
-import os
 import dataclasses
 import io
+import os
 import typing
 
 import pytest
@@ -23,18 +23,29 @@ from connectome.config import load_config
 from connectome.errors import UserInputError
 from connectome.pipeline import STAGES
 
-SETTINGS = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 CONFIGS = {name: s.config() for name, s in STAGES.items() if s.config is not None}
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10 ** 15), 10 ** 15),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=6),
-    st.sampled_from([0, -1, 1, 2, 0.5, 1e300, -1e-300, "auto", "", "nan", ".inf"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=4), inner, max_size=3)),
-                      max_leaves=8)
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**15), 10**15),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from([0, -1, 1, 2, 0.5, 1e300, -1e-300, "auto", "", "nan", ".inf"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=8,
+)
 
 
 def _field_names(cls) -> list[str]:
@@ -92,8 +103,20 @@ def test_random_text_as_config_fails_cleanly(stage, tmp_path):
     path = tmp_path / "config.yaml"
 
     @SETTINGS
-    @given(text=st.text(max_size=60) | st.sampled_from(["a: [1, 2\n", "- 1\n- 2\n", "a: 1\na: 2\n", "!!python/object:os.system x\n",
-                                                         "\x00", "a: &x [*x]\n", "? [1]\n: 2\n"]))
+    @given(
+        text=st.text(max_size=60)
+        | st.sampled_from(
+            [
+                "a: [1, 2\n",
+                "- 1\n- 2\n",
+                "a: 1\na: 2\n",
+                "!!python/object:os.system x\n",
+                "\x00",
+                "a: &x [*x]\n",
+                "? [1]\n: 2\n",
+            ]
+        )
+    )
     def check(text):
         path.write_text(text)
         _assert_clean(lambda: load_config(cls, path))
@@ -105,10 +128,30 @@ def test_random_text_as_config_fails_cleanly(stage, tmp_path):
 
 option_text = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-1", "0,0,0", "1,1,1", "nan,1,1", "1e9,1e9,1e9",
-                     "3,4", "4,4", "a,b,c", ",,", "1,2,3,4", "0.5", "99999999999999999999", "-0"]),
-    st.lists(st.sampled_from(["1", "-2", "0", "nan", "1e400", "x", "8", "64"]), min_size=1, max_size=4)
-    .map(",".join))
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "1e309",
+            "0",
+            "-1",
+            "0,0,0",
+            "1,1,1",
+            "nan,1,1",
+            "1e9,1e9,1e9",
+            "3,4",
+            "4,4",
+            "a,b,c",
+            ",,",
+            "1,2,3,4",
+            "0.5",
+            "99999999999999999999",
+            "-0",
+        ]
+    ),
+    st.lists(st.sampled_from(["1", "-2", "0", "nan", "1e400", "x", "8", "64"]), min_size=1, max_size=4).map(",".join),
+)
 
 
 def _run(argv) -> tuple[int, str]:
@@ -128,9 +171,12 @@ def test_random_option_values_exit_0_or_2_never_1(stage, tmp_path):
     ws = tmp_path / "ws"  # does not exist: a valid-looking call ends in exit 2 at the workspace check
 
     @SETTINGS
-    @given(picks=st.lists(st.tuples(st.sampled_from(names), option_text), min_size=1, max_size=3)
-           if names else st.just([]),
-           workers=st.one_of(st.none(), st.sampled_from(["0", "-3", "x", "99999", "1"])))
+    @given(
+        picks=st.lists(st.tuples(st.sampled_from(names), option_text), min_size=1, max_size=3)
+        if names
+        else st.just([]),
+        workers=st.one_of(st.none(), st.sampled_from(["0", "-3", "x", "99999", "1"])),
+    )
     def check(picks, workers):
         argv = list(sdef.command)
         for name, value in picks:

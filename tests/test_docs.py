@@ -68,8 +68,15 @@ def _html_of(page: str, site: Path) -> Path:
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     return out
 
@@ -101,9 +108,14 @@ def test_each_generated_table_has_one_row_per_field_with_type_and_default():
         names = _field_names(cls)
         assert [r.split("`")[1] for r in rows] == names, cls.__name__
     smooth = hook.render_table(SmoothConfig)
-    assert "| `sigma_nm` | `tuple[float, float, float]` | `[40.0, 16.0, 16.0]` | Gaussian sigma in nm (z, y, x) |" in smooth
+    assert (
+        "| `sigma_nm` | `tuple[float, float, float]` | `[40.0, 16.0, 16.0]` | Gaussian sigma in nm (z, y, x) |"
+        in smooth
+    )
     # a nested config shows the default its parent gives it, not the nested class's own
-    assert "| `blockwise.block_shape_zyx` | `tuple[int, int, int]` | `[8, 256, 256]` |" in hook.render_table(AlignConfig)
+    assert "| `blockwise.block_shape_zyx` | `tuple[int, int, int]` | `[8, 256, 256]` |" in hook.render_table(
+        AlignConfig
+    )
 
 
 def test_stage_configs_are_documented():

@@ -12,17 +12,32 @@ import pytest
 from scipy import ndimage as ndi
 
 from connectome.errors import UserInputError
-from connectome.evaluate import (Contingency, EvaluateConfig, adapted_rand, connectivity_metrics,
-                                 contingency_from_arrays, evaluate_workspace, format_table, mask_overlap,
-                                 match_points, neighbour_ncc, residuals, segment_to_truth_map,
-                                 segmentation_metrics, split_merge_counts, synapse_metrics,
-                                 tile_position_errors, voi)
+from connectome.evaluate import (
+    Contingency,
+    EvaluateConfig,
+    adapted_rand,
+    connectivity_metrics,
+    contingency_from_arrays,
+    evaluate_workspace,
+    format_table,
+    mask_overlap,
+    match_points,
+    neighbour_ncc,
+    residuals,
+    segment_to_truth_map,
+    segmentation_metrics,
+    split_merge_counts,
+    synapse_metrics,
+    tile_position_errors,
+    voi,
+)
 from connectome.evaluate.tables import CONNECTIVITY, SYNAPSES, TILES, read_table
 
 VOXEL = (40.0, 4.0, 4.0)
 
 
 # --------------------------------------------------------------------------------- helpers
+
 
 def seg_scores(truth, seg, vessels=None, block=(2, 5, 5), **kw):
     table = contingency_from_arrays(truth, seg, vessels, block_shape_zyx=block)
@@ -57,8 +72,9 @@ def make_truth(root, arrays, voxel=VOXEL):
     root.mkdir(parents=True, exist_ok=True)
     group = zarr.open_group(str(root / "truth.zarr"), mode="w", zarr_format=3)
     for name, data in arrays.items():
-        arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape,
-                                 attributes={"voxel_size_nm": list(voxel)})
+        arr = group.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=data.shape, attributes={"voxel_size_nm": list(voxel)}
+        )
         arr[...] = data
     (root / "truth").mkdir(exist_ok=True)
     return root
@@ -76,6 +92,7 @@ def make_workspace(root, arrays, voxel=VOXEL):
 
 # --------------------------------------------------------------------------------- segmentation
 
+
 def test_identical_segmentation_scores_zero():
     t = three_objects()
     s = seg_scores(t, t.copy())
@@ -87,7 +104,7 @@ def test_identical_segmentation_scores_zero():
 
 def test_relabelled_copy_scores_zero():
     t = three_objects()
-    relabel = {0: 0, 1: 2 ** 63 + 5, 2: 7, 3: 1}  # a different background label too: it is ignored
+    relabel = {0: 0, 1: 2**63 + 5, 2: 7, 3: 1}  # a different background label too: it is ignored
     s = np.vectorize(lambda v: relabel[int(v)], otypes=[np.uint64])(t)
     s[t == 0] = 99
     scores = seg_scores(t, s)
@@ -145,7 +162,7 @@ def test_segmentation_matches_skimage(seed):
 
 def test_streamed_table_equals_whole_volume_table():
     rng = np.random.default_rng(3)
-    t = rng.integers(0, 4, size=(6, 10, 10)).astype(np.uint64) * np.uint64(2 ** 40)
+    t = rng.integers(0, 4, size=(6, 10, 10)).astype(np.uint64) * np.uint64(2**40)
     s = rng.integers(0, 6, size=(6, 10, 10)).astype(np.uint64)
     a = contingency_from_arrays(t, s, block_shape_zyx=(1, 3, 7))
     b = Contingency.from_labels(t, s)
@@ -196,6 +213,7 @@ def test_segment_to_truth_map_by_max_overlap():
 
 # --------------------------------------------------------------------------------- stitching
 
+
 def tiles(section, positions):
     cols = {k: [] for k in TILES}
     for (row, col), (x, y) in positions.items():
@@ -225,11 +243,12 @@ def test_shifted_tile_gives_exactly_that_error():
 
 # --------------------------------------------------------------------------------- alignment
 
+
 def test_shifted_section_gives_that_residual():
     big = texture((3, 200, 200), seed=1)
     truth = big[:, 20:148, 20:148].copy()
     ws = truth.copy()
-    ws[1] = big[1, 20 - 3:148 - 3, 20 + 2:148 + 2]  # ws(y, x) = truth(y - 3, x + 2): shift (3, -2)
+    ws[1] = big[1, 20 - 3 : 148 - 3, 20 + 2 : 148 + 2]  # ws(y, x) = truth(y - 3, x + 2): shift (3, -2)
     r = residuals(ws, truth, patch_px=64, block_shape_zyx=(2, 64, 128))
     assert r["n_patches"] == 12 and r["n_patches_used"] == 12
     assert r["residual_max_px"] == pytest.approx(math.hypot(3, 2))
@@ -251,6 +270,7 @@ def test_neighbour_ncc_equals_pearson():
 
 # --------------------------------------------------------------------------------- vessels
 
+
 def test_vessel_iou_and_dice_known_answers():
     truth = np.zeros((2, 10, 10), np.uint8)
     pred = np.zeros_like(truth)
@@ -266,6 +286,7 @@ def test_vessel_iou_and_dice_known_answers():
 
 # --------------------------------------------------------------------------------- synapses
 
+
 def syn_table(rows):
     """rows of (z, y, x, pre, post)."""
     cols = {k: [] for k in SYNAPSES}
@@ -277,11 +298,13 @@ def syn_table(rows):
 
 def test_synapse_matching_known_answers():
     truth = syn_table([(5, 100, 100, 1, 2), (5, 500, 500, 3, 4)])
-    pred = syn_table([
-        (6, 100, 150, 11, 12),  # 40 nm in z, 200 nm in x: 204 nm -> match
-        (5, 500, 602, 13, 14),  # 408 nm away -> too far
-        (20, 900, 900, 15, 16),  # nowhere near: false positive
-    ])
+    pred = syn_table(
+        [
+            (6, 100, 150, 11, 12),  # 40 nm in z, 200 nm in x: 204 nm -> match
+            (5, 500, 602, 13, 14),  # 408 nm away -> too far
+            (20, 900, 900, 15, 16),  # nowhere near: false positive
+        ]
+    )
     r = synapse_metrics(pred, truth, VOXEL, 400.0, seg_to_truth={11: 1, 12: 2, 13: 3, 14: 4})
     assert (r["n_predicted"], r["n_true"], r["n_matched"]) == (3, 2, 1)
     assert r["precision"] == pytest.approx(1 / 3) and r["recall"] == pytest.approx(1 / 2)
@@ -313,6 +336,7 @@ def test_no_predicted_synapses():
 
 # --------------------------------------------------------------------------------- connectivity
 
+
 def conn_table(rows):
     cols = {k: [] for k in CONNECTIVITY}
     for row in rows:
@@ -323,13 +347,15 @@ def conn_table(rows):
 
 def test_connectivity_known_answers():
     truth = conn_table([(1, 2, 3), (2, 3, 1), (3, 1, 2), (1, 3, 5)])
-    pred = conn_table([
-        (11, 12, 2),  # -> (1, 2) count 2
-        (13, 12, 1),  # -> (1, 2) too (13 is another fragment of 1): merged into count 3
-        (12, 14, 1),  # -> (2, 3) count 1
-        (11, 15, 4),  # -> (1, 4): wrong edge
-        (12, 16, 1),  # -> (2, 2): an autapse after mapping, a false positive
-    ])
+    pred = conn_table(
+        [
+            (11, 12, 2),  # -> (1, 2) count 2
+            (13, 12, 1),  # -> (1, 2) too (13 is another fragment of 1): merged into count 3
+            (12, 14, 1),  # -> (2, 3) count 1
+            (11, 15, 4),  # -> (1, 4): wrong edge
+            (12, 16, 1),  # -> (2, 2): an autapse after mapping, a false positive
+        ]
+    )
     mapping = {11: 1, 13: 1, 12: 2, 14: 3, 15: 4, 16: 2}
     r = connectivity_metrics(pred, truth, mapping, (1, 2))
     e1, e2, w = r["edges_min1"], r["edges_min2"], r["weighted"]
@@ -345,10 +371,14 @@ def test_connectivity_known_answers():
 
 # --------------------------------------------------------------------------------- tables
 
+
 def test_malformed_table_names_file_line_and_column(tmp_path):
     p = tmp_path / "synapses.csv"
-    write_csv(p, ["synapse_id", "z", "y", "x", "pre_segment_id", "post_segment_id", "score"],
-              [(1, 1, 2, 3, 4, 5, 0.5), (2, 1, "oops", 3, 4, 5, 0.5)])
+    write_csv(
+        p,
+        ["synapse_id", "z", "y", "x", "pre_segment_id", "post_segment_id", "score"],
+        [(1, 1, 2, 3, 4, 5, 0.5), (2, 1, "oops", 3, 4, 5, 0.5)],
+    )
     with pytest.raises(UserInputError, match=r"synapses.csv: line 3, column 'y'"):
         read_table(p, SYNAPSES)
     q = tmp_path / "tiles.csv"
@@ -369,6 +399,7 @@ def test_config_defaults_pinned():
 
 # --------------------------------------------------------------------------------- end to end
 
+
 @pytest.fixture
 def scene(tmp_path):
     """A tiny workspace + truth folder with known answers."""
@@ -379,15 +410,23 @@ def scene(tmp_path):
     vessels = np.zeros(shape, np.uint8)
     vessels[:, 50:, 40:] = 1
     neurons[vessels == 1] = 0
-    truth = make_truth(tmp_path / "truth", {"raw": raw, "neurons": neurons, "vessels": vessels,
-                                            "synapse_clefts": np.zeros(shape, np.uint64)})
-    write_csv(truth / "truth" / "tiles.csv", TILES, [(0, 0, 0, 0, 0), (0, 0, 1, 40, 0), (0, 1, 0, 0, 40),
-                                                     (0, 1, 1, 40, 40)])
-    write_csv(truth / "truth" / "synapses.csv", ["synapse_id", "z", "y", "x", "pre_segment_id",
-                                                 "post_segment_id", "score"],
-              [(1, 1, 10, 19, 1, 2, 1.0), (2, 1, 30, 39, 2, 3, 1.0), (3, 2, 30, 39, 2, 3, 1.0)])
-    write_csv(truth / "truth" / "connectivity.csv", ["pre_segment_id", "post_segment_id", "synapse_count",
-                                                     "mean_score"], [(1, 2, 1, 1.0), (2, 3, 2, 1.0)])
+    truth = make_truth(
+        tmp_path / "truth",
+        {"raw": raw, "neurons": neurons, "vessels": vessels, "synapse_clefts": np.zeros(shape, np.uint64)},
+    )
+    write_csv(
+        truth / "truth" / "tiles.csv", TILES, [(0, 0, 0, 0, 0), (0, 0, 1, 40, 0), (0, 1, 0, 0, 40), (0, 1, 1, 40, 40)]
+    )
+    write_csv(
+        truth / "truth" / "synapses.csv",
+        ["synapse_id", "z", "y", "x", "pre_segment_id", "post_segment_id", "score"],
+        [(1, 1, 10, 19, 1, 2, 1.0), (2, 1, 30, 39, 2, 3, 1.0), (3, 2, 30, 39, 2, 3, 1.0)],
+    )
+    write_csv(
+        truth / "truth" / "connectivity.csv",
+        ["pre_segment_id", "post_segment_id", "synapse_count", "mean_score"],
+        [(1, 2, 1, 1.0), (2, 3, 2, 1.0)],
+    )
 
     seg = neurons.copy() + np.uint64(100)  # ids 101, 102, 103; vessel voxels get 100
     seg[:, :, 40:] = 103  # segment 103 also covers the vessel (ignored in the scores)
@@ -396,13 +435,21 @@ def scene(tmp_path):
     pred_vessels[:, 50:, 44:] = 1  # 20 of 24 columns: IoU 20/24
     ws_path = tmp_path / "ws"
     make_workspace(ws_path, {"raw": raw, "vessel_mask": pred_vessels, "segmentation": seg})
-    write_csv(ws_path / "stitch" / "tiles.csv", TILES, [(0, 0, 0, 5, 5), (0, 0, 1, 45, 5), (0, 1, 0, 5, 45),
-                                                        (0, 1, 1, 45, 47)])
-    write_csv(ws_path / "synapses.csv", ["synapse_id", "z", "y", "x", "pre_segment_id", "post_segment_id",
-                                         "score"],
-              [(1, 1, 12, 19, 111, 102, 0.9), (2, 1, 30, 40, 102, 103, 0.8), (3, 0, 60, 60, 103, 102, 0.7)])
-    write_csv(ws_path / "connectivity.csv", ["pre_segment_id", "post_segment_id", "synapse_count", "mean_score"],
-              [(111, 102, 1, 0.9), (102, 103, 1, 0.8), (103, 102, 1, 0.7)])
+    write_csv(
+        ws_path / "stitch" / "tiles.csv",
+        TILES,
+        [(0, 0, 0, 5, 5), (0, 0, 1, 45, 5), (0, 1, 0, 5, 45), (0, 1, 1, 45, 47)],
+    )
+    write_csv(
+        ws_path / "synapses.csv",
+        ["synapse_id", "z", "y", "x", "pre_segment_id", "post_segment_id", "score"],
+        [(1, 1, 12, 19, 111, 102, 0.9), (2, 1, 30, 40, 102, 103, 0.8), (3, 0, 60, 60, 103, 102, 0.7)],
+    )
+    write_csv(
+        ws_path / "connectivity.csv",
+        ["pre_segment_id", "post_segment_id", "synapse_count", "mean_score"],
+        [(111, 102, 1, 0.9), (102, 103, 1, 0.8), (103, 102, 1, 0.7)],
+    )
     return ws_path, truth
 
 
@@ -476,8 +523,9 @@ def test_shape_mismatch_is_user_error(tmp_path, scene):
 def test_workspace_with_tables_only(tmp_path, scene):
     _, truth = scene
     ws = tmp_path / "tables-only"
-    write_csv(ws / "stitch" / "tiles.csv", TILES, [(0, 0, 0, 1, 1), (0, 0, 1, 41, 1), (0, 1, 0, 1, 41),
-                                                   (0, 1, 1, 41, 41)])
+    write_csv(
+        ws / "stitch" / "tiles.csv", TILES, [(0, 0, 0, 1, 1), (0, 0, 1, 41, 1), (0, 1, 0, 1, 41), (0, 1, 1, 41, 41)]
+    )
     results = evaluate_workspace(ws, truth)
     assert results["stitching"]["error_max_px"] == 0
     assert results["alignment"]["status"] == "not run" and results["segmentation"]["status"] == "not run"
@@ -485,6 +533,7 @@ def test_workspace_with_tables_only(tmp_path, scene):
 
 
 # --------------------------------------------------------------------------------- CLI
+
 
 def one_line_error(capsys):
     err = capsys.readouterr().err.strip().splitlines()
@@ -554,8 +603,7 @@ def test_cli_folder_that_is_not_a_workspace(tmp_path, capsys, scene):
 def test_rand_pair_sums_pool_over_regions_with_their_own_ids():
     """Sums of two regions whose ids differ add up to the sums of both together (what the FFN
     trainer's validation pools across volumes and ranks), and the error matches adapted_rand."""
-    from connectome.evaluate.segmentation import (Contingency, adapted_rand, adapted_rand_from_sums,
-                                                  rand_pair_sums)
+    from connectome.evaluate.segmentation import Contingency, adapted_rand, adapted_rand_from_sums, rand_pair_sums
 
     rng = np.random.default_rng(0)
     t1, s1 = rng.integers(1, 4, (4, 9, 9)), rng.integers(1, 6, (4, 9, 9))

@@ -13,20 +13,18 @@ import math
 
 import numpy as np
 import pytest
+from test_evaluate import make_truth, make_workspace, texture, write_csv
 
 from connectome.evaluate import EvaluateConfig, evaluate_workspace, format_table
 from connectome.evaluate.align_truth import evaluate_transforms, over_registration
 from connectome.evaluate.tables import TILES, read_table
 from connectome.montage.warp import DisplacementGrid
 
-from test_evaluate import make_truth, make_workspace, texture, write_csv
-
 H = W = 64
 TRUE_TILES = [(0, 0, 0, 0), (0, 1, 40, 0), (1, 0, 0, 40), (1, 1, 40, 40)]  # row, col, x, y
 
 
-def write_case(ws, truth, nz, misplace=None, status=None, truth_t=None, tile_shift=None, linear=None,
-               no_file=()):
+def write_case(ws, truth, nz, misplace=None, status=None, truth_t=None, tile_shift=None, linear=None, no_file=()):
     """Workspace + truth folders whose misplacement is D_z(p) = misplace[z] (+ linear(p)).
 
     truth_t[z]: the true transform's translation (y, x); tile_shift[z]: the stitched montage frame's
@@ -36,8 +34,11 @@ def write_case(ws, truth, nz, misplace=None, status=None, truth_t=None, tile_shi
     tdir.mkdir(parents=True, exist_ok=True)
     est_rows, true_rows, records = [], [], []
     for z in range(nz):
-        off = (np.asarray(truth_t.get(z, (0.0, 0.0))) + np.asarray(tile_shift.get(z, (0.0, 0.0)))
-               + np.asarray(misplace.get(z, (0.0, 0.0))))
+        off = (
+            np.asarray(truth_t.get(z, (0.0, 0.0)))
+            + np.asarray(tile_shift.get(z, (0.0, 0.0)))
+            + np.asarray(misplace.get(z, (0.0, 0.0)))
+        )
         nodes = np.stack(np.meshgrid([0.0, 64.0], [0.0, 64.0], indexing="ij"), axis=-1)  # (2, 2, (y, x))
         disp = np.broadcast_to(off, (2, 2, 2)).copy()
         if linear is not None:
@@ -53,16 +54,30 @@ def write_case(ws, truth, nz, misplace=None, status=None, truth_t=None, tile_shi
     write_csv(ws / "stitch" / "tiles.csv", TILES, est_rows)
     (truth / "truth").mkdir(parents=True, exist_ok=True)
     write_csv(truth / "truth" / "tiles.csv", TILES, true_rows)
-    sections = [{"section": z, "missing": False, "damaged": False,
-                 "transform": {"affine": [[1.0, 0.0, float(truth_t.get(z, (0, 0))[0])],
-                                          [0.0, 1.0, float(truth_t.get(z, (0, 0))[1])]], "elastic": None}}
-                for z in range(nz)]
+    sections = [
+        {
+            "section": z,
+            "missing": False,
+            "damaged": False,
+            "transform": {
+                "affine": [[1.0, 0.0, float(truth_t.get(z, (0, 0))[0])], [0.0, 1.0, float(truth_t.get(z, (0, 0))[1])]],
+                "elastic": None,
+            },
+        }
+        for z in range(nz)
+    ]
     (truth / "truth" / "sections.json").write_text(json.dumps({"shape_zyx": [nz, H, W], "sections": sections}))
 
 
 def criteria(ws, truth, nz, grid=16):
-    return evaluate_transforms(ws, truth, read_table(ws / "stitch" / "tiles.csv", TILES),
-                               read_table(truth / "truth" / "tiles.csv", TILES), (nz, H, W), grid)
+    return evaluate_transforms(
+        ws,
+        truth,
+        read_table(ws / "stitch" / "tiles.csv", TILES),
+        read_table(truth / "truth" / "tiles.csv", TILES),
+        (nz, H, W),
+        grid,
+    )
 
 
 def test_identity_scores_zero_with_offsets_that_cancel(tmp_path):
@@ -121,8 +136,13 @@ def test_one_section_off_by_three_pixels(tmp_path):
 def test_global_affine_is_removed_but_not_from_adjacent_pairs(tmp_path):
     ws, truth = tmp_path / "ws", tmp_path / "truth"
     # every section misplaced by the same affine field: (a) sees no difference, (b) removes it
-    write_case(ws, truth, 3, misplace={z: (2.0, 0.0) for z in range(3)},
-               linear=lambda p: np.stack([0.01 * p[..., 0], -0.02 * p[..., 1]], axis=-1))
+    write_case(
+        ws,
+        truth,
+        3,
+        misplace={z: (2.0, 0.0) for z in range(3)},
+        linear=lambda p: np.stack([0.01 * p[..., 0], -0.02 * p[..., 1]], axis=-1),
+    )
     r = criteria(ws, truth, 3)
     assert r["adjacent_pair_error"]["p95_px"] == pytest.approx(0, abs=1e-9)
     assert r["accumulated_error"]["worst_rms_px"] == pytest.approx(0, abs=1e-9)
@@ -132,13 +152,14 @@ def test_global_affine_is_removed_but_not_from_adjacent_pairs(tmp_path):
 def test_flagged_and_missing_sections_are_excluded_and_counted(tmp_path):
     ws, truth = tmp_path / "ws", tmp_path / "truth"
     # z = 3 is bad and 40 px off; z = 5 is missing (no transform file): neither may count
-    write_case(ws, truth, 6, misplace={3: (40.0, 0.0), 4: (0.0, 1.0)}, status={3: "bad", 5: "missing"},
-               no_file=(5,))
+    write_case(ws, truth, 6, misplace={3: (40.0, 0.0), 4: (0.0, 1.0)}, status={3: "bad", 5: "missing"}, no_file=(5,))
     r = criteria(ws, truth, 6)
     sc, a, b = r["scoring"], r["adjacent_pair_error"], r["accumulated_error"]
     assert sc["n_sections_scored"] == 4
-    assert sc["excluded_sections"] == [{"z": 3, "reason": "QC-flagged (bad)"},
-                                       {"z": 5, "reason": "QC-flagged (missing)"}]
+    assert sc["excluded_sections"] == [
+        {"z": 3, "reason": "QC-flagged (bad)"},
+        {"z": 5, "reason": "QC-flagged (missing)"},
+    ]
     assert (a["n_pairs_scored"], a["n_pairs_excluded"]) == (2, 3)
     assert a["excluded_pairs"] == [[2, 3], [3, 4], [4, 5]]
     assert a["max_px"] == pytest.approx(0, abs=1e-9)  # pairs (0, 1), (1, 2) only
@@ -158,8 +179,11 @@ def test_no_truth_transforms_is_a_status_not_a_crash(tmp_path):
         assert r[key]["status"] == "no truth" and "transforms" in r[key]["reason"]
     assert r["adjacent_pair_error"]["target_p95_px"] == 2.0
     (truth / "truth" / "sections.json").unlink()
-    assert criteria(ws, truth, 3)["drift"] == {"status": "no truth", "reason": "no truth/sections.json",
-                                               "target_px_per_section": 0.1}
+    assert criteria(ws, truth, 3)["drift"] == {
+        "status": "no truth",
+        "reason": "no truth/sections.json",
+        "target_px_per_section": 0.1,
+    }
 
 
 def test_over_registration_known_answer():
@@ -174,6 +198,7 @@ def test_over_registration_known_answer():
 
 
 # --------------------------------------------------------------------------------- end to end
+
 
 @pytest.fixture
 def aligned_scene(tmp_path):
@@ -206,10 +231,17 @@ def test_evaluate_workspace_reports_criteria_with_targets(aligned_scene):
     assert al["downstream"]["status"] == "not requested"
     assert al["ncc_neighbour_pairs"] == 4  # the existing entries stay
     table = format_table(res)
-    for text in ("(a) adjacent-pair error median (px)", "(a) section pairs scored / excluded",
-                 "(b) worst section (after one global affine)", "(c) drift (px/section)",
-                 "(d) over-registration: NCC aligned - truth", "<= 2: pass", "<= +0.02: pass",
-                 "not requested (opt-in: connectome evaluate --downstream)", "residual median (px)"):
+    for text in (
+        "(a) adjacent-pair error median (px)",
+        "(a) section pairs scored / excluded",
+        "(b) worst section (after one global affine)",
+        "(c) drift (px/section)",
+        "(d) over-registration: NCC aligned - truth",
+        "<= 2: pass",
+        "<= +0.02: pass",
+        "not requested (opt-in: connectome evaluate --downstream)",
+        "residual median (px)",
+    ):
         assert text in table, text
     assert "2 / 2" in table
 
@@ -252,6 +284,7 @@ def test_downstream_delta_and_scratch_reuse(aligned_scene, monkeypatch):
             if not (scratch / "volume.zarr").exists():
                 Workspace.create(scratch, (5, H, W), voxel)
             return "import"
+
         return [("import", [imported]), ("segment", [segment])], {"segment": {"config": "defaults"}}
 
     monkeypatch.setattr(downstream, "plan_stages", fake_plan_stages)

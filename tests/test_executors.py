@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from conftest import BIN, run_cli
 
 from connectome.workspace import Workspace
-from conftest import BIN, run_cli
 
 
 def _stage_cmd(executor, sched_file):
@@ -28,8 +28,17 @@ def _stage_cmd(executor, sched_file):
 
 def _run(executor, args, sched_file):
     if executor == "mpi":
-        cmd = [str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *map(str, args),
-               "--executor", "mpi"]
+        cmd = [
+            str(BIN / "mpiexec"),
+            "-n",
+            "2",
+            sys.executable,
+            "-m",
+            "connectome",
+            *map(str, args),
+            "--executor",
+            "mpi",
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     return run_cli(*args, *_stage_cmd(executor, sched_file))
 
@@ -40,8 +49,11 @@ def test_import_and_smooth_identical_across_executors(tmp_path, executor, dask_c
     vol = rng.integers(0, 256, size=(17, 90, 75), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "v.tif", vol)
     ws = tmp_path / f"ws_{executor}"
-    r = _run(executor, ["import", tmp_path / "v.tif", "--workspace", ws, "--voxel-size", "40,8,8",
-                        "--block-shape", "5,32,32"], dask_cluster)
+    r = _run(
+        executor,
+        ["import", tmp_path / "v.tif", "--workspace", ws, "--voxel-size", "40,8,8", "--block-shape", "5,32,32"],
+        dask_cluster,
+    )
     assert r.returncode == 0, r.stderr
     np.testing.assert_array_equal(np.asarray(Workspace.open(ws).array("raw")[:]), vol)
 
@@ -76,9 +88,20 @@ def test_import_and_smooth_identical_across_executors(tmp_path, executor, dask_c
 
 def test_dask_without_scheduler_file_is_usage_error(tmp_path, volume_u8):
     tifffile.imwrite(tmp_path / "v.tif", volume_u8)
-    r = run_cli("import", tmp_path / "v.tif", "--workspace", tmp_path / "ws", "--voxel-size", "40,8,8",
-                "--executor", "dask")
+    r = run_cli(
+        "import", tmp_path / "v.tif", "--workspace", tmp_path / "ws", "--voxel-size", "40,8,8", "--executor", "dask"
+    )
     assert r.returncode == 2 and "--scheduler-file" in r.stderr
-    r = run_cli("import", tmp_path / "v.tif", "--workspace", tmp_path / "ws", "--voxel-size", "40,8,8",
-                "--executor", "dask", "--scheduler-file", tmp_path / "missing.json")
+    r = run_cli(
+        "import",
+        tmp_path / "v.tif",
+        "--workspace",
+        tmp_path / "ws",
+        "--voxel-size",
+        "40,8,8",
+        "--executor",
+        "dask",
+        "--scheduler-file",
+        tmp_path / "missing.json",
+    )
     assert r.returncode == 2 and "scheduler file not found" in r.stderr

@@ -83,33 +83,70 @@ SERIAL = ("--executor", "serial")
 LOCAL2 = ("--executor", "local", "--workers", "2")
 
 STAGES = (
-    Stage("import", ("import", "{syn}/truth.zarr/raw", "--workspace", "{ws}", "--voxel-size", "40,8,8",
-                     "--block-shape", "2,96,96"),
-          (("blockwise/import/done", ("raw",)),), delay_s=0.1, executors=(SERIAL, LOCAL2), chain=False),
-    Stage("stitch", ("stitch", "--tiles", "{syn}/tiles/manifest.csv", "--workspace", "{ws}", "--frame-shape", FRAME),
-          (("blockwise/stitch/done", ()),), final_files=("stitch/tiles.csv", "stitch/sections.csv"),
-          delay_s=0.1, executors=(SERIAL, LOCAL2)),
-    Stage("align", ("align", "--workspace", "{ws}", "--block-shape", BLOCK),
-          (("blockwise/align/done", ()), ("blockwise/align-bridge/done", ()), ("blockwise/align-render/done", ("raw",))),
-          final_files=("align/pairs.csv",), delay_s=0.1, executors=(SERIAL, LOCAL2)),
-    Stage("mask-vessels", ("mask-vessels", "--workspace", "{ws}", "--block-shape", BLOCK),
-          (("blockwise/vessel-prob/done", ("vessel_prob",)), ("blockwise/vessel-mask/done", ("vessel_mask",))),
-          kills=2),
+    Stage(
+        "import",
+        ("import", "{syn}/truth.zarr/raw", "--workspace", "{ws}", "--voxel-size", "40,8,8", "--block-shape", "2,96,96"),
+        (("blockwise/import/done", ("raw",)),),
+        delay_s=0.1,
+        executors=(SERIAL, LOCAL2),
+        chain=False,
+    ),
+    Stage(
+        "stitch",
+        ("stitch", "--tiles", "{syn}/tiles/manifest.csv", "--workspace", "{ws}", "--frame-shape", FRAME),
+        (("blockwise/stitch/done", ()),),
+        final_files=("stitch/tiles.csv", "stitch/sections.csv"),
+        delay_s=0.1,
+        executors=(SERIAL, LOCAL2),
+    ),
+    Stage(
+        "align",
+        ("align", "--workspace", "{ws}", "--block-shape", BLOCK),
+        (("blockwise/align/done", ()), ("blockwise/align-bridge/done", ()), ("blockwise/align-render/done", ("raw",))),
+        final_files=("align/pairs.csv",),
+        delay_s=0.1,
+        executors=(SERIAL, LOCAL2),
+    ),
+    Stage(
+        "mask-vessels",
+        ("mask-vessels", "--workspace", "{ws}", "--block-shape", BLOCK),
+        (("blockwise/vessel-prob/done", ("vessel_prob",)), ("blockwise/vessel-mask/done", ("vessel_mask",))),
+        kills=2,
+    ),
     Stage("predict-boundaries", ("predict-boundaries", "--workspace", "{ws}"), (), kills=0),  # input of segment
-    Stage("segment-ffn", ("segment", "--workspace", "{ws}", "--block-shape", BLOCK, "--model", str(FFN_MODEL)),
-          (("blockwise/segment-subvolumes/done", ()), ("blockwise/segment-write/done", ("segmentation",))),
-          kills=2, chain=False),
-    Stage("segment-watershed", ("segment", "--workspace", "{ws}", "--block-shape", BLOCK),
-          (("blockwise/segment-subvolumes/done", ()), ("blockwise/segment-write/done", ("segmentation",))),
-          kills=1),
-    Stage("synapses", ("synapses", "--workspace", "{ws}", "--block-shape", BLOCK),
-          (("blockwise/synapses-predict/done", ("synapse_prob", "synapse_post", "synapse_pre")),
-           ("blockwise/synapses-label/done", ("synapse_fragments",)), ("blockwise/synapses-join/done", ()),
-           ("blockwise/synapses-partners/done", ("synapse_clefts",))),
-          final_files=("synapses.csv",), kills=3),
-    Stage("export-precomputed", ("export-precomputed", "--workspace", "{ws}"),
-          (("precomputed/.connectome-export", ()),), final_files=("precomputed/connectome.json",), delay_s=0.2,
-          executors=((),)),  # not a blockwise-runner stage: no executor options
+    Stage(
+        "segment-ffn",
+        ("segment", "--workspace", "{ws}", "--block-shape", BLOCK, "--model", str(FFN_MODEL)),
+        (("blockwise/segment-subvolumes/done", ()), ("blockwise/segment-write/done", ("segmentation",))),
+        kills=2,
+        chain=False,
+    ),
+    Stage(
+        "segment-watershed",
+        ("segment", "--workspace", "{ws}", "--block-shape", BLOCK),
+        (("blockwise/segment-subvolumes/done", ()), ("blockwise/segment-write/done", ("segmentation",))),
+        kills=1,
+    ),
+    Stage(
+        "synapses",
+        ("synapses", "--workspace", "{ws}", "--block-shape", BLOCK),
+        (
+            ("blockwise/synapses-predict/done", ("synapse_prob", "synapse_post", "synapse_pre")),
+            ("blockwise/synapses-label/done", ("synapse_fragments",)),
+            ("blockwise/synapses-join/done", ()),
+            ("blockwise/synapses-partners/done", ("synapse_clefts",)),
+        ),
+        final_files=("synapses.csv",),
+        kills=3,
+    ),
+    Stage(
+        "export-precomputed",
+        ("export-precomputed", "--workspace", "{ws}"),
+        (("precomputed/.connectome-export", ()),),
+        final_files=("precomputed/connectome.json",),
+        delay_s=0.2,
+        executors=((),),
+    ),  # not a blockwise-runner stage: no executor options
 )
 KILLED = [s.name for s in STAGES if s.kills]
 
@@ -133,8 +170,11 @@ def outputs_digest(ws: Path) -> dict[str, str]:
     temporary files of writes a kill interrupted, which are not outputs)."""
     if not ws.exists():
         return {}
-    return {k: v for k, v in tree_digest(ws).items()
-            if not k.startswith(BOOKKEEPING) and not k.startswith(EXPORT_STATE) and not _is_temp(k)}
+    return {
+        k: v
+        for k, v in tree_digest(ws).items()
+        if not k.startswith(BOOKKEEPING) and not k.startswith(EXPORT_STATE) and not _is_temp(k)
+    }
 
 
 def _progress(ws: Path, task_dir: str) -> int:
@@ -156,11 +196,11 @@ def _array_states(ws: Path) -> dict[str, bool]:
 
 @dataclass
 class Reference:
-    pre: Path            # the stage's input (a workspace snapshot, or absent)
-    digest: dict         # outputs_digest after an uninterrupted run
-    totals: dict         # task dir -> markers after the uninterrupted run
-    arrays: dict         # array name -> complete, after the uninterrupted run
-    block_s: dict        # task dir -> mean seconds of one block in the uninterrupted run
+    pre: Path  # the stage's input (a workspace snapshot, or absent)
+    digest: dict  # outputs_digest after an uninterrupted run
+    totals: dict  # task dir -> markers after the uninterrupted run
+    arrays: dict  # array name -> complete, after the uninterrupted run
+    block_s: dict  # task dir -> mean seconds of one block in the uninterrupted run
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +220,9 @@ def chain(tmp_path_factory):
         r = run_cli(*_args(stage, ws, syn), *stage.executors[0])
         assert r.returncode == 0, f"{stage.name}: {r.stderr}"
         totals = {t: _progress(ws, t) for t, _ in stage.tasks}
-        refs[stage.name] = Reference(pre, outputs_digest(ws), totals, _array_states(ws),
-                                     {t: _block_seconds(ws, t) for t, _ in stage.tasks})
+        refs[stage.name] = Reference(
+            pre, outputs_digest(ws), totals, _array_states(ws), {t: _block_seconds(ws, t) for t, _ in stage.tasks}
+        )
         if not stage.chain:  # a side branch: the next stage starts from this one's input again
             shutil.rmtree(ws)
             if pre.exists():
@@ -209,8 +250,9 @@ def _block_seconds(ws: Path, task_dir: str) -> float:
     return sum(secs) / len(secs) if secs else 0.0
 
 
-def _kill_plan(rng: random.Random, stage: Stage, ref: Reference, k: int, kill: int,
-               between: bool) -> tuple[int, float, tuple]:
+def _kill_plan(
+    rng: random.Random, stage: Stage, ref: Reference, k: int, kill: int, between: bool
+) -> tuple[int, float, tuple]:
     """(done-markers of task ``k`` to wait for, extra seconds before the kill, executor options).
 
     Mid-task: at least one block of the task done and, allowing for the blocks still in
@@ -263,8 +305,9 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(chain, name):
         time.sleep(0.3 if executor == LOCAL2 else 0.05)  # orphaned pool workers, if any, are gone
         done = _progress(ws, task_dir)
         where = f"{task_dir} {'after its last block' if after_task else f'after >= {at_least} blocks'}"
-        log.append(f"kill {kill} ({' '.join(executor[1:]) or 'in process'}): {where} +{extra_s:.2f} s: "
-                   f"{done}/{total} done")
+        log.append(
+            f"kill {kill} ({' '.join(executor[1:]) or 'in process'}): {where} +{extra_s:.2f} s: {done}/{total} done"
+        )
         if after_task:
             assert done == total, log[-1]
         else:
@@ -275,7 +318,7 @@ def test_sigkill_at_random_points_then_rerun_is_byte_identical(chain, name):
         if not after_task:
             for a in task_arrays:
                 assert states.get(a) is False, f"{name}: {a} not marked incomplete ({log[-1]}): {states}"
-        for _, later in stage.tasks[k + 1 if after_task else k:]:  # nor is anything written after
+        for _, later in stage.tasks[k + 1 if after_task else k :]:  # nor is anything written after
             for a in later:
                 assert states.get(a) is not True, f"{name}: {a} looks complete after the kill ({log[-1]})"
         for a, complete in before.items():  # inputs untouched
@@ -342,8 +385,14 @@ def _run_killer(tmp_path: Path, args, n: int) -> subprocess.CompletedProcess:
     script = tmp_path / "killer.py"
     if not script.exists():
         script.write_text(KILLER)
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "FI_KILL_AT_WRITE": str(n)}, check=False)
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "FI_KILL_AT_WRITE": str(n)},
+        check=False,
+    )
 
 
 def _metadata_writes(chain, name, tmp_path) -> tuple[Reference, Path, list[str], int]:
@@ -418,8 +467,9 @@ def test_align_restart_killed_in_its_setup_then_plain_rerun_is_byte_identical(ch
     assert run_cli(*args).returncode == 0
     script = tmp_path / "killer.py"
     script.write_text(KILLER_IN_RESET)
-    r = subprocess.run([sys.executable, str(script), *args, "--restart"], capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, str(script), *args, "--restart"], capture_output=True, text=True, timeout=300, check=False
+    )
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     assert not (ws / "align" / "matches").exists()
     r = run_cli(*args)

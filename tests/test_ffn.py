@@ -51,7 +51,7 @@ def test_object_fractions_equal_brute_force():
     for z, y, x in np.ndindex(labels.shape):
         if labels[z, y, x] == 0:
             continue
-        box = labels[max(z - r[0], 0):z + r[0] + 1, max(y - r[1], 0):y + r[1] + 1, max(x - r[2], 0):x + r[2] + 1]
+        box = labels[max(z - r[0], 0) : z + r[0] + 1, max(y - r[1], 0) : y + r[1] + 1, max(x - r[2], 0) : x + r[2] + 1]
         want[z, y, x] = np.mean(box == labels[z, y, x])
     np.testing.assert_allclose(got, want, atol=1e-5)
     # exclusions: small objects and masked voxels
@@ -61,15 +61,14 @@ def test_object_fractions_equal_brute_force():
     assert (small[labels != 9] == -1).all() and (small[labels == 9] > 0).all()
     masked = object_fractions(labels, r, mask=labels == 9)
     assert (masked[labels == 9] == -1).all()
-    assert partition_of(np.array([-1.0, 0.0, 0.03, 0.95, 1.0])).tolist() == [-1, 0, 1, len(THRESHOLDS),
-                                                                              len(THRESHOLDS)]
+    assert partition_of(np.array([-1.0, 0.0, 0.03, 0.95, 1.0])).tolist() == [-1, 0, 1, len(THRESHOLDS), len(THRESHOLDS)]
 
 
 def test_sampler_balances_partitions_and_keeps_boxes_inside():
     rng = np.random.default_rng(0)
     labels = np.zeros((20, 60, 60), np.uint32)
-    labels[:, :, :30] = 1                        # a big object
-    labels[:, 28:31, 30:] = 2                    # a thin one
+    labels[:, :, :30] = 1  # a big object
+    labels[:, 28:31, 30:] = 2  # a thin one
     labels[:, 40:50, 40:50] = 3
     s = CentreSampler.from_labels(labels, (2, 5, 5), (7, 15, 15), max_per_partition=500, seed=1)
     parts = [k for k, c in enumerate(s.counts) if c]
@@ -94,9 +93,9 @@ def test_augment_applies_one_transform_to_all_arrays():
 def test_face_max_movement():
     cfg = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(1, 2, 2))
     lg = np.full((5, 9, 9), logit(0.05), np.float32)
-    lg[2, 4, 6] = logit(0.95)   # on the +x face (x = 4 + 2)
-    lg[3, 1, 1] = logit(0.95)   # on the +z face (z = 2 + 1)
-    lg[2, 6, 4] = logit(0.85)   # +y face, below the threshold
+    lg[2, 4, 6] = logit(0.95)  # on the +x face (x = 4 + 2)
+    lg[3, 1, 1] = logit(0.95)  # on the +z face (z = 2 + 1)
+    lg[2, 6, 4] = logit(0.85)  # +y face, below the threshold
     assert sorted(accepted_moves(lg, (10, 20, 30), cfg, 0.9)) == [(10, 20, 32), (11, 20, 30)]
 
 
@@ -113,8 +112,13 @@ def volumes(tmp_path_factory):
     from ffn.train import load_training_volume
 
     root = tmp_path_factory.mktemp("ffn")
-    ex = FFNExampleConfig(min_object_voxels=300, val_episodes_per_volume=6, val_segment_zyx=(8, 48, 48),
-                          val_segment_max_fovs=1500, val_min_segment_voxels=50)
+    ex = FFNExampleConfig(
+        min_object_voxels=300,
+        val_episodes_per_volume=6,
+        val_segment_zyx=(8, 48, 48),
+        val_segment_max_fovs=1500,
+        val_min_segment_voxels=50,
+    )
     train = load_training_volume(generate(root / "a", preset="small", seed=401), TINY, ex)
     val = load_training_volume(generate(root / "b", preset="small", seed=402), TINY, ex)
     return ex, train, val
@@ -127,10 +131,20 @@ def _train(volumes, work, steps, seed=1):
     from ffn.train import FFNJob
 
     ex, train, val = volumes
-    cfg = TrainerConfig(steps=steps, batch_size=4, learning_rate=2e-3, warmup_steps=5, checkpoint_every=20,
-                        lr_decay="constant",
-                        validate_every=40, log_every=10, seed=seed, grad_clip_norm=1.0,
-                        intra_op_threads=1, inter_op_threads=1)
+    cfg = TrainerConfig(
+        steps=steps,
+        batch_size=4,
+        learning_rate=2e-3,
+        warmup_steps=5,
+        checkpoint_every=20,
+        lr_decay="constant",
+        validate_every=40,
+        log_every=10,
+        seed=seed,
+        grad_clip_norm=1.0,
+        intra_op_threads=1,
+        inter_op_threads=1,
+    )
     job = FFNJob(TINY, ex, [train], [val], seed=seed, reset_every=cfg.checkpoint_every, fingerprint={"t": "tiny"})
     return run_training(job, cfg, work, Session()), job
 
@@ -155,7 +169,7 @@ def test_fov_movement_training_learns_and_moves(volumes, tmp_path, monkeypatch):
     assert losses[-1] < losses[0]
     val = [e for e in events if e["event"] == "validate"]
     assert [e["step"] for e in val] == [0, 40, 80]
-    assert val[-1]["f1"] > val[0]["f1"]          # learned to fill objects
+    assert val[-1]["f1"] > val[0]["f1"]  # learned to fill objects
     # segmentation metrics of the held-out crop are logged and choose the checkpoint
     assert all(0 <= e["arand"] <= 1 and e["voi_split"] >= 0 and "seg_score" in e for e in val)
     assert job.score_key == "seg_score"
@@ -170,7 +184,7 @@ def test_resume_of_the_stateful_job_is_exact(volumes, tmp_path):
     from connectome.training import weights as wio
 
     _train(volumes, tmp_path / "full", 40)
-    _train(volumes, tmp_path / "part", 20)       # stops at a checkpoint (a kill would too)
+    _train(volumes, tmp_path / "part", 20)  # stops at a checkpoint (a kill would too)
     res, _ = _train(volumes, tmp_path / "part", 40)
     assert res.start_step == 20
     a = wio.load_npz(tmp_path / "full" / "last_weights.npz")
@@ -187,7 +201,7 @@ def _voronoi(shape, n, seed):
     rng = np.random.default_rng(seed)
     pts = rng.uniform(0, 1, (n, 3)) * np.asarray(shape) * np.array([5.0, 1.0, 1.0])  # anisotropic cells
     zz, yy, xx = np.meshgrid(*(np.arange(s, dtype=float) for s in shape), indexing="ij")
-    d = ((zz[..., None] * 5 - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2 + (xx[..., None] - pts[:, 2]) ** 2)
+    d = (zz[..., None] * 5 - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2 + (xx[..., None] - pts[:, 2]) ** 2
     return (d.argmin(-1) + 1).astype(np.int32)
 
 
@@ -221,8 +235,13 @@ def test_canvas_with_an_oracle_reproduces_the_objects():
     mask = np.zeros(labels.shape, bool)
     mask[:, :10] = True
     c = Canvas(labels.astype(np.float32), model, cfg, mask=mask)
-    seeds = np.array([np.argwhere(ndi_erode((labels == k) & ~mask))[0] for k in range(1, 13)
-                      if ndi_erode((labels == k) & ~mask).any()])
+    seeds = np.array(
+        [
+            np.argwhere(ndi_erode((labels == k) & ~mask))[0]
+            for k in range(1, 13)
+            if ndi_erode((labels == k) & ~mask).any()
+        ]
+    )
     run_canvases([(c, seeds)], oracle, batch_size=2)
     assert (c.seg[mask] == -1).all() and (c.seg[~mask] > 0).all()
 
@@ -236,9 +255,9 @@ def test_concurrent_floods_match_the_sequential_canvas_in_fewer_passes():
     results, passes = {}, {}
     for conc in (1, 6):
         cfg = InferenceConfig(min_segment_voxels=20, batch_size=8, concurrent_objects=conc)
-        calls = []
+        calls: list[int] = []
 
-        def counted(x):
+        def counted(x, calls=calls):  # called within this iteration only
             calls.append(len(x))
             return oracle(x)
 
@@ -265,13 +284,13 @@ def test_canvas_rejects_small_objects_and_moves_through_big_ones():
     model = FFNModelConfig(depth=1, features=1, fov_zyx=(5, 9, 9), deltas_zyx=(2, 3, 3))
     labels = np.ones((10, 30, 60), np.int32)
     labels[:, :, 30:] = 2
-    labels[4:6, 10:13, 40:43] = 3                   # 18 voxels: too small
+    labels[4:6, 10:13, 40:43] = 3  # 18 voxels: too small
     cfg = InferenceConfig(min_segment_voxels=50)
     c = Canvas(labels.astype(np.float32), model, cfg)
     run_canvases([(c, np.array([[5, 15, 10], [5, 11, 41], [5, 15, 50]]))], oracle, batch_size=3)
     assert c.n_objects == 2 and c.n_rejected == 1
     assert (c.seg[labels == 3] == 0).all()
-    assert c.n_fovs > 10                             # it moved across the 30 x 60 section
+    assert c.n_fovs > 10  # it moved across the 30 x 60 section
     assert np.array_equal(c.seg[labels == 1] > 0, np.ones((labels == 1).sum(), bool))
 
 

@@ -14,8 +14,9 @@ from ffn.baseline import BaselineConfig, segment_baseline
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     # seed 305: not one of the seeds the defaults were tuned on (301, 302) or reported on (303)
-    out = generate(tmp_path_factory.mktemp("baseline") / "s305", preset="small", seed=305,
-                   shape_zyx=(12, 128, 128), workers=1)
+    out = generate(
+        tmp_path_factory.mktemp("baseline") / "s305", preset="small", seed=305, shape_zyx=(12, 128, 128), workers=1
+    )
     g = zarr.open_group(str(out / "truth.zarr"), mode="r")
     return g["raw"][:], g["neurons"][:], g["vessels"][:]
 
@@ -37,8 +38,9 @@ def test_much_better_than_trivial_segmentations(synth, baseline):
     assert baseline.dtype == np.uint64 and baseline.shape == raw.shape
     m = scores(truth, vessels, baseline)
     one = scores(truth, vessels, np.ones(raw.shape, np.uint64))  # everything one object
-    per_section = scores(truth, vessels, np.broadcast_to(
-        np.arange(1, raw.shape[0] + 1, dtype=np.uint64)[:, None, None], raw.shape))
+    per_section = scores(
+        truth, vessels, np.broadcast_to(np.arange(1, raw.shape[0] + 1, dtype=np.uint64)[:, None, None], raw.shape)
+    )
     per_voxel = scores(truth, vessels, np.arange(1, raw.size + 1, dtype=np.uint64).reshape(raw.shape))
     refs = [one, per_section, per_voxel]
     assert min(r["arand_error"] for r in refs) > 0.4  # the references really are bad
@@ -83,8 +85,10 @@ def test_min_size_and_modes(synth):
     assert scores(truth, vessels, seg3d)["arand_error"] < 0.5
 
 
-@pytest.mark.parametrize("kw", [dict(mode="4d"), dict(sigma_xy_px=-1.0), dict(erode_px=-1),
-                                dict(link_min_fraction=1.5), dict(min_size_voxels=-3)])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(mode="4d"), dict(sigma_xy_px=-1.0), dict(erode_px=-1), dict(link_min_fraction=1.5), dict(min_size_voxels=-3)],
+)
 def test_bad_config(kw):
     with pytest.raises(ValueError):
         BaselineConfig(**kw)

@@ -9,9 +9,21 @@ from scipy import ndimage
 
 from connectome.blockwise.geometry import Box
 from connectome.evaluate.segmentation import Contingency, adapted_rand
-from ffn.reconcile import (MatchRule, NpzSubvolumeStore, Subvolume, UnionFind, global_id_offsets, join_edges,
-                           match_overlap, overlapping_pairs, pair_edges, reconcile, reconciled_core,
-                           relabel_tables, subvolume_grid)
+from ffn.reconcile import (
+    MatchRule,
+    NpzSubvolumeStore,
+    Subvolume,
+    UnionFind,
+    global_id_offsets,
+    join_edges,
+    match_overlap,
+    overlapping_pairs,
+    pair_edges,
+    reconcile,
+    reconciled_core,
+    relabel_tables,
+    subvolume_grid,
+)
 
 SHAPE = (24, 96, 96)
 CORE = (12, 48, 48)
@@ -64,8 +76,9 @@ def independent_segmenter(truth_crop: np.ndarray, rng) -> np.ndarray:
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """True iff a and b are equal up to a one-to-one relabelling (0 <-> 0 included)."""
     pairs = np.unique(np.stack([a.ravel(), b.ravel()], 1), axis=0)
-    return (np.unique(pairs[:, 0]).size == pairs.shape[0] == np.unique(pairs[:, 1]).size
-            and np.array_equal((a == 0), (b == 0)))
+    return np.unique(pairs[:, 0]).size == pairs.shape[0] == np.unique(pairs[:, 1]).size and np.array_equal(
+        (a == 0), (b == 0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -185,14 +198,14 @@ def test_conflict_one_object_two_pieces_all_merge(tmp_path):
     pieces join B's object and the U comes out as one object, as in a single-subvolume run."""
     shape = (8, 32, 64)
     truth = np.zeros(shape, np.uint64)
-    truth[:, 4:10, 10:56] = 1   # arm 1
+    truth[:, 4:10, 10:56] = 1  # arm 1
     truth[:, 20:26, 10:56] = 1  # arm 2
-    truth[:, 4:26, 46:56] = 1   # the bend, at x >= 46: outside A's box [0, 40)
-    truth[:, 12:18, 2:44] = 2   # another neuron between the arms
+    truth[:, 4:26, 46:56] = 1  # the bend, at x >= 46: outside A's box [0, 40)
+    truth[:, 12:18, 2:44] = 2  # another neuron between the arms
     a, b = _two_subvolumes()
     la, lb = truth[a.box.slices].copy(), truth[b.box.slices].copy()
     la[:, 20:26, :] = np.where(la[:, 20:26, :] == 1, 7, la[:, 20:26, :])  # A: arm 2 has its own id
-    la = np.where(la == 2, 99, la)                                         # A: other ids for the rest
+    la = np.where(la == 2, 99, la)  # A: other ids for the rest
     assert ndimage.label(la == 1)[1] == 1 and ndimage.label(lb == 1)[1] == 1
     store = NpzSubvolumeStore(tmp_path)
     store.save(a, la)
@@ -217,13 +230,13 @@ def test_conflict_partial_overlaps_follow_the_threshold(tmp_path):
     glob_b = np.zeros(shape, np.uint64)
     glob_a[:, :16, :] = 1
     glob_a[:, 16:, :] = 2
-    glob_b[:, :14, :] = 1       # B puts the border 2 rows higher, so A's object 1 covers
-    glob_b[:, 14:, :] = 2       # rows 14, 15 of B's object 2 (8*2*16 = 256 voxels in R)
+    glob_b[:, :14, :] = 1  # B puts the border 2 rows higher, so A's object 1 covers
+    glob_b[:, 14:, :] = 2  # rows 14, 15 of B's object 2 (8*2*16 = 256 voxels in R)
     glob_b[2:3, 28:31, 30:33] = 3  # a 9-voxel piece inside object 2 (crosses B's core at x = 32)
     la, lb = glob_a[a.box.slices], glob_b[b.box.slices]
     store = NpzSubvolumeStore(tmp_path)
-    store.save(a, la * 10)                              # A's ids: 10, 20
-    store.save(b, lb * 1000 + 5)                        # B's ids: 1005, 2005, 3005
+    store.save(a, la * 10)  # A's ids: 10, 20
+    store.save(b, lb * 1000 + 5)  # B's ids: 1005, 2005, 3005
     offsets, _ = global_id_offsets(store, [a, b])
     edges = pair_edges(store, a, b, offsets)
     # global ids: A 1 -> 1, A 2 -> 2; B 1 -> 3, B 2 -> 4, B 3 -> 5
@@ -256,11 +269,11 @@ def test_conflict_merge_seen_inside_the_overlap_is_not_propagated(tmp_path):
     shape = (8, 32, 64)
     a, b = _two_subvolumes(shape)
     truth = np.zeros(shape, np.uint64)
-    truth[:, 1:14, :] = 1       # 13 rows: more voxels in the overlap than object 2
+    truth[:, 1:14, :] = 1  # 13 rows: more voxels in the overlap than object 2
     truth[:, 18:30, :] = 2
     seg_b = truth.copy()
     seg_b[:, 14:18, 28:36] = 1  # B's bridge at x 28..35: inside the overlap x [24, 40)
-    seg_b[seg_b == 2] = 1       # so B has a single object
+    seg_b[seg_b == 2] = 1  # so B has a single object
     store = NpzSubvolumeStore(tmp_path)
     store.save(a, truth[a.box.slices] * 3)
     store.save(b, seg_b[b.box.slices] * 5)
@@ -269,7 +282,7 @@ def test_conflict_merge_seen_inside_the_overlap_is_not_propagated(tmp_path):
     core_a = out[:, :, :32]
     assert core_a[0, 5, 0] != core_a[0, 20, 0]  # A's two objects stay apart in A's core
     assert np.unique(out[:, :, 32:][seg_b[:, :, 32:] != 0]).size == 1  # B's core: B's own (merged) object
-    assert core_a[0, 5, 0] == out[0, 5, 63]      # joined with the larger overlap (object 1 has more)
+    assert core_a[0, 5, 0] == out[0, 5, 63]  # joined with the larger overlap (object 1 has more)
     merged = np.zeros(shape, np.uint64)
     reconcile(store, [a, b], merged, MatchRule(conflict="all"))
     assert merged[0, 5, 0] == merged[0, 20, 0]

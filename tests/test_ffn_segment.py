@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import BIN, run_cli, tree_digest
+
 from connectome.evaluate.segmentation import Contingency, adapted_rand
 
 
@@ -60,12 +60,24 @@ def method(request):
 def single_and_split(data, method):
     root, ws, truth = data
     one = _copy(ws, root / f"one_{method}")
-    r = run_cli("segment", "--workspace", one, "--method", method, "--block-shape", "16,128,128",
-                "--executor", "serial")
+    r = run_cli(
+        "segment", "--workspace", one, "--method", method, "--block-shape", "16,128,128", "--executor", "serial"
+    )
     assert r.returncode == 0, r.stderr
     eight = _copy(ws, root / f"eight_{method}")
-    r = run_cli("segment", "--workspace", eight, "--method", method, "--block-shape", "8,64,64",
-                "--executor", "local", "--workers", "2")
+    r = run_cli(
+        "segment",
+        "--workspace",
+        eight,
+        "--method",
+        method,
+        "--block-shape",
+        "8,64,64",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert "8 blocks processed" in r.stdout
     return one, eight
@@ -81,11 +93,13 @@ def test_subvolumes_reconcile_like_a_single_run(data, single_and_split, method):
     # no object is split exactly at a core border: voxel pairs across each border plane that
     # are one object in the single run stay one object (as often as pairs one plane inside)
     for ax, at in ((0, 8), (1, 64), (2, 64)):
-        def pairs_kept(k):
+
+        def pairs_kept(k, ax=ax):  # called within this iteration only
             lo = np.take(a, k - 1, axis=ax), np.take(b, k - 1, axis=ax)
             hi = np.take(a, k, axis=ax), np.take(b, k, axis=ax)
             same = (lo[0] == hi[0]) & (lo[0] > 0)
             return float(((lo[1] == hi[1])[same]).mean())
+
         assert pairs_kept(at) >= min(pairs_kept(at - 2), pairs_kept(at + 2)) - 0.02, ax
     assert b.dtype == np.uint64 and b.max() == len(np.unique(b[b > 0]))  # ids 1..K
 
@@ -98,8 +112,12 @@ def test_identical_across_executors(data, single_and_split, method, tmp_path, re
         w = _copy(ws, tmp_path / executor)
         args = ["segment", "--workspace", str(w), "--method", method, "--block-shape", "8,64,64"]
         if executor == "mpi":
-            r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
-                                "--executor", "mpi"], capture_output=True, text=True, timeout=300)
+            r = subprocess.run(
+                [str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args, "--executor", "mpi"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         else:
             r = run_cli(*args, "--executor", executor)
         assert r.returncode == 0, r.stderr
@@ -110,11 +128,28 @@ def test_sigkill_then_resume(data, single_and_split, method, tmp_path):
     root, ws, _ = data
     _, eight = single_and_split
     w = _copy(ws, tmp_path / "w")
-    cmd = [sys.executable, "-m", "connectome", "segment", "--workspace", str(w), "--method", method,
-           "--block-shape", "8,64,64", "--executor", "serial"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "connectome",
+        "segment",
+        "--workspace",
+        str(w),
+        "--method",
+        method,
+        "--block-shape",
+        "8,64,64",
+        "--executor",
+        "serial",
+    ]
     done = w / "blockwise" / "segment-subvolumes" / "done"
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.5"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.5"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 3):
         time.sleep(0.05)
@@ -155,8 +190,19 @@ def test_ffn_path_runs_with_a_model_directory(data, tmp_path):
     w = _copy(ws, tmp_path / "w")
     cfg = tmp_path / "few_seeds.yaml"
     cfg.write_text("inference:\n  seed_min_distance: 12\n  seed_min_radius_nm: 64\n")
-    r = run_cli("segment", "--workspace", w, "--model", model, "--block-shape", "16,64,128", "--executor", "serial",
-                "--config", cfg)
+    r = run_cli(
+        "segment",
+        "--workspace",
+        w,
+        "--model",
+        model,
+        "--block-shape",
+        "16,64,128",
+        "--executor",
+        "serial",
+        "--config",
+        cfg,
+    )
     assert r.returncode == 0, r.stderr
     seg = _seg(w)
     assert seg.shape == (16, 128, 128) and not seg.any()  # the network claims nothing beyond its seeds
@@ -173,7 +219,7 @@ def test_a_16nm_model_runs_on_8nm_data_at_its_own_pixels(data, tmp_path):
     assert r.returncode == 0, r.stderr
     seg = _seg(w)
     assert seg.shape == (16, 128, 128)
-    assert (seg > 0).all() and len(np.unique(seg)) == 1   # two subvolumes, reconciled into one object
+    assert (seg > 0).all() and len(np.unique(seg)) == 1  # two subvolumes, reconciled into one object
     bad = tmp_path / "odd.yaml"
     bad.write_text("overlap_zyx: [4, 9, 9]\n")
     r = run_cli("segment", "--workspace", _copy(ws, tmp_path / "w2"), "--model", model, "--config", bad)
@@ -184,16 +230,16 @@ def test_upsampled_borders_snap_to_full_resolution_membranes():
     from ffn.segment import snap_to_membranes
 
     raw = np.full((2, 32, 48), 200, np.uint8)
-    raw[:, :, 21] = 30                                   # a membrane at x = 21
+    raw[:, :, 21] = 30  # a membrane at x = 21
     coarse = np.ones((2, 16, 24), np.uint64)
-    coarse[:, :, 12:] = 2                                # the coarse border at x = 24
+    coarse[:, :, 12:] = 2  # the coarse border at x = 24
     up = np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2)
-    up[1, :, 40:] = 0                                    # unlabelled pixels
+    up[1, :, 40:] = 0  # unlabelled pixels
     out = snap_to_membranes(raw, up, 2)
     assert (out[:, :, :21] == 1).all() and (out[0, :, 22:] == 2).all()
-    assert (out[1, :, 40:] == 0).all()                   # the labelled area only...
+    assert (out[1, :, 40:] == 0).all()  # the labelled area only...
     filled = snap_to_membranes(raw, up, 2, fill=True)
-    assert (filled[1, :, 22:] == 2).all()                # ...unless filling
+    assert (filled[1, :, 22:] == 2).all()  # ...unless filling
     mask = np.zeros(raw.shape, bool)
     mask[1, :, 44:] = True
     assert (snap_to_membranes(raw, up, 2, mask=mask, fill=True)[1, :, 44:] == 0).all()
@@ -215,6 +261,7 @@ def test_bad_input_exit_2(data, tmp_path):
     fails("--model", m, expect="weights file missing")
     m = _model_dir(tmp_path / "m2")
     import json
+
     doc = json.loads((m / "model.json").read_text())
     doc["architecture"]["depth"] = 3  # weights for depth 2
     (m / "model.json").write_text(json.dumps(doc))
@@ -234,8 +281,7 @@ def test_fully_masked_volume_gives_an_empty_segmentation(data, tmp_path):
     vm = g.create_array("vessel_mask", shape=(16, 128, 128), chunks=(16, 128, 128), dtype="uint8", fill_value=0)
     vm[:] = 1
     vm.attrs["voxel_size_nm"] = [40.0, 8.0, 8.0]
-    r = run_cli("segment", "--workspace", w, "--method", "baseline", "--block-shape", "8,64,64",
-                "--executor", "serial")
+    r = run_cli("segment", "--workspace", w, "--method", "baseline", "--block-shape", "8,64,64", "--executor", "serial")
     assert r.returncode == 0, r.stderr
     assert "covers the whole volume" in r.stderr
     assert not _seg(w).any()

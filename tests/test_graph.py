@@ -6,21 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, tree_digest
+
 from connectome.cli import main
 from connectome.graph import read_graph, segment_sizes
 from connectome.synapses.table import read_synapse_table
 from connectome.workspace import Workspace
 
-BIG = 2 ** 63 + 5  # ids above 2**63 must survive
+BIG = 2**63 + 5  # ids above 2**63 must survive
 HEADER = "synapse_id,z,y,x,pre_segment_id,post_segment_id,score,notes"
 ROWS = [
     (1, 1, 2, 3, 1, 2, 0.9),
     (2, 1, 2, 3, 1, 2, 0.7),
-    (3, 1, 2, 3, 2, 1, 0.5),     # 2 -> 1: with 1 -> 2 a reciprocal pair
-    (4, 1, 2, 3, 1, 1, 0.9),     # autapse
-    (5, 1, 2, 3, 0, 2, 0.9),     # id 0
+    (3, 1, 2, 3, 2, 1, 0.5),  # 2 -> 1: with 1 -> 2 a reciprocal pair
+    (4, 1, 2, 3, 1, 1, 0.9),  # autapse
+    (5, 1, 2, 3, 0, 2, 0.9),  # id 0
     (6, 1, 2, 3, 3, BIG, 0.2),
     (7, 1, 2, 3, 1, 3, 0.8),
 ]
@@ -28,10 +28,10 @@ ROWS = [
 
 def segmentation():
     seg = np.zeros((4, 16, 16), np.uint64)
-    seg[:, :8, :8] = 1        # 256 voxels
-    seg[:, :8, 8:] = 2        # 256
-    seg[:, 8:, :8] = 3        # 256
-    seg[:2, 8:, 8:] = BIG     # 128; the rest stays 0
+    seg[:, :8, :8] = 1  # 256 voxels
+    seg[:, :8, 8:] = 2  # 256
+    seg[:, 8:, :8] = 3  # 256
+    seg[:2, 8:, 8:] = BIG  # 128; the rest stays 0
     return seg
 
 
@@ -61,6 +61,7 @@ def one_line_error(capsys):
 
 # ----------------------------------------------------------------------------- outputs
 
+
 def test_edges_nodes_and_summary(ws, capsys):
     assert graph(ws) == 0
     out = capsys.readouterr().out
@@ -69,7 +70,8 @@ def test_edges_nodes_and_summary(ws, capsys):
     assert (ws / "connectivity.csv").read_text() == (
         "pre_segment_id,post_segment_id,synapse_count,mean_score\n"
         "1,2,2,0.800000\n1,3,1,0.800000\n2,1,1,0.500000\n"
-        f"3,{BIG},1,0.200000\n")
+        f"3,{BIG},1,0.200000\n"
+    )
     g = read_graph(ws / "connectivity.graphml")
     assert g.is_directed() and sorted(g.nodes) == [1, 2, 3, BIG]
     assert g.nodes[1] == {"size_voxels": 256, "in_degree": 1, "out_degree": 2, "synapses_in": 1, "synapses_out": 3}
@@ -82,8 +84,9 @@ def test_filters(ws, capsys):
     assert graph(ws, "--min-score", "0.3", "--min-synapses", "2") == 0
     out = capsys.readouterr().out
     assert "2 neurons, 1 edges, 0 reciprocal pairs" in out
-    assert ("2 used; dropped 1 with id 0, 1 autapses, 1 below --min-score 0.3, "
-            "2 on 2 edges below --min-synapses 2") in out
+    assert (
+        "2 used; dropped 1 with id 0, 1 autapses, 1 below --min-score 0.3, 2 on 2 edges below --min-synapses 2"
+    ) in out
     assert (ws / "connectivity.csv").read_text().splitlines()[1:] == ["1,2,2,0.800000"]
     g = read_graph(ws / "connectivity.graphml")
     assert list(g.edges) == [(1, 2)] and g.graph == {**g.graph, "min_score": 0.3, "min_synapses": 2}
@@ -136,7 +139,7 @@ def test_matches_a_naive_networkx_reference(tmp_path):
 
 def test_segment_sizes_blockwise():
     rng = np.random.default_rng(2)
-    seg = rng.integers(0, 6, size=(5, 9, 11)).astype(np.uint64) * np.uint64(2 ** 61)
+    seg = rng.integers(0, 6, size=(5, 9, 11)).astype(np.uint64) * np.uint64(2**61)
     seg[:, 3:6] = 7  # long runs
     ids, counts = segment_sizes(seg, block_shape_zyx=(2, 4, 3))
     want_ids, want_counts = np.unique(seg, return_counts=True)
@@ -146,8 +149,10 @@ def test_segment_sizes_blockwise():
 
 def test_reader_accepts_float_typed_ids_and_quotes(tmp_path):
     p = tmp_path / "synapses.csv"
-    p.write_text('synapse_id,z,y,x,pre_segment_id,post_segment_id,score,notes\n'
-                 '1,1.5,2,3,12.0,7,0.5,"a, quoted"\n\n2,1,2,3,7,12,1,x\n')
+    p.write_text(
+        'synapse_id,z,y,x,pre_segment_id,post_segment_id,score,notes\n'
+        '1,1.5,2,3,12.0,7,0.5,"a, quoted"\n\n2,1,2,3,7,12,1,x\n'
+    )
     t = read_synapse_table(p)
     assert t.pre_segment_id.tolist() == [12, 7] and t.z.tolist() == [1.5, 1.0] and len(t) == 2
 
@@ -157,10 +162,14 @@ def test_fast_and_checked_readers_agree(tmp_path):
 
     rng = np.random.default_rng(8)
     p = tmp_path / "synapses.csv"
-    rows = [(i + 1, *np.round(rng.random(3) * 100, 2), *rng.integers(0, 2 ** 62, 2), round(rng.random(), 4))
-            for i in range(300)]
-    p.write_text("notes,synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n" +
-                 "".join("n," + ",".join(str(v) for v in r) + "\n" for r in rows))
+    rows = [
+        (i + 1, *np.round(rng.random(3) * 100, 2), *rng.integers(0, 2**62, 2), round(rng.random(), 4))
+        for i in range(300)
+    ]
+    p.write_text(
+        "notes,synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n"
+        + "".join("n," + ",".join(str(v) for v in r) + "\n" for r in rows)
+    )
     header = tbl._read_header(p)
     fast, checked = tbl._read_fast(p, header), tbl._read_checked(p, header)
     for name in tbl.COLUMNS:
@@ -193,7 +202,7 @@ def test_failed_write_leaves_old_outputs(ws, monkeypatch):
     monkeypatch.setattr(graph_mod, "write_graphml", boom)
     write_table(ws, ROWS[:2])
     before = tree_digest(ws)
-    assert graph(ws) == 1          # an internal failure, not bad input
+    assert graph(ws) == 1  # an internal failure, not bad input
     # neither file was replaced: the CSV (written first) waits in a temporary file until both are done
     assert tree_digest(ws) == before
     assert not [p for p in ws.iterdir() if p.name.endswith(".partial")]
@@ -210,8 +219,11 @@ BAD_TABLES = [
     (HEADER, [(1, 1, 2, 3, -1, 2, 0.5)], "line 2, column 'pre_segment_id'"),
     (HEADER, [(1, 1, 2, 3, 1, 2, 0.5), (1, 1, 2, 3, 2, 1, 0.5)], "line 3, column 'synapse_id': duplicate id 1"),
     (HEADER, [(1, 1, 2)], "line 2: expected at least 7 fields, got 4"),
-    (HEADER, [(1, 1, 2, 3, 1, 99, 0.5), (2, 1, 2, 3, 98, 2, 0.5), (3, 1, 2, 3, 97, 1, 0.5)],
-     "3 segment id(s) in pre_segment_id/post_segment_id are not in"),
+    (
+        HEADER,
+        [(1, 1, 2, 3, 1, 99, 0.5), (2, 1, 2, 3, 98, 2, 0.5), (3, 1, 2, 3, 97, 1, 0.5)],
+        "3 segment id(s) in pre_segment_id/post_segment_id are not in",
+    ),
 ]
 
 
@@ -240,8 +252,9 @@ def test_existing_outputs_untouched_by_bad_input(ws, capsys):
     after_table = tree_digest(ws)
     assert graph(ws) == 2
     assert tree_digest(ws) == after_table
-    assert {k: v for k, v in before.items() if k.startswith("connectivity")} == \
-           {k: v for k, v in after_table.items() if k.startswith("connectivity")}
+    assert {k: v for k, v in before.items() if k.startswith("connectivity")} == {
+        k: v for k, v in after_table.items() if k.startswith("connectivity")
+    }
 
 
 def test_no_table(ws, capsys):
@@ -267,13 +280,16 @@ def test_no_workspace(tmp_path, capsys):
     assert not (tmp_path / "nope").exists()
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--min-score", "1.5"], "--min-score: expected a number in [0, 1]"),
-    (["--min-score", "nan"], "--min-score"),
-    (["--min-score", "high"], "--min-score"),
-    (["--min-synapses", "0"], "--min-synapses: expected a positive integer"),
-    (["--min-synapses", "2.5"], "--min-synapses"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--min-score", "1.5"], "--min-score: expected a number in [0, 1]"),
+        (["--min-score", "nan"], "--min-score"),
+        (["--min-score", "high"], "--min-score"),
+        (["--min-synapses", "0"], "--min-synapses: expected a positive integer"),
+        (["--min-synapses", "2.5"], "--min-synapses"),
+    ],
+)
 def test_bad_options(ws, capsys, args, fragment):
     assert graph(ws, *args) == 2
     assert fragment in one_line_error(capsys)

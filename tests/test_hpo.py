@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, run_cli
 
 #: only the tests that run a search need DeepHyper; the rest (bad input, the PBS script) run without it
-needs_deephyper = pytest.mark.skipif(importlib.util.find_spec("deephyper") is None,
-                                     reason="deephyper not installed (pip install -e '.[hpo]')")
+needs_deephyper = pytest.mark.skipif(
+    importlib.util.find_spec("deephyper") is None, reason="deephyper not installed (pip install -e '.[hpo]')"
+)
 
 TINY_FFN = """model: {depth: 2, features: 8, fov_zyx: [7, 13, 13], deltas_zyx: [2, 3, 3]}
 examples: {min_object_voxels: 300, val_episodes_per_volume: 2, val_segment_zyx: [0, 0, 0]}
@@ -54,8 +54,18 @@ def setup(tmp_path_factory):
     generate(root / "train", preset="small", seed=411, shape_zyx=(12, 96, 96))
     generate(root / "val", preset="small", seed=413, shape_zyx=(12, 64, 64))
     (root / "tiny_ffn.yaml").write_text(TINY_FFN)
-    r = run_cli("train", "ffn", "--data", root / "train", "--val", root / "val", "--out", root / "model",
-                "--config", root / "tiny_ffn.yaml")
+    r = run_cli(
+        "train",
+        "ffn",
+        "--data",
+        root / "train",
+        "--val",
+        root / "val",
+        "--out",
+        root / "model",
+        "--config",
+        root / "tiny_ffn.yaml",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli("import", root / "val" / "truth.zarr" / "raw", "--workspace", root / "ws", "--voxel-size", "40,8,8")
     assert r.returncode == 0, r.stderr
@@ -77,8 +87,20 @@ def _params(row: dict) -> tuple:
 def test_segment_sweep_best_config_reproduces(setup, tmp_path):
     root = setup
     out = tmp_path / "sweep"
-    r = run_cli("hpo", "run", root / "space.yaml", "--max-evals", 8, "--evaluator", "thread", "--workers", 2,
-                "--out", out, timeout=600)
+    r = run_cli(
+        "hpo",
+        "run",
+        root / "space.yaml",
+        "--max-evals",
+        8,
+        "--evaluator",
+        "thread",
+        "--workers",
+        2,
+        "--out",
+        out,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _rows(out)
     assert len(rows) == 8 and all(float(row["objective"]) <= 0 for row in rows), rows
@@ -98,8 +120,9 @@ def test_segment_sweep_best_config_reproduces(setup, tmp_path):
     # the best config, applied with --config on a fresh copy of the workspace, gives the same objective
     ws = tmp_path / "ws"
     shutil.copytree(root / "ws", ws)
-    r = run_cli("segment", "--workspace", ws, "--model", root / "model", "--config", out / "best.yaml",
-                "--executor", "serial")
+    r = run_cli(
+        "segment", "--workspace", ws, "--model", root / "model", "--config", out / "best.yaml", "--executor", "serial"
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("evaluate", "--workspace", ws, "--truth", root / "val")
     assert r.returncode == 0, r.stderr
@@ -113,8 +136,12 @@ def test_failed_trials_are_deephyper_failures(setup, tmp_path):
     root = setup
     space = tmp_path / "space.yaml"
     text = SPACE.replace("budget: {seconds: 300}", "budget: {seconds: 0.5}")
-    space.write_text(text.replace("{workspace: ws, truth: val, model: model}",
-                                  f"{{workspace: {root / 'ws'}, truth: {root / 'val'}, model: {root / 'model'}}}"))
+    space.write_text(
+        text.replace(
+            "{workspace: ws, truth: val, model: model}",
+            f"{{workspace: {root / 'ws'}, truth: {root / 'val'}, model: {root / 'model'}}}",
+        )
+    )
     out = tmp_path / "sweep"
     r = run_cli("hpo", "run", space, "--max-evals", 2, "--out", out)
     assert r.returncode == 0, r.stderr
@@ -143,8 +170,23 @@ def test_failed_trials_are_deephyper_failures(setup, tmp_path):
 def test_mpicomm_under_mpiexec_3(setup, tmp_path):
     root = setup
     out = tmp_path / "sweep"
-    cmd = [str(BIN / "mpiexec"), "-n", "3", sys.executable, "-m", "connectome", "hpo", "run",
-           str(root / "space.yaml"), "--max-evals", "4", "--evaluator", "mpicomm", "--out", str(out)]
+    cmd = [
+        str(BIN / "mpiexec"),
+        "-n",
+        "3",
+        sys.executable,
+        "-m",
+        "connectome",
+        "hpo",
+        "run",
+        str(root / "space.yaml"),
+        "--max-evals",
+        "4",
+        "--evaluator",
+        "mpicomm",
+        "--out",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _rows(out)
@@ -161,22 +203,25 @@ def test_mpicomm_needs_two_ranks(setup, tmp_path):
 # bad input
 
 
-@pytest.mark.parametrize("edit, named", [
-    (("inference.move_threshold: [0.5, 0.95]", "inference.move_treshold: [0.5, 0.95]"), "inference.move_treshold"),
-    (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.9, 0.9]"), "empty range"),
-    (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.95, 0.5]"), "empty range"),
-    (("inference.min_segment_voxels: [50, 1500]", "inference.min_segment_voxels: [50.5, 1500]"), "int range"),
-    (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.5, 1.5]"), "move_threshold"),
-    (("inference.move_threshold: [0.5, 0.95]", "inference: [0.5, 0.95]"), "section"),
-    (("inference.move_threshold: [0.5, 0.95]", "method: [ffn, flood]"), "'flood'"),
-    (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: {choices: []}"), "empty choices"),
-    (("inference.move_threshold: [0.5, 0.95]", "overlap_zyx: [4, 8]"), "scalar"),
-    (("inference.max_fovs_per_object: 20", "inference.max_fov: 20"), "fixed: unknown field 'inference.max_fov'"),
-    (("objective: -arand", "objective: arand"), "-arand"),
-    (("objective: -arand", "objective: iou"), "section"),
-    (("stage: segment", "stage: segmnet"), "stage"),
-    (("budget: {seconds: 300}", "budget: {steps: 10}"), "budget.steps"),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (("inference.move_threshold: [0.5, 0.95]", "inference.move_treshold: [0.5, 0.95]"), "inference.move_treshold"),
+        (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.9, 0.9]"), "empty range"),
+        (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.95, 0.5]"), "empty range"),
+        (("inference.min_segment_voxels: [50, 1500]", "inference.min_segment_voxels: [50.5, 1500]"), "int range"),
+        (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: [0.5, 1.5]"), "move_threshold"),
+        (("inference.move_threshold: [0.5, 0.95]", "inference: [0.5, 0.95]"), "section"),
+        (("inference.move_threshold: [0.5, 0.95]", "method: [ffn, flood]"), "'flood'"),
+        (("inference.move_threshold: [0.5, 0.95]", "inference.move_threshold: {choices: []}"), "empty choices"),
+        (("inference.move_threshold: [0.5, 0.95]", "overlap_zyx: [4, 8]"), "scalar"),
+        (("inference.max_fovs_per_object: 20", "inference.max_fov: 20"), "fixed: unknown field 'inference.max_fov'"),
+        (("objective: -arand", "objective: arand"), "-arand"),
+        (("objective: -arand", "objective: iou"), "section"),
+        (("stage: segment", "stage: segmnet"), "stage"),
+        (("budget: {seconds: 300}", "budget: {steps: 10}"), "budget.steps"),
+    ],
+)
 def test_bad_space_is_a_user_error(setup, tmp_path, edit, named):
     from connectome.errors import UserInputError
     from hpo.space import load_space
@@ -210,15 +255,29 @@ def test_bad_input_exit_2(setup, tmp_path):
 def test_pbs_hpo_script(tmp_path):
     from connectome.pbs import JobSpec, render
 
-    text = render(JobSpec(stage="hpo", system="polaris", nodes=4, project="MyProj", walltime="02:00:00",
-                          queue="prod", stage_args="space.yaml --max-evals 256 --out sweep"))
+    text = render(
+        JobSpec(
+            stage="hpo",
+            system="polaris",
+            nodes=4,
+            project="MyProj",
+            walltime="02:00:00",
+            queue="prod",
+            stage_args="space.yaml --max-evals 256 --out sweep",
+        )
+    )
     lines = text.splitlines()
-    for d in ("#PBS -l select=4:system=polaris", "#PBS -l walltime=02:00:00", "#PBS -l filesystems=home:eagle",
-              "#PBS -A MyProj", "#PBS -q prod", "#PBS -l place=scatter"):
+    for d in (
+        "#PBS -l select=4:system=polaris",
+        "#PBS -l walltime=02:00:00",
+        "#PBS -l filesystems=home:eagle",
+        "#PBS -A MyProj",
+        "#PBS -q prod",
+        "#PBS -l place=scatter",
+    ):
         assert d in lines, d
     assert "mpiexec -n $((NNODES * 4)) --ppn 4" in text
-    assert ('"$AFFINITY" connectome hpo run space.yaml --max-evals 256 --out sweep --evaluator mpicomm'
-            in text)
+    assert '"$AFFINITY" connectome hpo run space.yaml --max-evals 256 --out sweep --evaluator mpicomm' in text
     p = tmp_path / "job.sh"
     p.write_text(text)
     r = subprocess.run(["bash", "-n", str(p)], capture_output=True, text=True)
@@ -250,12 +309,26 @@ def test_ffn_training_sweep(setup, tmp_path):
     """A real, short FFN training sweep: every trial trains (8 steps), segments the validation
     workspace with its model and is scored by -VOI."""
     root = setup
-    (root / "seg.yaml").write_text("inference: {max_fovs_per_object: 20, deltas_zyx: [3, 6, 6], batch_size: 8}\n"
-                                   "blockwise: {block_shape_zyx: [16, 64, 64]}\n")
+    (root / "seg.yaml").write_text(
+        "inference: {max_fovs_per_object: 20, deltas_zyx: [3, 6, 6], batch_size: 8}\n"
+        "blockwise: {block_shape_zyx: [16, 64, 64]}\n"
+    )
     (root / "train_space.yaml").write_text(TRAIN_SPACE)
     out = tmp_path / "sweep"
-    r = run_cli("hpo", "run", root / "train_space.yaml", "--max-evals", 4, "--evaluator", "process", "--workers", 2,
-                "--out", out, timeout=900)
+    r = run_cli(
+        "hpo",
+        "run",
+        root / "train_space.yaml",
+        "--max-evals",
+        4,
+        "--evaluator",
+        "process",
+        "--workers",
+        2,
+        "--out",
+        out,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = _rows(out)
     assert len(rows) == 4 and all(float(row["objective"]) <= 0 for row in rows), [x["objective"] for x in rows]

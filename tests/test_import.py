@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import tree_digest
 from PIL import Image
 
-from connectome.stages.intensity import sample_sections
 from connectome.sources import open_source
+from connectome.stages.intensity import sample_sections
 from connectome.workspace import Workspace
-from conftest import tree_digest
 
 
 def _write_sources(tmp_path, vol):
@@ -35,12 +35,14 @@ def _write_sources(tmp_path, vol):
     with h5py.File(tmp_path / "v.h5", "w") as f:
         f.create_dataset("/em/raw", data=vol, chunks=(4, 32, 32))
     srcs["hdf5"] = str(tmp_path / "v.h5") + ":/em/raw"
-    z3 = zarr.open_array(str(tmp_path / "v3.zarr"), mode="w", shape=vol.shape, chunks=(5, 16, 16), dtype=vol.dtype,
-                         zarr_format=3)
+    z3 = zarr.open_array(
+        str(tmp_path / "v3.zarr"), mode="w", shape=vol.shape, chunks=(5, 16, 16), dtype=vol.dtype, zarr_format=3
+    )
     z3[:] = vol
     srcs["zarr3"] = str(tmp_path / "v3.zarr")
-    z2 = zarr.open_array(str(tmp_path / "v2.zarr"), mode="w", shape=vol.shape, chunks=(5, 16, 16), dtype=vol.dtype,
-                         zarr_format=2)
+    z2 = zarr.open_array(
+        str(tmp_path / "v2.zarr"), mode="w", shape=vol.shape, chunks=(5, 16, 16), dtype=vol.dtype, zarr_format=2
+    )
     z2[:] = vol
     srcs["zarr2"] = str(tmp_path / "v2.zarr")
     return srcs
@@ -49,8 +51,18 @@ def _write_sources(tmp_path, vol):
 def test_every_source_type_imports_exactly(tmp_path, volume_u8, cli):
     for kind, src in _write_sources(tmp_path, volume_u8).items():
         ws = tmp_path / f"ws_{kind}"
-        r = cli("import", src, "--workspace", ws, "--voxel-size", "40,8,8", "--block-shape", "4,32,32",
-                "--executor", "serial")
+        r = cli(
+            "import",
+            src,
+            "--workspace",
+            ws,
+            "--voxel-size",
+            "40,8,8",
+            "--block-shape",
+            "4,32,32",
+            "--executor",
+            "serial",
+        )
         assert r.returncode == 0, (kind, r.stderr)
         raw = Workspace.open(ws).array("raw")
         assert raw.chunks == (4, 32, 32)
@@ -62,8 +74,18 @@ def test_uint16_is_rescaled_by_the_stated_rule(tmp_path, cli):
     rng = np.random.default_rng(5)
     vol = rng.normal(20000, 3000, size=(10, 64, 64)).clip(0, 65535).astype(np.uint16)
     tifffile.imwrite(tmp_path / "v16.tif", vol)
-    r = cli("import", tmp_path / "v16.tif", "--workspace", tmp_path / "ws", "--voxel-size", "30,4,4",
-            "--block-shape", "3,32,32", "--executor", "serial")
+    r = cli(
+        "import",
+        tmp_path / "v16.tif",
+        "--workspace",
+        tmp_path / "ws",
+        "--voxel-size",
+        "30,4,4",
+        "--block-shape",
+        "3,32,32",
+        "--executor",
+        "serial",
+    )
     assert r.returncode == 0, r.stderr
     raw = Workspace.open(tmp_path / "ws").array("raw")
     lo, hi = np.percentile(sample_sections(open_source(str(tmp_path / "v16.tif"))), (0.1, 99.9))
@@ -71,8 +93,18 @@ def test_uint16_is_rescaled_by_the_stated_rule(tmp_path, cli):
     np.testing.assert_array_equal(np.asarray(raw[:]), expect.astype(np.uint8))
     assert raw.attrs["intensity"] == {"rule": "linear", "lo": pytest.approx(lo), "hi": pytest.approx(hi)}
     # an explicit range overrides the percentiles
-    r = cli("import", tmp_path / "v16.tif", "--workspace", tmp_path / "ws2", "--voxel-size", "30,4,4",
-            "--intensity-range", "10000,30000", "--executor", "serial")
+    r = cli(
+        "import",
+        tmp_path / "v16.tif",
+        "--workspace",
+        tmp_path / "ws2",
+        "--voxel-size",
+        "30,4,4",
+        "--intensity-range",
+        "10000,30000",
+        "--executor",
+        "serial",
+    )
     assert r.returncode == 0, r.stderr
     got = np.asarray(Workspace.open(tmp_path / "ws2").array("raw")[:])
     want = np.clip(np.rint((vol.astype(np.float32) - 10000) * np.float32(255 / 20000)), 0, 255).astype(np.uint8)
@@ -111,8 +143,12 @@ def _bad_sources(tmp_path):
 def test_bad_sources_exit_2_and_leave_the_workspace_untouched(tmp_path, volume_u8, cli):
     tifffile.imwrite(tmp_path / "good.tif", volume_u8)
     ws = tmp_path / "ws"
-    assert cli("import", tmp_path / "good.tif", "--workspace", ws, "--voxel-size", "40,8,8",
-               "--executor", "serial").returncode == 0
+    assert (
+        cli(
+            "import", tmp_path / "good.tif", "--workspace", ws, "--voxel-size", "40,8,8", "--executor", "serial"
+        ).returncode
+        == 0
+    )
     before = tree_digest(ws)
     cases = _bad_sources(tmp_path)
     cases += [(tmp_path / "good.tif", "voxel size is [40.0, 8.0, 8.0] nm")]  # mismatched voxel size
@@ -137,16 +173,19 @@ def test_shape_mismatch_with_existing_workspace(tmp_path, volume_u8, cli):
     assert tree_digest(ws) == before
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--voxel-size", "40,8"], "--voxel-size"),
-    (["--voxel-size", "40,0,8"], "--voxel-size"),
-    (["--voxel-size", "40,8,8", "--executor", "gpu"], "--executor"),
-    (["--voxel-size", "40,8,8", "--workers", "0"], "--workers"),
-    (["--voxel-size", "40,8,8", "--block-shape", "4,x,4"], "--block-shape"),
-    (["--voxel-size", "40,8,8", "--intensity-range", "9"], "--intensity-range"),
-    (["--voxel-size", "40,8,8", "--bogus"], "unrecognized arguments: --bogus"),
-    ([], "--voxel-size"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--voxel-size", "40,8"], "--voxel-size"),
+        (["--voxel-size", "40,0,8"], "--voxel-size"),
+        (["--voxel-size", "40,8,8", "--executor", "gpu"], "--executor"),
+        (["--voxel-size", "40,8,8", "--workers", "0"], "--workers"),
+        (["--voxel-size", "40,8,8", "--block-shape", "4,x,4"], "--block-shape"),
+        (["--voxel-size", "40,8,8", "--intensity-range", "9"], "--intensity-range"),
+        (["--voxel-size", "40,8,8", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "--voxel-size"),
+    ],
+)
 def test_bad_options_exit_2(tmp_path, volume_u8, cli, args, fragment):
     tifffile.imwrite(tmp_path / "a.tif", volume_u8)
     r = cli("import", tmp_path / "a.tif", "--workspace", tmp_path / "ws", *args)
@@ -179,18 +218,37 @@ def test_import_memory_is_bounded_by_the_block_not_the_volume(tmp_path):
     import sys
 
     shape = (64, 2048, 4096)  # 512 MiB of uint8
-    src = zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=shape, chunks=(8, 1024, 1024), dtype="uint8",
-                          zarr_format=3)
+    src = zarr.open_array(
+        str(tmp_path / "big.zarr"), mode="w", shape=shape, chunks=(8, 1024, 1024), dtype="uint8", zarr_format=3
+    )
     pattern = (np.arange(2048 * 4096, dtype=np.uint32).reshape(2048, 4096) % 251).astype(np.uint8)
     for z in range(0, shape[0], 8):
-        src[z:z + 8] = pattern[None] + np.uint8(z)
-    probe = ("import resource, subprocess, sys\n"
-             "r = subprocess.run(sys.argv[1:])\n"
-             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
-             "sys.exit(r.returncode)")
-    cmd = [sys.executable, "-c", probe, sys.executable, "-m", "connectome", "import", str(tmp_path / "big.zarr"),
-           "--workspace", str(tmp_path / "ws"), "--voxel-size", "40,8,8", "--block-shape", "8,512,2048",
-           "--executor", "serial", "-q"]
+        src[z : z + 8] = pattern[None] + np.uint8(z)
+    probe = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n"
+        "sys.exit(r.returncode)"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        probe,
+        sys.executable,
+        "-m",
+        "connectome",
+        "import",
+        str(tmp_path / "big.zarr"),
+        "--workspace",
+        str(tmp_path / "ws"),
+        "--voxel-size",
+        "40,8,8",
+        "--block-shape",
+        "8,512,2048",
+        "--executor",
+        "serial",
+        "-q",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     peak = int(r.stdout.strip().splitlines()[-1])

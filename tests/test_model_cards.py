@@ -73,22 +73,43 @@ def test_portable_path_keeps_a_symlinked_folder_of_the_checkout_inside_it(tmp_pa
 def test_portable_command(tmp_path):
     root = tmp_path / "repo"
     (root / "models" / "vessel").mkdir(parents=True)
-    argv = [str(root / ".venv" / "bin" / "connectome"), "train", "vessel", "--config", str(root / "c.yaml"),
-            "--data", str(tmp_path / "synth" / "d1"), "--out=" + str(root / "models" / "m"), "--steps", "1900",
-            "--val", "v 1/x"]
+    argv = [
+        str(root / ".venv" / "bin" / "connectome"),
+        "train",
+        "vessel",
+        "--config",
+        str(root / "c.yaml"),
+        "--data",
+        str(tmp_path / "synth" / "d1"),
+        "--out=" + str(root / "models" / "m"),
+        "--steps",
+        "1900",
+        "--val",
+        "v 1/x",
+    ]
     assert portable_command(argv, root=root, cwd=root) == (
         f"connectome train vessel --config c.yaml --data {tmp_path / 'synth' / 'd1'} --out=models/m --steps 1900 "
-        "--val 'v 1/x'")
+        "--val 'v 1/x'"
+    )
     # a subcommand word stays a word even where a folder of that name exists in the working directory
-    cmd = portable_command(["x/connectome/__main__.py", "train", "vessel", "--out", "vessel"], root=root,
-                           cwd=root / "models")
+    cmd = portable_command(
+        ["x/connectome/__main__.py", "train", "vessel", "--out", "vessel"], root=root, cwd=root / "models"
+    )
     assert cmd == "connectome train vessel --out models/vessel"
 
 
 def test_the_trainers_record_repo_relative_commands():
     from unet.train import _command_line
 
-    argv = [str(ROOT / ".venv" / "bin" / "connectome"), "train", "synapse", "--config",
-            str(ROOT / "unet" / "configs" / "synapse_demo.yaml"), "--out", "/nonexistent-elsewhere/model"]
-    assert _command_line(argv) == ("connectome train synapse --config unet/configs/synapse_demo.yaml "
-                                   "--out /nonexistent-elsewhere/model")
+    argv = [
+        str(ROOT / ".venv" / "bin" / "connectome"),
+        "train",
+        "synapse",
+        "--config",
+        str(ROOT / "unet" / "configs" / "synapse_demo.yaml"),
+        "--out",
+        "/nonexistent-elsewhere/model",
+    ]
+    assert _command_line(argv) == (
+        "connectome train synapse --config unet/configs/synapse_demo.yaml --out /nonexistent-elsewhere/model"
+    )

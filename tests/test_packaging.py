@@ -43,8 +43,14 @@ def _source_copy(dest: Path) -> Path:
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     src = _source_copy(tmp_path_factory.mktemp("src"))
     out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
-                          cwd=src, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, f"wheel build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     wheels = list(out.glob("connectome-*.whl"))
     assert len(wheels) == 1, wheels
@@ -54,9 +60,14 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
 
 def test_every_shipped_model_and_config_file_is_in_the_wheel(wheel):
     shipped = _shipped_files()
-    assert {"unet/models/vessel/weights.npz", "unet/models/vessel/train.yaml", "unet/models/synapse/model.json",
-            "ffn/models/boundary16/MODEL_CARD.md", "unet/configs/synapse_demo.yaml",
-            "ffn/configs/boundary16.yaml"} <= set(shipped)
+    assert {
+        "unet/models/vessel/weights.npz",
+        "unet/models/vessel/train.yaml",
+        "unet/models/synapse/model.json",
+        "ffn/models/boundary16/MODEL_CARD.md",
+        "unet/configs/synapse_demo.yaml",
+        "ffn/configs/boundary16.yaml",
+    } <= set(shipped)
     names = set(wheel.namelist())
     missing = [f for f in shipped if f not in names]
     assert not missing, f"not in the wheel (fix [tool.setuptools.package-data] in pyproject.toml): {missing}"

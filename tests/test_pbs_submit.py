@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from connectome.cli import main
-from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BASH = shutil.which("bash")
@@ -65,8 +65,23 @@ def _scripts(stdout: str) -> dict[str, str]:
 @pytest.mark.parametrize("system", ["polaris", "aurora", "theta", "local"])
 def test_render_pipeline_every_system(tmp_path, capsys, system):
     ws = tmp_path / "ws one"
-    rc = main(["pbs", "render", str(ROOT / "pipelines" / "polaris.yaml"), "--system", system, "--nodes", "2",
-               "--project", "MyProj", "--workspace", str(ws), "--queue", "prod"])
+    rc = main(
+        [
+            "pbs",
+            "render",
+            str(ROOT / "pipelines" / "polaris.yaml"),
+            "--system",
+            system,
+            "--nodes",
+            "2",
+            "--project",
+            "MyProj",
+            "--workspace",
+            str(ws),
+            "--queue",
+            "prod",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     scripts = _scripts(out)
@@ -78,15 +93,20 @@ def test_render_pipeline_every_system(tmp_path, capsys, system):
         assert lines[0] == "#!/bin/bash"
         prefix = "#COBALT" if system == "theta" else "#PBS"
         directives = [ln for ln in lines if ln.startswith(prefix)]
-        assert all("#" not in d[1:] for d in directives)                  # no comments on directive lines
+        assert all("#" not in d[1:] for d in directives)  # no comments on directive lines
         last = max(i for i, ln in enumerate(lines) if ln.startswith(prefix))
-        assert all(ln.startswith("#") for ln in lines[:last])             # directives before any command
+        assert all(ln.startswith("#") for ln in lines[:last])  # directives before any command
         cmd = f"connectome run {ROOT / 'pipelines' / 'polaris.yaml'} --workspace \"$WS\" --only {sid}"
         assert cmd in text, name
-        nodes = 1 if sid in ("synth", "evaluate") else 2                  # the stage's pbs: nodes wins
+        nodes = 1 if sid in ("synth", "evaluate") else 2  # the stage's pbs: nodes wins
         if system in ("polaris", "aurora"):
-            for d in (f"#PBS -l select={nodes}:system={system}", "#PBS -l place=scatter", "#PBS -A MyProj",
-                      "#PBS -q prod", "#PBS -l filesystems=home:" + ("eagle" if system == "polaris" else "flare")):
+            for d in (
+                f"#PBS -l select={nodes}:system={system}",
+                "#PBS -l place=scatter",
+                "#PBS -A MyProj",
+                "#PBS -q prod",
+                "#PBS -l filesystems=home:" + ("eagle" if system == "polaris" else "flare"),
+            ):
                 assert d in directives, (name, d)
         elif system == "local":
             assert f"#PBS -l nodes={nodes}:ppn={os.cpu_count()}" in directives
@@ -106,40 +126,95 @@ def test_render_pipeline_every_system(tmp_path, capsys, system):
 
 def test_render_pipeline_out_and_submit_dry_run(tmp_path, capsys):
     pipe = ROOT / "pipelines" / "demo.yaml"
-    rc = main(["pbs", "render", str(pipe), "--system", "aurora", "--nodes", "1", "--project", "P",
-               "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "jobs"), "--from", "align",
-               "--until", "segment"])
+    rc = main(
+        [
+            "pbs",
+            "render",
+            str(pipe),
+            "--system",
+            "aurora",
+            "--nodes",
+            "1",
+            "--project",
+            "P",
+            "--workspace",
+            str(tmp_path / "ws"),
+            "--out",
+            str(tmp_path / "jobs"),
+            "--from",
+            "align",
+            "--until",
+            "segment",
+        ]
+    )
     out = capsys.readouterr().out.split()
-    assert rc == 0 and [Path(p).name for p in out] == ["01-align.aurora.pbs", "02-mask-vessels.aurora.pbs",
-                                                       "03-predict-boundaries.aurora.pbs", "04-segment.aurora.pbs"]
+    assert rc == 0 and [Path(p).name for p in out] == [
+        "01-align.aurora.pbs",
+        "02-mask-vessels.aurora.pbs",
+        "03-predict-boundaries.aurora.pbs",
+        "04-segment.aurora.pbs",
+    ]
     assert all(os.access(p, os.X_OK) for p in out)
-    rc = main(["pbs", "submit", str(pipe), "--system", "local", "--nodes", "1", "--workspace",
-               str(tmp_path / "ws2"), "--dry-run"])
+    rc = main(
+        [
+            "pbs",
+            "submit",
+            str(pipe),
+            "--system",
+            "local",
+            "--nodes",
+            "1",
+            "--workspace",
+            str(tmp_path / "ws2"),
+            "--dry-run",
+        ]
+    )
     assert rc == 0 and len(_scripts(capsys.readouterr().out)) == 11  # every stage of pipelines/demo.yaml
     assert not (tmp_path / "ws2").exists()
 
 
 def test_submit_without_qsub_exit_2(tmp_path):
     env = {"PATH": str(tmp_path)}  # no qsub here
-    r = run_cli("pbs", "submit", ROOT / "pipelines" / "demo.yaml", "--system", "local", "--nodes", "1",
-                "--workspace", tmp_path / "ws", env=env)
+    r = run_cli(
+        "pbs",
+        "submit",
+        ROOT / "pipelines" / "demo.yaml",
+        "--system",
+        "local",
+        "--nodes",
+        "1",
+        "--workspace",
+        tmp_path / "ws",
+        env=env,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "qsub: not found on PATH" in lines[0], r.stderr
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["pbs", "submit", "stitch", "--system", "local", "--nodes", "1", "--workspace", "W"], "PIPELINE"),
-    (["pbs", "submit", "P.yaml", "--system", "local", "--nodes", "1", "--workspace", "W"], "pipeline file not found"),
-    (["pbs", "submit", "DEMO", "--system", "polaris", "--nodes", "1", "--workspace", "W"], "--project"),
-    (["pbs", "submit", "DEMO", "--system", "cray", "--nodes", "1", "--workspace", "W"], "--system"),
-    (["pbs", "submit", "DEMO", "--system", "local", "--nodes", "1", "--workspace", "W", "--from", "x"], "--from"),
-    (["pbs", "submit", "DEMO", "--system", "local", "--nodes", "1", "--workspace", "W", "--after", "1;x"], "--after"),
-    (["pbs", "render", "DEMO", "--system", "local", "--nodes", "1"], "--workspace"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["pbs", "submit", "stitch", "--system", "local", "--nodes", "1", "--workspace", "W"], "PIPELINE"),
+        (
+            ["pbs", "submit", "P.yaml", "--system", "local", "--nodes", "1", "--workspace", "W"],
+            "pipeline file not found",
+        ),
+        (["pbs", "submit", "DEMO", "--system", "polaris", "--nodes", "1", "--workspace", "W"], "--project"),
+        (["pbs", "submit", "DEMO", "--system", "cray", "--nodes", "1", "--workspace", "W"], "--system"),
+        (["pbs", "submit", "DEMO", "--system", "local", "--nodes", "1", "--workspace", "W", "--from", "x"], "--from"),
+        (
+            ["pbs", "submit", "DEMO", "--system", "local", "--nodes", "1", "--workspace", "W", "--after", "1;x"],
+            "--after",
+        ),
+        (["pbs", "render", "DEMO", "--system", "local", "--nodes", "1"], "--workspace"),
+    ],
+)
 def test_submit_bad_input_exit_2(tmp_path, capsys, args, fragment):
-    args = [str(ROOT / "pipelines" / "demo.yaml") if a == "DEMO" else str(tmp_path / a) if a in ("W", "P.yaml")
-            else a for a in args]
+    args = [
+        str(ROOT / "pipelines" / "demo.yaml") if a == "DEMO" else str(tmp_path / a) if a in ("W", "P.yaml") else a
+        for a in args
+    ]
     rc = main(args)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and fragment in err[0], err
@@ -173,8 +248,22 @@ def test_slurm_qsub_chain_real(tmp_path, slurm):
     ws = tmp_path / "ws"
     env = {**slurm.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
-    r = run_cli("pbs", "submit", pipe, "--system", "local", "--nodes", "1", "--ppn", "2", "--walltime", "00:10:00",
-                "--workspace", ws, env=env)
+    r = run_cli(
+        "pbs",
+        "submit",
+        pipe,
+        "--system",
+        "local",
+        "--nodes",
+        "1",
+        "--ppn",
+        "2",
+        "--walltime",
+        "00:10:00",
+        "--workspace",
+        ws,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     record = json.loads((ws / "pbs" / "jobs.json").read_text())
     jobs = record["submissions"][-1]["jobs"]
@@ -192,8 +281,11 @@ def test_slurm_qsub_chain_real(tmp_path, slurm):
     for p in sorted((ws / "pbs").glob("*.pbs.[oe]*")):
         name = p.name.rsplit(".", 1)[0]
         logs[name] = logs.get(name, "") + p.read_text(errors="replace")
-    assert [states[i] for i in ids] == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "CANCELLED"], \
-        (states, {k: v[-1500:] for k, v in logs.items()}, slurm.logs())
+    assert [states[i] for i in ids] == ["COMPLETED", "COMPLETED", "COMPLETED", "FAILED", "CANCELLED"], (
+        states,
+        {k: v[-1500:] for k, v in logs.items()},
+        slurm.logs(),
+    )
 
     rec = json.loads((ws / "run.json").read_text())["stages"]
     order = ["synth", "stitch", "train-vessel"]
@@ -221,16 +313,31 @@ def test_slurm_qsub_chain_real(tmp_path, slurm):
         np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
     assert (ws / "stitch" / "tiles.csv").read_text() == (ref / "stitch" / "tiles.csv").read_text()
     wa, wb = ws / "models" / "vessel", ref / "models" / "vessel"
-    assert json.loads((wa / "model.json").read_text()).get("format") == json.loads(
-        (wb / "model.json").read_text()).get("format")
+    assert json.loads((wa / "model.json").read_text()).get("format") == json.loads((wb / "model.json").read_text()).get(
+        "format"
+    )
     fa = sorted(p.relative_to(wa) for p in wa.rglob("weights*") if p.is_file())
     assert fa and fa == sorted(p.relative_to(wb) for p in wb.rglob("weights*") if p.is_file())
     for rel in fa:
         assert (wa / rel).read_bytes() == (wb / rel).read_bytes(), rel
 
     # resubmitting after fixing nothing: finished stages are skipped inside their jobs
-    r = run_cli("pbs", "submit", pipe, "--system", "local", "--nodes", "1", "--ppn", "2", "--workspace", ws,
-                "--until", "stitch", env=env)
+    r = run_cli(
+        "pbs",
+        "submit",
+        pipe,
+        "--system",
+        "local",
+        "--nodes",
+        "1",
+        "--ppn",
+        "2",
+        "--workspace",
+        ws,
+        "--until",
+        "stitch",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     ids2 = [j["job_id"] for j in json.loads((ws / "pbs" / "jobs.json").read_text())["submissions"][-1]["jobs"]]
     assert list(slurm.wait(ids2, timeout=120).values()) == ["COMPLETED", "COMPLETED"]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from connectome.cli import main
 from connectome.pipeline import STAGES, available_commands, load_pipeline
-from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
@@ -110,12 +110,15 @@ def test_bad_pipeline_exit_2_names_it(tmp_path, capsys, text, fragment):
     assert not (tmp_path / "ws").exists()  # nothing ran, nothing written
 
 
-@pytest.mark.parametrize("opts, fragment", [
-    (["--from", "bogus"], "--from: no stage 'bogus'"),
-    (["--from", "align", "--until", "stitch"], "comes after --until"),
-    (["--only", "align", "--from", "stitch"], "--only"),
-    (["--executor", "dask"], "--scheduler-file"),
-])
+@pytest.mark.parametrize(
+    "opts, fragment",
+    [
+        (["--from", "bogus"], "--from: no stage 'bogus'"),
+        (["--from", "align", "--until", "stitch"], "comes after --until"),
+        (["--only", "align", "--from", "stitch"], "--only"),
+        (["--executor", "dask"], "--scheduler-file"),
+    ],
+)
 def test_bad_selection_exit_2(tmp_path, capsys, opts, fragment):
     p = tmp_path / "short.yaml"
     p.write_text(SHORT)
@@ -176,17 +179,36 @@ def test_demo_end_to_end_then_skips(tmp_path):
     r = run_cli("demo", "--workspace", ws, "--preset", "small", "--no-progress", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rec = json.loads((ws / "run.json").read_text())
-    ids = ["synth", "stitch", "align", "mask-vessels", "predict-boundaries", "segment", "synapses", "graph",
-           "skeletonize", "evaluate", "export-precomputed"]
+    ids = [
+        "synth",
+        "stitch",
+        "align",
+        "mask-vessels",
+        "predict-boundaries",
+        "segment",
+        "synapses",
+        "graph",
+        "skeletonize",
+        "evaluate",
+        "export-precomputed",
+    ]
     assert rec["pipeline"]["stages"] == ids
     for sid in ids:
         st = rec["stages"][sid]
         assert st["status"] == "done" and st["exit_code"] == 0 and st["seconds"] > 0, sid
         assert st["versions"]["connectome"] and st["command"].startswith("connectome ")
     assert rec["stages"]["stitch"]["blocks"]["stitch"]["processed"] == 16
-    assert rec["stages"]["segment"]["blocks"] and all(k.startswith("segment") for k in rec["stages"]["segment"]["blocks"])
-    assert set(_arrays(ws / "volume.zarr")) >= {"raw", "vessel_mask", "boundary", "segmentation", "synapse_prob",
-                                                "synapse_post"}
+    assert rec["stages"]["segment"]["blocks"] and all(
+        k.startswith("segment") for k in rec["stages"]["segment"]["blocks"]
+    )
+    assert set(_arrays(ws / "volume.zarr")) >= {
+        "raw",
+        "vessel_mask",
+        "boundary",
+        "segmentation",
+        "synapse_prob",
+        "synapse_post",
+    }
     for name in ("synapses.csv", "connectivity.csv", "connectivity.graphml", "evaluation.json"):
         assert (ws / name).is_file(), name
     assert (ws / "precomputed" / "segmentation" / "info").is_file()
@@ -215,7 +237,7 @@ def test_failing_stage_exit_code_and_record(tmp_path):
     p.write_text("stages:\n  - stage: align\n  - stage: graph\n")
     ws = tmp_path / "ws"
     r = run_cli("run", p, "--workspace", ws)
-    assert r.returncode == 2, r.stderr          # align on a workspace that does not exist: bad input
+    assert r.returncode == 2, r.stderr  # align on a workspace that does not exist: bad input
     assert "connectome: error:" in r.stderr and "align: FAILED with exit code 2" in r.stdout
     rec = json.loads((ws / "run.json").read_text())
     assert rec["stages"]["align"]["status"] == "failed" and "graph" not in rec["stages"]
@@ -231,9 +253,13 @@ def test_run_killed_mid_stage_resumes_identical(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
 
     done = ws / "blockwise" / "stitch" / "done"
-    proc = subprocess.Popen([sys.executable, "-m", "connectome", "run", str(p), "--workspace", str(ws), "--no-progress"],
-                            env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.5"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connectome", "run", str(p), "--workspace", str(ws), "--no-progress"],
+        env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.5"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 3):
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -252,7 +278,10 @@ def test_run_killed_mid_stage_resumes_identical(tmp_path):
     rec = json.loads((ws / "run.json").read_text())
     assert rec["stages"]["stitch"]["status"] == "done"
     assert rec["stages"]["stitch"]["blocks"]["stitch"]["already_done"] >= n_done
-    assert rec["stages"]["stitch"]["blocks"]["stitch"]["processed"] == 8 - rec["stages"]["stitch"]["blocks"]["stitch"]["already_done"]
+    assert (
+        rec["stages"]["stitch"]["blocks"]["stitch"]["processed"]
+        == 8 - rec["stages"]["stitch"]["blocks"]["stitch"]["already_done"]
+    )
     _assert_same_outputs(ref, ws)
 
 
@@ -263,8 +292,18 @@ def test_registry_options_match_the_cli():
 
     from connectome.cli import build_parser
 
-    general = {"help", "verbose", "quiet", "config", "executor", "workers", "scheduler_file", "progress",
-               "restart", "workspace"}
+    general = {
+        "help",
+        "verbose",
+        "quiet",
+        "config",
+        "executor",
+        "workers",
+        "scheduler_file",
+        "progress",
+        "restart",
+        "workspace",
+    }
 
     def sub(parser, words):
         for w in words:
@@ -276,7 +315,8 @@ def test_registry_options_match_the_cli():
     bad = []
     for sdef in STAGES.values():
         cli = {a.dest.replace("_", "-") for a in sub(parser, sdef.command)._actions} - {
-            g.replace("_", "-") for g in general}
+            g.replace("_", "-") for g in general
+        }
         if set(sdef.options) != cli:
             bad.append((sdef.name, sorted(cli - set(sdef.options)), sorted(set(sdef.options) - cli)))
     assert not bad, bad

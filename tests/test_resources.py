@@ -50,10 +50,18 @@ def stitched(tmp_path_factory) -> Path:
 
 # --- item 4: absurd sizes ---------------------------------------------------------------------
 
+
 def test_absurd_frame_is_refused_at_stitch_with_the_estimate(stitched):
     ws = stitched / "ws_huge"
-    r = run_cli("stitch", "--tiles", str(stitched / "s" / "tiles" / "manifest.csv"), "--workspace", str(ws),
-                "--frame-shape", "10000000,10000000")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        str(stitched / "s" / "tiles" / "manifest.csv"),
+        "--workspace",
+        str(ws),
+        "--frame-shape",
+        "10000000,10000000",
+    )
     line = _one_line(r, "--frame-shape", "10000000 x 10000000", "render blocks")
     assert "1,600,000,000,000,000 voxels" in line
     assert not ws.exists(), "nothing may be written for a refused plan"
@@ -62,8 +70,12 @@ def test_absurd_frame_is_refused_at_stitch_with_the_estimate(stitched):
 def test_one_voxel_blocks_are_refused_naming_the_option_or_the_file(stitched, tmp_path):
     ws = stitched / "ws"
     before = tree_digest(ws / "volume.zarr")
-    _one_line(run_cli("smooth", "--workspace", str(ws), "--block-shape", "1,1,1"),
-              "--block-shape:", "block_shape_zyx [1, 1, 1]", "at least 1024")
+    _one_line(
+        run_cli("smooth", "--workspace", str(ws), "--block-shape", "1,1,1"),
+        "--block-shape:",
+        "block_shape_zyx [1, 1, 1]",
+        "at least 1024",
+    )
     cfg = tmp_path / "smooth.yaml"
     cfg.write_text("blockwise:\n  block_shape_zyx: [1, 1, 1]\n")
     _one_line(run_cli("smooth", "--workspace", str(ws), "--config", str(cfg)), f"{cfg}:", "at least 1024")
@@ -75,7 +87,7 @@ def test_plans_with_too_many_blocks_or_too_big_blocks_are_refused():
     check_plan(_task((16, 1, 1), (1, 1, 1)))
     with pytest.raises(UserInputError, match=r"plans 1,073,741,824 blocks \(limit"):
         check_plan(_task((1024, 1024, 1024), (1, 1, 1)))
-    assert MAX_BLOCKS < 1024 ** 3
+    assert MAX_BLOCKS < 1024**3
     # one block (+ halo) that cannot fit in the available memory even with one worker
     big = _task((512, 4096, 4096), (512, 4096, 4096), bytes_per_voxel=16.0)
     with pytest.raises(UserInputError, match=r"needs about 128\.2 GiB of memory per worker, but only 8\.0 GiB"):
@@ -84,6 +96,7 @@ def test_plans_with_too_many_blocks_or_too_big_blocks_are_refused():
 
 
 # --- item 5: bounded local workers --------------------------------------------------------------
+
 
 def test_local_workers_are_capped_by_cores_and_memory():
     assert local_workers(None, cores=8) == (8, "")
@@ -111,6 +124,7 @@ def test_too_many_workers_warn_and_run_with_the_cap(stitched):
 
 # --- item 6: option names and --restart --------------------------------------------------------
 
+
 def test_override_errors_name_the_option_not_defaults(tmp_path):
     ws = tmp_path / "nowhere"
     line = _one_line(run_cli("synapses", "--workspace", str(ws), "--threshold", "2"), "--threshold:", "threshold")
@@ -120,8 +134,11 @@ def test_override_errors_name_the_option_not_defaults(tmp_path):
     # a bad file is still reported as the file, even when an option is given too
     cfg = tmp_path / "syn.yaml"
     cfg.write_text("min_size_voxels: -1\n")
-    _one_line(run_cli("synapses", "--workspace", str(ws), "--config", str(cfg), "--threshold", "0.5"),
-              f"{cfg}:", "min_size_voxels")
+    _one_line(
+        run_cli("synapses", "--workspace", str(ws), "--config", str(cfg), "--threshold", "0.5"),
+        f"{cfg}:",
+        "min_size_voxels",
+    )
 
 
 def test_killed_restart_of_a_multistep_stage_resumes_with_a_plain_rerun(stitched, tmp_path):
@@ -132,11 +149,19 @@ def test_killed_restart_of_a_multistep_stage_resumes_with_a_plain_rerun(stitched
     cfg.write_text("interpolation_order: 3\n")
     done_dir = ws / "blockwise" / "align" / "done"
     (ws / "blockwise" / "align" / "layout.json").unlink()  # so the markers only come back once restarted
-    proc = kill_mid_run(["align", "--workspace", ws, "--config", cfg, "--restart", "--workers", "1", "-q"],
-                        done_dir, at_least=16, delay_s=0.5, then_kill=False)
+    proc = kill_mid_run(
+        ["align", "--workspace", ws, "--config", cfg, "--restart", "--workers", "1", "-q"],
+        done_dir,
+        at_least=16,
+        delay_s=0.5,
+        then_kill=False,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not (done_dir.is_dir() and 3 <= len(os.listdir(done_dir)) < 16
-                                          and (ws / "blockwise" / "align" / "layout.json").exists()):
+    while time.time() < deadline and not (
+        done_dir.is_dir()
+        and 3 <= len(os.listdir(done_dir)) < 16
+        and (ws / "blockwise" / "align" / "layout.json").exists()
+    ):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from conftest import kill_mid_run, run_cli
 
 from connectome.blockwise import BlockGrid, MarkerStore, Task, make_executor, run_task
 from connectome.errors import StageFailed, UserInputError
 from connectome.workspace import Workspace
-from conftest import kill_mid_run, run_cli
 
 SMOOTH = ["--sigma-nm", "40,16,16", "--block-shape", "4,32,32"]
 
@@ -65,6 +65,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, executor):
 
 # ---- retries and failures, with processors that fail on purpose -------------------------------
 
+
 @dataclass(frozen=True)
 class FlakyWrite:
     """Fails the first attempt of every block (counted in a file), then writes block index."""
@@ -95,15 +96,17 @@ def _task(ws_path, proc, max_retries, stage="test"):
     from connectome.blockwise import OutputSpec
 
     grid = BlockGrid((8, 8, 8), (4, 4, 4))
-    return Task(stage, Path(ws_path), grid, proc, {"v": 1}, (OutputSpec("out", "uint8", (4, 4, 4)),),
-                max_retries=max_retries)
+    return Task(
+        stage, Path(ws_path), grid, proc, {"v": 1}, (OutputSpec("out", "uint8", (4, 4, 4)),), max_retries=max_retries
+    )
 
 
 def test_transient_failures_are_retried(tmp_path):
     Workspace.create(tmp_path / "ws", (8, 8, 8), (40, 8, 8))
     (tmp_path / "c").mkdir()
-    report = run_task(_task(tmp_path / "ws", FlakyWrite(str(tmp_path / "ws"), str(tmp_path / "c")), 1),
-                      make_executor("serial"))
+    report = run_task(
+        _task(tmp_path / "ws", FlakyWrite(str(tmp_path / "ws"), str(tmp_path / "c")), 1), make_executor("serial")
+    )
     assert report.processed == 8 and report.failed == 0
     out = np.asarray(Workspace.open(tmp_path / "ws").array("out")[:])
     assert out[0, 0, 0] == 1 and out[7, 7, 7] == 4
@@ -144,8 +147,9 @@ def test_corrupt_input_chunk_fails_the_stage_with_exit_1_naming_the_block(tmp_pa
     chunk = ws / "volume.zarr" / "raw" / "c" / "0" / "0" / "0"
     assert chunk.is_file()
     chunk.write_bytes(b"\x00garbage, not zstd" * 8)
-    r = run_cli("smooth", "--workspace", ws, "--sigma-nm", "0,0,0", "--block-shape", "32,256,256",
-                "--executor", "serial")
+    r = run_cli(
+        "smooth", "--workspace", ws, "--sigma-nm", "0,0,0", "--block-shape", "32,256,256", "--executor", "serial"
+    )
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert "stage 'smooth' failed on block z0_y0_x0 (z[0:24] y[0:96] x[0:96]) after 3 attempts" in last
@@ -158,8 +162,9 @@ def test_second_run_of_a_stage_is_refused_while_the_first_holds_its_lock(tmp_pat
     drops its lock) a rerun proceeds."""
     ws = _prepared_workspace(tmp_path)
     done_dir = ws / "blockwise" / "smooth" / "done"
-    proc = kill_mid_run(["smooth", "--workspace", ws, *SMOOTH, "--executor", "serial"], done_dir, 1, 0.2,
-                        then_kill=False)
+    proc = kill_mid_run(
+        ["smooth", "--workspace", ws, *SMOOTH, "--executor", "serial"], done_dir, 1, 0.2, then_kill=False
+    )
     r = run_cli("smooth", "--workspace", ws, *SMOOTH, "--executor", "serial")
     n_done = len(os.listdir(done_dir))
     os.killpg(proc.pid, signal.SIGKILL)

@@ -33,9 +33,9 @@ def _make_ws(path) -> Workspace:
     rng = np.random.default_rng(0)
     _put(ws, "raw", rng.integers(0, 255, SHAPE), "uint8")
     prob = np.zeros(SHAPE, np.uint8)
-    prob[:, :20, 40:] = 255                                    # a sure vessel
-    prob[UNCERTAIN[0]:UNCERTAIN[3], UNCERTAIN[1]:UNCERTAIN[4], UNCERTAIN[2]:UNCERTAIN[5]] = 128
-    prob[:4, 0:16, 0:16] = 60                                  # a little uncertainty elsewhere
+    prob[:, :20, 40:] = 255  # a sure vessel
+    prob[UNCERTAIN[0] : UNCERTAIN[3], UNCERTAIN[1] : UNCERTAIN[4], UNCERTAIN[2] : UNCERTAIN[5]] = 128
+    prob[:4, 0:16, 0:16] = 60  # a little uncertainty elsewhere
     _put(ws, "vessel_prob", prob, "uint8")
     _put(ws, "vessel_mask", (prob >= 128).astype(np.uint8), "uint8")
     # segmentation: A | B touching across a weak boundary (y < 32); C a dumbbell with a 2 px neck
@@ -49,7 +49,7 @@ def _make_ws(path) -> Workspace:
     edge[:, :-1] |= seg[:, :-1] != seg[:, 1:]
     edge[:, 1:] |= seg[:, :-1] != seg[:, 1:]
     bnd = np.where(edge, 230, 10).astype(np.uint8)
-    bnd[:, :32, 19:21] = 10                                   # the weak A|B boundary
+    bnd[:, :32, 19:21] = 10  # the weak A|B boundary
     _put(ws, "boundary", np.stack([bnd] * 4), "uint8", channels=("boundary", "aff_z", "aff_y", "aff_x"))
     # synapses: one cleft detected at 0.52 with a missing partner, one sure one, one sub-threshold blob
     sp = np.zeros(SHAPE, np.uint8)
@@ -58,9 +58,8 @@ def _make_ws(path) -> Workspace:
     sp[3:6, 50:53, 50:53] = 100
     _put(ws, "synapse_prob", sp, "uint8")
     (ws.path / "synapses.csv").write_text(
-        "synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n"
-        "1,4,11,11,0,1,0.52\n"
-        "2,4,11,31,1,2,0.95\n")
+        "synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n1,4,11,11,0,1,0.52\n2,4,11,31,1,2,0.95\n"
+    )
     return ws
 
 
@@ -89,8 +88,9 @@ def test_vessel_plan_ranks_the_uncertain_box_first_and_the_format_is_exact(ws):
     assert _plan(ws, "vessels", "--count", 3, "--box", "8,32,32") == 0
     rows = _rows(ws, "vessels")
     assert tuple(rows[0]) == COLUMNS
-    assert (ws.path / "review" / "vessels" / "queue.csv").read_text().splitlines()[0] == \
-        "item_id,target,kind,z0,y0,x0,z1,y1,x1,score,reason"
+    assert (ws.path / "review" / "vessels" / "queue.csv").read_text().splitlines()[
+        0
+    ] == "item_id,target,kind,z0,y0,x0,z1,y1,x1,score,reason"
     first = rows[1]
     assert first[:3] == ["vessels-0001", "vessels", "uncertain-region"]
     assert tuple(int(v) for v in first[3:9]) == UNCERTAIN
@@ -145,8 +145,23 @@ def test_plan_refuses_incomplete_inputs_bad_options_and_reviewed_queues(ws, caps
     assert _plan(ws, "vessels", "--count", 2, "--strategy", "smart") == 2 and "--strategy" in _err(capsys)
     assert _plan(ws, "vessels", "--count", 2, "--box", "0,8,8") == 2 and "--box" in _err(capsys)
     assert _plan(ws, "vessels", "--count", 2) == 0
-    assert main(["review", "decide", "--workspace", str(ws.path), "--target", "vessels", "--item", "vessels-0001",
-                 "--decision", "accept"]) == 0
+    assert (
+        main(
+            [
+                "review",
+                "decide",
+                "--workspace",
+                str(ws.path),
+                "--target",
+                "vessels",
+                "--item",
+                "vessels-0001",
+                "--decision",
+                "accept",
+            ]
+        )
+        == 0
+    )
     before = (ws.path / "review" / "vessels" / "queue.csv").read_text()
     assert _plan(ws, "vessels", "--count", 3) == 2
     assert "--overwrite" in _err(capsys)
@@ -159,8 +174,21 @@ def test_plan_refuses_incomplete_inputs_bad_options_and_reviewed_queues(ws, caps
 
 # ------------------------------------------------------------------------------------ decide
 def _decide(ws, item, decision="accept", *extra):
-    return main(["review", "decide", "--workspace", str(ws.path), "--target", "vessels", "--item", item,
-                 "--decision", decision, *extra])
+    return main(
+        [
+            "review",
+            "decide",
+            "--workspace",
+            str(ws.path),
+            "--target",
+            "vessels",
+            "--item",
+            item,
+            "--decision",
+            decision,
+            *extra,
+        ]
+    )
 
 
 def test_decide_appends_and_refuses_unknown_items(ws, capsys):
@@ -172,9 +200,27 @@ def test_decide_appends_and_refuses_unknown_items(ws, capsys):
     assert _decide(ws, "vessels-0001", "maybe") == 2 and "--decision" in _err(capsys)
     lines = (ws.path / "review" / "vessels" / "decisions.csv").read_text().splitlines()
     assert lines[0] == "item_id,decision,author,time"
-    assert [ln.split(",")[:3] for ln in lines[1:]] == [["vessels-0001", "reject", "ana"], ["vessels-0002", "missed", "bo"]]
-    assert main(["review", "decide", "--workspace", str(ws.path), "--target", "synapses", "--item", "x",
-                 "--decision", "accept"]) == 2
+    assert [ln.split(",")[:3] for ln in lines[1:]] == [
+        ["vessels-0001", "reject", "ana"],
+        ["vessels-0002", "missed", "bo"],
+    ]
+    assert (
+        main(
+            [
+                "review",
+                "decide",
+                "--workspace",
+                str(ws.path),
+                "--target",
+                "synapses",
+                "--item",
+                "x",
+                "--decision",
+                "accept",
+            ]
+        )
+        == 2
+    )
     assert "review plan" in _err(capsys)
 
 
@@ -206,8 +252,9 @@ def test_a_killed_write_leaves_the_old_files_intact(ws, monkeypatch):
 
 # ------------------------------------------------------------------------------------ import
 def _import(ws, target, labels, *extra):
-    return main(["review", "import", "--workspace", str(ws.path), "--target", target, "--labels", str(labels),
-                 *map(str, extra)])
+    return main(
+        ["review", "import", "--workspace", str(ws.path), "--target", target, "--labels", str(labels), *map(str, extra)]
+    )
 
 
 def test_vessel_import_keeps_only_queued_voxels(ws, tmp_path, capsys):
@@ -292,6 +339,7 @@ def test_cli_as_a_real_process(ws):
 
     r = run_cli("review", "plan", "--workspace", ws.path, "--target", "vessels", "--count", "2", "--box", "8,32,32")
     assert r.returncode == 0 and "2 items" in r.stdout
-    r = run_cli("review", "decide", "--workspace", ws.path, "--target", "vessels", "--item", "nope",
-                "--decision", "accept")
+    r = run_cli(
+        "review", "decide", "--workspace", ws.path, "--target", "vessels", "--item", "nope", "--decision", "accept"
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nope" in r.stderr

@@ -24,7 +24,7 @@ def _tube_skeleton(y: int) -> Skeleton:
 def _volume(*ys, label=None):
     seg = np.zeros((5, 12, N), np.uint64)
     for k, y in enumerate(ys):
-        seg[1:4, y - 1:y + 2, :] = (label or k + 1)
+        seg[1:4, y - 1 : y + 2, :] = label or k + 1
     return seg
 
 
@@ -38,10 +38,10 @@ def test_erl_of_a_perfect_tube_is_its_length():
 def test_tube_cut_in_two_at_a_known_position():
     sk = {1: _tube_skeleton(3)}
     seg = _volume(3)
-    seg[:, :, 30:][seg[:, :, 30:] > 0] = 2          # cut between node 29 and node 30
+    seg[:, :, 30:][seg[:, :, 30:] > 0] = 2  # cut between node 29 and node 30
     r = evaluate_skeletons(sk, seg, _volume(3), VS)
     # runs: nodes 0..29 (290 nm) and 30..99 (690 nm); the cut edge belongs to no run
-    assert r["erl_nm"] == pytest.approx((290.0 ** 2 + 690.0 ** 2) / 990.0)
+    assert r["erl_nm"] == pytest.approx((290.0**2 + 690.0**2) / 990.0)
     assert r["n_splits"] == 1 and r["n_split_skeletons"] == 1 and r["n_merges"] == 0
     assert r["erl_truth_nm"] == pytest.approx(990.0)
 
@@ -49,29 +49,29 @@ def test_tube_cut_in_two_at_a_known_position():
 def test_merge_of_two_tubes_counted_once_and_ends_runs_on_both():
     sk = {1: _tube_skeleton(3), 2: _tube_skeleton(8)}
     truth = _volume(3, 8)
-    merged = _volume(3, 8, label=7)                 # one segment holds both tubes
+    merged = _volume(3, 8, label=7)  # one segment holds both tubes
     r = evaluate_skeletons(sk, merged, truth, VS)
     assert r["n_merges"] == 1 and r["n_merger_segments"] == 1
-    assert r["erl_nm"] == 0.0                       # no correct edge on either tube
+    assert r["erl_nm"] == 0.0  # no correct edge on either tube
     assert r["erl_truth_nm"] == pytest.approx(990.0)
     (worst,) = r["worst_mergers"]
     assert worst["segment_id"] == 7 and worst["truth_ids"] == [1, 2]
     assert worst["skeleton_length_nm"] == pytest.approx(1980.0)
     z, y, x = worst["position_zyx"]
-    assert merged[z, y, x] == 7                     # a position inside the merger, to open in Neuroglancer
+    assert merged[z, y, x] == 7  # a position inside the merger, to open in Neuroglancer
 
     # tube 1 half merged into tube 2's segment: the merge ends the runs on both; the rest of tube 1 counts
     partial = _volume(3, 8, label=7)
-    partial[:, 2:5, 50:] = 3                        # tube 1 from node 50 on: its own segment
+    partial[:, 2:5, 50:] = 3  # tube 1 from node 50 on: its own segment
     r = evaluate_skeletons(sk, partial, truth, VS)
     assert r["n_merges"] == 1 and r["n_splits"] == 1
-    assert r["erl_nm"] == pytest.approx(490.0 ** 2 / 1980.0)
+    assert r["erl_nm"] == pytest.approx(490.0**2 / 1980.0)
 
 
 def test_min_overlap_ignores_a_stray_node():
     sk = {1: _tube_skeleton(3), 2: _tube_skeleton(8)}
     seg = _volume(3, 8)
-    seg[2, 3, 40] = 2                               # one node (10 nm of cable) of tube 1 lies in tube 2's segment
+    seg[2, 3, 40] = 2  # one node (10 nm of cable) of tube 1 lies in tube 2's segment
     node_seg = {t: seg[2, [3 if t == 1 else 8] * N, np.arange(N)] for t in sk}
     strict = skeleton_metrics(sk, node_seg, VS, min_overlap_nm=0)
     lenient = skeleton_metrics(sk, node_seg, VS, min_overlap_nm=20)
@@ -79,14 +79,16 @@ def test_min_overlap_ignores_a_stray_node():
     assert lenient["n_merges"] == 0 and lenient["n_splits"] == 0
     # the stray node ends tube 1's run either way (its two edges are not correct); counted as a
     # merge it also ends every run of tube 2
-    assert lenient["erl_nm"] == pytest.approx((390.0 ** 2 + 580.0 ** 2 + 990.0 ** 2) / 1980.0)
-    assert strict["erl_nm"] == pytest.approx((390.0 ** 2 + 580.0 ** 2) / 1980.0)
+    assert lenient["erl_nm"] == pytest.approx((390.0**2 + 580.0**2 + 990.0**2) / 1980.0)
+    assert strict["erl_nm"] == pytest.approx((390.0**2 + 580.0**2) / 1980.0)
 
 
 def test_run_lengths_on_a_branched_skeleton():
     # a Y: stem 0-1-2, branches 2-3 and 2-4; all in one segment -> one run of the whole length
-    sk = Skeleton(np.array([[0.0, 0, 0], [0, 0, 10], [0, 0, 20], [0, 10, 30], [0, -10, 30]]),
-                  np.array([[0, 1], [1, 2], [2, 3], [2, 4]]))
+    sk = Skeleton(
+        np.array([[0.0, 0, 0], [0, 0, 10], [0, 0, 20], [0, 10, 30], [0, -10, 30]]),
+        np.array([[0, 1], [1, 2], [2, 3], [2, 4]]),
+    )
     runs = run_lengths(sk, np.array([4, 4, 4, 4, 4], np.uint64), set())
     assert runs.tolist() == pytest.approx([sk.length_nm()])
     runs = run_lengths(sk, np.array([4, 4, 4, 4, 5], np.uint64), set())
@@ -113,7 +115,7 @@ def test_synth_truth_skeletons_and_evaluate(tmp_path, capsys):
     inside = [np.floor(s.vertices_nm / vs).astype(int) for s in skels.values()]
     assert all(((v >= 0) & (v < neurons.shape)).all() for v in inside)
     hit = np.mean(np.concatenate([neurons[tuple(v.T)] == i for i, v in zip(skels, inside)]))
-    assert hit > 0.8                              # centre lines run inside their own neuron's voxels
+    assert hit > 0.8  # centre lines run inside their own neuron's voxels
 
     ws = Workspace.create(tmp_path / "ws", neurons.shape, vs)
     ws.require_array("segmentation", "uint64", (8, 64, 64))[:] = neurons

@@ -16,17 +16,17 @@ from connectome.workspace import Workspace
 
 VOXEL = (40.0, 8.0, 8.0)
 SHAPE = (24, 48, 64)
-BIG = 2 ** 63 + 5
+BIG = 2**63 + 5
 
 
 def tubes() -> np.ndarray:
     """Three neurites: along x lying across the z = 12 block border, along z, and a diagonal."""
     seg = np.zeros(SHAPE, np.uint64)
-    seg[10:14, 20:26, :] = 5                       # along x, z 10..13: the z border at 12 cuts it lengthwise
-    seg[:, 2:8, 30:36] = BIG                       # along z, a uint64 id above 2^63
+    seg[10:14, 20:26, :] = 5  # along x, z 10..13: the z border at 12 cuts it lengthwise
+    seg[:, 2:8, 30:36] = BIG  # along z, a uint64 id above 2^63
     zz, yy, xx = np.indices(SHAPE)
     d = np.sqrt((8.0 * (yy - 30 - 0.3 * (xx - 32))) ** 2 + (40.0 * (zz - 5)) ** 2)
-    seg[(d < 40) & (seg == 0)] = 9                 # diagonal in y-x at z ~ 5
+    seg[(d < 40) & (seg == 0)] = 9  # diagonal in y-x at z ~ 5
     return seg
 
 
@@ -64,16 +64,18 @@ def test_blockwise_equals_one_block(block):
         a, b = whole[i], parts[i]
         assert b.components()[0] == 1, f"segment {i} breaks at a block border"
         assert b.length_nm() == pytest.approx(a.length_nm(), rel=0.05)
-        assert _hausdorff(a.vertices_nm, b.vertices_nm) <= 2 * max(VOXEL)   # equal up to node spacing
+        assert _hausdorff(a.vertices_nm, b.vertices_nm) <= 2 * max(VOXEL)  # equal up to node spacing
 
 
 def test_deterministic_and_dust():
     seg = tubes()
-    seg[0, 40:42, 0:2] = 77   # 4 voxels
-    a = skeletonize_volume(seg, VOXEL, SkeletonizeConfig(blockwise=BlockwiseConfig(block_shape_zyx=(12, 24, 32)),
-                                                         dust_voxels=10))
-    b = skeletonize_volume(seg, VOXEL, SkeletonizeConfig(blockwise=BlockwiseConfig(block_shape_zyx=(12, 24, 32)),
-                                                         dust_voxels=10))
+    seg[0, 40:42, 0:2] = 77  # 4 voxels
+    a = skeletonize_volume(
+        seg, VOXEL, SkeletonizeConfig(blockwise=BlockwiseConfig(block_shape_zyx=(12, 24, 32)), dust_voxels=10)
+    )
+    b = skeletonize_volume(
+        seg, VOXEL, SkeletonizeConfig(blockwise=BlockwiseConfig(block_shape_zyx=(12, 24, 32)), dust_voxels=10)
+    )
     assert 77 not in a and sorted(a) == [5, 9, BIG]
     for i in a:
         np.testing.assert_array_equal(a[i].vertices_nm, b[i].vertices_nm)
@@ -84,8 +86,11 @@ def test_formats_round_trip(tmp_path):
     from connectome.skeletons.precomputed import INFO, read_skeletons, write_skeletons
     from connectome.skeletons.swc import read_swc, write_swc
 
-    sk = Skeleton(np.array([[0.0, 1, 2], [40, 9, 10], [80, 17, 18], [40, 30, 40]]),
-                  np.array([[0, 1], [1, 2], [1, 3]]), np.array([5, 6, 7, 8], np.float32))
+    sk = Skeleton(
+        np.array([[0.0, 1, 2], [40, 9, 10], [80, 17, 18], [40, 30, 40]]),
+        np.array([[0, 1], [1, 2], [1, 3]]),
+        np.array([5, 6, 7, 8], np.float32),
+    )
     write_skeletons(tmp_path / "sk", {BIG: sk})
     assert json.loads((tmp_path / "sk" / "info").read_text())["@type"] == INFO["@type"] == "neuroglancer_skeletons"
     back = read_skeletons(tmp_path / "sk")[BIG]
@@ -126,9 +131,10 @@ def test_skeletonize_command(tmp_path, capsys):
     assert sorted(skels) == [5, 9, BIG]
     assert all(s.components()[0] == 1 for s in skels.values())
     assert (ws / "skeletons" / "swc" / f"{BIG}.swc").is_file()
-    assert sorted(p.name for p in (ws / "precomputed" / "segmentation" / "skeletons").iterdir()) == \
-        sorted(["info", "5", "9", str(BIG)])
-    assert main(args) == 0                      # idempotent
+    assert sorted(p.name for p in (ws / "precomputed" / "segmentation" / "skeletons").iterdir()) == sorted(
+        ["info", "5", "9", str(BIG)]
+    )
+    assert main(args) == 0  # idempotent
     assert "up to date" in capsys.readouterr().out
     # the export links them from the segmentation layer's info (and keeps them when it rewrites it)
     assert main(["export-precomputed", "--workspace", str(ws), "-q"]) == 0
@@ -155,8 +161,9 @@ def test_bad_input_missing_segmentation(tmp_path, capsys):
 
 def test_bad_input_segmentation_of_another_shape(tmp_path, capsys):
     ws = _workspace(tmp_path / "ws")
-    Workspace.open(ws).group.create_array("other", shape=(5, 6, 7), chunks=(5, 6, 7), dtype="uint64",
-                                          attributes={"voxel_size_nm": list(VOXEL)})
+    Workspace.open(ws).group.create_array(
+        "other", shape=(5, 6, 7), chunks=(5, 6, 7), dtype="uint64", attributes={"voxel_size_nm": list(VOXEL)}
+    )
     assert main(["skeletonize", "--workspace", str(ws), "--segmentation", "other"]) == 2
     line = _one_error_line(capsys)
     assert "other" in line and "shape" in line
@@ -180,9 +187,15 @@ def test_config_defaults_pinned_and_yaml(tmp_path, capsys):
     from connectome.config import config_to_dict, load_config
 
     assert config_to_dict(SkeletonizeConfig()) == {
-        "blockwise": {"block_shape_zyx": [64, 256, 256], "max_retries": 2}, "input": "segmentation",
-        "teasar_scale": 1.5, "teasar_const_nm": 300.0, "dust_voxels": 100, "halo_nm": 480.0, "join_radius_nm": 0.0,
-        "swc": False}
+        "blockwise": {"block_shape_zyx": [64, 256, 256], "max_retries": 2},
+        "input": "segmentation",
+        "teasar_scale": 1.5,
+        "teasar_const_nm": 300.0,
+        "dust_voxels": 100,
+        "halo_nm": 480.0,
+        "join_radius_nm": 0.0,
+        "swc": False,
+    }
     (tmp_path / "c.yaml").write_text("halo_nm: 240\nblockwise: {block_shape_zyx: [12, 24, 32]}\n")
     cfg = load_config(SkeletonizeConfig, tmp_path / "c.yaml")
     assert cfg.halo_nm == 240.0 and cfg.blockwise.block_shape_zyx == (12, 24, 32)

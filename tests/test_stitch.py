@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BIN, run_cli, tree_digest
 from PIL import Image
 from scipy import ndimage
 
-from conftest import BIN, run_cli, tree_digest
 from connectome.montage.pairwise import match_overlap, phase_correlate, prefilter
 from connectome.montage.solve import PairEq, solve_positions
 from connectome.montage.testdata import texture
@@ -25,8 +25,9 @@ from connectome.montage.testdata import texture
 
 def _read_tiles(path) -> dict:
     with open(path) as f:
-        return {(int(r["section"]), int(r["row"]), int(r["col"])): (float(r["x"]), float(r["y"]))
-                for r in csv.DictReader(f)}
+        return {
+            (int(r["section"]), int(r["row"]), int(r["col"])): (float(r["x"]), float(r["y"])) for r in csv.DictReader(f)
+        }
 
 
 def tile_errors(estimated: dict, truth: dict) -> np.ndarray:
@@ -36,7 +37,7 @@ def tile_errors(estimated: dict, truth: dict) -> np.ndarray:
     for (s, r, c), est in estimated.items():
         if (s, 0, 0) not in estimated or (s, r, c) not in truth:
             continue
-        d = (np.subtract(est, estimated[(s, 0, 0)]) - np.subtract(truth[(s, r, c)], truth[(s, 0, 0)]))
+        d = np.subtract(est, estimated[(s, 0, 0)]) - np.subtract(truth[(s, r, c)], truth[(s, 0, 0)])
         out.append(float(np.hypot(*d)))
     return np.asarray(out)
 
@@ -44,8 +45,9 @@ def tile_errors(estimated: dict, truth: dict) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # known answers
 
+
 def _cut(img, pos_yx, hw):
-    yy, xx = np.mgrid[:hw[0], :hw[1]].astype(float)
+    yy, xx = np.mgrid[: hw[0], : hw[1]].astype(float)
     return ndimage.map_coordinates(img, [yy + pos_yx[0], xx + pos_yx[1]], order=3)
 
 
@@ -98,6 +100,7 @@ def test_solve_drops_a_wrong_pair_and_places_an_isolated_tile_at_nominal():
 # ---------------------------------------------------------------------------------------------
 # synthetic data with ground truth
 
+
 @pytest.fixture(scope="module")
 def synth_small(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "small"
@@ -109,8 +112,19 @@ def synth_small(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stitched(synth_small, tmp_path_factory):
     ws = tmp_path_factory.mktemp("stitch") / "ws"
-    r = run_cli("stitch", "--tiles", synth_small / "tiles" / "manifest.csv", "--workspace", ws,
-                "--frame-shape", "256,256", "--executor", "local", "--workers", "2")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        synth_small / "tiles" / "manifest.csv",
+        "--workspace",
+        ws,
+        "--frame-shape",
+        "256,256",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     return ws
 
@@ -140,10 +154,10 @@ def test_stitch_tables_and_montage_geometry(synth_small, stitched):
     # section 0 is the aligned frame: its montage equals the truth up to tile gain, with no shift
     montage, coverage, attrs = open_montages(stitched)
     oy, ox = attrs["offset_yx"]
-    m0 = np.asarray(montage[0, oy:oy + 256, ox:ox + 256]).astype(float)
+    m0 = np.asarray(montage[0, oy : oy + 256, ox : ox + 256]).astype(float)
     t0 = np.asarray(zarr.open_group(str(synth_small / "truth.zarr"), mode="r")["raw"][0]).astype(float)
     assert np.corrcoef(m0.ravel(), t0.ravel())[0, 1] > 0.98
-    assert np.asarray(coverage[0, oy:oy + 256, ox:ox + 256]).all()
+    assert np.asarray(coverage[0, oy : oy + 256, ox : ox + 256]).all()
 
 
 MONTAGE_DIR = "montages.zarr"
@@ -151,14 +165,24 @@ MONTAGE_DIR = "montages.zarr"
 
 def test_stitch_rerun_does_nothing(synth_small, stitched):
     before = tree_digest(stitched / "stitch")
-    r = run_cli("stitch", "--tiles", synth_small / "tiles" / "manifest.csv", "--workspace", stitched,
-                "--frame-shape", "256,256", "--executor", "serial")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        synth_small / "tiles" / "manifest.csv",
+        "--workspace",
+        stitched,
+        "--frame-shape",
+        "256,256",
+        "--executor",
+        "serial",
+    )
     assert r.returncode == 0 and "0 blocks processed, 16 already done" in r.stdout
     assert tree_digest(stitched / "stitch") == before
 
 
 # ---------------------------------------------------------------------------------------------
 # bad input
+
 
 def _small_tileset(root: Path, sections: int = 2) -> Path:
     """2 x 2 tiles per section cut from a texture; returns the manifest path."""
@@ -170,7 +194,7 @@ def _small_tileset(root: Path, sections: int = 2) -> Path:
                 y, x = 10 + r * 110, 10 + c * 110
                 rel = f"s{s}/t{r}{c}.png"
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.clip(world[y:y + 128, x:x + 128] + s, 0, 255).astype(np.uint8)).save(root / rel)
+                Image.fromarray(np.clip(world[y : y + 128, x : x + 128] + s, 0, 255).astype(np.uint8)).save(root / rel)
                 rows.append(f"{s},{r},{c},{rel},{c * 110},{r * 110}")
     (root / "manifest.csv").write_text("section,row,col,path,x,y\n" + "\n".join(rows) + "\n")
     return root / "manifest.csv"
@@ -197,7 +221,11 @@ def test_bad_input_exits_2_naming_the_culprit_and_leaves_the_workspace_untouched
     Image.fromarray(np.zeros((128, 128, 3), np.uint8)).save(root / "rgb.png")
     (root / "empty.png").write_bytes(b"")
     cases = {
-        "missing": (lambda ls: ls[:2] + ["0,0,1,s0/nope.png,110,0"] + ls[3:], "section 0 row 0 col 1", "file not found"),
+        "missing": (
+            lambda ls: ls[:2] + ["0,0,1,s0/nope.png,110,0"] + ls[3:],
+            "section 0 row 0 col 1",
+            "file not found",
+        ),
         "garbage": (lambda ls: ls[:2] + ["0,0,1,garbage.png,110,0"] + ls[3:], "garbage.png", "not a readable image"),
         "empty_file": (lambda ls: ls[:2] + ["0,0,1,empty.png,110,0"] + ls[3:], "empty.png", "empty file"),
         "size": (lambda ls: ls[:2] + ["0,0,1,small.png,110,0"] + ls[3:], "small.png", "expected 128x128"),
@@ -208,10 +236,16 @@ def test_bad_input_exits_2_naming_the_culprit_and_leaves_the_workspace_untouched
         "empty_section": (lambda ls: ls + ["7,0,0,,0,0"], "section 7 is empty", "no tile path"),
         "bad_header": (lambda ls: ["section,row,col,file,x,y"] + ls[1:], "missing column(s) path", "expected"),
         "negative_row": (lambda ls: ls + ["1,-1,0,s1/t00.png,0,0"], "row must be an integer >= 0", "line"),
-        "escape": (lambda ls: ls[:2] + ["0,0,1,../outside.png,110,0"] + ls[3:], "'../outside.png' lies outside",
-                   "--allow-absolute-paths"),
-        "absolute": (lambda ls: ls[:2] + [f"0,0,1,{tmp_path / 'outside.png'},110,0"] + ls[3:], "lies outside",
-                     "--allow-absolute-paths"),
+        "escape": (
+            lambda ls: ls[:2] + ["0,0,1,../outside.png,110,0"] + ls[3:],
+            "'../outside.png' lies outside",
+            "--allow-absolute-paths",
+        ),
+        "absolute": (
+            lambda ls: ls[:2] + [f"0,0,1,{tmp_path / 'outside.png'},110,0"] + ls[3:],
+            "lies outside",
+            "--allow-absolute-paths",
+        ),
         "directory": (lambda ls: ls[:2] + ["0,0,1,s0,110,0"] + ls[3:], "section 0 row 0 col 1", "is a directory"),
     }
     Image.fromarray(np.zeros((128, 128), np.uint8)).save(tmp_path / "outside.png")
@@ -225,8 +259,16 @@ def test_bad_input_exits_2_naming_the_culprit_and_leaves_the_workspace_untouched
     r = run_cli("stitch", "--tiles", tmp_path / "nowhere.csv", "--workspace", ws)
     assert r.returncode == 2 and "tile manifest not found" in r.stderr
     # paths outside the manifest's folder only on request (then the tile is read like any other)
-    r = run_cli("stitch", "--tiles", _variant(root, "escape", cases["escape"][0]), "--workspace", tmp_path / "ws2",
-                "--executor", "serial", "--allow-absolute-paths")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        _variant(root, "escape", cases["escape"][0]),
+        "--workspace",
+        tmp_path / "ws2",
+        "--executor",
+        "serial",
+        "--allow-absolute-paths",
+    )
     assert r.returncode == 0, r.stderr
     r = run_cli("stitch", "--tiles", manifest, "--workspace", ws, "--voxel-size", "30,8,8")
     assert r.returncode == 2 and "voxel size" in r.stderr
@@ -237,10 +279,15 @@ def test_bad_input_exits_2_naming_the_culprit_and_leaves_the_workspace_untouched
 
 def test_skip_bad_tiles_reports_and_continues(tmp_path):
     root = tmp_path / "tiles"
-    manifest = _small_tileset(root, sections=3)
+    _small_tileset(root, sections=3)
     Image.fromarray(np.zeros((100, 128), np.uint8)).save(root / "small.png")
-    bad = _variant(root, "bad", lambda ls: [ls[0]] + [ln.replace("s1/t11.png", "s1/gone.png")
-                                                      .replace("s2/t00.png", "small.png") for ln in ls[1:]])
+    bad = _variant(
+        root,
+        "bad",
+        lambda ls: (
+            [ls[0]] + [ln.replace("s1/t11.png", "s1/gone.png").replace("s2/t00.png", "small.png") for ln in ls[1:]]
+        ),
+    )
     ws = tmp_path / "ws"
     r = run_cli("stitch", "--tiles", bad, "--workspace", ws, "--executor", "serial")
     assert r.returncode == 2 and "--skip-bad-tiles" in r.stderr
@@ -263,6 +310,7 @@ def test_skip_bad_tiles_reports_and_continues(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # resumption and executors
 
+
 def _montage_bytes(ws: Path) -> dict:
     return tree_digest(ws / "stitch" / MONTAGE_DIR)
 
@@ -271,10 +319,29 @@ def test_sigkill_then_resume_is_bit_identical(synth_small, stitched, tmp_path):
     manifest = synth_small / "tiles" / "manifest.csv"
     ws = tmp_path / "ws"
     done = ws / "blockwise" / "stitch" / "done"
-    cmd = [sys.executable, "-m", "connectome", "stitch", "--tiles", str(manifest), "--workspace", str(ws),
-           "--frame-shape", "256,256", "--executor", "local", "--workers", "2"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.4"}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "connectome",
+        "stitch",
+        "--tiles",
+        str(manifest),
+        "--workspace",
+        str(ws),
+        "--frame-shape",
+        "256,256",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "CONNECTOME_BLOCK_DELAY_S": "0.4"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (done.is_dir() and len(os.listdir(done)) >= 4):
         time.sleep(0.02)
@@ -283,8 +350,19 @@ def test_sigkill_then_resume_is_bit_identical(synth_small, stitched, tmp_path):
     time.sleep(0.5)
     finished = len(os.listdir(done))
     assert 4 <= finished < 16, "the kill must land mid-run"
-    r = run_cli("stitch", "--tiles", manifest, "--workspace", ws, "--frame-shape", "256,256", "--executor", "local",
-                "--workers", "2")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        manifest,
+        "--workspace",
+        ws,
+        "--frame-shape",
+        "256,256",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    )
     assert r.returncode == 0, r.stderr
     assert f"{16 - finished} blocks processed, {finished} already done" in r.stdout
     assert _montage_bytes(ws) == _montage_bytes(stitched)
@@ -295,11 +373,22 @@ def test_sigkill_then_resume_is_bit_identical(synth_small, stitched, tmp_path):
 @pytest.mark.parametrize("executor", ["serial", "dask", "mpi"])
 def test_identical_output_across_executors(synth_small, stitched, tmp_path, executor, request):
     ws = tmp_path / f"ws_{executor}"
-    args = ["stitch", "--tiles", str(synth_small / "tiles" / "manifest.csv"), "--workspace", str(ws),
-            "--frame-shape", "256,256"]
+    args = [
+        "stitch",
+        "--tiles",
+        str(synth_small / "tiles" / "manifest.csv"),
+        "--workspace",
+        str(ws),
+        "--frame-shape",
+        "256,256",
+    ]
     if executor == "mpi":
-        r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args,
-                            "--executor", "mpi"], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", *args, "--executor", "mpi"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     elif executor == "dask":
         r = run_cli(*args, "--executor", "dask", "--scheduler-file", request.getfixturevalue("dask_cluster"))
     else:
@@ -313,6 +402,7 @@ def test_identical_output_across_executors(synth_small, stitched, tmp_path, exec
 # robustness: small overlaps, large jitter, low or repetitive texture, gain and vignetting,
 # tiles that cannot be registered
 
+
 def _pair(world, true_yx, nominal_dx, rng, tile=200, gain=1.0, vignetting=0.0, noise=8.0):
     """Tile a at (200, 150) of ``world`` and tile b at ``true_yx`` from it (b relative to a),
     both with noise, b with a gain, both vignetted; prefiltered as the stage does."""
@@ -320,7 +410,11 @@ def _pair(world, true_yx, nominal_dx, rng, tile=200, gain=1.0, vignetting=0.0, n
     yy, xx = np.mgrid[:tile, :tile]
     vig = 1 - vignetting * ((yy - c) ** 2 + (xx - c) ** 2) / (2 * c * c)
     a = _cut(world, (200, 150), (tile, tile)) * vig + rng.normal(0, noise, (tile, tile))
-    b = gain * _cut(world, (200 + true_yx[0], 150 + true_yx[1]), (tile, tile)) * vig + 3 + rng.normal(0, noise, (tile, tile))
+    b = (
+        gain * _cut(world, (200 + true_yx[0], 150 + true_yx[1]), (tile, tile)) * vig
+        + 3
+        + rng.normal(0, noise, (tile, tile))
+    )
     return prefilter(a, 1, 0), prefilter(b, 1, 0)
 
 
@@ -351,7 +445,7 @@ def test_high_ncc_with_a_low_peak_ratio_is_a_good_match(kind):
     rng = np.random.default_rng(3)
     world = texture((700, 700), seed=5, kind=kind)
     ratios, errs, zs = [], [], []
-    for k in range(6):
+    for _k in range(6):
         true = np.array([rng.integers(-6, 7), 180 + rng.integers(-6, 7)], dtype=float)
         a, b = _pair(world, true, 180, rng, vignetting=0.3)
         m = match_overlap(a, b, (0, 180))
@@ -361,9 +455,9 @@ def test_high_ncc_with_a_low_peak_ratio_is_a_good_match(kind):
         errs.append(np.hypot(*(np.array(m.offset_yx) - true)))
     assert max(errs) < (0.25 if kind == "periodic" else 0.8), errs
     if kind == "periodic":
-        assert min(ratios) < 1.1 and min(zs) >= 8, (ratios, zs)   # strong without a clear peak ratio
+        assert min(ratios) < 1.1 and min(zs) >= 8, (ratios, zs)  # strong without a clear peak ratio
     else:
-        assert min(zs) >= 2, zs                                     # usable, confirmed by loops
+        assert min(zs) >= 2, zs  # usable, confirmed by loops
 
 
 def test_unrelated_or_blank_overlaps_are_never_strong():
@@ -375,7 +469,7 @@ def test_unrelated_or_blank_overlaps_are_never_strong():
     for k in range(6):
         a = prefilter(world[100:300, 100:300] + rng.normal(0, 8, (200, 200)), 1, 0)
         if k % 2:
-            b = prefilter(world[500 + 20 * k:700 + 20 * k, 550:750] + rng.normal(0, 8, (200, 200)), 1, 0)
+            b = prefilter(world[500 + 20 * k : 700 + 20 * k, 550:750] + rng.normal(0, 8, (200, 200)), 1, 0)
         else:
             b = prefilter(np.full((200, 200), 140.0) + rng.normal(0, 8, (200, 200)), 1, 0)
         m = match_overlap(a, b, (0, 180), cfg.search_px, cfg.overlap_min_px)
@@ -428,9 +522,22 @@ ROBUST_CASES = {
     # texture, overlap, jitter, extra along-edge shifts: every pair still overlaps >= 7 px
     # 5% overlap (10 px) and offsets of 12-15 px along the tile edges (whole rows / columns of the
     # 2 x 2 grid displaced, so that no pair opens a gap)
-    "em_5pct_jitter15": ("em", 0.05, 1, {(0, 1, 0): (0, 15), (0, 0, 1): (-14, 0), (0, 1, 1): (-14, 15),
-                                         (1, 1, 0): (0, -15), (1, 0, 1): (13, 0), (1, 1, 1): (13, -15),
-                                         (2, 1, 0): (0, 12), (2, 0, 1): (-15, 0), (2, 1, 1): (-15, 12)}),
+    "em_5pct_jitter15": (
+        "em",
+        0.05,
+        1,
+        {
+            (0, 1, 0): (0, 15),
+            (0, 0, 1): (-14, 0),
+            (0, 1, 1): (-14, 15),
+            (1, 1, 0): (0, -15),
+            (1, 0, 1): (13, 0),
+            (1, 1, 1): (13, -15),
+            (2, 1, 0): (0, 12),
+            (2, 0, 1): (-15, 0),
+            (2, 1, 1): (-15, 12),
+        },
+    ),
     "em_15pct_jitter15": ("em", 0.15, 15, {}),
     "smooth_10pct": ("smooth", 0.10, 6, {}),
     "periodic_10pct": ("periodic", 0.10, 6, {}),
@@ -442,18 +549,40 @@ def test_stitch_robust_to_overlap_jitter_texture_gain_and_vignetting(case, tmp_p
     from connectome.montage.testdata import make_dataset
 
     kind, overlap, jitter, shifts = ROBUST_CASES[case]
-    data = make_dataset(tmp_path / "data", n_sections=3, frame_hw=(300, 300), tile_px=200, overlap=overlap,
-                        jitter_px=jitter, drift_px=3, elastic_px=0.5, texture_kind=kind, vignetting=0.3,
-                        gain_sigma=0.1, tile_shifts=shifts, seed=11)
+    data = make_dataset(
+        tmp_path / "data",
+        n_sections=3,
+        frame_hw=(300, 300),
+        tile_px=200,
+        overlap=overlap,
+        jitter_px=jitter,
+        drift_px=3,
+        elastic_px=0.5,
+        texture_kind=kind,
+        vignetting=0.3,
+        gain_sigma=0.1,
+        tile_shifts=shifts,
+        seed=11,
+    )
     truth = _read_tiles(data / "truth" / "tiles.csv")
     h = 200
-    for (s, r, c), (x, y) in truth.items():   # the case really keeps every pair overlapping
+    for (s, r, c), (x, y) in truth.items():  # the case really keeps every pair overlapping
         for k, narrow in (((s, r, c + 1), 0), ((s, r + 1, c), 1)):
             if k in truth:
                 assert h - abs(truth[k][narrow] - (x, y)[narrow]) >= 7, (case, k)
     ws = tmp_path / "ws"
-    r = run_cli("stitch", "--tiles", data / "tiles" / "manifest.csv", "--workspace", ws, "--frame-shape", "300,300",
-                "--executor", "serial", "--no-progress")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        data / "tiles" / "manifest.csv",
+        "--workspace",
+        ws,
+        "--frame-shape",
+        "300,300",
+        "--executor",
+        "serial",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     with open(ws / "stitch" / "tiles.csv") as f:
         placed = {(int(t["section"]), int(t["row"]), int(t["col"])): t["placed"] for t in csv.DictReader(f)}
@@ -471,12 +600,33 @@ def test_a_tile_without_usable_overlap_is_reported(tmp_path):
 
     # section 1: tile (0, 1) is 30 px further up and right than the stage says -> a gap to both of
     # its neighbours; section 2: tile (1, 1) shows no tissue
-    data = make_dataset(tmp_path / "data", n_sections=3, frame_hw=(300, 300), tile_px=200, overlap=0.10, jitter_px=2,
-                        drift_px=3, elastic_px=0.5, vignetting=0.2, tile_shifts={(1, 0, 1): (-30, 30)},
-                        blank_tiles=[(2, 1, 1)], seed=3)
+    data = make_dataset(
+        tmp_path / "data",
+        n_sections=3,
+        frame_hw=(300, 300),
+        tile_px=200,
+        overlap=0.10,
+        jitter_px=2,
+        drift_px=3,
+        elastic_px=0.5,
+        vignetting=0.2,
+        tile_shifts={(1, 0, 1): (-30, 30)},
+        blank_tiles=[(2, 1, 1)],
+        seed=3,
+    )
     ws = tmp_path / "ws"
-    r = run_cli("stitch", "--tiles", data / "tiles" / "manifest.csv", "--workspace", ws, "--frame-shape", "300,300",
-                "--executor", "serial", "--no-progress")
+    r = run_cli(
+        "stitch",
+        "--tiles",
+        data / "tiles" / "manifest.csv",
+        "--workspace",
+        ws,
+        "--frame-shape",
+        "300,300",
+        "--executor",
+        "serial",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     with open(ws / "stitch" / "sections.csv") as f:
         secs = {int(s["section"]): s for s in csv.DictReader(f)}
@@ -488,8 +638,14 @@ def test_a_tile_without_usable_overlap_is_reported(tmp_path):
     assert placed[(1, 0, 1)] == "isolated" and placed[(2, 1, 1)] == "isolated"
     assert sum(v != "solved" for v in placed.values()) == 2
     with open(ws / "stitch" / "pairs.csv") as f:
-        pairs = [p for p in csv.DictReader(f) if p["section"] == "1" and (p["row_a"], p["col_a"]) == ("0", "1")
-                 or p["section"] == "1" and (p["row_b"], p["col_b"]) == ("0", "1")]
+        pairs = [
+            p
+            for p in csv.DictReader(f)
+            if p["section"] == "1"
+            and (p["row_a"], p["col_a"]) == ("0", "1")
+            or p["section"] == "1"
+            and (p["row_b"], p["col_b"]) == ("0", "1")
+        ]
     assert len(pairs) == 2 and all(p["used"] == "0" and p["reason"] for p in pairs)
     # the CLI names the sections and tiles, and says what to do
     assert "partial" in r.stderr and "section 1: r0c1" in r.stderr and "section 2: r1c1" in r.stderr
@@ -505,8 +661,13 @@ def test_a_tile_without_usable_overlap_is_reported(tmp_path):
 def test_evaluation_scores_registered_tiles_and_counts_those_at_nominal():
     from connectome.evaluate import stitching
 
-    truth = {"section": np.array([0, 0, 0]), "row": np.array([0, 0, 1]), "col": np.array([0, 1, 0]),
-             "x": np.array([0.0, 180.0, 1.0]), "y": np.array([0.0, 2.0, 181.0])}
+    truth = {
+        "section": np.array([0, 0, 0]),
+        "row": np.array([0, 0, 1]),
+        "col": np.array([0, 1, 0]),
+        "x": np.array([0.0, 180.0, 1.0]),
+        "y": np.array([0.0, 2.0, 181.0]),
+    }
     est = {k: v.copy() for k, v in truth.items()}
     est["x"] = est["x"] + np.array([0.0, 0.0, 4.0])
     res = stitching.tile_position_errors(est, truth)
@@ -515,7 +676,7 @@ def test_evaluation_scores_registered_tiles_and_counts_those_at_nominal():
     res = stitching.tile_position_errors(est, truth, {(0, 0, 0): "solved", (0, 0, 1): "solved", (0, 1, 0): "isolated"})
     assert res["n_tiles_at_nominal"] == 1 and res["error_max_px"] == pytest.approx(0.0)
     assert res["error_max_all_px"] == pytest.approx(4.0)
-    est["placed"] = np.array(["solved", "single", "detached group"])   # the column itself works too
+    est["placed"] = np.array(["solved", "single", "detached group"])  # the column itself works too
     assert stitching.tile_position_errors(est, truth)["n_tiles_at_nominal"] == 1
 
 

@@ -14,8 +14,15 @@ from scipy import ndimage as ndi
 from connectome.config import BlockwiseConfig, load_config
 from connectome.errors import UserInputError
 from connectome.evaluate import match_points
-from connectome.synapses.detect import (DetectConfig, cross_pairs, detect_synapses, label_fragments, plan_join,
-                                        plan_label, plan_partners)
+from connectome.synapses.detect import (
+    DetectConfig,
+    cross_pairs,
+    detect_synapses,
+    label_fragments,
+    plan_join,
+    plan_label,
+    plan_partners,
+)
 from connectome.synapses.partners import assign_partners, choose_partners, merge_evidence, shell_evidence
 from connectome.workspace import Workspace
 
@@ -40,6 +47,7 @@ def config(block, min_size=10, **kw):
 
 
 # ------------------------------------------------------------------- partner rule, by hand
+
 
 def two_slabs():
     """Segment 7 at x < 4, segment 9 at x >= 5, a cleft sheet (id 1) at x == 4, in seg 9."""
@@ -74,8 +82,9 @@ def test_shell_is_an_anisotropic_ellipsoid():
     assert shell_radius_voxels(8.0, (40.0, 4.0, 4.0)) == (0, 2, 2)
     off = shell_offsets((0, 2, 2))
     assert all(d[0] == 0 for d in off) and len(off) == 13 and (0, 2, 0) in off and (0, 2, 1) not in off
-    assert sorted(shell_offsets((1, 1, 1))) == sorted([(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0),
-                                                       (0, 0, 1), (0, 0, -1)])
+    assert sorted(shell_offsets((1, 1, 1))) == sorted(
+        [(0, 0, 0), (1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
+    )
 
 
 def test_partner_rule_post_first_then_pre_among_the_others():
@@ -85,18 +94,18 @@ def test_partner_rule_post_first_then_pre_among_the_others():
     larger segment."""
     seg, clefts = two_slabs()
     flat = assign_partners(clefts, seg, np.full(seg.shape, 128, np.uint8), radius_zyx=(1, 1, 1))
-    assert (flat.pre[0], flat.post[0]) == (7, 9)          # 9 has 36 shell voxels, 7 has 18
+    assert (flat.pre[0], flat.post[0]) == (7, 9)  # 9 has 36 shell voxels, 7 has 18
     low = assign_partners(clefts, seg, np.full(seg.shape, 10, np.uint8), radius_zyx=(1, 1, 1))
-    assert (low.pre[0], low.post[0]) == (7, 9)            # post first even where Q would prefer 9
+    assert (low.pre[0], low.post[0]) == (7, 9)  # post first even where Q would prefer 9
     seg2 = seg.copy()
-    seg2[:, :, :3] = 5                                    # segment 5 takes x < 3; 7 keeps x == 3
+    seg2[:, :, :3] = 5  # segment 5 takes x < 3; 7 keeps x == 3
     post = np.where(seg2 == 9, 1.0, 0.0)
     # shell (0, 2, 2) of the sheet x == 4, y 1..4: x == 3 at y 0..5 (18 voxels over 3 sections,
     # segment 7) and x == 2 at y 1..4 only (12 voxels, segment 5): Q(7) > Q(5)
     p = assign_partners(clefts, seg2, post)
     assert (p.pre[0], p.post[0]) == (7, 9)
-    post[:, 0, 2] = 0.0                                   # no change: 5 stays below 7
-    seg2[:, :, 3] = 5                                     # now 5 is the only neighbour on that side
+    post[:, 0, 2] = 0.0  # no change: 5 stays below 7
+    seg2[:, :, 3] = 5  # now 5 is the only neighbour on that side
     p = assign_partners(clefts, seg2, post)
     assert (p.pre[0], p.post[0]) == (5, 9)
 
@@ -106,7 +115,7 @@ def test_pre_side_signal_outvotes_a_bystander():
     pre 7 (6 voxels); with one (high on 7 only) the pre is 7 and its point lies on 7's voxels."""
     seg, clefts = two_slabs()
     seg[:, :, :4] = 5
-    seg[:, 2, :4] = 7                                     # segment 7: one row on the pre side
+    seg[:, 2, :4] = 7  # segment 7: one row on the pre side
     post = np.where(seg == 9, 1.0, 0.0)
     without = assign_partners(clefts, seg, post)
     assert (without.pre[0], without.post[0]) == (5, 9)
@@ -120,9 +129,17 @@ def test_pre_side_signal_outvotes_a_bystander():
     for ys in ((0, 3), (3, 6)):
         core = (slice(0, 3), slice(*ys), slice(0, 10))
         lo, hi = max(0, ys[0] - 2), min(6, ys[1] + 2)
-        parts.append(shell_evidence(clefts[:, lo:hi], seg[core], post[core],
-                                    (slice(0, 3), slice(ys[0] - lo, ys[1] - lo), slice(0, 10)), (0, ys[0], 0),
-                                    (0, 2, 2), pre[core]))
+        parts.append(
+            shell_evidence(
+                clefts[:, lo:hi],
+                seg[core],
+                post[core],
+                (slice(0, 3), slice(ys[0] - lo, ys[1] - lo), slice(0, 10)),
+                (0, ys[0], 0),
+                (0, 2, 2),
+                pre[core],
+            )
+        )
     merged = merge_evidence(parts)
     assert np.array_equal(whole.q, merged.q) and np.array_equal(whole.segment, merged.segment)
 
@@ -166,10 +183,11 @@ def test_partner_evidence_is_the_same_blockwise():
 
 # ------------------------------------------------------------------- labelling, by hand
 
+
 def test_label_fragments_threshold_and_sums():
     prob = np.zeros((4, 8, 8), np.uint8)
-    prob[1, 2, 2:5] = [200, 128, 127]   # 127 < round(0.5 * 255) = 128
-    prob[2, 3, 5] = 255                 # touches (1, 2, 4)? no: 127 is not cleft; separate
+    prob[1, 2, 2:5] = [200, 128, 127]  # 127 < round(0.5 * 255) = 128
+    prob[2, 3, 5] = 255  # touches (1, 2, 4)? no: 127 is not cleft; separate
     frag, stats = label_fragments(prob, 128, block_number=2, offset_zyx=(10, 0, 0), volume_shape_zyx=(20, 8, 8))
     assert stats["size"].tolist() == [2, 1]
     assert (stats["ids"] >> np.uint64(32)).tolist() == [2, 2]
@@ -180,18 +198,18 @@ def test_label_fragments_threshold_and_sums():
 
 def test_cross_pairs_finds_diagonal_contacts_across_the_border():
     region = np.zeros((2, 4, 4), np.uint64)
-    region[0, 1, 1] = 5           # in the core (z = 0)
-    region[1, 2, 2] = 6           # in the halo, diagonal neighbour
-    region[1, 3, 0] = 8           # in the halo, not adjacent to 5
+    region[0, 1, 1] = 5  # in the core (z = 0)
+    region[1, 2, 2] = 6  # in the halo, diagonal neighbour
+    region[1, 3, 0] = 8  # in the halo, not adjacent to 5
     pairs = cross_pairs(region, (slice(0, 1), slice(0, 4), slice(0, 4)))
     assert pairs.tolist() == [[5, 6]]
 
 
 def test_min_size_threshold_and_score(tmp_path):
     prob = np.zeros((4, 32, 32), np.uint8)
-    prob[1:3, 4:10, 4:10] = 200       # 72 voxels, kept
-    prob[1, 20, 20:23] = 255          # 3 voxels: below min size
-    prob[2, 25:30, 25:30] = 100       # below threshold 0.5
+    prob[1:3, 4:10, 4:10] = 200  # 72 voxels, kept
+    prob[1, 20, 20:23] = 255  # 3 voxels: below min size
+    prob[2, 25:30, 25:30] = 100  # below threshold 0.5
     seg = np.ones(prob.shape, np.uint64)
     seg[:, :, 7:] = 2
     post = np.where(seg == 2, 255, 0).astype(np.uint8)
@@ -210,9 +228,9 @@ def test_synapses_need_two_partner_segments(tmp_path):
     no two neurons: left out of synapses.csv (ids kept, so the table's ids skip it) unless
     require_partners is off; the cleft array keeps every component."""
     prob = np.zeros((4, 32, 32), np.uint8)
-    prob[1:3, 4:10, 6:8] = 200        # synapse 1: on the border of segments 1 and 2
-    prob[1:3, 20:26, 20:22] = 200     # synapse 2: inside segment 2 only
-    prob[1:3, 27:31, 2:4] = 200       # synapse 3: segment 1 beside unsegmented space (0)
+    prob[1:3, 4:10, 6:8] = 200  # synapse 1: on the border of segments 1 and 2
+    prob[1:3, 20:26, 20:22] = 200  # synapse 2: inside segment 2 only
+    prob[1:3, 27:31, 2:4] = 200  # synapse 3: segment 1 beside unsegmented space (0)
     seg = np.ones(prob.shape, np.uint64)
     seg[:, :, 7:] = 2
     seg[:, 27:, :3] = 0
@@ -241,8 +259,11 @@ def test_block_jobs_pickle(tmp_path):
     """Block processors must pickle (local process pool, dask, MPI)."""
     prob = np.zeros((2, 8, 8), np.uint8)
     ws = make_workspace(tmp_path / "ws", {"synapse_prob": prob})
-    for task in (plan_label(ws, config((2, 4, 4))), plan_join(ws, config((2, 4, 4))),
-                 plan_partners(ws, config((2, 4, 4)), "digest")):
+    for task in (
+        plan_label(ws, config((2, 4, 4))),
+        plan_join(ws, config((2, 4, 4))),
+        plan_partners(ws, config((2, 4, 4)), "digest"),
+    ):
         pickle.loads(pickle.dumps(task.process_block))
 
 
@@ -250,7 +271,11 @@ def test_config_defaults_and_yaml(tmp_path):
     cfg = DetectConfig()
     assert (cfg.threshold, cfg.threshold_u8, cfg.min_size_voxels) == (0.5, 128, 50)
     assert (cfg.prob_array, cfg.post_array, cfg.segmentation_array, cfg.output_array) == (
-        "synapse_prob", "synapse_post", "segmentation", "synapse_clefts")
+        "synapse_prob",
+        "synapse_post",
+        "segmentation",
+        "synapse_clefts",
+    )
     assert cfg.blockwise.block_shape_zyx == (32, 256, 256)
     (tmp_path / "c.yaml").write_text("threshold: 0.8\nmin_size_voxels: 5\n")
     assert load_config(DetectConfig, tmp_path / "c.yaml").threshold_u8 == 204
@@ -261,6 +286,7 @@ def test_config_defaults_and_yaml(tmp_path):
 
 # ------------------------------------------------------------------- synthetic truth
 
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     """A small synthetic volume (10 synapses), a probability map made from its true clefts
@@ -270,8 +296,14 @@ def synth(tmp_path_factory):
 
     from connectome.synth import generate
 
-    out = generate(tmp_path_factory.mktemp("synth") / "s", preset="small", seed=6, shape_zyx=(16, 128, 128),
-                   synapse_density_per_um3=20, workers=1)
+    out = generate(
+        tmp_path_factory.mktemp("synth") / "s",
+        preset="small",
+        seed=6,
+        shape_zyx=(16, 128, 128),
+        synapse_density_per_um3=20,
+        workers=1,
+    )
     group = zarr.open_group(str(out / "truth.zarr"), mode="r")
     clefts, neurons = group["synapse_clefts"][:], group["neurons"][:]
     truth = read_rows(out / "truth" / "synapses.csv")
@@ -285,8 +317,14 @@ def synth(tmp_path_factory):
 
 
 def synth_workspace(path, synth):
-    return make_workspace(path, {"synapse_prob": synth["prob"], "segmentation": synth["neurons"].astype(np.uint64),
-                                 "synapse_post": synth["post"]})
+    return make_workspace(
+        path,
+        {
+            "synapse_prob": synth["prob"],
+            "segmentation": synth["neurons"].astype(np.uint64),
+            "synapse_post": synth["post"],
+        },
+    )
 
 
 def score_against_truth(rows, truth):
@@ -294,8 +332,11 @@ def score_against_truth(rows, truth):
     true = np.array([[float(r[k]) for k in "zyx"] for r in truth]) * VOXEL
     mp, mt, _ = match_points(pred, true, 200.0)
     f1 = 2 * mp.size / (len(rows) + len(truth))
-    correct = sum(rows[i]["pre_segment_id"] == truth[j]["pre_segment_id"]
-                  and rows[i]["post_segment_id"] == truth[j]["post_segment_id"] for i, j in zip(mp, mt))
+    correct = sum(
+        rows[i]["pre_segment_id"] == truth[j]["pre_segment_id"]
+        and rows[i]["post_segment_id"] == truth[j]["post_segment_id"]
+        for i, j in zip(mp, mt)
+    )
     return f1, correct / max(1, mp.size)
 
 
@@ -308,8 +349,22 @@ def test_detection_recovers_true_synapses(tmp_path, synth):
     f1, partner_accuracy = score_against_truth(rows, synth["truth"])
     assert f1 == 1.0
     assert partner_accuracy == 1.0
-    assert list(rows[0]) == ["synapse_id", "z", "y", "x", "pre_segment_id", "post_segment_id", "score", "size_voxels",
-                             "pre_z", "pre_y", "pre_x", "post_z", "post_y", "post_x"]
+    assert list(rows[0]) == [
+        "synapse_id",
+        "z",
+        "y",
+        "x",
+        "pre_segment_id",
+        "post_segment_id",
+        "score",
+        "size_voxels",
+        "pre_z",
+        "pre_y",
+        "pre_x",
+        "post_z",
+        "post_y",
+        "post_x",
+    ]
 
 
 def test_clefts_cut_by_blocks_are_detected_once(tmp_path, synth):
@@ -329,8 +384,10 @@ def test_clefts_cut_by_blocks_are_detected_once(tmp_path, synth):
     for name, shape in (("one", (16, 128, 128)), ("cut", block)):
         synth_workspace(tmp_path / name, synth)
         detect_synapses(tmp_path / name, config(shape))
-        runs[name] = ((tmp_path / name / "synapses.csv").read_bytes(),
-                      zarr.open_array(str(tmp_path / name / "volume.zarr" / "synapse_clefts"), mode="r")[:])
+        runs[name] = (
+            (tmp_path / name / "synapses.csv").read_bytes(),
+            zarr.open_array(str(tmp_path / name / "volume.zarr" / "synapse_clefts"), mode="r")[:],
+        )
     assert runs["one"][0] == runs["cut"][0]
     assert np.array_equal(runs["one"][1], runs["cut"][1])
     found = runs["cut"][1]

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, tree_digest
 
 VOXEL = (40.0, 8.0, 8.0)
@@ -32,6 +31,7 @@ def rows(path):
 
 # ------------------------------------------------------------------------------------- targets
 
+
 def test_targets_mark_the_cleft_band_and_only_the_post_side():
     from unet.synapse_data import make_targets
 
@@ -41,8 +41,9 @@ def test_targets_mark_the_cleft_band_and_only_the_post_side():
     neurons[:, :, 16:] = 9
     clefts = np.zeros(neurons.shape, np.uint64)
     clefts[1:3, 8:24, 16] = 1
-    t = make_targets(clefts, neurons, {1: (5, 9)}, factor=2, voxel_size_nm=VOXEL, cleft_radius_nm=16.0,
-                     post_radius_nm=32.0)
+    t = make_targets(
+        clefts, neurons, {1: (5, 9)}, factor=2, voxel_size_nm=VOXEL, cleft_radius_nm=16.0, post_radius_nm=32.0
+    )
     assert t.shape == (3, 4, 16, 16) and t.dtype == np.uint8
     # cleft at model x = 8; band of +-16 nm = +-1 model px, same sections only (z is 40 nm)
     assert set(np.unique(np.nonzero(t[0])[2])) == {7, 8, 9}
@@ -74,8 +75,8 @@ def test_fill_bands_black_out_the_crop_sides_and_their_targets():
         seen += [black[:, 0, 20].any(), black[:, -1, 20].any(), black[:, 20, 0].any(), black[:, 20, -1].any()]
         again = np.full((16, 40, 40), 0.5, np.float32)
         fill_bands(again, np.ones((3, 16, 40, 40), np.float32), np.random.default_rng(seed), 6)
-        assert np.array_equal(again, img)                     # deterministic under a seed
-    assert (seen > 0).all()                                   # every side gets bands
+        assert np.array_equal(again, img)  # deterministic under a seed
+    assert (seen > 0).all()  # every side gets bands
 
 
 def test_no_data_is_filled_from_the_nearest_tissue():
@@ -83,11 +84,11 @@ def test_no_data_is_filled_from_the_nearest_tissue():
 
     region = np.full((3, 6, 8), 90, np.uint8)
     region[0, :, 4:] = 150
-    region[0, :, :2] = 0                      # a fill band on the left of section 0
-    region[1] = 0                             # a section without data stays as it is
-    region[2, 3, 5] = 0                       # one zero pixel inside tissue
+    region[0, :, :2] = 0  # a fill band on the left of section 0
+    region[1] = 0  # a section without data stays as it is
+    region[2, 3, 5] = 0  # one zero pixel inside tissue
     out = fill_no_data(region, 0)
-    assert out is not region and region[0, 0, 0] == 0          # the input is not changed
+    assert out is not region and region[0, 0, 0] == 0  # the input is not changed
     assert (out[0, :, :4] == 90).all() and (out[0, :, 4:] == 150).all()
     assert (out[1] == 0).all() and (out[2] == 90).all()
     clean = np.full((2, 4, 4), 7, np.uint8)
@@ -96,19 +97,23 @@ def test_no_data_is_filled_from_the_nearest_tissue():
 
 # ---------------------------------------------------------------------------- tiny real model
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Two small synthetic volumes (dense synapses) and a 3-step model trained on one of them."""
     from connectome.synth import generate
 
     root = tmp_path_factory.mktemp("synapse_model")
-    train = generate(root / "train", preset="small", seed=971, shape_zyx=(16, 128, 128), synapse_density_per_um3=20,
-                     workers=1)
-    val = generate(root / "val", preset="small", seed=972, shape_zyx=(16, 128, 128), synapse_density_per_um3=20,
-                   workers=1)
+    train = generate(
+        root / "train", preset="small", seed=971, shape_zyx=(16, 128, 128), synapse_density_per_um3=20, workers=1
+    )
+    val = generate(
+        root / "val", preset="small", seed=972, shape_zyx=(16, 128, 128), synapse_density_per_um3=20, workers=1
+    )
     (root / "tiny.yaml").write_text(TINY_CONFIG)
-    r = run_cli("train", "synapse", "--data", train, "--val", val, "--out", root / "model", "--config",
-                root / "tiny.yaml", "-q")
+    r = run_cli(
+        "train", "synapse", "--data", train, "--val", val, "--out", root / "model", "--config", root / "tiny.yaml", "-q"
+    )
     assert r.returncode == 0, r.stderr
     assert "train synapse: 3 steps" in r.stdout
     return {"root": root, "train": train, "val": val, "model": root / "model"}
@@ -126,8 +131,18 @@ def test_train_writes_a_self_describing_model(tiny):
 
 
 def test_train_refuses_a_validation_volume_with_a_training_seed(tiny, tmp_path):
-    r = run_cli("train", "synapse", "--data", tiny["train"], "--val", tiny["train"], "--out", tmp_path / "m",
-                "--config", tiny["root"] / "tiny.yaml")
+    r = run_cli(
+        "train",
+        "synapse",
+        "--data",
+        tiny["train"],
+        "--val",
+        tiny["train"],
+        "--out",
+        tmp_path / "m",
+        "--config",
+        tiny["root"] / "tiny.yaml",
+    )
     assert r.returncode == 2
     assert "--val" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
@@ -158,7 +173,7 @@ def test_blockwise_stage_equals_the_in_memory_computation(tiny, volume, tmp_path
 
     raw, seg = volume
     raw = raw.copy()
-    raw[2:5, :, :6] = 0                       # aligned-render fill on one side: the no-data path runs too
+    raw[2:5, :, :6] = 0  # aligned-render fill on one side: the no-data path runs too
     prob, post, pre = predict_arrays(raw, VOXEL, tiny["model"])
     assert pre is not None and pre.shape == raw.shape
     assert prob.shape == raw.shape and prob.dtype == np.uint8 and prob.std() > 0
@@ -172,9 +187,24 @@ def test_blockwise_stage_equals_the_in_memory_computation(tiny, volume, tmp_path
         assert len(expect["synapse_id"]) >= 1
         ws = tmp_path / f"ws{i}"
         w = make_ws(ws, raw, seg)
-        r = run_cli("synapses", "--workspace", ws, "--model", tiny["model"], "--threshold", f"{threshold:.10f}",
-                    "--min-size", "5", "--block-shape", block, "--executor", "serial" if i == 0 else "local",
-                    "--workers", "2", *(["--config", tmp_path / "pre.yaml"] if i else []))
+        r = run_cli(
+            "synapses",
+            "--workspace",
+            ws,
+            "--model",
+            tiny["model"],
+            "--threshold",
+            f"{threshold:.10f}",
+            "--min-size",
+            "5",
+            "--block-shape",
+            block,
+            "--executor",
+            "serial" if i == 0 else "local",
+            "--workers",
+            "2",
+            *(["--config", tmp_path / "pre.yaml"] if i else []),
+        )
         assert r.returncode == 0, r.stderr
         assert np.array_equal(w.array("synapse_prob")[:], prob)
         assert np.array_equal(w.array("synapse_post")[:], post)
@@ -186,12 +216,27 @@ def test_blockwise_stage_equals_the_in_memory_computation(tiny, volume, tmp_path
             assert int(row["pre_segment_id"]) == int(expect["pre_segment_id"][k])
             assert int(row["post_segment_id"]) == int(expect["post_segment_id"][k])
             assert int(row["size_voxels"]) == int(expect["size_voxels"][k])
-            assert abs(float(row["z"]) - expect["z"][k]) <= 0.0051 and abs(float(row["x"]) - expect["x"][k]) <= 0.0051  # 2 decimals
+            assert (
+                abs(float(row["z"]) - expect["z"][k]) <= 0.0051 and abs(float(row["x"]) - expect["x"][k]) <= 0.0051
+            )  # 2 decimals
         assert "synapses:" in r.stdout
     # a rerun resumes: nothing recomputed, nothing changed
     before = tree_digest(tmp_path / "ws0" / "volume.zarr")
-    r = run_cli("synapses", "--workspace", tmp_path / "ws0", "--model", tiny["model"], "--threshold",
-                f"{threshold:.10f}", "--min-size", "5", "--block-shape", "8,64,64", "--executor", "serial")
+    r = run_cli(
+        "synapses",
+        "--workspace",
+        tmp_path / "ws0",
+        "--model",
+        tiny["model"],
+        "--threshold",
+        f"{threshold:.10f}",
+        "--min-size",
+        "5",
+        "--block-shape",
+        "8,64,64",
+        "--executor",
+        "serial",
+    )
     assert r.returncode == 0, r.stderr
     assert "0 blocks processed" in r.stdout
     assert tree_digest(tmp_path / "ws0" / "volume.zarr") == before
@@ -210,8 +255,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, volume, tmp_pa
     r = run_cli("synapses", "--workspace", ws, "--model", model, "--executor", "serial", *extra)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    needle = {"no-model": "not found", "vessel-model": "'vessel' model", "no-segmentation": "segmentation",
-              "bad-threshold": "threshold"}[case]
+    needle = {
+        "no-model": "not found",
+        "vessel-model": "'vessel' model",
+        "no-segmentation": "segmentation",
+        "bad-threshold": "threshold",
+    }[case]
     assert needle in r.stderr
     assert tree_digest(ws) == before
 
@@ -228,11 +277,31 @@ def test_two_rank_horovod_training_under_mpiexec(tiny, tmp_path):
 
     pytest.importorskip("horovod.tensorflow")
     cfg = tmp_path / "hvd.yaml"
-    cfg.write_text(TINY_CONFIG.replace("steps: 3", "steps: 2").replace("intra_op_threads: 1,",
-                                                                          "distributed: horovod, intra_op_threads: 1,"))
+    cfg.write_text(
+        TINY_CONFIG.replace("steps: 3", "steps: 2").replace(
+            "intra_op_threads: 1,", "distributed: horovod, intra_op_threads: 1,"
+        )
+    )
     out = tmp_path / "model"
-    cmd = [str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "connectome", "train", "synapse", "--data",
-           str(tiny["train"]), "--val", str(tiny["val"]), "--out", str(out), "--config", str(cfg), "-q"]
+    cmd = [
+        str(BIN / "mpiexec"),
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "connectome",
+        "train",
+        "synapse",
+        "--data",
+        str(tiny["train"]),
+        "--val",
+        str(tiny["val"]),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "-q",
+    ]
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

@@ -96,8 +96,13 @@ def test_same_seed_gives_identical_data_and_another_seed_does_not(small, tmp_pat
     g1, g2 = _truth(small), _truth(again)
     for name in ("raw", "neurons", "vessels", "synapse_clefts"):
         assert np.array_equal(g1[name][:], g2[name][:]), name
-    for rel in ("tiles/manifest.csv", "truth/synapses.csv", "truth/connectivity.csv", "truth/tiles.csv",
-                "truth/sections.json"):
+    for rel in (
+        "tiles/manifest.csv",
+        "truth/synapses.csv",
+        "truth/connectivity.csv",
+        "truth/tiles.csv",
+        "truth/sections.json",
+    ):
         assert (small / rel).read_bytes() == (again / rel).read_bytes(), rel
     rel = _csv(small / "tiles" / "manifest.csv")[-1]["path"]
     assert (small / "tiles" / rel).read_bytes() == (again / "tiles" / rel).read_bytes()
@@ -135,8 +140,11 @@ def test_neuropil_is_dense_with_vessel_and_synapses_at_realistic_density(small):
     assert len(ids) >= 25
     diam_nm = 2 * np.sqrt(sizes / np.pi) * 8
     assert diam_nm.min() < 250 and diam_nm.max() > 500
-    moved = [np.linalg.norm(np.subtract(*[ndi.center_of_mass(neurons[z] == i) for z in (0, 15)])) * 8
-             for i in ids if (neurons[0] == i).sum() > 30 and (neurons[15] == i).sum() > 30]
+    moved = [
+        np.linalg.norm(np.subtract(*[ndi.center_of_mass(neurons[z] == i) for z in (0, 15)])) * 8
+        for i in ids
+        if (neurons[0] == i).sum() > 30 and (neurons[15] == i).sum() > 30
+    ]
     assert max(moved) > 300  # some neurite shifts > 300 nm over 640 nm of depth: oblique
     # the statistics written to synth.json are measured, and agree with ours
     stats = json.loads((small / "synth.json").read_text())["statistics"]
@@ -180,9 +188,11 @@ def test_tiles_overlap_cover_the_frame_and_follow_the_manifest(small):
         assert abs(int(t["x"]) - int(r["x"])) <= jitter and abs(int(t["y"]) - int(r["y"])) <= jitter
     for s in range(16):
         pos = {(int(t["row"]), int(t["col"])): (int(t["y"]), int(t["x"])) for k, t in true.items() if k[0] == str(s)}
-        nominal = {(int(r["row"]), int(r["col"])): (int(r["y"]), int(r["x"])) for r in manifest if r["section"] == str(s)}
-        for (row, col), (y, x) in pos.items():
-            for (nb, axis) in (((row, col + 1), 1), ((row + 1, col), 0)):
+        nominal = {
+            (int(r["row"]), int(r["col"])): (int(r["y"]), int(r["x"])) for r in manifest if r["section"] == str(s)
+        }
+        for (row, col), (_y, _x) in pos.items():
+            for nb, axis in (((row, col + 1), 1), ((row + 1, col), 0)):
                 if nb in pos:
                     for p in (pos, nominal):
                         overlap = (tile_px - (p[nb][axis] - p[(row, col)][axis])) / tile_px
@@ -203,7 +213,7 @@ def test_section_zero_is_the_frame_and_its_tiles_are_raw_with_a_gain(small):
         img = _tile(small, f"s0000/r{int(t['row']):02d}_c{int(t['col']):02d}.png").astype(int)
         ys, xs = slice(max(0, y), min(256, y + img.shape[0])), slice(max(0, x), min(256, x + img.shape[1]))
         expect = np.clip(np.rint(float(t["gain"]) * raw[ys, xs] + float(t["offset"])), 0, 255)
-        assert np.array_equal(img[ys.start - y:ys.stop - y, xs.start - x:xs.stop - x], expect)
+        assert np.array_equal(img[ys.start - y : ys.stop - y, xs.start - x : xs.stop - x], expect)
 
 
 def test_true_section_transform_maps_tiles_back_onto_raw(small):
@@ -213,12 +223,20 @@ def test_true_section_transform_maps_tiles_back_onto_raw(small):
     tr = sections[s]["transform"]
     e = tr["elastic"]
     assert e is not None and tr["affine"] != [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
-    st = SectionTransform(np.array(tr["affine"])[:, :2], np.array(tr["affine"])[:, 2], tuple(e["origin_yx"]),
-                          e["spacing_px"], np.array(e["dy"]), np.array(e["dx"]))
+    st = SectionTransform(
+        np.array(tr["affine"])[:, :2],
+        np.array(tr["affine"])[:, 2],
+        tuple(e["origin_yx"]),
+        e["spacing_px"],
+        np.array(e["dy"]),
+        np.array(e["dx"]),
+    )
     raw = _truth(small)["raw"][s].astype(np.float64)
-    t = next(r for r in _csv(small / "truth" / "tiles.csv") if r["section"] == str(s) and r["row"] == "0" and r["col"] == "0")
+    t = next(
+        r for r in _csv(small / "truth" / "tiles.csv") if r["section"] == str(s) and r["row"] == "0" and r["col"] == "0"
+    )
     img = (_tile(small, f"s{s:04d}/r00_c00.png").astype(np.float64) - float(t["offset"])) / float(t["gain"])
-    ty, tx = np.mgrid[0:img.shape[0]:3, 0:img.shape[1]:3]
+    ty, tx = np.mgrid[0 : img.shape[0] : 3, 0 : img.shape[1] : 3]
     m = np.stack([ty.ravel() + int(t["y"]), tx.ravel() + int(t["x"])], 1)
     p = st.inverse(m)
     assert np.allclose(st.forward(p), m, atol=1e-3)
@@ -231,8 +249,9 @@ def test_true_section_transform_maps_tiles_back_onto_raw(small):
 
 
 def test_missing_and_damaged_sections_and_vessels_off(tmp_path):
-    out = generate(tmp_path / "flags", shape_zyx=(6, 160, 160), seed=3, missing_sections=1, damaged_sections=1,
-                   vessels=False)
+    out = generate(
+        tmp_path / "flags", shape_zyx=(6, 160, 160), seed=3, missing_sections=1, damaged_sections=1, vessels=False
+    )
     sections = json.loads((out / "truth" / "sections.json").read_text())["sections"]
     missing = [s["section"] for s in sections if s["missing"]]
     damaged = [s for s in sections if s["damaged"]]
@@ -377,12 +396,22 @@ def test_fibres_off_leave_the_default_data_and_fingerprint_unchanged(small, tmp_
     # the small fixture is the default generator's output (preset small, seed 0); these geometry
     # counts are those of the generator before fibres existed: any change of its random stream shows
     neuropil = json.loads((small / "synth.json").read_text())["statistics"]["neuropil"]
-    assert {k: neuropil[k] for k in ("dendrites", "axons", "spines", "mitochondria")} == \
-        {"dendrites": 3, "axons": 174, "spines": 5, "mitochondria": 48}
+    assert {k: neuropil[k] for k in ("dendrites", "axons", "spines", "mitochondria")} == {
+        "dendrites": 3,
+        "axons": 174,
+        "spines": 5,
+        "mitochondria": 48,
+    }
     assert "fibre_axons" not in neuropil
     a = generate(tmp_path / "a", shape_zyx=(4, 128, 128), seed=4)
-    b = generate(tmp_path / "b", shape_zyx=(4, 128, 128), seed=4, fibre_fraction=0.0, fibre_flow_px=(1.0, -1.0),
-                 fibre_spread_deg=20.0)
+    b = generate(
+        tmp_path / "b",
+        shape_zyx=(4, 128, 128),
+        seed=4,
+        fibre_fraction=0.0,
+        fibre_flow_px=(1.0, -1.0),
+        fibre_spread_deg=20.0,
+    )
     for name in ("raw", "neurons"):
         assert np.array_equal(_truth(a)[name][:], _truth(b)[name][:]), name
     fp_a, fp_b = (json.loads((o / "synth.json").read_text())["fingerprint"] for o in (a, b))
@@ -394,14 +423,34 @@ def test_fibre_parameters_parse_and_validate(tmp_path):
     assert make_config("demo", overrides={"fibre_flow_px": "0.0,0.8"}).fibre_flow_px == (0.0, 0.8)
     assert make_config("demo", overrides={"fibre_flow_px": [0, -1]}).fibre_flow_px == (0.0, -1.0)
     fib = make_config("fibres")
-    assert fib.shape_zyx == make_config("demo").shape_zyx and fib.fibre_fraction > 0 and np.hypot(*fib.fibre_flow_px) > 0.5
-    for bad in ({"fibre_flow_px": "1,2,3"}, {"fibre_flow_px": "a,b"}, {"fibre_fraction": 1.5},
-                {"fibre_spread_deg": -1.0}):
+    assert (
+        fib.shape_zyx == make_config("demo").shape_zyx and fib.fibre_fraction > 0 and np.hypot(*fib.fibre_flow_px) > 0.5
+    )
+    for bad in (
+        {"fibre_flow_px": "1,2,3"},
+        {"fibre_flow_px": "a,b"},
+        {"fibre_fraction": 1.5},
+        {"fibre_spread_deg": -1.0},
+    ):
         with pytest.raises(UserInputError, match="fibre_"):
             make_config("small", overrides=bad)
     out = tmp_path / "cli"
-    assert main(["synth", str(out), "--shape", "3,96,96", "--no-progress", "--set", "fibre_fraction=0.5",
-                 "--set", "fibre_flow_px=-0.5,0.8"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(out),
+                "--shape",
+                "3,96,96",
+                "--no-progress",
+                "--set",
+                "fibre_fraction=0.5",
+                "--set",
+                "fibre_flow_px=-0.5,0.8",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "synth.json").read_text())
     assert meta["parameters"]["fibre_flow_px"] == [-0.5, 0.8] and meta["statistics"]["content_flow"]["pairs"] == 2
 
@@ -428,8 +477,13 @@ def test_large_jitter_on_small_overlaps_leaves_no_gaps():
     qc, plan = seams(make_config("demo", shape_zyx=(8, 512, 512), overrides=over), 5)
     raw, _ = seams(make_config("demo", shape_zyx=(8, 512, 512), overrides={**over, "min_tile_overlap_px": 0}), 5)
     assert (raw < 1).mean() > 0.1 and qc.min() >= 6
-    assert np.abs(np.array([t.true_yx for s in plan.sections for t in s.tiles])
-                  - np.array([t.nominal_yx for s in plan.sections for t in s.tiles])).max() >= 10
+    assert (
+        np.abs(
+            np.array([t.true_yx for s in plan.sections for t in s.tiles])
+            - np.array([t.nominal_yx for s in plan.sections for t in s.tiles])
+        ).max()
+        >= 10
+    )
     dflt, _ = seams(make_config("demo", shape_zyx=(8, 512, 512)), 5)
     off, _ = seams(make_config("demo", shape_zyx=(8, 512, 512), overrides={"min_tile_overlap_px": 0}), 5)
     np.testing.assert_array_equal(dflt, off)

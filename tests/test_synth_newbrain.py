@@ -17,8 +17,15 @@ SHAPE = (8, 256, 256)
 
 def _gen(tmp, preset, seed=3):
     # the same scaled-down field for both presets; vessel_fraction pinned so the vessel is alike
-    return generate(tmp / f"{preset}-{seed}", shape_zyx=SHAPE, seed=seed, preset=preset, workers=1,
-                    vessel_fraction=0.07, tile_size_px=150)
+    return generate(
+        tmp / f"{preset}-{seed}",
+        shape_zyx=SHAPE,
+        seed=seed,
+        preset=preset,
+        workers=1,
+        vessel_fraction=0.07,
+        tile_size_px=150,
+    )
 
 
 @pytest.fixture(scope="module")

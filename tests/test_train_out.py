@@ -12,14 +12,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import run_cli, tree_digest
 
 REPO = Path(__file__).resolve().parent.parent
-FINISHED = {"vessel": REPO / "unet/models/vessel", "synapse": REPO / "unet/models/synapse",
-            "boundary": REPO / "unet/models/boundary", "ffn": REPO / "ffn/models/boundary16"}
-MODULES = {"vessel": "unet.train", "synapse": "unet.synapse_train", "boundary": "unet.boundary_train",
-           "ffn": "ffn.train"}
+FINISHED = {
+    "vessel": REPO / "unet/models/vessel",
+    "synapse": REPO / "unet/models/synapse",
+    "boundary": REPO / "unet/models/boundary",
+    "ffn": REPO / "ffn/models/boundary16",
+}
+MODULES = {
+    "vessel": "unet.train",
+    "synapse": "unet.synapse_train",
+    "boundary": "unet.boundary_train",
+    "ffn": "ffn.train",
+}
 
 
 def _finished_copy(kind: str, tmp_path: Path) -> Path:
@@ -38,8 +45,18 @@ def _siblings(out: Path) -> list[str]:
 def test_finished_out_refused_exit_2(kind, tmp_path):
     out = _finished_copy(kind, tmp_path)
     before = tree_digest(out)
-    r = run_cli("train", kind, "--data", tmp_path / "no_such_synth", "--val", tmp_path / "no_such_val",
-                "--out", out, "--steps", "1")
+    r = run_cli(
+        "train",
+        kind,
+        "--data",
+        tmp_path / "no_such_synth",
+        "--val",
+        tmp_path / "no_such_val",
+        "--out",
+        out,
+        "--steps",
+        "1",
+    )
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
@@ -63,8 +80,9 @@ def test_overwrite_accepted(kind, tmp_path, monkeypatch):
     calls = []
     mod = importlib.import_module(MODULES[kind])
     monkeypatch.setattr(mod, f"train_{kind}", lambda *a, **kw: calls.append(kw) or {})
-    rc = cli.main(["train", kind, "--data", str(tmp_path / "s"), "--val", str(tmp_path / "v"), "--out", str(out),
-                   "--overwrite"])
+    rc = cli.main(
+        ["train", kind, "--data", str(tmp_path / "s"), "--val", str(tmp_path / "v"), "--out", str(out), "--overwrite"]
+    )
     assert rc == 0 and len(calls) == 1 and calls[0]["overwrite"] is True
 
 
@@ -85,8 +103,16 @@ def _fake_vessel_training(monkeypatch, tmp_path, fail_in_card: bool, out: Path):
 
     weights = tmp_path / "best_weights.npz"
     shutil.copy(FINISHED["vessel"] / "weights.npz", weights)
-    result = SimpleNamespace(stopped_by_signal=False, weights_file=str(weights), best_step=None, steps=1, ranks=1,
-                             best_metrics={}, last_metrics={"iou": 0.5}, rank_weight_digests=["x"])
+    result = SimpleNamespace(
+        stopped_by_signal=False,
+        weights_file=str(weights),
+        best_step=None,
+        steps=1,
+        ranks=1,
+        best_metrics={},
+        last_metrics={"iou": 0.5},
+        rank_weight_digests=["x"],
+    )
     session = SimpleNamespace(rank=0, size=1, is_root=True, barrier=lambda: None)
     monkeypatch.setattr(dist, "horovod_session", lambda *a, **kw: contextlib.nullcontext(session))
     monkeypatch.setattr(loop, "run_training", lambda *a, **kw: result)
@@ -97,9 +123,11 @@ def _fake_vessel_training(monkeypatch, tmp_path, fail_in_card: bool, out: Path):
     monkeypatch.setattr(ut, "training_record", lambda *a: {"seconds": 1.0, "steps": 1})
     monkeypatch.setattr(ut, "_describe", lambda d: {"path": str(d)})
     if fail_in_card:
+
         def card(p):
             assert (Path(p) / "model.json").is_file()  # the new model is half written
             raise RuntimeError("killed mid-export")
+
         monkeypatch.setattr(ut, "write_model_card", card)
     else:
         old_json = (out / "model.json").read_bytes()
@@ -108,6 +136,7 @@ def _fake_vessel_training(monkeypatch, tmp_path, fail_in_card: bool, out: Path):
             # while the new model is written, MODEL_DIR still holds the old one, whole
             assert (out / "model.json").read_bytes() == old_json and Path(p) != out
             (Path(p) / "MODEL_CARD.md").write_text("new card\n")
+
         monkeypatch.setattr(ut, "write_model_card", card)
     return ut
 

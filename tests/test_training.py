@@ -57,14 +57,22 @@ class ToyJob:
     def validate(self, model, shard, num_shards):
         x = np.random.default_rng(99).normal(size=(32, 8)).astype(np.float32)[shard::num_shards]
         err = model(x, training=False).numpy() - x @ self.w_true
-        return {"sse": float((err ** 2).sum()), "n": float(err.size)}
+        return {"sse": float((err**2).sum()), "n": float(err.size)}
 
     def summarize(self, sums):
         return {"neg_mse": -sums["sse"] / sums["n"]}
 
 
-CFG = TrainerConfig(steps=10, batch_size=4, learning_rate=0.05, warmup_steps=2, checkpoint_every=5,
-                    validate_every=5, log_every=2, seed=3)
+CFG = TrainerConfig(
+    steps=10,
+    batch_size=4,
+    learning_rate=0.05,
+    warmup_steps=2,
+    checkpoint_every=5,
+    validate_every=5,
+    log_every=2,
+    seed=3,
+)
 
 
 def _weights(work_dir):
@@ -73,9 +81,9 @@ def _weights(work_dir):
 
 def test_learning_rate_schedule():
     cfg = TrainerConfig(steps=110, learning_rate=1e-3, warmup_steps=10, lr_decay="cosine", final_lr_fraction=0.1)
-    assert cfg.learning_rate_at(0, 4) == pytest.approx(1e-3)        # warm-up starts at the 1-rank rate
-    assert cfg.learning_rate_at(10, 4) == pytest.approx(4e-3)       # linear scaling by 4 ranks
-    assert cfg.learning_rate_at(110, 4) == pytest.approx(4e-4)      # cosine down to 10 %
+    assert cfg.learning_rate_at(0, 4) == pytest.approx(1e-3)  # warm-up starts at the 1-rank rate
+    assert cfg.learning_rate_at(10, 4) == pytest.approx(4e-3)  # linear scaling by 4 ranks
+    assert cfg.learning_rate_at(110, 4) == pytest.approx(4e-4)  # cosine down to 10 %
     assert TrainerConfig(lr_scaling="sqrt", warmup_steps=0).learning_rate_at(0, 16) == pytest.approx(4e-3)
     assert TrainerConfig(lr_scaling="none", warmup_steps=0, lr_decay="constant").learning_rate_at(5, 8) == 1e-3
     with pytest.raises(ValueError):
@@ -108,8 +116,7 @@ def test_trains_checkpoints_and_logs(tmp_path):
     assert len(losses) == 5 and losses[-1] < 0.6 * losses[0]  # it learns
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end"
     assert [e["step"] for e in events if e["event"] == "validate"] == [0, 5, 10]  # 0: untrained baseline
-    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("*.index")) == ["ckpt-10.index",
-                                                                                          "ckpt-5.index"]
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("*.index")) == ["ckpt-10.index", "ckpt-5.index"]
     assert (tmp_path / "a" / "best_weights.npz").is_file() and list((tmp_path / "a" / "tensorboard").iterdir())
 
 

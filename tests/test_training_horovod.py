@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BIN
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("horovod.tensorflow")
 
+from test_training import CFG, ToyJob  # noqa: E402
+
 from connectome.training import weights as wio  # noqa: E402
 from connectome.training.distributed import Session  # noqa: E402
 from connectome.training.loop import run_training  # noqa: E402
-from test_training import CFG, ToyJob  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -31,8 +31,11 @@ def test_two_ranks_equal_one_process_with_the_concatenated_batch(tmp_path, launc
     two = CFG.__class__(**{**CFG.__dict__, "batch_size": 2, "lr_scaling": "none"})
     one = CFG.__class__(**{**CFG.__dict__, "batch_size": 4, "lr_scaling": "none"})
     cmd = [sys.executable, str(HERE / "hvd_toy_run.py"), str(tmp_path / "run")]
-    cmd = ([str(BIN / "mpiexec"), "-n", "2"] if launcher == "mpiexec"
-           else [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo"]) + cmd
+    cmd = (
+        [str(BIN / "mpiexec"), "-n", "2"]
+        if launcher == "mpiexec"
+        else [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo"]
+    ) + cmd
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "TOY_CFG": json.dumps(two.__dict__)}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -8,10 +8,26 @@ import numpy as np
 import pytest
 
 from unet.augment import AugmentConfig, dihedral, geometric_augment, intensity_augment
-from unet.data import (ExampleSpec, IntensityStats, LabelledVolume, adjust_stats, crop_example, downsample_mean,
-                       intensity_stats, model_factor, reflect_index, take_reflected)
-from unet.infer import (PostprocessConfig, TileGeometry, bilinear_matrix, postprocess, postprocess_volume,
-                        read_prob_for_mask)
+from unet.data import (
+    ExampleSpec,
+    IntensityStats,
+    LabelledVolume,
+    adjust_stats,
+    crop_example,
+    downsample_mean,
+    intensity_stats,
+    model_factor,
+    reflect_index,
+    take_reflected,
+)
+from unet.infer import (
+    PostprocessConfig,
+    TileGeometry,
+    bilinear_matrix,
+    postprocess,
+    postprocess_volume,
+    read_prob_for_mask,
+)
 
 
 def test_reflect_index_is_numpy_symmetric_padding():
@@ -116,7 +132,7 @@ def test_tile_cores_cover_every_pixel_exactly_once():
     assert g.core == 48 and g.core_raw == 192
     covered = np.zeros(1000, int)
     for j in g.tile_range(0, 1000):
-        covered[j * g.core_raw:(j + 1) * g.core_raw][: max(0, 1000 - j * g.core_raw)] += 1
+        covered[j * g.core_raw : (j + 1) * g.core_raw][: max(0, 1000 - j * g.core_raw)] += 1
     assert np.all(covered == 1)
     assert list(g.tile_range(190, 200)) == [0, 1]
     with pytest.raises(ValueError):
@@ -161,16 +177,16 @@ def test_postprocess_blockwise_equals_whole_volume(z_smooth):
                 for x0 in range(0, 150, block[2]):
                     end = (min(5, z0 + block[0]), min(120, y0 + block[1]), min(150, x0 + block[2]))
                     data, inner = read_prob_for_mask(prob, (z0, y0, x0), end, zh, halo)
-                    out[z0:end[0], y0:end[1], x0:end[2]] = postprocess(data, cfg, vy, inner, zh)
+                    out[z0 : end[0], y0 : end[1], x0 : end[2]] = postprocess(data, cfg, vy, inner, zh)
         np.testing.assert_array_equal(out, whole)
 
 
 def test_postprocess_fills_holes_and_drops_specks():
     prob = np.zeros((1, 60, 60), np.uint8)
     prob[0, 10:40, 10:40] = 255
-    prob[0, 20:25, 20:25] = 0      # a hole: filled
-    prob[0, 50:52, 50:52] = 255    # a speck: removed
-    prob[0, 0:30, 55:60] = 255     # touches the volume border, small but kept if large enough
+    prob[0, 20:25, 20:25] = 0  # a hole: filled
+    prob[0, 50:52, 50:52] = 255  # a speck: removed
+    prob[0, 0:30, 55:60] = 255  # touches the volume border, small but kept if large enough
     cfg = PostprocessConfig(threshold=0.5, min_area_um2=0.005, max_extent_um=1.0)
     m = postprocess_volume(prob, cfg, 8.0)[0]
     assert m[22, 22] == 1 and m[51, 51] == 0 and m[15, 57] == 1
@@ -180,8 +196,10 @@ def test_model_packages_import_without_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, unet, unet.model, unet.losses, unet.augment, unet.data, unet.infer, unet.modeldir, "
-            "unet.train, unet.vessel, connectome.training, connectome.training.loop, connectome.training.distributed\n"
-            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod', 'keras'))))")
+    code = (
+        "import sys, unet, unet.model, unet.losses, unet.augment, unet.data, unet.infer, unet.modeldir, "
+        "unet.train, unet.vessel, connectome.training, connectome.training.loop, connectome.training.distributed\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod', 'keras'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

@@ -31,8 +31,16 @@ def test_valid_padding_crops_by_the_computed_margin():
 
 
 def test_3d_anisotropic_pools():
-    cfg = UNetConfig(ndim=3, depth=2, base_filters=4, max_filters=8, in_channels=2, out_channels=3,
-                     pool_zyx=((1, 2, 2), (2, 2, 2)), upsampling="resize")
+    cfg = UNetConfig(
+        ndim=3,
+        depth=2,
+        base_filters=4,
+        max_filters=8,
+        in_channels=2,
+        out_channels=3,
+        pool_zyx=((1, 2, 2), (2, 2, 2)),
+        upsampling="resize",
+    )
     assert cfg.size_multiple() == (2, 4, 4)
     m = build_unet(cfg)
     assert m(np.zeros((1, 4, 16, 16, 2), np.float32)).shape == (1, 4, 16, 16, 3)
@@ -56,13 +64,15 @@ def test_losses_known_values():
     assert float(bce(y, tf.constant(logits))) == pytest.approx(want_bce, rel=1e-5)
     want_dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
     assert float(soft_dice_loss(y, tf.constant(logits))) == pytest.approx(want_dice, rel=1e-5)
-    assert float(combined_loss(y, tf.constant(logits), LossConfig(1, 1))) == pytest.approx(want_bce + want_dice,
-                                                                                           rel=1e-5)
+    assert float(combined_loss(y, tf.constant(logits), LossConfig(1, 1))) == pytest.approx(
+        want_bce + want_dice, rel=1e-5
+    )
     perfect = np.where(y > 0, 20.0, -20.0).astype(np.float32)
     assert float(combined_loss(y, tf.constant(perfect))) < 1e-3
     w = np.array([[[[1.0], [0.0]], [[1.0], [0.0]]]], np.float32)  # ignore the x=1 column
     assert float(bce(y, tf.constant(logits), weight=w)) == pytest.approx(
-        np.mean(-np.log(p[..., 0, :][w[..., 0, :] > 0])), rel=1e-5)
+        np.mean(-np.log(p[..., 0, :][w[..., 0, :] > 0])), rel=1e-5
+    )
 
 
 def test_weights_npz_roundtrip_and_mismatch(tmp_path):

@@ -9,8 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, tree_digest
+
 from unet import default_vessel_model
 
 #: the model `mask-vessels` uses by default (the shipped one unless $CONNECTOME_VESSEL_MODEL is set)
@@ -94,6 +94,7 @@ def test_blockwise_mask_equals_whole_volume_prediction(unseen_synth, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # bad --model: exit 2, one line naming the problem, workspace untouched
 
+
 def _copy_model(dst):
     dst.mkdir()
     for name in ("model.json", "weights.npz", "MODEL_CARD.md"):
@@ -128,6 +129,7 @@ def _five_sections(m):  # a model description for 5-section input; the weights t
     def change(d):
         d["architecture"]["in_channels"] = 5
         d["input"]["z_context"] = 5
+
     _edit_json(m, change)
 
 
@@ -139,14 +141,18 @@ def _not_json(m):
     (m / "model.json").write_text("{ not json")
 
 
-@pytest.mark.parametrize("damage, fragment", [
-    (_missing, "model directory not found"),
-    (_flipped_byte, "weights.npz: corrupt or replaced (sha256 differs"),
-    (_truncated_with_matching_sha, "weights.npz: corrupt (not a readable weights file"),
-    (_five_sections, "weights.npz: does not fit the architecture in model.json"),
-    (_other_task, "is a 'synapse' model; this command needs a 'vessel' model"),
-    (_not_json, "model.json: not valid JSON"),
-], ids=["missing", "corrupt", "truncated", "other-input-shape", "other-task", "bad-json"])
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (_missing, "model directory not found"),
+        (_flipped_byte, "weights.npz: corrupt or replaced (sha256 differs"),
+        (_truncated_with_matching_sha, "weights.npz: corrupt (not a readable weights file"),
+        (_five_sections, "weights.npz: does not fit the architecture in model.json"),
+        (_other_task, "is a 'synapse' model; this command needs a 'vessel' model"),
+        (_not_json, "model.json: not valid JSON"),
+    ],
+    ids=["missing", "corrupt", "truncated", "other-input-shape", "other-task", "bad-json"],
+)
 def test_bad_model_exits_2_with_one_line_and_leaves_workspace_untouched(tmp_path, volume_u8, damage, fragment):
     import tifffile
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import BIN
 
 pytest.importorskip("tensorflow")
@@ -60,8 +59,17 @@ def fake_synth(path: Path, seed: int, shape=(6, 96, 96)) -> Path:
         a = group.create_array(name, shape=shape, chunks=shape, dtype=data.dtype)
         a[:] = data
         a.attrs["voxel_size_nm"] = [40.0, 8.0, 8.0]
-    (path / "synth.json").write_text(json.dumps({"generator": "test fake", "seed": seed, "preset": "fake",
-                                                 "shape_zyx": list(shape), "voxel_size_nm": [40.0, 8.0, 8.0]}))
+    (path / "synth.json").write_text(
+        json.dumps(
+            {
+                "generator": "test fake",
+                "seed": seed,
+                "preset": "fake",
+                "shape_zyx": list(shape),
+                "voxel_size_nm": [40.0, 8.0, 8.0],
+            }
+        )
+    )
     return path
 
 
@@ -69,8 +77,22 @@ def _train(tmp: Path, name: str, ranks: int, batch: int, data: Path, val: Path) 
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(CONFIG % {"steps": STEPS, "batch": batch, "distributed": "horovod" if ranks > 1 else "none"})
     out = tmp / name
-    cmd = [sys.executable, "-m", "connectome", "train", "vessel", "--data", str(data), "--val", str(val),
-           "--out", str(out), "--config", str(cfg), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "connectome",
+        "train",
+        "vessel",
+        "--data",
+        str(data),
+        "--val",
+        str(val),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "-q",
+    ]
     if ranks > 1:
         cmd = [str(BIN / "horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo"] + cmd
     env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1"}

@@ -6,7 +6,6 @@ path (exit 2, one line)."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import socket
 import struct
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import tree_digest
+from viewer_helpers import BIG, SEG_BOXES, arrays, make_workspace, read_sharded
+
 from connectome.cli import main
-from viewer_helpers import BIG, SEG_BOXES, SHAPE, VOXEL, arrays, make_workspace, read_sharded
 
 pytest.importorskip("cloudvolume")
 
@@ -128,7 +127,7 @@ def test_mesh_blocks_join_without_gaps():
     for z0 in (0, 3):
         for y0 in (0, 10):
             for x0 in (0, 12):
-                blk = seg[z0:z0 + 4, y0:y0 + 11, x0:x0 + 13]
+                blk = seg[z0 : z0 + 4, y0 : y0 + 11, x0 : x0 + 13]
                 parts += mesh_block(blk, (z0, y0, x0), seg.shape, (1, 1, 1)).values()
     assert len(parts) > 1
     assert abs(area(parts) - whole) < 1e-6 * whole
@@ -155,8 +154,10 @@ def test_synapse_annotations_decode(ws):
     assert export(ws) == 0
     d = ws / "precomputed" / "synapses"
     info = json.loads((d / "info").read_text())
-    assert info["annotation_type"] == "POINT" and [r["id"] for r in info["relationships"]] == ["pre_segment",
-                                                                                                 "post_segment"]
+    assert info["annotation_type"] == "POINT" and [r["id"] for r in info["relationships"]] == [
+        "pre_segment",
+        "post_segment",
+    ]
     assert info["dimensions"]["x"] == [8e-9, "m"] and info["dimensions"]["z"] == [40e-9, "m"]
     rec = np.dtype([("xyz", "<f4", (3,)), ("score", "<f4")])
     # spatial: every synapse once, at its voxel centre in x, y, z order
@@ -173,7 +174,7 @@ def test_synapse_annotations_decode(ws):
     blob = read_sharded(d / "by_id", info["by_id"]["sharding"], 1)
     a = np.frombuffer(blob, rec, 1)[0]
     assert tuple(a["xyz"]) == (45.5, 20.5, 3.5)
-    rest = blob[rec.itemsize:]
+    rest = blob[rec.itemsize :]
     assert struct.unpack_from("<IQ", rest) == (1, 7) and struct.unpack_from("<IQ", rest, 12) == (1, BIG)
     # relationships: the synapses of one segment
     rel = {r["id"]: r for r in info["relationships"]}
@@ -247,16 +248,19 @@ def test_workspace_without_segmentation_exports_what_exists(tmp_path, capsys):
     assert json.loads((pc / "connectome.json").read_text())["layers"] == {"raw": "image", "vessel_mask": "image"}
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["export-precomputed", "--workspace", "{tmp}/nope"], "not found"),
-    (["view", "--workspace", "{tmp}/nope", "--port", "0", "--no-export", "--out", "{tmp}/nope/pc"], "not found"),
-    (["view", "--print-url"], "--base-url"),
-    (["view", "--workspace", "{ws}", "--size", "10x10", "--screenshot", "{tmp}/a.png"], "--size"),
-    (["view", "--workspace", "{ws}", "--port", "70000"], "--port"),
-    (["view", "--base-url", "http://x/y", "--workspace", "{ws}"], "--print-url"),
-    (["view", "--print-url", "--base-url", "http://127.0.0.1:9/nothing"], "--base-url"),
-    (["export-precomputed", "--workspace", "{ws}", "--out", "{ws}/synapses.csv"], "not a directory"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["export-precomputed", "--workspace", "{tmp}/nope"], "not found"),
+        (["view", "--workspace", "{tmp}/nope", "--port", "0", "--no-export", "--out", "{tmp}/nope/pc"], "not found"),
+        (["view", "--print-url"], "--base-url"),
+        (["view", "--workspace", "{ws}", "--size", "10x10", "--screenshot", "{tmp}/a.png"], "--size"),
+        (["view", "--workspace", "{ws}", "--port", "70000"], "--port"),
+        (["view", "--base-url", "http://x/y", "--workspace", "{ws}"], "--print-url"),
+        (["view", "--print-url", "--base-url", "http://127.0.0.1:9/nothing"], "--base-url"),
+        (["export-precomputed", "--workspace", "{ws}", "--out", "{ws}/synapses.csv"], "not a directory"),
+    ],
+)
 def test_bad_input_exit_2_one_line(tmp_path, ws, capsys, argv, needle):
     argv = [a.format(tmp=tmp_path, ws=ws) for a in argv]
     assert main(argv) == 2
@@ -296,8 +300,9 @@ def test_server_cors_encoding_ranges_and_client(ws):
             assert r.headers["Access-Control-Allow-Origin"] == srv.url  # the viewer's own pages
             assert r.read() == chunk.read_bytes()
         # another site's page gets no CORS grant (its script cannot read the data)
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"Origin": "http://evil.example"}),
-                                    timeout=10) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers={"Origin": "http://evil.example"}), timeout=10
+        ) as r:
             assert r.headers["Access-Control-Allow-Origin"] is None
         shard = next((pc / "synapses" / "by_id").iterdir())
         req = urllib.request.Request(f"{srv.data_url}/synapses/by_id/{shard.name}", headers={"Range": "bytes=2-9"})
@@ -326,11 +331,13 @@ def test_state_lists_layers_and_links_synapses(ws):
     assert export(ws) == 0
     manifest = json.loads((ws / "precomputed" / "connectome.json").read_text())
     st = build_state(manifest, "https://host/pc")
-    layers = {l["name"]: l for l in st["layers"]}
+    layers = {layer["name"]: layer for layer in st["layers"]}
     assert list(layers) == ["raw", "segmentation", "vessel_mask", "synapses"]
     assert layers["segmentation"]["segments"] == ["7", str(BIG), "3"]
-    assert layers["synapses"]["linkedSegmentationLayer"] == {"pre_segment": "segmentation",
-                                                            "post_segment": "segmentation"}
+    assert layers["synapses"]["linkedSegmentationLayer"] == {
+        "pre_segment": "segmentation",
+        "post_segment": "segmentation",
+    }
     assert layers["raw"]["source"] == "precomputed://https://host/pc/raw"
     assert st["position"] == [48, 32, 4] and st["dimensions"]["z"] == [40e-9, "m"]
 
@@ -344,4 +351,4 @@ def test_print_url_for_published_export(ws, capsys):
     url = capsys.readouterr().out.strip()
     assert url.startswith("https://neuroglancer-demo.appspot.com/#!")
     st = json.loads(unquote(url.split("#!", 1)[1]))
-    assert [l["source"] for l in st["layers"]][0] == "precomputed://gs://bucket/ws/raw"
+    assert [layer["source"] for layer in st["layers"]][0] == "precomputed://gs://bucket/ws/raw"

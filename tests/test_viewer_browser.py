@@ -10,9 +10,9 @@ import shutil
 
 import numpy as np
 import pytest
+from viewer_helpers import make_workspace
 
 from connectome.cli import main
-from viewer_helpers import make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -20,8 +20,10 @@ pytestmark = pytest.mark.slow
 def _need_browser():
     pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[viewer]')")
     if not shutil.which("chromium") or not shutil.which("chromedriver"):
-        pytest.skip("headless Chromium not available: install Debian's `chromium` and `chromium-driver` "
-                    "(make install does so when apt is usable)")
+        pytest.skip(
+            "headless Chromium not available: install Debian's `chromium` and `chromium-driver` "
+            "(make install does so when apt is usable)"
+        )
 
 
 def _panel_stats(png, panels):
@@ -31,7 +33,7 @@ def _panel_stats(png, panels):
     stats = []
     for p in panels:
         x0, y0 = int(p["x"]) + 2, int(p["y"]) + 2
-        crop = img[y0:y0 + int(p["height"]) - 4, x0:x0 + int(p["width"]) - 4]
+        crop = img[y0 : y0 + int(p["height"]) - 4, x0 : x0 + int(p["width"]) - 4]
         gray = crop.mean(-1)
         colourful = (crop.max(-1) - crop.min(-1)) > 60
         stats.append({"kind": p["kind"], "std": float(gray.std()), "colourful": float(colourful.mean())})
@@ -105,13 +107,15 @@ def test_view_shows_skeletons_headless(tmp_path):
             state["showSlices"] = False
             state["layout"] = "3d"
             seg = next(layer for layer in state["layers"] if layer["name"] == "segmentation")
-            seg["source"] = {"url": seg["source"], "enableDefaultSubsources": False,
-                             "subsources": {"default": True, "mesh": False, "skeletons": skeletons}}
+            seg["source"] = {
+                "url": seg["source"],
+                "enableDefaultSubsources": False,
+                "subsources": {"default": True, "mesh": False, "skeletons": skeletons},
+            }
             seg["skeletonRendering"] = {"mode3d": "lines", "lineWidth3d": 8}
             state["layers"] = [layer for layer in state["layers"] if layer["name"] == "segmentation"]
             png = tmp_path / f"skeletons_{skeletons}.png"
-            result = take_screenshot(state_url(srv.client_url, state), png, size=(800, 600), timeout=60,
-                                     state=state)
+            result = take_screenshot(state_url(srv.client_url, state), png, size=(800, 600), timeout=60, state=state)
             (panel,) = [s for s in _panel_stats(png, result["panels"]) if s["kind"] == "3d"]
             stats[skeletons] = panel
     assert stats[True]["colourful"] > 0.002, stats

@@ -49,11 +49,14 @@ def _inject(tmp_path, name, shape, dtype, voxel=(40, 8, 8)):
     g.create_array(name, shape=shape, chunks=shape, dtype=dtype, attributes={"voxel_size_nm": list(voxel)})
 
 
-@pytest.mark.parametrize("name, shape, dtype, voxel, fragment", [
-    ("raw", (4, 4, 5), "uint8", (40, 8, 8), "has shape [4, 4, 5], expected the frame [4, 4, 4]"),
-    ("segmentation", (4, 4, 4), "uint32", (40, 8, 8), "dtype uint32, expected uint64"),
-    ("raw", (4, 4, 4), "uint8", (30, 8, 8), "voxel_size_nm"),
-])
+@pytest.mark.parametrize(
+    "name, shape, dtype, voxel, fragment",
+    [
+        ("raw", (4, 4, 5), "uint8", (40, 8, 8), "has shape [4, 4, 5], expected the frame [4, 4, 4]"),
+        ("segmentation", (4, 4, 4), "uint32", (40, 8, 8), "dtype uint32, expected uint64"),
+        ("raw", (4, 4, 4), "uint8", (30, 8, 8), "voxel_size_nm"),
+    ],
+)
 def test_open_validates_arrays(tmp_path, name, shape, dtype, voxel, fragment):
     Workspace.create(tmp_path / "ws", (4, 4, 4), (40, 8, 8))
     _inject(tmp_path, name, shape, dtype, voxel)

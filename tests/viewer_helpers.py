@@ -9,16 +9,18 @@ import numpy as np
 
 from connectome.workspace import Workspace
 
-SHAPE = (8, 64, 96)          # z, y, x: every axis different, so an axis swap cannot pass
+SHAPE = (8, 64, 96)  # z, y, x: every axis different, so an axis swap cannot pass
 VOXEL = (40.0, 8.0, 8.0)
-BIG = 2 ** 63 + 5
-SEG_BOXES = {                 # id -> (z0, z1, y0, y1, x0, x1)
+BIG = 2**63 + 5
+SEG_BOXES = {  # id -> (z0, z1, y0, y1, x0, x1)
     7: (1, 7, 4, 30, 4, 50),
     BIG: (0, 8, 34, 60, 10, 40),
     3: (2, 6, 36, 56, 60, 90),
 }
-SYNAPSES = "synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n" \
-           f"1,3,20,45,7,{BIG},0.9\n2,4,40,62,3,7,0.8\n5,2,30,20,0,3,0.5\n"
+SYNAPSES = (
+    "synapse_id,z,y,x,pre_segment_id,post_segment_id,score\n"
+    f"1,3,20,45,7,{BIG},0.9\n2,4,40,62,3,7,0.8\n5,2,30,20,0,3,0.5\n"
+)
 
 
 def arrays():
@@ -57,10 +59,10 @@ def read_sharded(folder: Path, spec: dict, key: int) -> bytes | None:
         return None
     data = path.read_bytes()
     n_mini = 2 ** int(spec["minishard_bits"])
-    index = np.frombuffer(data[:16 * n_mini], "<u8").reshape(-1, 2)
+    index = np.frombuffer(data[: 16 * n_mini], "<u8").reshape(-1, 2)
     start, end = (int(v) for v in index[int(loc.minishard_number)])
     base = 16 * n_mini
-    mini = data[base + start:base + end]
+    mini = data[base + start : base + end]
     if spec.get("minishard_index_encoding") == "gzip":
         mini = gzip.decompress(mini)
     arr = np.frombuffer(mini, "<u8").reshape(3, -1)
@@ -69,7 +71,7 @@ def read_sharded(folder: Path, spec: dict, key: int) -> bytes | None:
     for k, delta, size in zip(keys.tolist(), (int(v) for v in arr[1]), (int(v) for v in arr[2])):
         offset += delta
         if k == key:
-            blob = data[base + offset:base + offset + size]
+            blob = data[base + offset : base + offset + size]
             return gzip.decompress(blob) if spec.get("data_encoding") == "gzip" else blob
         offset += size
     return None

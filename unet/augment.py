@@ -70,8 +70,9 @@ def dihedral(arrays: list[np.ndarray], k: int) -> list[np.ndarray]:
     return out
 
 
-def elastic(arrays: list[np.ndarray], rng: np.random.Generator, sigma_px: float, spacing_px: int,
-            orders: list[int]) -> list[np.ndarray]:
+def elastic(
+    arrays: list[np.ndarray], rng: np.random.Generator, sigma_px: float, spacing_px: int, orders: list[int]
+) -> list[np.ndarray]:
     """Warp every array by one smooth random displacement field (reflecting at the border)."""
     from scipy.ndimage import map_coordinates, zoom
 
@@ -90,8 +91,9 @@ def elastic(arrays: list[np.ndarray], rng: np.random.Generator, sigma_px: float,
     return out
 
 
-def geometric_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                      cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+def geometric_augment(
+    image: np.ndarray, label: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray]:
     if not cfg.enabled:
         return image, label
     if cfg.dihedral:
@@ -106,8 +108,9 @@ def _uniform(rng, lo_hi):
     return float(rng.uniform(lo, hi)) if hi > lo else float(lo)
 
 
-def intensity_augment(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
-                      ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], float]:
+def intensity_augment(
+    image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], float]:
     """Returns (augmented image in [0, 1], the monotone point map g applied, noise sigma added)."""
     from scipy.ndimage import gaussian_filter
 
@@ -126,7 +129,7 @@ def intensity_augment(image: np.ndarray, rng: np.random.Generator, cfg: AugmentC
 
     def g(v):
         v = np.clip((np.asarray(v, np.float32) - 0.5) * contrast + 0.5 + bright, 0.0, 1.0)
-        return v ** gamma
+        return v**gamma
 
     img = g(img)
     if cfg.illumination:

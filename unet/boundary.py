@@ -74,8 +74,9 @@ class BoundaryConfig:
         if self.no_data_value is not None and not 0 <= self.no_data_value <= 255:
             raise ValueError(f"no_data_value must be null or in 0..255, got {self.no_data_value}")
         if self.batch_size < 1 or self.tta != 1 or self.threads < 0:
-            raise ValueError("batch_size must be >= 1, tta 1 (flips would move the affinities' predecessor "
-                             "convention), threads >= 0")
+            raise ValueError(
+                "batch_size must be >= 1, tta 1 (flips would move the affinities' predecessor convention), threads >= 0"
+            )
 
 
 Config = BoundaryConfig
@@ -96,8 +97,9 @@ def read_spec(path: Path):
     return read_model_dir(path, task="boundary", ndim=3, out_channels=len(CHANNELS))
 
 
-def resolve_model(shape_zyx, voxel_size_nm, config: BoundaryConfig, model_dir=None, where: str = "volume"
-                  ) -> ResolvedModel:
+def resolve_model(
+    shape_zyx, voxel_size_nm, config: BoundaryConfig, model_dir=None, where: str = "volume"
+) -> ResolvedModel:
     """Read and check the model (driver side): weights build, pixel size fits, tiling valid."""
     from unet.infer3d import resolve_tiling
     from unet.modeldir import build_model
@@ -107,8 +109,9 @@ def resolve_model(shape_zyx, voxel_size_nm, config: BoundaryConfig, model_dir=No
         raise UserInputError(f"--model {path}: not found (train one with `connectome train boundary`)")
     spec = read_spec(path)
     build_model(spec)
-    factor, tile, margin = resolve_tiling(spec, path, shape_zyx, voxel_size_nm, config.tile_zyx, config.margin_zyx,
-                                          where, "predict-boundaries")
+    factor, tile, margin = resolve_tiling(
+        spec, path, shape_zyx, voxel_size_nm, config.tile_zyx, config.margin_zyx, where, "predict-boundaries"
+    )
     return ResolvedModel(str(path), spec.weights_sha256, factor, tile, margin)
 
 
@@ -133,9 +136,16 @@ class PredictBlock:
 
         m = self.model
         predictor = get_predictor(m.path, m.sha256, self.batch_size, self.threads)
-        out = predict_box3d(open_array(self.workspace, "raw"), predictor, TileGeometry3D(m.factor, m.tile, m.margin),
-                            IntensityStats(*self.stats), block.write_box.begin_zyx, block.write_box.end_zyx,
-                            len(CHANNELS), self.no_data)
+        out = predict_box3d(
+            open_array(self.workspace, "raw"),
+            predictor,
+            TileGeometry3D(m.factor, m.tile, m.margin),
+            IntensityStats(*self.stats),
+            block.write_box.begin_zyx,
+            block.write_box.end_zyx,
+            len(CHANNELS),
+            self.no_data,
+        )
         open_array(self.workspace, OUT, mode="r+")[(slice(None),) + block.write_box.slices] = out
 
 
@@ -148,23 +158,52 @@ def plan(workspace: str | Path, config: BoundaryConfig = BoundaryConfig(), model
     stats = intensity_stats(raw, m.factor)
     halo = (m.margin[0], m.margin[1] * m.factor, m.margin[2] * m.factor)
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, halo)
-    out = OutputSpec(OUT, "uint8", tuple(config.blockwise.block_shape_zyx), channels=CHANNELS,
-                     attrs={"from": "raw", "scale": "0..255 = probability 0..1", "model": m.path,
-                            "model_sha256": m.sha256, "channel_axis": 0,
-                            "meaning": {"boundary": "cell boundary (membrane, extracellular space, vessel)",
-                                        "aff_z": "same neuron as the voxel at z - 1",
-                                        "aff_y": "same neuron as the voxel at y - 1",
-                                        "aff_x": "same neuron as the voxel at x - 1"}})
-    proc = PredictBlock(str(ws.path), m, (stats.p5, stats.p50, stats.p95), config.batch_size, config.threads,
-                        config.no_data_value)
-    fingerprint = {"model_sha256": m.sha256, "factor": m.factor, "tile_zyx": list(m.tile),
-                   "margin_zyx": list(m.margin), "intensity": stats.to_json(), "no_data_value": config.no_data_value}
-    return Task(STAGE, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries,
-                bytes_per_voxel=32.0, worker_memory_bytes=MODEL_WORKER_BYTES)
+    out = OutputSpec(
+        OUT,
+        "uint8",
+        tuple(config.blockwise.block_shape_zyx),
+        channels=CHANNELS,
+        attrs={
+            "from": "raw",
+            "scale": "0..255 = probability 0..1",
+            "model": m.path,
+            "model_sha256": m.sha256,
+            "channel_axis": 0,
+            "meaning": {
+                "boundary": "cell boundary (membrane, extracellular space, vessel)",
+                "aff_z": "same neuron as the voxel at z - 1",
+                "aff_y": "same neuron as the voxel at y - 1",
+                "aff_x": "same neuron as the voxel at x - 1",
+            },
+        },
+    )
+    proc = PredictBlock(
+        str(ws.path), m, (stats.p5, stats.p50, stats.p95), config.batch_size, config.threads, config.no_data_value
+    )
+    fingerprint = {
+        "model_sha256": m.sha256,
+        "factor": m.factor,
+        "tile_zyx": list(m.tile),
+        "margin_zyx": list(m.margin),
+        "intensity": stats.to_json(),
+        "no_data_value": config.no_data_value,
+    }
+    return Task(
+        STAGE,
+        ws.path,
+        grid,
+        proc,
+        fingerprint,
+        (out,),
+        max_retries=config.blockwise.max_retries,
+        bytes_per_voxel=32.0,
+        worker_memory_bytes=MODEL_WORKER_BYTES,
+    )
 
 
-def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir=None, config: BoundaryConfig = BoundaryConfig()
-                   ) -> np.ndarray:
+def predict_arrays(
+    raw: np.ndarray, voxel_size_nm, model_dir=None, config: BoundaryConfig = BoundaryConfig()
+) -> np.ndarray:
     """(4, z, y, x) uint8 boundary + affinities of a whole in-memory volume: the stage's computation."""
     from unet.data import intensity_stats
     from unet.infer3d import Predictor3D, TileGeometry3D, predict_box3d
@@ -172,8 +211,16 @@ def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir=None, config: Bound
 
     m = resolve_model(raw.shape, voxel_size_nm, config, model_dir)
     predictor = Predictor3D(build_model(read_spec(Path(m.path))), config.batch_size, 1)
-    return predict_box3d(raw, predictor, TileGeometry3D(m.factor, m.tile, m.margin), intensity_stats(raw, m.factor),
-                         (0, 0, 0), raw.shape, len(CHANNELS), config.no_data_value)
+    return predict_box3d(
+        raw,
+        predictor,
+        TileGeometry3D(m.factor, m.tile, m.margin),
+        intensity_stats(raw, m.factor),
+        (0, 0, 0),
+        raw.shape,
+        len(CHANNELS),
+        config.no_data_value,
+    )
 
 
 def stage_progress(workspace) -> tuple[int, Optional[int]]:
@@ -195,15 +242,21 @@ def stage_progress(workspace) -> tuple[int, Optional[int]]:
 def require_boundary(ws: Workspace, what: str = "segment") -> object:
     """The workspace's finished ``boundary`` array, or exit 2 naming the command that makes it."""
     if not ws.has(OUT):
-        raise UserInputError(f"workspace {ws.path}: has no array '{OUT}' ({what} needs it); run "
-                             f"`connectome predict-boundaries --workspace {ws.path}` first")
+        raise UserInputError(
+            f"workspace {ws.path}: has no array '{OUT}' ({what} needs it); run "
+            f"`connectome predict-boundaries --workspace {ws.path}` first"
+        )
     arr = ws.require_complete(OUT, what)
     done, total = stage_progress(ws.path)
     if total is not None and done < total:
-        raise UserInputError(f"workspace {ws.path}: array '{OUT}' is unfinished ({done} of {total} blocks of "
-                             f"predict-boundaries done); rerun `connectome predict-boundaries --workspace {ws.path}` "
-                             "to finish it")
+        raise UserInputError(
+            f"workspace {ws.path}: array '{OUT}' is unfinished ({done} of {total} blocks of "
+            f"predict-boundaries done); rerun `connectome predict-boundaries --workspace {ws.path}` "
+            "to finish it"
+        )
     if list(arr.attrs.get("channels") or []) != list(CHANNELS):
-        raise UserInputError(f"workspace {ws.path}: array '{OUT}' has channels {arr.attrs.get('channels')}, "
-                             f"expected {list(CHANNELS)}; rerun `connectome predict-boundaries --restart`")
+        raise UserInputError(
+            f"workspace {ws.path}: array '{OUT}' has channels {arr.attrs.get('channels')}, "
+            f"expected {list(CHANNELS)}; rerun `connectome predict-boundaries --restart`"
+        )
     return arr

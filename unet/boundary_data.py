@@ -72,7 +72,11 @@ def affinities_from_labels(labels_m: np.ndarray, margin: int = 1) -> np.ndarray:
     voxels on every side): same non-zero id as the predecessor along z, y, x."""
     m = margin
     core = labels_m[m:-m, m:-m, m:-m]
-    prev = (labels_m[m - 1:-m - 1, m:-m, m:-m], labels_m[m:-m, m - 1:-m - 1, m:-m], labels_m[m:-m, m:-m, m - 1:-m - 1])
+    prev = (
+        labels_m[m - 1 : -m - 1, m:-m, m:-m],
+        labels_m[m:-m, m - 1 : -m - 1, m:-m],
+        labels_m[m:-m, m:-m, m - 1 : -m - 1],
+    )
     nz = core != 0
     return np.stack([(core == p) & nz for p in prev]).astype(np.float32)
 
@@ -97,6 +101,7 @@ def load_boundary_volume(path: str | Path, model_voxel_nm: float, what: str = "-
 # ---------------------------------------------------------------------------------------------
 # examples
 
+
 def _coords(centre: int, n: int, margin: int, scale: float) -> np.ndarray:
     """Source coordinates (float) of output samples ``-margin .. n + margin - 1`` of a crop of
     ``n`` samples centred on ``centre``, each output sample covering ``scale`` source voxels."""
@@ -118,8 +123,9 @@ def _linear(a: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
     return lo * (1 - w) + hi * w
 
 
-def crop_example(vol: BoundaryVolume, centre: Sequence[int], shape_zyx: Sequence[int], scale: float = 1.0,
-                 margin: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_example(
+    vol: BoundaryVolume, centre: Sequence[int], shape_zyx: Sequence[int], scale: float = 1.0, margin: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image (z, y, x), boundary target (z, y, x) float32 {0, 1} and labels with ``margin``
     voxels on every side, around ``centre``; ``scale`` != 1 resamples (y, x) (a crop pixel covers
     ``scale`` model pixels: linear for the image and the boundary, nearest for the labels).
@@ -138,9 +144,15 @@ def crop_example(vol: BoundaryVolume, centre: Sequence[int], shape_zyx: Sequence
     return img[core].astype(np.float32), bnd[core].astype(np.float32), lab
 
 
-def augment(img: np.ndarray, bnd: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-            section_shift_prob: float = 0.0, section_shift_px: int = 2
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float]:
+def augment(
+    img: np.ndarray,
+    bnd: np.ndarray,
+    lab: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    section_shift_prob: float = 0.0,
+    section_shift_px: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, object, float]:
     """Geometric (rot90/transpose in y, x; flip in z) on image, boundary and the (margin-padded,
     centred) labels alike; residual misalignment (per-section shifts of the image only); and
     :func:`unet.augment.intensity_augment` with the sections as channels (contrast, gamma,

@@ -33,8 +33,15 @@ import numpy as np
 
 from connectome.training import TrainerConfig
 from unet.augment import AugmentConfig
-from unet.boundary_data import (CHANNELS, BoundaryVolume, augment, crop_example, draw_centre, load_boundary_volume,
-                                targets)
+from unet.boundary_data import (
+    CHANNELS,
+    BoundaryVolume,
+    augment,
+    crop_example,
+    draw_centre,
+    load_boundary_volume,
+    targets,
+)
 from unet.data import IntensityStats, adjust_stats
 from unet.losses import LossConfig
 from unet.model import UNetConfig
@@ -74,13 +81,21 @@ class BoundaryDataConfig:
 
 def _default_unet() -> UNetConfig:
     # 16 nm (y, x) x 40 nm (z): pool (y, x) only at the first two levels, then all three axes.
-    return UNetConfig(ndim=3, depth=3, base_filters=8, max_filters=64, in_channels=1, out_channels=4,
-                      pool_zyx=((1, 2, 2), (1, 2, 2), (2, 2, 2)))
+    return UNetConfig(
+        ndim=3,
+        depth=3,
+        base_filters=8,
+        max_filters=64,
+        in_channels=1,
+        out_channels=4,
+        pool_zyx=((1, 2, 2), (1, 2, 2), (2, 2, 2)),
+    )
 
 
 def _default_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=3000, batch_size=4, learning_rate=2e-3, warmup_steps=100, checkpoint_every=100,
-                         validate_every=250)
+    return TrainerConfig(
+        steps=3000, batch_size=4, learning_rate=2e-3, warmup_steps=100, checkpoint_every=100, validate_every=250
+    )
 
 
 @dataclass(frozen=True)
@@ -101,8 +116,9 @@ class BoundaryTrainConfig:
     def __post_init__(self):
         m = self.model
         if m.ndim != 3 or m.in_channels != 1 or m.out_channels != len(CHANNELS):
-            raise ValueError(f"the boundary model is 3D with 1 input and {len(CHANNELS)} output channels "
-                             f"({', '.join(CHANNELS)})")
+            raise ValueError(
+                f"the boundary model is 3D with 1 input and {len(CHANNELS)} output channels ({', '.join(CHANNELS)})"
+            )
         mult = m.size_multiple()
         if any(v % k for v, k in zip(self.inference_tile_zyx, mult)):
             raise ValueError(f"inference_tile_zyx must be multiples of {list(mult)} per axis")
@@ -125,14 +141,20 @@ class BoundaryJob:
 
     score_key = "score"
 
-    def __init__(self, cfg: BoundaryTrainConfig, train: Sequence[BoundaryVolume], val: Sequence[BoundaryVolume],
-                 fingerprint: dict):
+    def __init__(
+        self,
+        cfg: BoundaryTrainConfig,
+        train: Sequence[BoundaryVolume],
+        val: Sequence[BoundaryVolume],
+        fingerprint: dict,
+    ):
         self.cfg = cfg
         self.train, self.val = list(train), list(val)
         self._fingerprint = fingerprint
         rng = np.random.default_rng([cfg.trainer.seed, 7927])
-        self.val_specs = [(v, draw_centre(rng, vol)) for v, vol in enumerate(self.val)
-                          for _ in range(cfg.data.val_crops_per_volume)]
+        self.val_specs = [
+            (v, draw_centre(rng, vol)) for v, vol in enumerate(self.val) for _ in range(cfg.data.val_crops_per_volume)
+        ]
         self._predict = None
 
     def fingerprint(self) -> dict:
@@ -157,15 +179,17 @@ class BoundaryJob:
         lo, hi = d.scale_range
         scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else float(lo)
         img, bnd, lab = crop_example(vol, draw_centre(rng, vol), d.crop_zyx, scale)
-        img, bnd, lab, g, noise = augment(img, bnd, lab, rng, self.cfg.augment, d.section_shift_prob,
-                                          d.section_shift_px)
+        img, bnd, lab, g, noise = augment(
+            img, bnd, lab, rng, self.cfg.augment, d.section_shift_prob, d.section_shift_px
+        )
         st = adjust_stats(vol.stats, g, noise)
         if d.stats_jitter:
             j = d.stats_jitter
             shift = float(rng.normal(0, j)) * (st.p95 - st.p5)
             grow = float(np.exp(rng.normal(0, j)))
-            st = IntensityStats(st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift,
-                                st.p50 + shift + (st.p95 - st.p50) * grow)
+            st = IntensityStats(
+                st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift, st.p50 + shift + (st.p95 - st.p50) * grow
+            )
         return st.standardize(img)[..., None], targets(bnd, lab)
 
     def batch(self, step: int, rank: int, size: int, batch_size: int):
@@ -199,28 +223,40 @@ class BoundaryJob:
         dice = 2 * sums["b_inter"] / (sums["b_pred"] + sums["b_true"]) if sums["b_pred"] + sums["b_true"] else 1.0
         tpr = sums["a_tp"] / sums["a_pos"] if sums["a_pos"] else 1.0
         tnr = sums["a_tn"] / sums["a_neg"] if sums["a_neg"] else 1.0
-        return {"boundary_dice": dice, "affinity_tpr": tpr, "affinity_tnr": tnr,
-                "affinity_balanced_accuracy": 0.5 * (tpr + tnr), "score": 0.5 * (dice + 0.5 * (tpr + tnr))}
+        return {
+            "boundary_dice": dice,
+            "affinity_tpr": tpr,
+            "affinity_tnr": tnr,
+            "affinity_balanced_accuracy": 0.5 * (tpr + tnr),
+            "score": 0.5 * (dice + 0.5 * (tpr + tnr)),
+        }
 
 
-def train_boundary(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: BoundaryTrainConfig = BoundaryTrainConfig(),
-                   val_dirs: Sequence[str | Path] = (), restart: bool = False,
-                   command: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
+def train_boundary(
+    data_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    cfg: BoundaryTrainConfig = BoundaryTrainConfig(),
+    val_dirs: Sequence[str | Path] = (),
+    restart: bool = False,
+    command: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
+) -> dict:
     """Train (or resume) and export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}`` (atomically; a
     finished ``out_dir`` is refused unless ``overwrite``)."""
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
-    from connectome.training.loop import run_training
     from connectome.training.export import staged_model_dir
+    from connectome.training.loop import run_training
     from unet.modeldir import write_model_dir
     from unet.train import _describe, prepare_run, training_record, unet3d_doc
 
-    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING,
-                                              overwrite=overwrite)
+    data, val, out, fingerprint = prepare_run(
+        TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING, overwrite=overwrite
+    )
     tcfg, d = cfg.trainer, cfg.data
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
-        mine = data[s.rank::s.size] if len(data) >= s.size else data
+        mine = data[s.rank :: s.size] if len(data) >= s.size else data
         train = [load_boundary_volume(p, d.input_voxel_size_nm, "--data") for p in mine]
         vols_val = [load_boundary_volume(p, d.input_voxel_size_nm, "--val") for p in val]
         job = BoundaryJob(cfg, train, vols_val, fingerprint)
@@ -234,18 +270,30 @@ def train_boundary(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Bo
             arrays = wio.load_npz(result.weights_file)
             doc = {
                 **unet3d_doc(TASK, cfg, d.input_voxel_size_nm, train[0].voxel_size_nm, arrays, result),
-                "output": {"activation": "sigmoid", "channels": list(CHANNELS), "threshold": 0.5,
-                           "meaning": ("channel 0: boundary (membrane or extracellular space) probability; channels "
-                                       "1-3: affinity of a voxel to its predecessor along z, y, x (same neuron)")},
-                "training": training_record(result, cfg, out, command, [_describe(p) for p in mine],
-                                            [_describe(p) for p in val]),
+                "output": {
+                    "activation": "sigmoid",
+                    "channels": list(CHANNELS),
+                    "threshold": 0.5,
+                    "meaning": (
+                        "channel 0: boundary (membrane or extracellular space) probability; channels "
+                        "1-3: affinity of a voxel to its predecessor along z, y, x (same neuron)"
+                    ),
+                },
+                "training": training_record(
+                    result, cfg, out, command, [_describe(p) for p in mine], [_describe(p) for p in val]
+                ),
                 "validation": {"crops_at_model_resolution": result.best_metrics or result.last_metrics},
             }
             with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
                 write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
                 write_model_card(tmp)
-            summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
-                       "seconds": doc["training"]["seconds"], "validation": doc["validation"]}
+            summary = {
+                "model_dir": str(out),
+                "steps": result.steps,
+                "ranks": result.ranks,
+                "seconds": doc["training"]["seconds"],
+                "validation": doc["validation"],
+            }
         s.barrier()
     return summary
 
@@ -258,12 +306,15 @@ def write_model_card(model_dir: str | Path) -> Path:
     c = t["config"]
     crops = v.get("crops_at_model_resolution") or {}
     lines = [
-        "# Boundary model (3D U-Net)", "",
+        "# Boundary model (3D U-Net)",
+        "",
         "Predicts, per voxel, the probability of a cell boundary (membrane or extracellular space) and the "
         "affinities of the voxel to its predecessor along z, y and x. `connectome predict-boundaries` writes them "
         "to `WS/volume.zarr/boundary`; `connectome segment --method watershed` (and the FFN's boundary input "
-        "channel) use them.", "",
-        "## Model", "",
+        "channel) use them.",
+        "",
+        "## Model",
+        "",
         f"- 3D U-Net, {a['depth']} poolings {a['pool_zyx']} (z, y, x), filters {a['base_filters']} -> "
         f"{min(a['base_filters'] * 2 ** a['depth'], a['max_filters'])}, '{a['padding']}' padding, {w['parameters']:,} "
         f"parameters, weights {w['dtype']} ({w['size_bytes'] / 1e6:.2f} MB, sha256 `{w['sha256'][:16]}...`).",
@@ -271,8 +322,14 @@ def write_model_card(model_dir: str | Path) -> Path:
         "standardised with the volume's 5/50/95th percentiles.",
         f"- Output channels: {', '.join(o['channels'])} (sigmoid).",
         f"- Inference: tiles {doc['inference']['tile_zyx']} model voxels with margins {doc['inference']['margin_zyx']} "
-        "on a global grid (blockwise == whole volume), bilinear (y, x) upsampling.", "",
-        "## Training", "", "```", t["command"], "```", "",
+        "on a global grid (blockwise == whole volume), bilinear (y, x) upsampling.",
+        "",
+        "## Training",
+        "",
+        "```",
+        t["command"],
+        "```",
+        "",
         f"- {t['steps']} steps x {t['ranks']} rank(s) x batch {t['batch_per_rank']} = {t['examples_seen']:,} crops "
         f"{c['data']['crop_zyx']}, peak learning rate {t['peak_learning_rate']:g}; loss: boundary BCE + "
         f"{c['loss']['dice_weight']:g} x soft Dice, affinities BCE x {c['affinity_loss_weight']:g}.",
@@ -292,19 +349,26 @@ def write_model_card(model_dir: str | Path) -> Path:
         lines.append(f"  - seed {dd['seed']}, preset {dd['preset']}, shape {dd['shape_zyx']}")
     lines += ["", "## Validation", ""]
     if crops:
-        lines.append(f"- Crops at model resolution (step {w.get('from_step')}): boundary Dice "
-                     f"{crops.get('boundary_dice', float('nan')):.4f}, affinity true-positive rate "
-                     f"{crops.get('affinity_tpr', float('nan')):.4f}, true-negative rate "
-                     f"{crops.get('affinity_tnr', float('nan')):.4f}.")
+        lines.append(
+            f"- Crops at model resolution (step {w.get('from_step')}): boundary Dice "
+            f"{crops.get('boundary_dice', float('nan')):.4f}, affinity true-positive rate "
+            f"{crops.get('affinity_tpr', float('nan')):.4f}, true-negative rate "
+            f"{crops.get('affinity_tnr', float('nan')):.4f}."
+        )
     test = doc.get("test")
     if test:
         lines += ["", "## Test (unseen seeds)", "", *test.get("text", [])]
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
-    lines += ["", "## Intended use and limits", "",
-              "- Serial-section EM of neuropil at 4-16 nm pixels (resampled to the model's pixel size by an integer "
-              "factor); trained on synthetic data only, with strong augmentation. Check it on a labelled sample of "
-              "real data before trusting it.", ""]
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "- Serial-section EM of neuropil at 4-16 nm pixels (resampled to the model's pixel size by an integer "
+        "factor); trained on synthetic data only, with strong augmentation. Check it on a labelled sample of "
+        "real data before trusting it.",
+        "",
+    ]
     path = p / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path

@@ -36,6 +36,7 @@ SPREAD_TO_SIGMA = 3.29
 # ---------------------------------------------------------------------------------------------
 # geometry helpers shared with inference
 
+
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Map any integer index to ``[0, n)`` by mirroring with edge repetition (numpy "symmetric")."""
     idx = np.asarray(idx)
@@ -51,10 +52,10 @@ def take_reflected(array, begin_zyx: Sequence[int], end_zyx: Sequence[int]) -> n
     idx = [reflect_index(np.arange(b, e), n) for b, e, n in zip(begin_zyx, end_zyx, array.shape)]
     lo = [int(i.min()) for i in idx]
     hi = [int(i.max()) + 1 for i in idx]
-    out = np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-    for axis, (i, l, h) in enumerate(zip(idx, lo, hi)):
-        if len(i) != h - l or np.any(np.diff(i) != 1):
-            out = out.take(i - l, axis=axis)
+    out = np.asarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+    for axis, (i, low, high) in enumerate(zip(idx, lo, hi)):
+        if len(i) != high - low or np.any(np.diff(i) != 1):
+            out = out.take(i - low, axis=axis)
     return out
 
 
@@ -107,7 +108,7 @@ def intensity_stats(raw, factor: int, max_sections: int = 16, max_side: int = 20
     if hy == 0 or hx == 0:
         raise UserInputError(f"volume of shape {list(raw.shape)} is smaller than one model pixel ({factor} px)")
     y0, x0 = (y - hy) // 2, (x - hx) // 2
-    vals = [downsample_mean(np.asarray(raw[int(k), y0:y0 + hy, x0:x0 + hx]), factor).ravel() for k in zs]
+    vals = [downsample_mean(np.asarray(raw[int(k), y0 : y0 + hy, x0 : x0 + hx]), factor).ravel() for k in zs]
     p5, p50, p95 = np.percentile(np.concatenate(vals) / 255.0, [5, 50, 95])
     return IntensityStats(float(p5), float(p50), float(p95))
 
@@ -118,14 +119,17 @@ def model_factor(model_voxel_nm: float, data_voxel_nm: float, where: str, tolera
     ratio = float(model_voxel_nm) / float(data_voxel_nm)
     factor = max(1, int(round(ratio)))
     if abs(factor / ratio - 1.0) > tolerance:
-        raise UserInputError(f"{where}: voxel size {data_voxel_nm:g} nm (y, x) is incompatible with the model's "
-                             f"{model_voxel_nm:g} nm input pixels (needs an integer downsampling factor; "
-                             f"the nearest, {factor}, gives {factor * data_voxel_nm:g} nm)")
+        raise UserInputError(
+            f"{where}: voxel size {data_voxel_nm:g} nm (y, x) is incompatible with the model's "
+            f"{model_voxel_nm:g} nm input pixels (needs an integer downsampling factor; "
+            f"the nearest, {factor}, gives {factor * data_voxel_nm:g} nm)"
+        )
     return factor
 
 
 # ---------------------------------------------------------------------------------------------
 # labelled volumes
+
 
 @dataclass
 class LabelledVolume:
@@ -138,14 +142,20 @@ class LabelledVolume:
     positives: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
 
     def describe(self) -> dict:
-        return {"path": portable_path(self.path), "seed": self.meta.get("seed"), "preset": self.meta.get("preset"),
-                "generator": self.meta.get("generator"), "shape_zyx": list(self.raw.shape),
-                "voxel_size_nm": list(self.voxel_size_nm),
-                "label_fraction": round(float(self.meta.get("label_fraction", float("nan"))), 5)}
+        return {
+            "path": portable_path(self.path),
+            "seed": self.meta.get("seed"),
+            "preset": self.meta.get("preset"),
+            "generator": self.meta.get("generator"),
+            "shape_zyx": list(self.raw.shape),
+            "voxel_size_nm": list(self.voxel_size_nm),
+            "label_fraction": round(float(self.meta.get("label_fraction", float("nan"))), 5),
+        }
 
 
-def open_synth(path: str | Path, names: Sequence[str], what: str = "--data"
-               ) -> tuple[list, tuple[float, float, float], dict]:
+def open_synth(
+    path: str | Path, names: Sequence[str], what: str = "--data"
+) -> tuple[list, tuple[float, float, float], dict]:
     """The arrays ``names`` of a ``connectome synth`` folder's ``truth.zarr`` (zarr arrays, checked:
     3D, one shape, ``raw`` uint8 when asked for), its voxel size (z, y, x) nm and ``synth.json``."""
     import zarr
@@ -165,8 +175,11 @@ def open_synth(path: str | Path, names: Sequence[str], what: str = "--data"
         raise UserInputError(f"{what} {path}: truth.zarr is not readable ({exc})") from None
     shapes = {tuple(a.shape) for a in arrays}
     if len(shapes) != 1 or arrays[0].ndim != 3:
-        raise UserInputError(f"{what} {path}: " + " and ".join(f"{n} {list(a.shape)}" for n, a in zip(names, arrays))
-                             + " must be 3D arrays of one shape")
+        raise UserInputError(
+            f"{what} {path}: "
+            + " and ".join(f"{n} {list(a.shape)}" for n, a in zip(names, arrays))
+            + " must be 3D arrays of one shape"
+        )
     if "raw" in names and np.dtype(arrays[list(names).index("raw")].dtype) != np.uint8:
         raise UserInputError(f"{what} {path}: raw must be uint8, got {arrays[list(names).index('raw')].dtype}")
     vs = arrays[0].attrs.get("voxel_size_nm") or g.attrs.get("voxel_size_nm")
@@ -182,8 +195,9 @@ def open_synth(path: str | Path, names: Sequence[str], what: str = "--data"
     return arrays, tuple(float(v) for v in vs), meta
 
 
-def load_synth_volume(path: str | Path, label: str = "vessels", max_positives: int = 20000,
-                      seed: int = 0) -> LabelledVolume:
+def load_synth_volume(
+    path: str | Path, label: str = "vessels", max_positives: int = 20000, seed: int = 0
+) -> LabelledVolume:
     """A ``connectome synth`` output folder: ``truth.zarr/{raw, <label>}`` (+ ``synth.json``)."""
     path = Path(path)
     (raw_a, lab_a), vs, meta = open_synth(path, ["raw", label])
@@ -198,12 +212,14 @@ def load_synth_volume(path: str | Path, label: str = "vessels", max_positives: i
             pick = rng.choice(len(ys), size=min(per, len(ys)), replace=False)
             pos.append(np.stack([np.full(len(pick), z), ys[pick], xs[pick]], axis=1))
     meta = {**meta, "label_fraction": float(lab.mean())}
-    return LabelledVolume(path, raw, lab, tuple(float(v) for v in vs), meta,
-                          np.concatenate(pos) if pos else np.zeros((0, 3), np.int64))
+    return LabelledVolume(
+        path, raw, lab, tuple(float(v) for v in vs), meta, np.concatenate(pos) if pos else np.zeros((0, 3), np.int64)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # examples
+
 
 @dataclass(frozen=True)
 class ExampleSpec:
@@ -213,8 +229,9 @@ class ExampleSpec:
     scale: float  # model pixel = factor * scale raw pixels
 
 
-def crop_example(vol: LabelledVolume, factor: int, z_context: int, tile: int, spec: ExampleSpec
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def crop_example(
+    vol: LabelledVolume, factor: int, z_context: int, tile: int, spec: ExampleSpec
+) -> tuple[np.ndarray, np.ndarray]:
     """Image ``(tile, tile, z_context)`` in [0, 1] and label fraction ``(tile, tile, 1)``.
 
     At ``scale == 1`` this is exactly the inference downsampling (area mean by ``factor``);
@@ -241,8 +258,15 @@ def crop_example(vol: LabelledVolume, factor: int, z_context: int, tile: int, sp
     return (np.moveaxis(img, 0, -1).astype(np.float32), np.clip(np.moveaxis(lab, 0, -1), 0, 1).astype(np.float32))
 
 
-def draw_spec(rng: np.random.Generator, vols: Sequence[LabelledVolume], candidates: Sequence[int],
-              factor_of, tile: int, scale_range: tuple[float, float], positive_fraction: float) -> ExampleSpec:
+def draw_spec(
+    rng: np.random.Generator,
+    vols: Sequence[LabelledVolume],
+    candidates: Sequence[int],
+    factor_of,
+    tile: int,
+    scale_range: tuple[float, float],
+    positive_fraction: float,
+) -> ExampleSpec:
     """A random example: volume (uniform over ``candidates``), scale (log-uniform), and a centre
     on a label voxel (with probability ``positive_fraction``, jittered) or anywhere."""
     v = int(candidates[int(rng.integers(len(candidates)))])
@@ -259,8 +283,9 @@ def draw_spec(rng: np.random.Generator, vols: Sequence[LabelledVolume], candidat
     return ExampleSpec(v, int(z), (int(np.clip(y, 0, ydim - 1)), int(np.clip(x, 0, xdim - 1))), scale)
 
 
-def validation_specs(vols: Sequence[LabelledVolume], factor_of, tile: int, per_volume: int,
-                     seed: int) -> list[ExampleSpec]:
+def validation_specs(
+    vols: Sequence[LabelledVolume], factor_of, tile: int, per_volume: int, seed: int
+) -> list[ExampleSpec]:
     """A fixed validation set at scale 1: half centred on label voxels, half anywhere."""
     rng = np.random.default_rng([seed, 7919])
     specs = []
@@ -276,7 +301,7 @@ def adjust_stats(stats: IntensityStats, g, noise_sigma: float) -> IntensityStats
     p5, p50, p95 = (float(v) for v in g(np.array([stats.p5, stats.p50, stats.p95], np.float32)))
     if noise_sigma:
         half = (p95 - p5) / 2
-        grown = float(np.sqrt(half ** 2 + (noise_sigma * SPREAD_TO_SIGMA / 2) ** 2))
+        grown = float(np.sqrt(half**2 + (noise_sigma * SPREAD_TO_SIGMA / 2) ** 2))
         p5, p95 = p50 - (p50 - p5) * grown / max(half, 1e-6), p50 + (p95 - p50) * grown / max(half, 1e-6)
     return IntensityStats(p5, p50, p95)
 
@@ -287,9 +312,14 @@ def volume_factor(vol: LabelledVolume, model_voxel_nm: float) -> int:
 
 def check_disjoint(train: Sequence[LabelledVolume], val: Sequence[LabelledVolume]) -> None:
     """Validation volumes must not be training volumes (same folder, or same generator seed)."""
+
     def key(v):
         m = v.meta
-        return (m.get("generator"), m.get("seed"), m.get("preset"), tuple(v.raw.shape)) if m.get("seed") is not None else None
+        return (
+            (m.get("generator"), m.get("seed"), m.get("preset"), tuple(v.raw.shape))
+            if m.get("seed") is not None
+            else None
+        )
 
     train_paths = {v.path.resolve() for v in train}
     train_keys = {key(v) for v in train if key(v) is not None}
@@ -297,6 +327,7 @@ def check_disjoint(train: Sequence[LabelledVolume], val: Sequence[LabelledVolume
         if v.path.resolve() in train_paths:
             raise UserInputError(f"--val {v.path}: is also a training volume (--data)")
         if key(v) is not None and key(v) in train_keys:
-            raise UserInputError(f"--val {v.path}: has the same generator seed ({v.meta.get('seed')}) as a "
-                                 "training volume; validate on a held-out seed")
-
+            raise UserInputError(
+                f"--val {v.path}: has the same generator seed ({v.meta.get('seed')}) as a "
+                "training volume; validate on a held-out seed"
+            )

@@ -53,11 +53,12 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # tile geometry
 
+
 @dataclass(frozen=True)
 class TileGeometry:
-    factor: int     # raw pixels per model pixel (y, x)
-    tile: int       # T, model pixels
-    margin: int     # P, model pixels cropped on each side
+    factor: int  # raw pixels per model pixel (y, x)
+    tile: int  # T, model pixels
+    margin: int  # P, model pixels cropped on each side
     z_context: int  # sections stacked as channels (odd)
 
     def __post_init__(self):
@@ -106,6 +107,7 @@ def bilinear_matrix(n_out: int, n_in: int, factor: int, offset: float) -> np.nda
 # ---------------------------------------------------------------------------------------------
 # the predictor (a loaded model)
 
+
 class Predictor:
     """Sigmoid probabilities of a 2D model for batches ``(N, T, T, C)`` -> ``(N, T, T)``.
 
@@ -135,12 +137,12 @@ class Predictor:
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(tiles), self.batch_size):
-            chunk = tiles[i:i + self.batch_size]
+            chunk = tiles[i : i + self.batch_size]
             n = len(chunk)
             if n < self.batch_size and len(tiles) > n:
                 chunk = np.concatenate([chunk, np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)])
             acc = np.zeros(chunk.shape[:3], np.float32)
-            for k in _TTA_ORDER[:self.tta]:
+            for k in _TTA_ORDER[: self.tta]:
                 t = np.ascontiguousarray(_dihedral(chunk, k))
                 acc += _dihedral_inverse(self._once(t), k)
             out.append((acc / self.tta)[:n])
@@ -169,8 +171,15 @@ def to_uint8(prob: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
 
 
-def predict_box(raw, predictor, geom: TileGeometry, stats: IntensityStats,
-                begin_zyx: Sequence[int], end_zyx: Sequence[int], slab: int = 4) -> np.ndarray:
+def predict_box(
+    raw,
+    predictor,
+    geom: TileGeometry,
+    stats: IntensityStats,
+    begin_zyx: Sequence[int],
+    end_zyx: Sequence[int],
+    slab: int = 4,
+) -> np.ndarray:
     """Probability (uint8, 0..255 = 0..1) of raw voxels in ``[begin, end)`` (global grid).
 
     Memory: one slab of ``slab`` (+ context) sections of the tile region, and one batch of tiles."""
@@ -191,7 +200,7 @@ def predict_box(raw, predictor, geom: TileGeometry, stats: IntensityStats,
             cy0, cx0 = jy * geom.core_raw, jx * geom.core_raw
             ya, yb = max(y0, cy0), min(y1, cy0 + geom.core_raw)
             xa, xb = max(x0, cx0), min(x1, cx0 + geom.core_raw)
-            out[z - z0, ya - y0:yb - y0, xa - x0:xb - x0] = to_uint8(core[ya - cy0:yb - cy0, xa - cx0:xb - cx0])
+            out[z - z0, ya - y0 : yb - y0, xa - x0 : xb - x0] = to_uint8(core[ya - cy0 : yb - cy0, xa - cx0 : xb - cx0])
 
     for zs in range(z0, z1, slab):
         ze = min(z1, zs + slab)
@@ -204,7 +213,7 @@ def predict_box(raw, predictor, geom: TileGeometry, stats: IntensityStats,
             for jy in jys:
                 for jx in jxs:
                     ty, tx = (jy - jys[0]) * S, (jx - jxs[0]) * S
-                    tiles.append(np.moveaxis(ds[k:k + 2 * c + 1, ty:ty + T, tx:tx + T], 0, -1))
+                    tiles.append(np.moveaxis(ds[k : k + 2 * c + 1, ty : ty + T, tx : tx + T], 0, -1))
                     jobs.append((z, jy, jx))
                     if len(tiles) == batch:
                         place(jobs, predictor(np.stack(tiles)))
@@ -214,8 +223,9 @@ def predict_box(raw, predictor, geom: TileGeometry, stats: IntensityStats,
     return out
 
 
-def predict_volume_whole(raw: np.ndarray, predictor, factor: int, margin: int, multiple: int,
-                         stats: IntensityStats, z_context: int) -> np.ndarray:
+def predict_volume_whole(
+    raw: np.ndarray, predictor, factor: int, margin: int, multiple: int, stats: IntensityStats, z_context: int
+) -> np.ndarray:
     """Reference: one model call per *whole* section (mirrored by ``margin`` model pixels and up
     to a multiple of ``multiple``), upsampled the same way. Used to prove the tiling seamless."""
     zdim, ydim, xdim = raw.shape
@@ -235,6 +245,7 @@ def predict_volume_whole(raw: np.ndarray, predictor, factor: int, margin: int, m
 
 # ---------------------------------------------------------------------------------------------
 # post-processing
+
 
 @dataclass(frozen=True)
 class PostprocessConfig:
@@ -264,7 +275,7 @@ class PostprocessConfig:
         return int(math.ceil(self.max_extent_um * 1000.0 / voxel_yx_nm))
 
     def min_area_px(self, voxel_yx_nm: float) -> int:
-        return int(math.ceil(self.min_area_um2 * 1e6 / (voxel_yx_nm ** 2)))
+        return int(math.ceil(self.min_area_um2 * 1e6 / (voxel_yx_nm**2)))
 
 
 _CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
@@ -311,8 +322,9 @@ def postprocess_section(mask: np.ndarray, extent_px: int, min_area_px: int, fill
     return m
 
 
-def postprocess(prob: np.ndarray, cfg: PostprocessConfig, voxel_yx_nm: float, inner: tuple[slice, slice],
-                z_halo: int) -> np.ndarray:
+def postprocess(
+    prob: np.ndarray, cfg: PostprocessConfig, voxel_yx_nm: float, inner: tuple[slice, slice], z_halo: int
+) -> np.ndarray:
     """Mask (uint8 {0,1}) of ``prob[z_halo:-z_halo][:, inner[0], inner[1]]``; ``prob`` (uint8) carries
     ``z_halo`` extra sections on each side and a (y, x) halo around ``inner`` (see
     :func:`read_prob_for_mask`; zeros stand for the outside of the volume)."""
@@ -324,7 +336,7 @@ def postprocess(prob: np.ndarray, cfg: PostprocessConfig, voxel_yx_nm: float, in
     for k in range(zn):
         if cfg.z_smooth > 1:
             r = cfg.z_smooth // 2
-            p = prob[k + z_halo - r:k + z_halo + r + 1].astype(np.float32).mean(axis=0)
+            p = prob[k + z_halo - r : k + z_halo + r + 1].astype(np.float32).mean(axis=0)
             m = p >= thr - 1e-3
         else:
             m = prob[k + z_halo] >= thr
@@ -333,8 +345,9 @@ def postprocess(prob: np.ndarray, cfg: PostprocessConfig, voxel_yx_nm: float, in
     return out
 
 
-def read_prob_for_mask(prob_array, begin_zyx, end_zyx, z_halo: int, halo_yx: int
-                       ) -> tuple[np.ndarray, tuple[slice, slice]]:
+def read_prob_for_mask(
+    prob_array, begin_zyx, end_zyx, z_halo: int, halo_yx: int
+) -> tuple[np.ndarray, tuple[slice, slice]]:
     """The probability around a box: ``z_halo`` sections mirrored at the volume faces; in (y, x)
     the box grown by ``halo_yx`` but clipped to the volume plus a one-pixel frame of zeros (a
     wider frame of zeros would change no decision: it is all one outside component).

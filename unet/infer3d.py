@@ -30,9 +30,9 @@ from unet.infer import bilinear_matrix, to_uint8
 
 @dataclass(frozen=True)
 class TileGeometry3D:
-    factor: int                      # raw pixels per model pixel in (y, x); z is 1:1
-    tile: tuple[int, int, int]       # T per axis, model voxels
-    margin: tuple[int, int, int]     # P per axis, model voxels
+    factor: int  # raw pixels per model pixel in (y, x); z is 1:1
+    tile: tuple[int, int, int]  # T per axis, model voxels
+    margin: tuple[int, int, int]  # P per axis, model voxels
 
     def __post_init__(self):
         if self.factor < 1 or min(self.margin) < 0 or min(self.core) < 1:
@@ -57,8 +57,9 @@ class TileGeometry3D:
         return (j * self.core[axis] - self.margin[axis]) * f
 
 
-def fit_tile(tile: Sequence[int], margin: Sequence[int], shape_zyx: Sequence[int], factor: int,
-             multiple: Sequence[int]) -> tuple[int, int, int]:
+def fit_tile(
+    tile: Sequence[int], margin: Sequence[int], shape_zyx: Sequence[int], factor: int, multiple: Sequence[int]
+) -> tuple[int, int, int]:
     """``tile``, or less per axis where one smaller tile covers the whole extent with its
     margins (depends on the volume's shape only, so blocks share one grid)."""
     out = []
@@ -92,9 +93,9 @@ class Predictor3D:
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         out = []
-        flips = [(), (3,), (2,), (2, 3)][:self.tta]
+        flips = [(), (3,), (2,), (2, 3)][: self.tta]
         for i in range(0, len(tiles), self.batch_size):
-            chunk = tiles[i:i + self.batch_size]
+            chunk = tiles[i : i + self.batch_size]
             acc = None
             for axes in flips:
                 t = np.flip(chunk, axis=axes) if axes else chunk
@@ -123,8 +124,16 @@ def fill_no_data(region: np.ndarray, no_data: int) -> np.ndarray:
     return out
 
 
-def predict_box3d(raw, predictor, geom: TileGeometry3D, stats: IntensityStats, begin_zyx: Sequence[int],
-                  end_zyx: Sequence[int], channels: int, no_data: int | None = None) -> np.ndarray:
+def predict_box3d(
+    raw,
+    predictor,
+    geom: TileGeometry3D,
+    stats: IntensityStats,
+    begin_zyx: Sequence[int],
+    end_zyx: Sequence[int],
+    channels: int,
+    no_data: int | None = None,
+) -> np.ndarray:
     """``(channels, dz, dy, dx)`` uint8 probabilities of raw voxels ``[begin, end)``; ``no_data``:
     the raw value of missing data, filled from the nearest tissue first (None: off).
 
@@ -137,11 +146,15 @@ def predict_box3d(raw, predictor, geom: TileGeometry3D, stats: IntensityStats, b
     upy = bilinear_matrix(cy, T[1], f, P[1])
     upx = bilinear_matrix(cx, T[2], f, P[2])
     out = np.zeros((channels, z1 - z0, y1 - y0, x1 - x0), np.uint8)
-    jobs = [(jz, jy, jx) for jz in geom.tile_range(0, z0, z1) for jy in geom.tile_range(1, y0, y1)
-            for jx in geom.tile_range(2, x0, x1)]
+    jobs = [
+        (jz, jy, jx)
+        for jz in geom.tile_range(0, z0, z1)
+        for jy in geom.tile_range(1, y0, y1)
+        for jx in geom.tile_range(2, x0, x1)
+    ]
     batch = max(1, getattr(predictor, "batch_size", 1))
     for i in range(0, len(jobs), batch):
-        chunk = jobs[i:i + batch]
+        chunk = jobs[i : i + batch]
         tiles = []
         for jz, jy, jx in chunk:
             b = (geom.tile_start_raw(0, jz), geom.tile_start_raw(1, jy), geom.tile_start_raw(2, jx))
@@ -159,13 +172,15 @@ def predict_box3d(raw, predictor, geom: TileGeometry3D, stats: IntensityStats, b
                 plane = p[P[0] + z - jz * cz]  # (T_y, T_x, C)
                 for ch in range(channels):
                     core = upy @ plane[..., ch] @ upx.T
-                    out[ch, z - z0, ya - y0:yb - y0, xa - x0:xb - x0] = to_uint8(
-                        core[ya - jy * cy:yb - jy * cy, xa - jx * cx:xb - jx * cx])
+                    out[ch, z - z0, ya - y0 : yb - y0, xa - x0 : xb - x0] = to_uint8(
+                        core[ya - jy * cy : yb - jy * cy, xa - jx * cx : xb - jx * cx]
+                    )
     return out
 
 
-def resolve_tiling(spec, path, shape_zyx, voxel_size_nm, tile_zyx, margin_zyx, where: str, command: str
-                   ) -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
+def resolve_tiling(
+    spec, path, shape_zyx, voxel_size_nm, tile_zyx, margin_zyx, where: str, command: str
+) -> tuple[int, tuple[int, int, int], tuple[int, int, int]]:
     """(factor, tile, margin) of a 3D U-Net model directory ``spec`` (``unet.modeldir``) on a
     volume: square pixels, an integer (y, x) factor to the model's pixel size, the tiling from
     the stage config (``tile_zyx`` / ``margin_zyx``; empty: the model's recommendation) checked
@@ -182,8 +197,9 @@ def resolve_tiling(spec, path, shape_zyx, voxel_size_nm, tile_zyx, margin_zyx, w
     margin = tuple(int(v) for v in (margin_zyx or inf.get("margin_zyx") or (4, 24, 24)))
     mult = spec.unet.size_multiple()
     if any(t % m or t <= 2 * p for t, p, m in zip(tile, margin, mult)):
-        raise UserInputError(f"tile_zyx {list(tile)} must be multiples of {list(mult)} and larger than 2 x "
-                             f"margin_zyx {list(margin)}")
+        raise UserInputError(
+            f"tile_zyx {list(tile)} must be multiples of {list(mult)} and larger than 2 x margin_zyx {list(margin)}"
+        )
     return factor, fit_tile(tile, margin, shape_zyx, factor, mult), margin
 
 

@@ -77,7 +77,7 @@ class UNetConfig:
                 raise ValueError(f"pool_zyx needs {self.depth} entries of 3 positive ints")
 
     def filters(self, level: int) -> int:
-        return int(min(self.base_filters * 2 ** level, self.max_filters))
+        return int(min(self.base_filters * 2**level, self.max_filters))
 
     def pools(self) -> list[tuple[int, ...]]:
         if self.pool_zyx is not None:
@@ -110,11 +110,11 @@ def valid_margin(cfg: UNetConfig) -> int:
         return 0
     # down path: each conv loses 1 per side at its level's scale; up path likewise
     margin, scale = 0, 1
-    for level in range(cfg.depth):
+    for _level in range(cfg.depth):
         margin += cfg.convs_per_level * scale
         scale *= 2
     margin += cfg.convs_per_level * scale  # bottleneck
-    for level in reversed(range(cfg.depth)):
+    for _level in reversed(range(cfg.depth)):
         scale //= 2
         margin += cfg.convs_per_level * scale + (scale if cfg.upsampling == "resize" else 0)
     return margin
@@ -134,8 +134,14 @@ def build_unet(cfg: UNetConfig, name: str = "unet"):
 
     def block(x, filters, tag):
         for i in range(cfg.convs_per_level):
-            x = Conv(filters, k, padding=cfg.padding, use_bias=cfg.norm == "none",
-                     kernel_initializer="he_normal", name=f"{tag}_conv{i}")(x)
+            x = Conv(
+                filters,
+                k,
+                padding=cfg.padding,
+                use_bias=cfg.norm == "none",
+                kernel_initializer="he_normal",
+                name=f"{tag}_conv{i}",
+            )(x)
             if cfg.norm == "batch":
                 x = L.BatchNormalization(name=f"{tag}_bn{i}")(x)
             x = L.Activation(cfg.activation, name=f"{tag}_act{i}")(x)
@@ -164,8 +170,13 @@ def build_unet(cfg: UNetConfig, name: str = "unet"):
             skip = _center_crop(skip, x, nd, f"crop{level}")
         x = L.Concatenate(name=f"concat{level}")([skip, x])
         x = block(x, f, f"dec{level}")
-    out = Conv(cfg.out_channels, (1,) * nd, padding="same", name="logits",
-               bias_initializer=tf.keras.initializers.Constant(-2.0))(x)
+    out = Conv(
+        cfg.out_channels,
+        (1,) * nd,
+        padding="same",
+        name="logits",
+        bias_initializer=tf.keras.initializers.Constant(-2.0),
+    )(x)
     return tf.keras.Model(inp, out, name=name)
 
 
@@ -178,8 +189,8 @@ def _center_crop(skip, target, nd, name):
         ss, ts = tf.shape(s), tf.shape(t)
         b = [(ss[i] - ts[i]) // 2 for i in range(1, nd + 1)]
         if nd == 2:
-            return s[:, b[0]:b[0] + ts[1], b[1]:b[1] + ts[2], :]
-        return s[:, b[0]:b[0] + ts[1], b[1]:b[1] + ts[2], b[2]:b[2] + ts[3], :]
+            return s[:, b[0] : b[0] + ts[1], b[1] : b[1] + ts[2], :]
+        return s[:, b[0] : b[0] + ts[1], b[1] : b[1] + ts[2], b[2] : b[2] + ts[3], :]
 
     return tf.keras.layers.Lambda(crop, name=name)([skip, target])
 

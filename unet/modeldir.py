@@ -64,8 +64,13 @@ class ModelSpec:
         return int(self.unet.size_multiple()[-1])
 
 
-def read_model_dir(path: str | Path, task: str = "vessel", ndim: int = 2, what: str = "--model",
-                   out_channels: int | tuple[int, ...] = 1) -> ModelSpec:
+def read_model_dir(
+    path: str | Path,
+    task: str = "vessel",
+    ndim: int = 2,
+    what: str = "--model",
+    out_channels: int | tuple[int, ...] = 1,
+) -> ModelSpec:
     p = Path(path)
     where = f"{what} {p}"
     mj, doc = read_model_json(p, FORMAT, FORMAT_VERSION, "U-Net", what)
@@ -90,12 +95,15 @@ def read_model_dir(path: str | Path, task: str = "vessel", ndim: int = 2, what: 
     if z_context < 1 or z_context % 2 == 0:
         raise UserInputError(f"{mj}: input.z_context must be a positive odd number, got {z_context}")
     if unet.in_channels != z_context:
-        raise UserInputError(f"{mj}: the architecture takes {unet.in_channels} input channels but the input "
-                             f"stacks {z_context} sections")
+        raise UserInputError(
+            f"{mj}: the architecture takes {unet.in_channels} input channels but the input stacks {z_context} sections"
+        )
     allowed = (out_channels,) if isinstance(out_channels, int) else tuple(out_channels)
     if unet.out_channels not in allowed:
-        raise UserInputError(f"{mj}: expected {' or '.join(map(str, allowed))} output channel(s), the architecture "
-                             f"has {unet.out_channels}")
+        raise UserInputError(
+            f"{mj}: expected {' or '.join(map(str, allowed))} output channel(s), the architecture "
+            f"has {unet.out_channels}"
+        )
     if not 0 < threshold < 1:
         raise UserInputError(f"{mj}: output.threshold must be in (0, 1), got {threshold}")
     if "/" in wfile or wfile.startswith("."):
@@ -132,8 +140,9 @@ def build_model(spec: ModelSpec):
     return model
 
 
-def write_model_dir(path: str | Path, arrays: dict[str, np.ndarray], doc: dict[str, Any],
-                    float_dtype: str = "float16") -> Path:
+def write_model_dir(
+    path: str | Path, arrays: dict[str, np.ndarray], doc: dict[str, Any], float_dtype: str = "float16"
+) -> Path:
     """Write weights then model.json (each atomically); returns the model.json path."""
     from connectome.training import weights as wio
 
@@ -143,10 +152,29 @@ def write_model_dir(path: str | Path, arrays: dict[str, np.ndarray], doc: dict[s
     wio.save_npz(arrays, wpath, float_dtype=float_dtype)
     doc = dict(doc)
     doc.update({"format": FORMAT, "format_version": FORMAT_VERSION})
-    doc["weights"] = {**doc.get("weights", {}), "file": WEIGHTS, "sha256": sha256_file(wpath), "dtype": float_dtype,
-                      "size_bytes": wpath.stat().st_size}
-    ordered = {k: doc[k] for k in ("format", "format_version", "task", "architecture", "input", "output",
-                                   "inference", "weights", "training", "validation") if k in doc}
+    doc["weights"] = {
+        **doc.get("weights", {}),
+        "file": WEIGHTS,
+        "sha256": sha256_file(wpath),
+        "dtype": float_dtype,
+        "size_bytes": wpath.stat().st_size,
+    }
+    ordered = {
+        k: doc[k]
+        for k in (
+            "format",
+            "format_version",
+            "task",
+            "architecture",
+            "input",
+            "output",
+            "inference",
+            "weights",
+            "training",
+            "validation",
+        )
+        if k in doc
+    }
     ordered.update({k: v for k, v in doc.items() if k not in ordered})
     tmp = p / f".{MODEL_JSON}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(ordered, indent=1, default=_json_default) + "\n")

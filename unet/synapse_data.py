@@ -67,13 +67,21 @@ def _read_truth_table(path: Path) -> dict[int, tuple[int, int]]:
             try:
                 out[int(row["synapse_id"])] = (int(row["pre_segment_id"]), int(row["post_segment_id"]))
             except (KeyError, ValueError):
-                raise UserInputError(f"{table}: needs integer columns synapse_id, pre_segment_id and "
-                                     "post_segment_id") from None
+                raise UserInputError(
+                    f"{table}: needs integer columns synapse_id, pre_segment_id and post_segment_id"
+                ) from None
     return out
 
 
-def make_targets(clefts: np.ndarray, neurons: np.ndarray, partners_of: dict[int, tuple[int, int]], factor: int,
-                 voxel_size_nm: Sequence[float], cleft_radius_nm: float, post_radius_nm: float) -> np.ndarray:
+def make_targets(
+    clefts: np.ndarray,
+    neurons: np.ndarray,
+    partners_of: dict[int, tuple[int, int]],
+    factor: int,
+    voxel_size_nm: Sequence[float],
+    cleft_radius_nm: float,
+    post_radius_nm: float,
+) -> np.ndarray:
     """(3, z, y/f, x/f) uint8 targets from full-resolution clefts and neurons (see module doc);
     ``partners_of``: synapse id -> (pre neuron, post neuron)."""
     from scipy.ndimage import distance_transform_edt
@@ -100,8 +108,15 @@ def make_targets(clefts: np.ndarray, neurons: np.ndarray, partners_of: dict[int,
     return out
 
 
-def load_synapse_volume(path: str | Path, model_voxel_nm: float, cleft_radius_nm: float, post_radius_nm: float,
-                        seed: int = 0, max_positives: int = 20000, what: str = "--data") -> SynapseVolume:
+def load_synapse_volume(
+    path: str | Path,
+    model_voxel_nm: float,
+    cleft_radius_nm: float,
+    post_radius_nm: float,
+    seed: int = 0,
+    max_positives: int = 20000,
+    what: str = "--data",
+) -> SynapseVolume:
     from unet.data import open_synth
 
     path = Path(path)
@@ -113,19 +128,26 @@ def load_synapse_volume(path: str | Path, model_voxel_nm: float, cleft_radius_nm
     image = downsample_mean(raw[:, :h, :w], factor) / 255.0
     stats = intensity_stats(raw, factor)
     partners_of = _read_truth_table(path)
-    target = make_targets(np.asarray(cl_a[:]), np.asarray(neu_a[:]), partners_of, factor, vs, cleft_radius_nm,
-                          post_radius_nm)
+    target = make_targets(
+        np.asarray(cl_a[:]), np.asarray(neu_a[:]), partners_of, factor, vs, cleft_radius_nm, post_radius_nm
+    )
     pos = np.argwhere(target[0])
     if len(pos) > max_positives:
         pos = pos[np.random.default_rng(seed).choice(len(pos), max_positives, replace=False)]
-    meta = {**meta, "cleft_fraction": float(target[0].mean()), "post_fraction": float(target[1].mean()),
-            "pre_fraction": float(target[2].mean())}
-    return SynapseVolume(path, image.astype(np.float32), target, vs, factor, stats, meta, pos.astype(np.int64),
-                         len(partners_of))
+    meta = {
+        **meta,
+        "cleft_fraction": float(target[0].mean()),
+        "post_fraction": float(target[1].mean()),
+        "pre_fraction": float(target[2].mean()),
+    }
+    return SynapseVolume(
+        path, image.astype(np.float32), target, vs, factor, stats, meta, pos.astype(np.int64), len(partners_of)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # examples
+
 
 def crop3d(a: np.ndarray, begin: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     """``a[..., begin:begin+shape]`` over the last three axes, mirrored outside the volume."""
@@ -135,19 +157,24 @@ def crop3d(a: np.ndarray, begin: Sequence[int], shape: Sequence[int]) -> np.ndar
     return a[..., idx[0], :, :][..., idx[1], :][..., idx[2]]
 
 
-def draw_centre(rng: np.random.Generator, vol: SynapseVolume, positive_fraction: float,
-                jitter_zyx: Sequence[int]) -> tuple[int, int, int]:
+def draw_centre(
+    rng: np.random.Generator, vol: SynapseVolume, positive_fraction: float, jitter_zyx: Sequence[int]
+) -> tuple[int, int, int]:
     zdim, ydim, xdim = vol.image.shape
     if len(vol.positives) and rng.random() < positive_fraction:
         c = vol.positives[int(rng.integers(len(vol.positives)))]
         j = [int(rng.integers(-k, k + 1)) for k in jitter_zyx]
-        return (int(np.clip(c[0] + j[0], 0, zdim - 1)), int(np.clip(c[1] + j[1], 0, ydim - 1)),
-                int(np.clip(c[2] + j[2], 0, xdim - 1)))
+        return (
+            int(np.clip(c[0] + j[0], 0, zdim - 1)),
+            int(np.clip(c[1] + j[1], 0, ydim - 1)),
+            int(np.clip(c[2] + j[2], 0, xdim - 1)),
+        )
     return int(rng.integers(zdim)), int(rng.integers(ydim)), int(rng.integers(xdim))
 
 
-def crop_example(vol: SynapseVolume, centre: Sequence[int], shape_zyx: Sequence[int], scale: float = 1.0
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def crop_example(
+    vol: SynapseVolume, centre: Sequence[int], shape_zyx: Sequence[int], scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Image (z, y, x) in [0, 1] and targets (2, z, y, x) float32 around ``centre``; ``scale`` != 1
     resamples (y, x) (a model pixel covers ``scale`` of the volume's model pixels)."""
     from scipy.ndimage import zoom
@@ -165,9 +192,14 @@ def crop_example(vol: SynapseVolume, centre: Sequence[int], shape_zyx: Sequence[
     return img.astype(np.float32), tgt
 
 
-def augment(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
-            section_shift_prob: float = 0.0, section_shift_px: int = 2
-            ) -> tuple[np.ndarray, np.ndarray, object, float]:
+def augment(
+    img: np.ndarray,
+    tgt: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    section_shift_prob: float = 0.0,
+    section_shift_px: int = 2,
+) -> tuple[np.ndarray, np.ndarray, object, float]:
     """Geometric (rot90/transpose in y, x; flip in z) on image and targets, residual misalignment
     (per-section shifts, image only), and :func:`unet.augment.intensity_augment` with the
     sections as channels. Returns (image, targets, point map g, added noise sigma)."""
@@ -204,7 +236,11 @@ def fill_bands(img: np.ndarray, tgt: np.ndarray, rng: np.random.Generator, max_p
         for zi, w in enumerate(width):
             if w == 0:
                 continue
-            sl = {0: (slice(0, w), slice(None)), 1: (slice(ny - w, ny), slice(None)),
-                  2: (slice(None), slice(0, w)), 3: (slice(None), slice(nx - w, nx))}[int(side)]
+            sl = {
+                0: (slice(0, w), slice(None)),
+                1: (slice(ny - w, ny), slice(None)),
+                2: (slice(None), slice(0, w)),
+                3: (slice(None), slice(nx - w, nx)),
+            }[int(side)]
             img[(zi,) + sl] = 0.0
             tgt[(slice(None), zi) + sl] = 0.0

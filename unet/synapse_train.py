@@ -92,13 +92,21 @@ class SynapseDataConfig:
 def _default_unet() -> UNetConfig:
     # 16 nm (y, x) x 40 nm (z): pool (y, x) only at the first two levels (-> 64 x 64 x 40 nm, about
     # isotropic), then all three axes; 8 -> 64 filters. Three outputs: cleft, post side, pre side.
-    return UNetConfig(ndim=3, depth=3, base_filters=8, max_filters=64, in_channels=1, out_channels=3,
-                      pool_zyx=((1, 2, 2), (1, 2, 2), (2, 2, 2)))
+    return UNetConfig(
+        ndim=3,
+        depth=3,
+        base_filters=8,
+        max_filters=64,
+        in_channels=1,
+        out_channels=3,
+        pool_zyx=((1, 2, 2), (1, 2, 2), (2, 2, 2)),
+    )
 
 
 def _default_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=3000, batch_size=4, learning_rate=2e-3, warmup_steps=100, checkpoint_every=100,
-                         validate_every=250)
+    return TrainerConfig(
+        steps=3000, batch_size=4, learning_rate=2e-3, warmup_steps=100, checkpoint_every=100, validate_every=250
+    )
 
 
 @dataclass(frozen=True)
@@ -126,8 +134,9 @@ class SynapseTrainConfig:
     def __post_init__(self):
         m = self.model
         if m.ndim != 3 or m.in_channels != 1 or m.out_channels not in (2, 3):
-            raise ValueError("the synapse model is 3D with 1 input and 2 (cleft, post) or 3 (cleft, post, pre) "
-                             "output channels")
+            raise ValueError(
+                "the synapse model is 3D with 1 input and 2 (cleft, post) or 3 (cleft, post, pre) output channels"
+            )
         mult = m.size_multiple()
         for name in ("inference_tile_zyx",):
             if any(v % k for v, k in zip(getattr(self, name), mult)):
@@ -146,13 +155,21 @@ class SynapseTrainConfig:
 
     @property
     def channels(self) -> tuple[str, ...]:
-        return CHANNELS[:self.model.out_channels]
+        return CHANNELS[: self.model.out_channels]
 
 
 Config = SynapseTrainConfig
 
-_NOT_TRAINING = ("trainer", "final_validation", "calibrate_threshold", "calibrate_min_size", "match_distance_nm",
-                 "weights_dtype", "inference_tile_zyx", "inference_margin_zyx")
+_NOT_TRAINING = (
+    "trainer",
+    "final_validation",
+    "calibrate_threshold",
+    "calibrate_min_size",
+    "match_distance_nm",
+    "weights_dtype",
+    "inference_tile_zyx",
+    "inference_margin_zyx",
+)
 
 
 class SynapseJob:
@@ -160,8 +177,9 @@ class SynapseJob:
 
     score_key = "cleft_dice"
 
-    def __init__(self, cfg: SynapseTrainConfig, train: Sequence[SynapseVolume], val: Sequence[SynapseVolume],
-                 fingerprint: dict):
+    def __init__(
+        self, cfg: SynapseTrainConfig, train: Sequence[SynapseVolume], val: Sequence[SynapseVolume], fingerprint: dict
+    ):
         self.cfg = cfg
         self.train, self.val = list(train), list(val)
         self._fingerprint = fingerprint
@@ -185,8 +203,10 @@ class SynapseJob:
         from unet.losses import combined_loss
 
         weights = (1.0, self.cfg.post_loss_weight, self.cfg.pre_loss_weight)
-        return sum(w * combined_loss(y_true[..., i:i + 1], logits[..., i:i + 1], self.cfg.loss)
-                   for i, w in enumerate(weights[:self.cfg.model.out_channels]))
+        return sum(
+            w * combined_loss(y_true[..., i : i + 1], logits[..., i : i + 1], self.cfg.loss)
+            for i, w in enumerate(weights[: self.cfg.model.out_channels])
+        )
 
     def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         d = self.cfg.data
@@ -203,9 +223,10 @@ class SynapseJob:
             j = d.stats_jitter
             shift = float(rng.normal(0, j)) * (st.p95 - st.p5)
             grow = float(np.exp(rng.normal(0, j)))
-            st = IntensityStats(st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift,
-                                st.p50 + shift + (st.p95 - st.p50) * grow)
-        return st.standardize(img)[..., None], np.moveaxis(tgt[:self.cfg.model.out_channels], 0, -1)
+            st = IntensityStats(
+                st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift, st.p50 + shift + (st.p95 - st.p50) * grow
+            )
+        return st.standardize(img)[..., None], np.moveaxis(tgt[: self.cfg.model.out_channels], 0, -1)
 
     def batch(self, step: int, rank: int, size: int, batch_size: int):
         rng = np.random.default_rng([self.cfg.trainer.seed, step, rank])
@@ -242,14 +263,15 @@ class SynapseJob:
 # ---------------------------------------------------------------------------------------------
 # calibration and export
 
-def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConfig
-              ) -> tuple[float, int, list[dict], dict]:
+
+def calibrate(
+    model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConfig
+) -> tuple[float, int, list[dict], dict]:
     """Run the exported model on each validation volume (the stage's in-memory path), then pick
     the (threshold, minimum size) with the best pooled synapse F1; returns them and per-volume rows."""
-    from connectome.synapses.predict import (SynapsesConfig, detect_arrays, predict_arrays, read_truth,
-                                             score_detection)
+    from connectome.synapses.predict import SynapsesConfig, detect_arrays, predict_arrays, read_truth, score_detection
 
-    use_pre = SynapsesConfig().use_pre_channel   # the partner rule the stage uses by default
+    use_pre = SynapsesConfig().use_pre_channel  # the partner rule the stage uses by default
 
     preds = []
     for p in vols_paths:
@@ -261,7 +283,7 @@ def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConf
     for t in cfg.calibrate_threshold:
         for m in cfg.calibrate_min_size:
             rows = []
-            for p, shape, vs, neurons, truth, prob, post, pre, sec in preds:
+            for _p, _shape, vs, neurons, truth, prob, post, pre, _sec in preds:
                 det = detect_arrays(prob, post, neurons, t, m, vs, pre=pre if use_pre else None)
                 rows.append(score_detection(det, truth, vs, cfg.match_distance_nm))
             tp = sum(r["n_matched"] for r in rows)
@@ -270,44 +292,58 @@ def calibrate(model_dir: Path, vols_paths: Sequence[Path], cfg: SynapseTrainConf
     best = max(grid, key=lambda k: (grid[k][0], -abs(k[0] - 0.5), -k[1]))
     log.info("detection calibration: best threshold %.2f, min size %d: F1 %.4f", best[0], best[1], grid[best][0])
     out = []
-    for (p, shape, vs, *_rest, sec), row in zip(preds, grid[best][1]):
-        out.append({"path": portable_path(p), "shape_zyx": list(shape), "seconds_predict": round(sec, 1),
-                    **{k: (round(v, 5) if isinstance(v, float) and v == v else v) for k, v in row.items()}})
+    for (p, shape, _vs, *_rest, sec), row in zip(preds, grid[best][1]):
+        out.append(
+            {
+                "path": portable_path(p),
+                "shape_zyx": list(shape),
+                "seconds_predict": round(sec, 1),
+                **{k: (round(v, 5) if isinstance(v, float) and v == v else v) for k, v in row.items()},
+            }
+        )
     table = {f"{t:g}/{m}": round(f, 4) for (t, m), (f, _) in grid.items()}
     return float(best[0]), int(best[1]), out, table
 
 
-def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: SynapseTrainConfig = SynapseTrainConfig(),
-                  val_dirs: Sequence[str | Path] = (), restart: bool = False,
-                  command: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
+def train_synapse(
+    data_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    cfg: SynapseTrainConfig = SynapseTrainConfig(),
+    val_dirs: Sequence[str | Path] = (),
+    restart: bool = False,
+    command: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
+) -> dict:
     """Train (or resume) and export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}`` (atomically; a
     finished ``out_dir`` is refused unless ``overwrite``)."""
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
-    from connectome.training.loop import run_training
     from connectome.training.export import staged_model_dir
+    from connectome.training.loop import run_training
     from unet.modeldir import write_model_dir
     from unet.train import _describe, prepare_run, training_record, unet3d_doc
 
-    data, val, out, fingerprint = prepare_run(TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING,
-                                              overwrite=overwrite)
+    data, val, out, fingerprint = prepare_run(
+        TASK, cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING, overwrite=overwrite
+    )
     tcfg, d = cfg.trainer, cfg.data
     summary: dict = {}
 
     def load(p, what):
-        return load_synapse_volume(p, d.input_voxel_size_nm, d.cleft_radius_nm, d.post_radius_nm, tcfg.seed,
-                                   what=what)
+        return load_synapse_volume(p, d.input_voxel_size_nm, d.cleft_radius_nm, d.post_radius_nm, tcfg.seed, what=what)
 
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
-        mine = data[s.rank::s.size] if len(data) >= s.size else data
+        mine = data[s.rank :: s.size] if len(data) >= s.size else data
         train = [load(p, "--data") for p in mine]
         vols_val = [load(p, "--val") for p in val]
         if not any(len(v.positives) for v in train):
             raise UserInputError("--data: the training volumes hold no synaptic clefts")
         job = SynapseJob(cfg, train, vols_val, fingerprint)
         if s.is_root:
-            log.info("training data: %s", ", ".join(f"{v.path.name} {list(v.image.shape)} ({v.synapses} synapses)"
-                                                   for v in train))
+            log.info(
+                "training data: %s",
+                ", ".join(f"{v.path.name} {list(v.image.shape)} ({v.synapses} synapses)" for v in train),
+            )
         result = run_training(job, tcfg, out / "train", s, restart=restart)
         if result.stopped_by_signal:
             s.barrier()
@@ -316,16 +352,29 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
             arrays = wio.load_npz(result.weights_file)
             doc = {
                 **unet3d_doc(TASK, cfg, d.input_voxel_size_nm, train[0].voxel_size_nm, arrays, result),
-                "output": {"activation": "sigmoid", "channels": list(cfg.channels), "threshold": 0.5,
-                           "min_size_voxels": 50,
-                           "meaning": ("channel 0: synaptic cleft (band of +-%g nm); channel 1: postsynaptic side "
-                                       "(the post neuron within %g nm of the cleft)"
-                                       % (d.cleft_radius_nm, d.post_radius_nm))
-                           + ("; channel 2: presynaptic side (the pre neuron within %g nm of the cleft)"
-                              % d.post_radius_nm if cfg.model.out_channels == 3 else "")},
-                "training": training_record(result, cfg, out, command,
-                                            [{**_describe(p), "synapses": v.synapses} for p, v in zip(mine, train)],
-                                            [_describe(p) for p in val]),
+                "output": {
+                    "activation": "sigmoid",
+                    "channels": list(cfg.channels),
+                    "threshold": 0.5,
+                    "min_size_voxels": 50,
+                    "meaning": (
+                        "channel 0: synaptic cleft (band of +-%g nm); channel 1: postsynaptic side "
+                        "(the post neuron within %g nm of the cleft)" % (d.cleft_radius_nm, d.post_radius_nm)
+                    )
+                    + (
+                        "; channel 2: presynaptic side (the pre neuron within %g nm of the cleft)" % d.post_radius_nm
+                        if cfg.model.out_channels == 3
+                        else ""
+                    ),
+                },
+                "training": training_record(
+                    result,
+                    cfg,
+                    out,
+                    command,
+                    [{**_describe(p), "synapses": v.synapses} for p, v in zip(mine, train)],
+                    [_describe(p) for p in val],
+                ),
                 "validation": {"crops_at_model_resolution": result.best_metrics or result.last_metrics},
             }
             with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
@@ -333,13 +382,23 @@ def train_synapse(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Syn
                 if cfg.final_validation and val:
                     t, m, rows, table = calibrate(tmp, val, cfg)
                     doc["output"]["threshold"], doc["output"]["min_size_voxels"] = t, m
-                    doc["validation"].update({"volumes": rows, "f1_by_threshold_and_min_size": table,
-                                              "match_distance_nm": cfg.match_distance_nm,
-                                              "calibrated_on_these_volumes": True})
+                    doc["validation"].update(
+                        {
+                            "volumes": rows,
+                            "f1_by_threshold_and_min_size": table,
+                            "match_distance_nm": cfg.match_distance_nm,
+                            "calibrated_on_these_volumes": True,
+                        }
+                    )
                     write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
                 write_model_card(tmp)
-            summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
-                       "seconds": doc["training"]["seconds"], "validation": doc["validation"]}
+            summary = {
+                "model_dir": str(out),
+                "steps": result.steps,
+                "ranks": result.ranks,
+                "seconds": doc["training"]["seconds"],
+                "validation": doc["validation"],
+            }
         s.barrier()
     return summary
 
@@ -353,80 +412,119 @@ def write_model_card(model_dir: str | Path) -> Path:
     a, t, v, w, o = doc["architecture"], doc["training"], doc.get("validation", {}), doc["weights"], doc["output"]
     c = t["config"]
     lines = [
-        "# Synapse model (3D U-Net)", "",
+        "# Synapse model (3D U-Net)",
+        "",
         "Predicts, per voxel, the probability of a synaptic cleft and of the postsynaptic side next to it"
-        + (" and of the presynaptic side" if "pre" in o["channels"] else "") + "; "
+        + (" and of the presynaptic side" if "pre" in o["channels"] else "")
+        + "; "
         "`connectome synapses` thresholds the cleft channel into synapses (26-connected components, minimum "
         "size, consistent across blocks) and assigns pre/post partners from the segmentation with the "
         + ("post and pre channels" if "pre" in o["channels"] else "post channel")
-        + " (connectome/synapses/partners.py).", "",
-        "## Model", "",
+        + " (connectome/synapses/partners.py).",
+        "",
+        "## Model",
+        "",
         f"- 3D U-Net, {a['depth']} poolings {a['pool_zyx']} (z, y, x), filters {a['base_filters']} -> "
         f"{min(a['base_filters'] * 2 ** a['depth'], a['max_filters'])}, '{a['padding']}' padding, {w['parameters']:,} "
         f"parameters, weights {w['dtype']} ({w['size_bytes'] / 1e6:.2f} MB, sha256 `{w['sha256'][:16]}...`).",
         f"- Input: raw at {doc['input']['voxel_size_nm_yx'][0]:g} nm in (y, x) (area-downsampled), z as acquired; "
         "standardised with the volume's 5/50/95th percentiles.",
         f"- Output: {', '.join(o['channels'])}; detection threshold {o['threshold']:g}, minimum size "
-        f"{o['min_size_voxels']} voxels (full resolution)" +
-        (" (calibrated on the validation volumes)." if v.get("calibrated_on_these_volumes") else "."),
+        f"{o['min_size_voxels']} voxels (full resolution)"
+        + (" (calibrated on the validation volumes)." if v.get("calibrated_on_these_volumes") else "."),
         f"- Inference: tiles {doc['inference']['tile_zyx']} model voxels with margins {doc['inference']['margin_zyx']} "
-        "on a global grid (blockwise == whole volume), bilinear (y, x) upsampling.", "",
-        "## Training", "", "```", t["command"], "```", "",
+        "on a global grid (blockwise == whole volume), bilinear (y, x) upsampling.",
+        "",
+        "## Training",
+        "",
+        "```",
+        t["command"],
+        "```",
+        "",
         f"- {t['steps']} steps x {t['ranks']} rank(s) x batch {t['batch_per_rank']} = {t['examples_seen']:,} crops "
         f"{c['data']['crop_zyx']}, peak learning rate {t['peak_learning_rate']:g}; loss per channel BCE "
         f"(positive weight {c['loss']['pos_weight']:g}) + {c['loss']['dice_weight']:g} x soft Dice, post channel "
-        f"x {c['post_loss_weight']:g}" + (f", pre channel x {c.get('pre_loss_weight', 0.5):g}"
-                                           if "pre" in o["channels"] else "") + ".",
+        f"x {c['post_loss_weight']:g}"
+        + (f", pre channel x {c.get('pre_loss_weight', 0.5):g}" if "pre" in o["channels"] else "")
+        + ".",
         f"- Wall time {t['seconds'] / 60:.1f} min ({t['runs']} run(s)); TensorFlow {t['versions'].get('tensorflow')}, "
         f"Horovod {t['versions'].get('horovod', '-')}.",
         f"- Augmentation: (y, x) zoom {c['data']['scale_range']}, rotations/flips, section shifts "
         f"(p {c['data']['section_shift_prob']:g}, +-{c['data']['section_shift_px']} px)"
-        + (f", aligned-render fill bands (p {c['data']['fill_band_prob']:g}, <= {c['data']['fill_band_max_px']} px)"
-           if c['data'].get('fill_band_prob') else "") + ", contrast/brightness/gamma, "
+        + (
+            f", aligned-render fill bands (p {c['data']['fill_band_prob']:g}, <= {c['data']['fill_band_max_px']} px)"
+            if c['data'].get('fill_band_prob')
+            else ""
+        )
+        + ", contrast/brightness/gamma, "
         "illumination, blur, white and correlated noise, section defects.",
         "- Training data (`connectome synth`):",
     ]
     for dd in t["data"]:
-        lines.append(f"  - seed {dd['seed']}, preset {dd['preset']}, shape {dd['shape_zyx']}, "
-                     f"{dd.get('synapses', '?')} synapses")
+        lines.append(
+            f"  - seed {dd['seed']}, preset {dd['preset']}, shape {dd['shape_zyx']}, {dd.get('synapses', '?')} synapses"
+        )
     lines.append("- Validation data (held-out seeds; used for the checkpoint and the detection calibration):")
     for dd in t["validation_data"]:
         lines.append(f"  - seed {dd['seed']}, preset {dd['preset']}, shape {dd['shape_zyx']}")
     crops = v.get("crops_at_model_resolution") or {}
     lines += ["", "## Validation", ""]
     if crops:
-        lines.append(f"- Crops at model resolution (step {w.get('from_step')}): cleft Dice "
-                     f"{crops.get('cleft_dice', float('nan')):.4f}, post Dice {crops.get('post_dice', float('nan')):.4f}"
-                     + (f", pre Dice {crops['pre_dice']:.4f}" if "pre_dice" in crops else "") + ".")
+        lines.append(
+            f"- Crops at model resolution (step {w.get('from_step')}): cleft Dice "
+            f"{crops.get('cleft_dice', float('nan')):.4f}, post Dice {crops.get('post_dice', float('nan')):.4f}"
+            + (f", pre Dice {crops['pre_dice']:.4f}" if "pre_dice" in crops else "")
+            + "."
+        )
     if v.get("volumes"):
-        lines += [f"- Whole volumes, synapses matched within {v['match_distance_nm']:g} nm, partners with the true "
-                  "segmentation:", "",
-                  "| volume | shape (z,y,x) | true | predicted | precision | recall | F1 | partner accuracy |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"- Whole volumes, synapses matched within {v['match_distance_nm']:g} nm, partners with the true "
+            "segmentation:",
+            "",
+            "| volume | shape (z,y,x) | true | predicted | precision | recall | F1 | partner accuracy |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in v["volumes"]:
-            lines.append(f"| {Path(r['path']).name} | {r['shape_zyx']} | {r['n_true']} | {r['n_predicted']} | "
-                         f"{r['precision']} | {r['recall']} | {r['f1']} | {r['partner_accuracy']} |")
+            lines.append(
+                f"| {Path(r['path']).name} | {r['shape_zyx']} | {r['n_true']} | {r['n_predicted']} | "
+                f"{r['precision']} | {r['recall']} | {r['f1']} | {r['partner_accuracy']} |"
+            )
     test = doc.get("test")
     if test:
-        lines += ["", "## Test (unseen seeds)", "",
-                  f"Seeds never used for training, validation or calibration; synapses matched within "
-                  f"{test.get('match_distance_nm', 200):g} nm; partners and edges with the given segmentation "
-                  "(`truth`: the true neurons; `baseline`: `connectome segment --method baseline`).", "",
-                  "```", *test["commands"], "```", "",
-                  "| volume | segmentation | true | predicted | precision | recall | F1 | partner accuracy | "
-                  "edge F1 (all) | edges >= 2 synapses | edge F1 (>= 2) | Mvox/s | peak RSS MiB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Test (unseen seeds)",
+            "",
+            f"Seeds never used for training, validation or calibration; synapses matched within "
+            f"{test.get('match_distance_nm', 200):g} nm; partners and edges with the given segmentation "
+            "(`truth`: the true neurons; `baseline`: `connectome segment --method baseline`).",
+            "",
+            "```",
+            *test["commands"],
+            "```",
+            "",
+            "| volume | segmentation | true | predicted | precision | recall | F1 | partner accuracy | "
+            "edge F1 (all) | edges >= 2 synapses | edge F1 (>= 2) | Mvox/s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in test["volumes"]:
-            lines.append(f"| {r['name']} | {r['segmentation']} | {r.get('n_true')} | {r.get('n_predicted')} | "
-                         f"{r.get('precision')} | {r.get('recall')} | {r['f1']} | {r['partner_accuracy']} | "
-                         f"{r.get('edge_f1')} | {r.get('edges_true_min2')} | {r.get('edge_f1_min2')} | "
-                         f"{r.get('mvox_per_s')} | {r.get('peak_rss_mib')} |")
+            lines.append(
+                f"| {r['name']} | {r['segmentation']} | {r.get('n_true')} | {r.get('n_predicted')} | "
+                f"{r.get('precision')} | {r.get('recall')} | {r['f1']} | {r['partner_accuracy']} | "
+                f"{r.get('edge_f1')} | {r.get('edges_true_min2')} | {r.get('edge_f1_min2')} | "
+                f"{r.get('mvox_per_s')} | {r.get('peak_rss_mib')} |"
+            )
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
-    lines += ["", "## Intended use and limits", "",
-              "- Serial-section EM of neuropil at 4-16 nm pixels (resampled to the model's pixel size by an integer "
-              "factor); trained on synthetic data only, with strong augmentation. Check it on a labelled sample of "
-              "real data before trusting it.", ""]
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "- Serial-section EM of neuropil at 4-16 nm pixels (resampled to the model's pixel size by an integer "
+        "factor); trained on synthetic data only, with strong augmentation. Check it on a labelled sample of "
+        "real data before trusting it.",
+        "",
+    ]
     path = p / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path

@@ -47,8 +47,17 @@ from connectome.errors import UserInputError
 from connectome.training import TrainerConfig
 from connectome.training.provenance import portable_command, portable_path
 from unet.augment import AugmentConfig, geometric_augment, intensity_augment
-from unet.data import (IntensityStats, LabelledVolume, adjust_stats, crop_example, draw_spec, intensity_stats,
-                       load_synth_volume, validation_specs, volume_factor)
+from unet.data import (
+    IntensityStats,
+    LabelledVolume,
+    adjust_stats,
+    crop_example,
+    draw_spec,
+    intensity_stats,
+    load_synth_volume,
+    validation_specs,
+    volume_factor,
+)
 from unet.infer import PostprocessConfig
 from unet.losses import LossConfig
 from unet.model import UNetConfig
@@ -96,8 +105,9 @@ def _default_unet() -> UNetConfig:
 
 
 def _default_trainer() -> TrainerConfig:
-    return TrainerConfig(steps=2000, batch_size=4, learning_rate=1e-3, warmup_steps=100, checkpoint_every=100,
-                         validate_every=200)
+    return TrainerConfig(
+        steps=2000, batch_size=4, learning_rate=1e-3, warmup_steps=100, checkpoint_every=100, validate_every=200
+    )
 
 
 @dataclass(frozen=True)
@@ -131,8 +141,9 @@ class VesselTrainConfig:
         if self.model.ndim != 2:
             raise ValueError("the vessel model is 2D (model.ndim must be 2)")
         if self.model.in_channels != self.data.z_context:
-            raise ValueError(f"model.in_channels ({self.model.in_channels}) must equal data.z_context "
-                             f"({self.data.z_context})")
+            raise ValueError(
+                f"model.in_channels ({self.model.in_channels}) must equal data.z_context ({self.data.z_context})"
+            )
         if self.model.out_channels != 1:
             raise ValueError("model.out_channels must be 1")
         mult = self.model.size_multiple()[-1]
@@ -150,28 +161,39 @@ class VesselTrainConfig:
 Config = VesselTrainConfig
 
 #: config fields that do not change what is trained (a finished or resumed run may change them)
-_NOT_TRAINING = ("trainer", "final_validation", "calibrate_threshold", "threshold", "postprocess", "weights_dtype",
-                 "inference_tile_px", "inference_margin_px")
+_NOT_TRAINING = (
+    "trainer",
+    "final_validation",
+    "calibrate_threshold",
+    "threshold",
+    "postprocess",
+    "weights_dtype",
+    "inference_tile_px",
+    "inference_margin_px",
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # the job
+
 
 class VesselJob:
     """:class:`connectome.training.loop.TrainJob` for the vessel U-Net."""
 
     score_key = "iou"
 
-    def __init__(self, cfg: VesselTrainConfig, train: Sequence[LabelledVolume], val: Sequence[LabelledVolume],
-                 fingerprint: dict):
+    def __init__(
+        self, cfg: VesselTrainConfig, train: Sequence[LabelledVolume], val: Sequence[LabelledVolume], fingerprint: dict
+    ):
         self.cfg = cfg
         self.train, self.val = list(train), list(val)
         self._fingerprint = fingerprint
         vs = cfg.data.input_voxel_size_nm
         self.factor = {str(v.path): volume_factor(v, vs) for v in self.train + self.val}
         self.stats = {str(v.path): intensity_stats(v.raw, self.factor[str(v.path)]) for v in self.train + self.val}
-        self.val_specs = validation_specs(self.val, self.factor_of, cfg.data.val_tile_px,
-                                          cfg.data.val_tiles_per_volume, cfg.trainer.seed)
+        self.val_specs = validation_specs(
+            self.val, self.factor_of, cfg.data.val_tile_px, cfg.data.val_tiles_per_volume, cfg.trainer.seed
+        )
         self._predict = None
 
     def factor_of(self, vol: LabelledVolume) -> int:
@@ -192,8 +214,9 @@ class VesselJob:
 
     def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         d, aug = self.cfg.data, self.cfg.augment
-        spec = draw_spec(rng, self.train, range(len(self.train)), self.factor_of, d.tile_px, d.scale_range,
-                         d.positive_fraction)
+        spec = draw_spec(
+            rng, self.train, range(len(self.train)), self.factor_of, d.tile_px, d.scale_range, d.positive_fraction
+        )
         vol = self.train[spec.volume]
         img, lab = crop_example(vol, self.factor_of(vol), d.z_context, d.tile_px, spec)
         img, lab = geometric_augment(img, lab, rng, aug)
@@ -204,8 +227,9 @@ class VesselJob:
             spread = st.p95 - st.p5
             shift = float(rng.normal(0, j)) * spread
             grow = float(np.exp(rng.normal(0, j)))
-            st = IntensityStats(st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift,
-                                st.p50 + shift + (st.p95 - st.p50) * grow)
+            st = IntensityStats(
+                st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift, st.p50 + shift + (st.p95 - st.p50) * grow
+            )
         return st.standardize(img), lab
 
     def batch(self, step: int, rank: int, size: int, batch_size: int):
@@ -229,7 +253,7 @@ class VesselJob:
         sums = {"bce_sum": 0.0, "pixels": 0.0, "inter": 0.0, "union": 0.0, "pred": 0.0, "true": 0.0}
         specs = self.val_specs[shard::num_shards]
         for i in range(0, len(specs), 4):
-            pairs = [self._val_example(s) for s in specs[i:i + 4]]
+            pairs = [self._val_example(s) for s in specs[i : i + 4]]
             x = np.stack([p[0] for p in pairs])
             y = np.stack([p[1] for p in pairs])
             p = self._predict(tf.convert_to_tensor(x)).numpy()
@@ -251,6 +275,7 @@ class VesselJob:
 # ---------------------------------------------------------------------------------------------
 # running and exporting
 
+
 def _read_meta(path: Path) -> dict:
     try:
         return json.loads((path / "synth.json").read_text())
@@ -265,15 +290,22 @@ def _check_folders(data: Sequence[Path], val: Sequence[Path]) -> None:
                 what = "not found" if not d.exists() else "no truth.zarr inside (expected a `connectome synth` folder)"
                 raise UserInputError(f"{flag} {d}: {what}")
     train_paths = {d.resolve() for d in data}
-    train_seeds = {(m.get("seed"), m.get("preset"), tuple(m.get("shape_zyx") or ())) for m in map(_read_meta, data)
-                   if m.get("seed") is not None}
+    train_seeds = {
+        (m.get("seed"), m.get("preset"), tuple(m.get("shape_zyx") or ()))
+        for m in map(_read_meta, data)
+        if m.get("seed") is not None
+    }
     for d in val:
         if d.resolve() in train_paths:
             raise UserInputError(f"--val {d}: is also a training folder (--data)")
         m = _read_meta(d)
-        if m.get("seed") is not None and (m.get("seed"), m.get("preset"), tuple(m.get("shape_zyx") or ())) in train_seeds:
-            raise UserInputError(f"--val {d}: same synth seed ({m.get('seed')}) as a training folder; validate on a "
-                                 "held-out seed")
+        if (
+            m.get("seed") is not None
+            and (m.get("seed"), m.get("preset"), tuple(m.get("shape_zyx") or ())) in train_seeds
+        ):
+            raise UserInputError(
+                f"--val {d}: same synth seed ({m.get('seed')}) as a training folder; validate on a held-out seed"
+            )
 
 
 def _versions() -> dict:
@@ -298,8 +330,9 @@ def _versions() -> dict:
 
 def _git_commit() -> Optional[str]:
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                           timeout=10)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
         return r.stdout.strip() or None if r.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -324,8 +357,9 @@ def _seconds_total(log_path: Path) -> tuple[float, int]:
     return total, runs
 
 
-def final_validation(model_dir: Path, vols: Sequence[LabelledVolume], cfg: VesselTrainConfig
-                     ) -> tuple[float, list[dict]]:
+def final_validation(
+    model_dir: Path, vols: Sequence[LabelledVolume], cfg: VesselTrainConfig
+) -> tuple[float, list[dict]]:
     """Full-resolution scores of the exported model through the real inference path, at the
     threshold from ``cfg.calibrate_threshold`` with the best mean IoU (or ``cfg.threshold``)."""
     import dataclasses
@@ -349,41 +383,61 @@ def final_validation(model_dir: Path, vols: Sequence[LabelledVolume], cfg: Vesse
     best = max(grid, key=lambda t: (float(np.mean([s["iou"] for s in table[t]])), -abs(t - 0.5)))
     out = []
     for v, scores, sec in zip(vols, table[best], seconds):
+
         def r(x):
             return round(x, 5) if x == x else None
 
-        out.append({"path": str(v.path), "seed": v.meta.get("seed"), "preset": v.meta.get("preset"),
-                    "shape_zyx": list(v.raw.shape), "threshold": best, "iou": r(scores["iou"]),
-                    "dice": r(scores["dice"]), "precision": r(scores["precision"]), "recall": r(scores["recall"]),
-                    "iou_by_threshold": {f"{t:g}": r(table[t][len(out)]["iou"]) for t in grid},
-                    "seconds": round(sec, 1)})
+        out.append(
+            {
+                "path": str(v.path),
+                "seed": v.meta.get("seed"),
+                "preset": v.meta.get("preset"),
+                "shape_zyx": list(v.raw.shape),
+                "threshold": best,
+                "iou": r(scores["iou"]),
+                "dice": r(scores["dice"]),
+                "precision": r(scores["precision"]),
+                "recall": r(scores["recall"]),
+                "iou_by_threshold": {f"{t:g}": r(table[t][len(out)]["iou"]) for t in grid},
+                "seconds": round(sec, 1),
+            }
+        )
     return best, out
 
 
-def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: VesselTrainConfig = VesselTrainConfig(),
-                 val_dirs: Sequence[str | Path] = (), restart: bool = False,
-                 command: Optional[Sequence[str]] = None, overwrite: bool = False) -> dict:
+def train_vessel(
+    data_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    cfg: VesselTrainConfig = VesselTrainConfig(),
+    val_dirs: Sequence[str | Path] = (),
+    restart: bool = False,
+    command: Optional[Sequence[str]] = None,
+    overwrite: bool = False,
+) -> dict:
     """Train (or resume), export ``out_dir/{model.json, weights.npz, MODEL_CARD.md}``; returns a summary
     on rank 0 (``{"stopped": True, ...}`` when a signal stopped it: nothing is exported then). A
     finished ``out_dir`` is refused unless ``overwrite``; the export replaces it atomically."""
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
+    from connectome.training.export import run_summary, staged_model_dir
     from connectome.training.loop import run_training
-    from connectome.training.export import staged_model_dir
     from unet.modeldir import write_model_dir
 
-    data, val, out, fingerprint = prepare_run("vessel", cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING,
-                                              overwrite=overwrite)
+    data, val, out, fingerprint = prepare_run(
+        "vessel", cfg, data_dirs, val_dirs, out_dir, _NOT_TRAINING, overwrite=overwrite
+    )
     tcfg = cfg.trainer
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
-        mine = data[s.rank::s.size] if cfg.data.shard_volumes and len(data) >= s.size else data
+        mine = data[s.rank :: s.size] if cfg.data.shard_volumes and len(data) >= s.size else data
         train = [load_synth_volume(d, seed=tcfg.seed) for d in mine]
         vols_val = [load_synth_volume(d, seed=tcfg.seed) for d in val]
         job = VesselJob(cfg, train, vols_val, fingerprint)
         if s.is_root:
-            log.info("training data: %s", ", ".join(f"{v.path.name} {list(v.raw.shape)} (factor {job.factor_of(v)})"
-                                                   for v in train))
+            log.info(
+                "training data: %s",
+                ", ".join(f"{v.path.name} {list(v.raw.shape)} (factor {job.factor_of(v)})" for v in train),
+            )
         result = run_training(job, tcfg, out / "train", s, restart=restart)
         if result.stopped_by_signal:
             s.barrier()
@@ -393,22 +447,33 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
             doc = {
                 "task": "vessel",
                 "architecture": cfg.model.to_json(),
-                "input": {"voxel_size_nm_yx": [cfg.data.input_voxel_size_nm] * 2, "z_context": cfg.data.z_context,
-                          "channels": f"{cfg.data.z_context} adjacent sections centred on the predicted one "
-                                      "(mirrored at the volume faces)",
-                          "downsampling": "area_mean by the integer factor model_px / data_px",
-                          "normalization": {"method": "volume_percentiles",
-                                            "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)",
-                                            "percentiles_of": "up to 16 evenly spaced sections, central 2048 px "
-                                                              "crops, at the model's resolution"},
-                          "trained_on_voxel_size_nm": sorted({tuple(v.voxel_size_nm) for v in train})[0]},
-                "output": {"activation": "sigmoid", "threshold": cfg.threshold,
-                           "meaning": "probability that the pixel belongs to a blood vessel (lumen + wall)"},
+                "input": {
+                    "voxel_size_nm_yx": [cfg.data.input_voxel_size_nm] * 2,
+                    "z_context": cfg.data.z_context,
+                    "channels": f"{cfg.data.z_context} adjacent sections centred on the predicted one "
+                    "(mirrored at the volume faces)",
+                    "downsampling": "area_mean by the integer factor model_px / data_px",
+                    "normalization": {
+                        "method": "volume_percentiles",
+                        "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)",
+                        "percentiles_of": "up to 16 evenly spaced sections, central 2048 px "
+                        "crops, at the model's resolution",
+                    },
+                    "trained_on_voxel_size_nm": sorted({tuple(v.voxel_size_nm) for v in train})[0],
+                },
+                "output": {
+                    "activation": "sigmoid",
+                    "threshold": cfg.threshold,
+                    "meaning": "probability that the pixel belongs to a blood vessel (lumen + wall)",
+                },
                 "inference": {"tile_px": cfg.inference_tile_px, "margin_px": cfg.inference_margin_px},
-                "weights": {"parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
-                            "from_step": result.best_step if result.best_step is not None else result.steps},
-                "training": training_record(result, cfg, out, command, [_describe(d) for d in data],
-                                            [_describe(d) for d in val]),
+                "weights": {
+                    "parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
+                    "from_step": result.best_step if result.best_step is not None else result.steps,
+                },
+                "training": training_record(
+                    result, cfg, out, command, [_describe(d) for d in data], [_describe(d) for d in val]
+                ),
                 "validation": {"tiles_at_model_resolution": result.best_metrics or result.last_metrics},
             }
             with staged_model_dir(out) as tmp:  # atomic: a kill never leaves a mixed directory
@@ -421,32 +486,43 @@ def train_vessel(data_dirs: Sequence[str | Path], out_dir: str | Path, cfg: Vess
                     doc["validation"]["mean_iou"] = round(float(np.mean(ious)), 5)
                     write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
                 write_model_card(tmp)
-            summary = {"model_dir": str(out), "steps": result.steps, "ranks": result.ranks,
-                       "seconds": doc["training"]["seconds"], "validation": doc["validation"],
-                       "rank_weight_digests": result.rank_weight_digests}
+            summary = run_summary(out, result, doc["training"]["seconds"], doc["validation"])
         s.barrier()
     return summary
 
 
-def training_record(result, cfg, out: Path, command: Optional[Sequence[str]], data: list[dict],
-                    val: list[dict]) -> dict:
+def training_record(
+    result, cfg, out: Path, command: Optional[Sequence[str]], data: list[dict], val: list[dict]
+) -> dict:
     """The ``training`` section of a U-Net model.json: command, ranks, batch, steps, wall time over
     all runs, data, versions, config and the per-rank weight digests."""
     tcfg = cfg.trainer
     seconds, runs = _seconds_total(out / "train" / "log.jsonl")
-    return {"command": _command_line(command), "ranks": result.ranks, "batch_per_rank": tcfg.batch_size,
-            "global_batch": result.global_batch, "steps": result.steps,
-            "examples_seen": result.steps * result.global_batch,
-            "peak_learning_rate": tcfg.learning_rate * tcfg.lr_scale(result.ranks),
-            "seconds": round(seconds, 1), "runs": runs, "examples_per_s_last_run": result.examples_per_s,
-            "data": data, "validation_data": val,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
-            "versions": _versions(), "git_commit": _git_commit(), "config": config_to_dict(cfg),
-            "rank_weight_digests": result.rank_weight_digests}
+    return {
+        "command": _command_line(command),
+        "ranks": result.ranks,
+        "batch_per_rank": tcfg.batch_size,
+        "global_batch": result.global_batch,
+        "steps": result.steps,
+        "examples_seen": result.steps * result.global_batch,
+        "peak_learning_rate": tcfg.learning_rate * tcfg.lr_scale(result.ranks),
+        "seconds": round(seconds, 1),
+        "runs": runs,
+        "examples_per_s_last_run": result.examples_per_s,
+        "data": data,
+        "validation_data": val,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "config": config_to_dict(cfg),
+        "rank_weight_digests": result.rank_weight_digests,
+    }
 
 
-def prepare_run(task: str, cfg, data_dirs, val_dirs, out_dir, not_training: Sequence[str],
-                overwrite: bool = False) -> tuple[list[Path], list[Path], Path, dict]:
+def prepare_run(
+    task: str, cfg, data_dirs, val_dirs, out_dir, not_training: Sequence[str], overwrite: bool = False
+) -> tuple[list[Path], list[Path], Path, dict]:
     """Checked ``--data`` / ``--val`` / ``--out`` of a 3D U-Net training run and its fingerprint
     (the config without the fields that may change on resumption). A finished ``--out`` is refused
     first (before the data are read) unless ``overwrite``."""
@@ -458,8 +534,12 @@ def prepare_run(task: str, cfg, data_dirs, val_dirs, out_dir, not_training: Sequ
     if not data:
         raise UserInputError("--data: give at least one `connectome synth` folder")
     _check_folders(data, val)
-    fingerprint = {"task": task, "config": {k: v for k, v in config_to_dict(cfg).items() if k not in not_training},
-                   "data": [str(p.resolve()) for p in data], "val": [str(p.resolve()) for p in val]}
+    fingerprint = {
+        "task": task,
+        "config": {k: v for k, v in config_to_dict(cfg).items() if k not in not_training},
+        "data": [str(p.resolve()) for p in data],
+        "val": [str(p.resolve()) for p in val],
+    }
     return data, val, out, fingerprint
 
 
@@ -469,16 +549,24 @@ def unet3d_doc(task: str, cfg, input_voxel_nm: float, trained_on_voxel_nm, array
     return {
         "task": task,
         "architecture": cfg.model.to_json(),
-        "input": {"voxel_size_nm_yx": [input_voxel_nm] * 2, "z_context": 1,
-                  "channels": "one: the raw volume (z, y, x), (y, x) area-downsampled",
-                  "downsampling": "area_mean in (y, x) by the integer factor model_px / data_px; z kept",
-                  "normalization": {"method": "volume_percentiles",
-                                    "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"},
-                  "trained_on_voxel_size_nm": list(trained_on_voxel_nm)},
-        "inference": {"tile_zyx": list(cfg.inference_tile_zyx), "margin_zyx": list(cfg.inference_margin_zyx),
-                      "tile_px": int(cfg.inference_tile_zyx[1]), "margin_px": int(cfg.inference_margin_zyx[1])},
-        "weights": {"parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
-                    "from_step": result.best_step if result.best_step is not None else result.steps},
+        "input": {
+            "voxel_size_nm_yx": [input_voxel_nm] * 2,
+            "z_context": 1,
+            "channels": "one: the raw volume (z, y, x), (y, x) area-downsampled",
+            "downsampling": "area_mean in (y, x) by the integer factor model_px / data_px; z kept",
+            "normalization": {"method": "volume_percentiles", "formula": "x = (v/255 - p50) / ((p95 - p5) / 3.29)"},
+            "trained_on_voxel_size_nm": list(trained_on_voxel_nm),
+        },
+        "inference": {
+            "tile_zyx": list(cfg.inference_tile_zyx),
+            "margin_zyx": list(cfg.inference_margin_zyx),
+            "tile_px": int(cfg.inference_tile_zyx[1]),
+            "margin_px": int(cfg.inference_margin_zyx[1]),
+        },
+        "weights": {
+            "parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
+            "from_step": result.best_step if result.best_step is not None else result.steps,
+        },
     }
 
 
@@ -489,12 +577,19 @@ def _command_line(command: Optional[Sequence[str]]) -> str:
 
 def _describe(d: Path) -> dict:
     m = _read_meta(d)
-    return {"path": portable_path(d), "seed": m.get("seed"), "preset": m.get("preset"), "shape_zyx": m.get("shape_zyx"),
-            "voxel_size_nm": m.get("voxel_size_nm"), "generator": m.get("generator")}
+    return {
+        "path": portable_path(d),
+        "seed": m.get("seed"),
+        "preset": m.get("preset"),
+        "shape_zyx": m.get("shape_zyx"),
+        "voxel_size_nm": m.get("voxel_size_nm"),
+        "generator": m.get("generator"),
+    }
 
 
-def record_test(model_dir: str | Path, volumes: Sequence[dict], commands: Sequence[str],
-                notes: Sequence[str] = ()) -> Path:
+def record_test(
+    model_dir: str | Path, volumes: Sequence[dict], commands: Sequence[str], notes: Sequence[str] = ()
+) -> Path:
     """Add test results (``volumes``: seed, preset, shape_zyx, iou, dice, precision, recall of
     volumes never used for training or validation, and the ``commands`` that produced them) and
     free-text ``notes`` on how the model was made to ``model.json``, and regenerate
@@ -516,10 +611,13 @@ def write_model_card(model_dir: str | Path) -> Path:
     doc = json.loads((p / "model.json").read_text())
     a, t, v, w = doc["architecture"], doc["training"], doc.get("validation", {}), doc["weights"]
     lines = [
-        "# Vessel mask model (2D U-Net)", "",
+        "# Vessel mask model (2D U-Net)",
+        "",
         "Predicts, per section, the probability that a pixel belongs to a blood vessel (lumen + wall) in "
-        "serial-section EM; `connectome mask-vessels` thresholds it, fills holes and removes specks.", "",
-        "## Model", "",
+        "serial-section EM; `connectome mask-vessels` thresholds it, fills holes and removes specks.",
+        "",
+        "## Model",
+        "",
         f"- 2D U-Net, {a['depth']} poolings, filters {a['base_filters']} -> "
         f"{min(a['base_filters'] * 2 ** a['depth'], a['max_filters'])}, {a['convs_per_level']} 3x3 convs per level, "
         f"'{a['padding']}' padding, {a['upsampling']} upsampling, norm: {a['norm']}, {w['parameters']:,} parameters, "
@@ -528,12 +626,17 @@ def write_model_card(model_dir: str | Path) -> Path:
         f"{doc['input']['voxel_size_nm_yx'][0]:g} nm pixels (factor {round(doc['input']['voxel_size_nm_yx'][0] / 8)} "
         "for 8 nm data), standardised with the volume's "
         "5/50/95th intensity percentiles. Output: sigmoid probability, threshold "
-        f"{doc['output']['threshold']:g}" + (" (chosen on the validation volumes)."
-                                            if v.get("threshold_calibrated_on_these_volumes") else "."),
+        f"{doc['output']['threshold']:g}"
+        + (" (chosen on the validation volumes)." if v.get("threshold_calibrated_on_these_volumes") else "."),
         f"- Inference: tiles of {doc['inference']['tile_px']} model px, {doc['inference']['margin_px']} px cropped per "
-        "side, global tile grid (blockwise output == whole-volume output), bilinear upsampling.", "",
-        "## Training", "",
-        "```", t["command"], "```", "",
+        "side, global tile grid (blockwise output == whole-volume output), bilinear upsampling.",
+        "",
+        "## Training",
+        "",
+        "```",
+        t["command"],
+        "```",
+        "",
         f"- {t['steps']} steps, {t['ranks']} rank(s) x batch {t['batch_per_rank']} (global {t['global_batch']}), "
         f"{t['examples_seen']:,} examples, peak learning rate {t['peak_learning_rate']:g} (Adam, warm-up + cosine), "
         f"loss: BCE x {t['config']['loss']['bce_weight']:g} + soft Dice x {t['config']['loss']['dice_weight']:g}.",
@@ -542,7 +645,9 @@ def write_model_card(model_dir: str | Path) -> Path:
         "- Training data (`connectome synth`):",
     ]
     for d in t["data"]:
-        lines.append(f"  - seed {d['seed']}, preset {d['preset']}, shape {d['shape_zyx']}, voxel {d['voxel_size_nm']} nm")
+        lines.append(
+            f"  - seed {d['seed']}, preset {d['preset']}, shape {d['shape_zyx']}, voxel {d['voxel_size_nm']} nm"
+        )
     lines.append("- Validation data (held-out seeds):")
     for d in t["validation_data"]:
         lines.append(f"  - seed {d['seed']}, preset {d['preset']}, shape {d['shape_zyx']}")
@@ -557,58 +662,88 @@ def write_model_card(model_dir: str | Path) -> Path:
     if ft:
         c, i = ft["corrections"], ft["init"]
         ws = c.get("workspace") or {}
-        lines += ["", "## Fine-tuning on reviewed corrections", "",
-                  f"- Init model: `{i.get('portable_path') or i['path']}` (weights sha256 `{i['weights_sha256']}`).",
-                  f"- Corrections: `{c['review_dir']}` (import `{c.get('import_id')}`, queue strategy "
-                  f"{c.get('strategy')}), {len(c['item_ids'])} corrected box(es): "
-                  f"{c.get('voxels', {}).get('corrected')} corrected voxels, "
-                  f"{c.get('voxels', {}).get('foreground')} of them vessel.",
-                  f"  - trained on: {', '.join(map(str, c['train_item_ids']))}",
-                  f"  - held back for validation: {', '.join(map(str, c['validation_item_ids']))}",
-                  f"- Workspace: `{ws.get('path')}` (fingerprint `{ws.get('fingerprint')}`).",
-                  f"- Replay of the synth folders above: {ft['replay_fraction']:.0%} of each batch when any are "
-                  "given; voxels not corrected (255) carry no loss."]
+        lines += [
+            "",
+            "## Fine-tuning on reviewed corrections",
+            "",
+            f"- Init model: `{i.get('portable_path') or i['path']}` (weights sha256 `{i['weights_sha256']}`).",
+            f"- Corrections: `{c['review_dir']}` (import `{c.get('import_id')}`, queue strategy "
+            f"{c.get('strategy')}), {len(c['item_ids'])} corrected box(es): "
+            f"{c.get('voxels', {}).get('corrected')} corrected voxels, "
+            f"{c.get('voxels', {}).get('foreground')} of them vessel.",
+            f"  - trained on: {', '.join(map(str, c['train_item_ids']))}",
+            f"  - held back for validation: {', '.join(map(str, c['validation_item_ids']))}",
+            f"- Workspace: `{ws.get('path')}` (fingerprint `{ws.get('fingerprint')}`).",
+            f"- Replay of the synth folders above: {ft['replay_fraction']:.0%} of each batch when any are "
+            "given; voxels not corrected (255) carry no loss.",
+        ]
         cb = v.get("corrected_boxes")
         if cb:
-            lines.append(f"- Held-back boxes through the inference path (corrected voxels, threshold "
-                         f"{cb['threshold']:g}): IoU {cb['iou']}, precision {cb['precision']}, recall {cb['recall']}.")
+            lines.append(
+                f"- Held-back boxes through the inference path (corrected voxels, threshold "
+                f"{cb['threshold']:g}): IoU {cb['iou']}, precision {cb['precision']}, recall {cb['recall']}."
+            )
     lines += ["", "## Validation", ""]
     tiles = v.get("tiles_at_model_resolution") or v.get("corrected_boxes_tiles") or {}
     if tiles:
-        lines.append(f"- Validation tiles at model resolution (best step {w.get('from_step')}): IoU {tiles.get('iou', 0):.4f}, "
-                     f"Dice {tiles.get('dice', 0):.4f}, BCE {tiles.get('loss', 0):.4f}.")
+        lines.append(
+            f"- Validation tiles at model resolution (best step {w.get('from_step')}): IoU {tiles.get('iou', 0):.4f}, "
+            f"Dice {tiles.get('dice', 0):.4f}, BCE {tiles.get('loss', 0):.4f}."
+        )
     if v.get("volumes"):
-        lines += ["- Full volumes through `mask-vessels`' inference path (full resolution, post-processed):", "",
-                  "| seed | preset | shape (z,y,x) | IoU | Dice | precision | recall |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "- Full volumes through `mask-vessels`' inference path (full resolution, post-processed):",
+            "",
+            "| seed | preset | shape (z,y,x) | IoU | Dice | precision | recall |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in v["volumes"]:
-            lines.append(f"| {r['seed']} | {r['preset']} | {r['shape_zyx']} | {r['iou']:.4f} | {r['dice']:.4f} | "
-                         f"{r['precision']} | {r['recall']} |")
+            lines.append(
+                f"| {r['seed']} | {r['preset']} | {r['shape_zyx']} | {r['iou']:.4f} | {r['dice']:.4f} | "
+                f"{r['precision']} | {r['recall']} |"
+            )
         lines.append("")
         lines.append(f"Mean IoU: {v.get('mean_iou')}")
     test = doc.get("test")
     if test:
-        lines += ["", "## Test (unseen seeds)", "",
-                  "Volumes whose seeds were used neither for training nor for choosing the checkpoint or the "
-                  "threshold, through the real command line (full resolution, post-processed):", "",
-                  "```", *test["commands"], "```", "",
-                  "| seed | preset | shape (z,y,x) | IoU | Dice | precision | recall |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Test (unseen seeds)",
+            "",
+            "Volumes whose seeds were used neither for training nor for choosing the checkpoint or the "
+            "threshold, through the real command line (full resolution, post-processed):",
+            "",
+            "```",
+            *test["commands"],
+            "```",
+            "",
+            "| seed | preset | shape (z,y,x) | IoU | Dice | precision | recall |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in test["volumes"]:
-            lines.append(f"| {r['seed']} | {r['preset']} | {r['shape_zyx']} | {r['iou']:.4f} | {r['dice']:.4f} | "
-                         f"{r['precision']:.4f} | {r['recall']:.4f} |")
+            lines.append(
+                f"| {r['seed']} | {r['preset']} | {r['shape_zyx']} | {r['iou']:.4f} | {r['dice']:.4f} | "
+                f"{r['precision']:.4f} | {r['recall']:.4f} |"
+            )
     if doc.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in doc["notes"]]
-    lines += ["", "## Intended use and limits", "",
-              "- Serial-section EM of neuropil at 4-16 nm pixels (the input is resampled to "
-              f"{doc['input']['voxel_size_nm_yx'][0]:g} nm by an integer factor; factors more than ~30% off are refused).",
-              "- Trained on synthetic data only, with strong augmentation (zoom "
-              f"{'-'.join(f'{z:g}' for z in t['config']['data']['scale_range'])}, flips/rotations, elastic, "
-              "contrast/brightness/gamma, illumination, blur, white and correlated noise, section defects) for "
-              "robustness to imaging that differs; check it on a labelled sample of real data before trusting it.",
-              "- Vessel = lumen + endothelial wall (+ red blood cells). Lumens much wider than the fill-holes extent "
-              "of the post-processing (6 um by default) rely on the network alone.",
-              "", "Retrain with the command above (on the same synth seeds) to reproduce comparable metrics; "
-              "`model.json` holds the full config and provenance.", ""]
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        "- Serial-section EM of neuropil at 4-16 nm pixels (the input is resampled to "
+        f"{doc['input']['voxel_size_nm_yx'][0]:g} nm by an integer factor; factors more than ~30% off are refused).",
+        "- Trained on synthetic data only, with strong augmentation (zoom "
+        f"{'-'.join(f'{z:g}' for z in t['config']['data']['scale_range'])}, flips/rotations, elastic, "
+        "contrast/brightness/gamma, illumination, blur, white and correlated noise, section defects) for "
+        "robustness to imaging that differs; check it on a labelled sample of real data before trusting it.",
+        "- Vessel = lumen + endothelial wall (+ red blood cells). Lumens much wider than the fill-holes extent "
+        "of the post-processing (6 um by default) rely on the network alone.",
+        "",
+        "Retrain with the command above (on the same synth seeds) to reproduce comparable metrics; "
+        "`model.json` holds the full config and provenance.",
+        "",
+    ]
     path = p / "MODEL_CARD.md"
     path.write_text("\n".join(lines))
     return path

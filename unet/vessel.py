@@ -110,8 +110,9 @@ class VesselProbBlock:
         predictor = get_predictor(self.model_dir, self.weights_sha256, self.batch_size, self.threads)
         geom = TileGeometry(self.factor, self.tile, self.margin, self.z_context)
         raw = open_array(self.workspace, "raw")
-        prob = predict_box(raw, predictor, geom, IntensityStats(*self.stats), block.write_box.begin_zyx,
-                           block.write_box.end_zyx)
+        prob = predict_box(
+            raw, predictor, geom, IntensityStats(*self.stats), block.write_box.begin_zyx, block.write_box.end_zyx
+        )
         open_array(self.workspace, PROB, mode="r+")[block.write_box.slices] = prob
 
 
@@ -126,8 +127,9 @@ class VesselMaskBlock:
         from unet.infer import postprocess, read_prob_for_mask
 
         zh = self.postprocess.z_smooth // 2
-        prob, inner = read_prob_for_mask(open_array(self.workspace, PROB), block.write_box.begin_zyx,
-                                         block.write_box.end_zyx, zh, self.halo_yx)
+        prob, inner = read_prob_for_mask(
+            open_array(self.workspace, PROB), block.write_box.begin_zyx, block.write_box.end_zyx, zh, self.halo_yx
+        )
         mask = postprocess(prob, self.postprocess, self.voxel_yx_nm, inner, zh)
         open_array(self.workspace, MASK, mode="r+")[block.write_box.slices] = mask
 
@@ -170,13 +172,15 @@ def _tiling(config: VesselMaskConfig, spec, shape_zyx, factor: int) -> tuple[int
     margin = config.margin_px or spec.margin_px
     mult = spec.size_multiple
     if tile % mult or tile <= 2 * margin:
-        raise UserInputError(f"tile_px {tile} must be a multiple of {mult} (2**depth) and larger than 2 x "
-                             f"margin_px ({margin})")
+        raise UserInputError(
+            f"tile_px {tile} must be a multiple of {mult} (2**depth) and larger than 2 x margin_px ({margin})"
+        )
     return effective_tile(tile, margin, shape_zyx[1:], factor, mult), margin
 
 
-def plan_prob(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig(),
-              model_dir: Optional[str | Path] = None) -> Task:
+def plan_prob(
+    workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig(), model_dir: Optional[str | Path] = None
+) -> Task:
     from unet.data import intensity_stats
 
     ws = Workspace.open(workspace)
@@ -186,19 +190,57 @@ def plan_prob(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig
     core_raw = (m.tile - 2 * m.margin) * m.factor
     by, bx = config.blockwise.block_shape_zyx[1:]
     if (by % core_raw or bx % core_raw) and (by < ws.shape_zyx[1] or bx < ws.shape_zyx[2]):
-        log.info("block (y, x) %s is not a multiple of the tile core (%d raw px): some tiles are computed twice",
-                 [by, bx], core_raw)
-    grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx,
-                     (m.z_context // 2, m.margin * m.factor, m.margin * m.factor))
-    out = OutputSpec(PROB, "uint8", tuple(config.blockwise.block_shape_zyx),
-                     attrs={"from": "raw", "scale": "0..255 = probability 0..1", "model": m.path,
-                            "model_sha256": m.sha256, "model_threshold": m.threshold})
-    proc = VesselProbBlock(str(ws.path), m.path, m.sha256, m.factor, m.tile, m.margin, m.z_context,
-                           (stats.p5, stats.p50, stats.p95), config.batch_size, config.threads)
-    fingerprint = {"model_sha256": m.sha256, "factor": m.factor, "tile_px": m.tile, "margin_px": m.margin,
-                   "z_context": m.z_context, "intensity": stats.to_json()}
-    return Task(STAGE_PROB, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries,
-                bytes_per_voxel=32.0, worker_memory_bytes=MODEL_WORKER_BYTES)
+        log.info(
+            "block (y, x) %s is not a multiple of the tile core (%d raw px): some tiles are computed twice",
+            [by, bx],
+            core_raw,
+        )
+    grid = BlockGrid(
+        ws.shape_zyx, config.blockwise.block_shape_zyx, (m.z_context // 2, m.margin * m.factor, m.margin * m.factor)
+    )
+    out = OutputSpec(
+        PROB,
+        "uint8",
+        tuple(config.blockwise.block_shape_zyx),
+        attrs={
+            "from": "raw",
+            "scale": "0..255 = probability 0..1",
+            "model": m.path,
+            "model_sha256": m.sha256,
+            "model_threshold": m.threshold,
+        },
+    )
+    proc = VesselProbBlock(
+        str(ws.path),
+        m.path,
+        m.sha256,
+        m.factor,
+        m.tile,
+        m.margin,
+        m.z_context,
+        (stats.p5, stats.p50, stats.p95),
+        config.batch_size,
+        config.threads,
+    )
+    fingerprint = {
+        "model_sha256": m.sha256,
+        "factor": m.factor,
+        "tile_px": m.tile,
+        "margin_px": m.margin,
+        "z_context": m.z_context,
+        "intensity": stats.to_json(),
+    }
+    return Task(
+        STAGE_PROB,
+        ws.path,
+        grid,
+        proc,
+        fingerprint,
+        (out,),
+        max_retries=config.blockwise.max_retries,
+        bytes_per_voxel=32.0,
+        worker_memory_bytes=MODEL_WORKER_BYTES,
+    )
 
 
 def plan_mask(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig()) -> Task:
@@ -210,17 +252,32 @@ def plan_mask(workspace: str | Path, config: VesselMaskConfig = VesselMaskConfig
         config = dataclasses.replace(config, postprocess=post)
     halo = config.postprocess.extent_px(vy) + 1
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, (config.postprocess.z_smooth // 2, halo, halo))
-    out = OutputSpec(MASK, "uint8", tuple(config.blockwise.block_shape_zyx),
-                     attrs={"from": PROB, "values": "1 = vessel (lumen + wall), 0 = not",
-                            "postprocess": config_to_dict(config.postprocess)})
+    out = OutputSpec(
+        MASK,
+        "uint8",
+        tuple(config.blockwise.block_shape_zyx),
+        attrs={
+            "from": PROB,
+            "values": "1 = vessel (lumen + wall), 0 = not",
+            "postprocess": config_to_dict(config.postprocess),
+        },
+    )
     proc = VesselMaskBlock(str(ws.path), config.postprocess, vy, halo)
-    fingerprint = {"postprocess": config_to_dict(config.postprocess), "halo_yx": halo,
-                   "model_sha256": prob.attrs.get("model_sha256")}
+    fingerprint = {
+        "postprocess": config_to_dict(config.postprocess),
+        "halo_yx": halo,
+        "model_sha256": prob.attrs.get("model_sha256"),
+    }
     return Task(STAGE_MASK, ws.path, grid, proc, fingerprint, (out,), max_retries=config.blockwise.max_retries)
 
 
-def predict_array(raw: np.ndarray, voxel_yx_nm: float, model_dir: str | Path, config: VesselMaskConfig =
-                  VesselMaskConfig(), whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_array(
+    raw: np.ndarray,
+    voxel_yx_nm: float,
+    model_dir: str | Path,
+    config: VesselMaskConfig = VesselMaskConfig(),
+    whole: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """In-memory (probability, mask) of a numpy volume: the stage's computation in one piece
     (``whole=False``: the tiled path; ``whole=True``: one model call per section)."""
     from unet.data import intensity_stats, model_factor
@@ -232,12 +289,14 @@ def predict_array(raw: np.ndarray, voxel_yx_nm: float, model_dir: str | Path, co
     factor = model_factor(spec.voxel_size_nm_yx, voxel_yx_nm, "volume")
     stats = intensity_stats(raw, factor)
     if config.postprocess.threshold is None:
-        config = dataclasses.replace(config, postprocess=dataclasses.replace(config.postprocess,
-                                                                             threshold=spec.threshold))
+        config = dataclasses.replace(
+            config, postprocess=dataclasses.replace(config.postprocess, threshold=spec.threshold)
+        )
     tile, margin = _tiling(config, spec, raw.shape, factor)
     if whole:
         prob = predict_volume_whole(raw, predictor, factor, margin, spec.size_multiple, stats, spec.z_context)
     else:
-        prob = predict_box(raw, predictor, TileGeometry(factor, tile, margin, spec.z_context), stats, (0, 0, 0),
-                           raw.shape)
+        prob = predict_box(
+            raw, predictor, TileGeometry(factor, tile, margin, spec.z_context), stats, (0, 0, 0), raw.shape
+        )
     return prob, postprocess_volume(prob, config.postprocess, voxel_yx_nm)

@@ -10,5 +10,19 @@ from connectome.blockwise.markers import MarkerStore
 from connectome.blockwise.runner import RunReport, run_task
 from connectome.blockwise.task import BlockResult, OutputSpec, Task
 
-__all__ = ["Block", "BlockGrid", "Box", "BlockResult", "EXECUTORS", "Executor", "MarkerStore",
-           "OutputSpec", "RunReport", "Task", "crop_to_write", "make_executor", "read_with_halo", "run_task"]
+__all__ = [
+    "Block",
+    "BlockGrid",
+    "Box",
+    "BlockResult",
+    "EXECUTORS",
+    "Executor",
+    "MarkerStore",
+    "OutputSpec",
+    "RunReport",
+    "Task",
+    "crop_to_write",
+    "make_executor",
+    "read_with_halo",
+    "run_task",
+]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from connectome.blockwise.geometry import Block
 from connectome.blockwise.task import BlockResult
@@ -34,8 +34,9 @@ class Executor:
     name = "base"
     is_driver = True
 
-    def map(self, job: Callable[[Block], BlockResult], blocks: Sequence[Block],
-            on_result: Callable[[BlockResult], bool]) -> list[BlockResult]:
+    def map(
+        self, job: Callable[[Block], BlockResult], blocks: Sequence[Block], on_result: Callable[[BlockResult], bool]
+    ) -> list[BlockResult]:
         raise NotImplementedError  # pragma: no cover - interface
 
     def run_on_driver(self, fn: Callable[[], R]) -> R:
@@ -72,7 +73,7 @@ def _bounded_submit(submit, blocks: Iterable[Block], limit: int, wait_one, on_re
     """Keep at most ``limit`` blocks in flight; collect results as they complete."""
     results: list[BlockResult] = []
     it = iter(blocks)
-    pending = set()
+    pending: set[Any] = set()  # futures of the executor's pool
     stop = False
     while True:
         while not stop and len(pending) < limit:
@@ -132,8 +133,7 @@ class LocalExecutor(Executor):
             for f in pending:
                 f.cancel()
 
-        return _bounded_submit(lambda b: pool.submit(job, b), blocks, 2 * self.workers, wait_one,
-                               on_result, cancel_all)
+        return _bounded_submit(lambda b: pool.submit(job, b), blocks, 2 * self.workers, wait_one, on_result, cancel_all)
 
     def close(self):
         if self._pool is not None:
@@ -148,7 +148,9 @@ class DaskExecutor(Executor):
 
     def __init__(self, scheduler_file: str | None = None, address: str | None = None):
         if not scheduler_file and not address:
-            raise UserInputError("--executor dask needs --scheduler-file PATH (written by `dask scheduler --scheduler-file`)")
+            raise UserInputError(
+                "--executor dask needs --scheduler-file PATH (written by `dask scheduler --scheduler-file`)"
+            )
         if scheduler_file and not os.path.isfile(scheduler_file):
             raise UserInputError(f"{scheduler_file}: scheduler file not found")
         from distributed import Client
@@ -215,7 +217,9 @@ class MPIExecutor(Executor):
     def barrier(self):
         self.comm.Barrier()
 
-    def map(self, job, blocks, on_result):
+    def map(
+        self, job: Callable[[Block], BlockResult], blocks: Sequence[Block], on_result: Callable[[BlockResult], bool]
+    ) -> list[BlockResult]:
         import numpy as np
 
         MPI = self.MPI

@@ -39,7 +39,7 @@ def _as_zyx(value, name: str) -> Zyx:
     t = tuple(int(v) for v in value)
     if len(t) != 3:
         raise ValueError(f"{name} must have 3 values (z, y, x), got {value!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,26 @@ class Box:
 
     def grow(self, margin_zyx) -> "Box":
         m = _as_zyx(margin_zyx, "margin_zyx")
-        return Box(tuple(b - d for b, d in zip(self.begin_zyx, m)),
-                   tuple(e + d for e, d in zip(self.end_zyx, m)))
+        return Box(
+            _as_zyx((b - d for b, d in zip(self.begin_zyx, m)), "begin_zyx"),
+            _as_zyx((e + d for e, d in zip(self.end_zyx, m)), "end_zyx"),
+        )
 
     def intersect(self, other: "Box") -> "Box":
-        return Box(tuple(max(a, b) for a, b in zip(self.begin_zyx, other.begin_zyx)),
-                   tuple(min(a, b) for a, b in zip(self.end_zyx, other.end_zyx)))
+        return Box(
+            _as_zyx((max(a, b) for a, b in zip(self.begin_zyx, other.begin_zyx)), "begin_zyx"),
+            _as_zyx((min(a, b) for a, b in zip(self.end_zyx, other.end_zyx)), "end_zyx"),
+        )
 
     def relative_to(self, outer: "Box") -> tuple[slice, slice, slice]:
         """Slices that cut this box out of an array covering ``outer``."""
-        return tuple(slice(b - o, e - o) for b, e, o in
-                     zip(self.begin_zyx, self.end_zyx, outer.begin_zyx))  # type: ignore[return-value]
+        return tuple(slice(b - o, e - o) for b, e, o in zip(self.begin_zyx, self.end_zyx, outer.begin_zyx))  # type: ignore[return-value]
 
     def contains(self, other: "Box") -> bool:
-        return all(ob >= sb and oe <= se for sb, se, ob, oe in
-                   zip(self.begin_zyx, self.end_zyx, other.begin_zyx, other.end_zyx))
+        return all(
+            ob >= sb and oe <= se
+            for sb, se, ob, oe in zip(self.begin_zyx, self.end_zyx, other.begin_zyx, other.end_zyx)
+        )
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,8 @@ class Block:
     block_id: str
     index_zyx: Zyx
     write_box: Box
-    read_box: Box      # write box + halo, clipped to the volume
-    halo_box: Box      # write box + halo, NOT clipped (what a processor wants to see)
+    read_box: Box  # write box + halo, clipped to the volume
+    halo_box: Box  # write box + halo, NOT clipped (what a processor wants to see)
 
 
 @dataclass(frozen=True)
@@ -131,12 +136,17 @@ class BlockGrid:
         idx = _as_zyx(index_zyx, "index_zyx")
         if any(i < 0 or i >= g for i, g in zip(idx, self.grid_shape_zyx)):
             raise IndexError(f"block index {idx} outside grid {self.grid_shape_zyx}")
-        begin = tuple(i * b for i, b in zip(idx, self.block_shape_zyx))
-        end = tuple(min(s, bg + b) for s, bg, b in zip(self.shape_zyx, begin, self.block_shape_zyx))
+        begin = _as_zyx((i * b for i, b in zip(idx, self.block_shape_zyx)), "begin_zyx")
+        end = _as_zyx((min(s, bg + b) for s, bg, b in zip(self.shape_zyx, begin, self.block_shape_zyx)), "end_zyx")
         write = Box(begin, end)
         halo = write.grow(self.halo_zyx)
-        return Block(block_id="z{}_y{}_x{}".format(*idx), index_zyx=idx, write_box=write,
-                     read_box=halo.intersect(self.volume_box), halo_box=halo)
+        return Block(
+            block_id="z{}_y{}_x{}".format(*idx),
+            index_zyx=idx,
+            write_box=write,
+            read_box=halo.intersect(self.volume_box),
+            halo_box=halo,
+        )
 
     def blocks(self) -> Iterator[Block]:
         """All blocks in a fixed (z-major) order."""
@@ -145,5 +155,8 @@ class BlockGrid:
             yield self.block(idx)
 
     def to_json(self) -> dict:
-        return {"shape_zyx": list(self.shape_zyx), "block_shape_zyx": list(self.block_shape_zyx),
-                "halo_zyx": list(self.halo_zyx)}
+        return {
+            "shape_zyx": list(self.shape_zyx),
+            "block_shape_zyx": list(self.block_shape_zyx),
+            "halo_zyx": list(self.halo_zyx),
+        }

@@ -8,15 +8,26 @@ and hands back the write box with :func:`crop_to_write`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from connectome.blockwise.geometry import Block
 
+#: the padding modes of :func:`numpy.pad`
+PadMode = Literal[
+    "constant", "edge", "linear_ramp", "maximum", "mean", "median", "minimum", "reflect", "symmetric", "wrap", "empty"
+]
 
-def read_with_halo(array, block: Block, mode: str = "symmetric", constant: float = 0) -> np.ndarray:
+
+def read_with_halo(array, block: Block, mode: PadMode = "symmetric", constant: float = 0) -> np.ndarray:
     data = np.asarray(array[block.read_box.slices])
-    pad = [(rb - hb, he - re) for rb, re, hb, he in zip(block.read_box.begin_zyx, block.read_box.end_zyx,
-                                                         block.halo_box.begin_zyx, block.halo_box.end_zyx)]
+    pad = [
+        (rb - hb, he - re)
+        for rb, re, hb, he in zip(
+            block.read_box.begin_zyx, block.read_box.end_zyx, block.halo_box.begin_zyx, block.halo_box.end_zyx
+        )
+    ]
     if not any(a or b for a, b in pad):
         return data
     if mode == "constant":

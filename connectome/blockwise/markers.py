@@ -58,7 +58,8 @@ class MarkerStore:
                 changed = _diff_keys(old or {}, layout) or ["layout"]
                 raise UserInputError(
                     f"{self.dir}: stage '{layout.get('stage')}' was started with a different block layout "
-                    f"or config (changed: {', '.join(changed[:5])}); rerun with --restart to discard its progress")
+                    f"or config (changed: {', '.join(changed[:5])}); rerun with --restart to discard its progress"
+                )
         if restart and self.dir.exists():
             shutil.rmtree(self.done_dir, ignore_errors=True)
         if not self.layout_path.exists() or restart:

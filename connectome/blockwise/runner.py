@@ -19,6 +19,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import IO
 
 from connectome.blockwise.executors import Executor, SerialExecutor
 from connectome.blockwise.markers import MarkerStore
@@ -45,15 +46,14 @@ class RunReport:
 def _progress_bar(enabled: bool, total: int, initial: int, stage: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=stage, unit="block", disable=not enabled,
-                dynamic_ncols=True, leave=True)
+    return tqdm(
+        total=total, initial=initial, desc=stage, unit="block", disable=not enabled, dynamic_ncols=True, leave=True
+    )
 
 
-def run_task(task: Task, executor: Executor | None = None, progress: bool = False,
-             restart: bool = False) -> RunReport:
-    from connectome.workspace import STATE_ATTR, Workspace, stage_command
-
+def run_task(task: Task, executor: Executor | None = None, progress: bool = False, restart: bool = False) -> RunReport:
     from connectome.resources import check_plan
+    from connectome.workspace import STATE_ATTR, Workspace, stage_command
 
     executor = executor or SerialExecutor()
     if executor.is_driver:
@@ -69,10 +69,21 @@ def run_task(task: Task, executor: Executor | None = None, progress: bool = Fals
         for out in task.outputs:
             # created already marked incomplete: a kill between creating it and marking it must
             # not leave an array that reads as finished
-            state = {"stage": stage_command(task.stage), "task": task.stage, "complete": False,
-                     "config_digest": _digest(task)}
-            ws.require_array(out.name, out.dtype, out.chunks_zyx, attrs={**dict(out.attrs), STATE_ATTR: state},
-                             fill_value=out.fill_value, recreate=restart, channels=out.channels)
+            state = {
+                "stage": stage_command(task.stage),
+                "task": task.stage,
+                "complete": False,
+                "config_digest": _digest(task),
+            }
+            ws.require_array(
+                out.name,
+                out.dtype,
+                out.chunks_zyx,
+                attrs={**dict(out.attrs), STATE_ATTR: state},
+                fill_value=out.fill_value,
+                recreate=restart,
+                channels=out.channels,
+            )
             ws.mark_incomplete(out.name, task.stage, _digest(task))
             _remove_stale_partials(ws.path / "volume.zarr" / out.name)
         return already, uuid.uuid4().hex[:12]
@@ -165,7 +176,7 @@ class StageLock:
     def __init__(self, directory, stage: str, workspace):
         self.path = directory / "lock"
         self.stage, self.workspace = stage, workspace
-        self._fh = None
+        self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
         import fcntl
@@ -182,8 +193,10 @@ class StageLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise UserInputError(f"stage '{self.stage}' is already running on workspace {self.workspace} "
-                                 f"({holder}); wait for it to finish or stop it, then rerun") from None
+            raise UserInputError(
+                f"stage '{self.stage}' is already running on workspace {self.workspace} "
+                f"({holder}); wait for it to finish or stop it, then rerun"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -205,9 +218,15 @@ def _run(task: Task, executor: Executor, progress: bool, restart: bool, markers,
     todo = [b for b in task.grid.blocks() if b.block_id not in done]
     total = task.grid.num_blocks
     if executor.is_driver:
-        log.info("stage %s: %d blocks (%s), %d already done, %d to run on executor '%s'",
-                 task.stage, total, "x".join(map(str, task.grid.grid_shape_zyx)), total - len(todo),
-                 len(todo), executor.name)
+        log.info(
+            "stage %s: %d blocks (%s), %d already done, %d to run on executor '%s'",
+            task.stage,
+            total,
+            "x".join(map(str, task.grid.grid_shape_zyx)),
+            total - len(todo),
+            len(todo),
+            executor.name,
+        )
     job = BlockJob(task.process_block, str(markers.dir), run_id, task.max_retries)
     bar = _progress_bar(progress and executor.is_driver, total, total - len(todo), task.stage)
     failures: list[BlockResult] = []
@@ -227,18 +246,22 @@ def _run(task: Task, executor: Executor, progress: bool, restart: bool, markers,
         bar.close()
     failed = [r for r in results if not r.ok]
     processed = sum(1 for r in results if r.ok)
-    report = RunReport(task.stage, run_id, total, total - len(todo), processed, len(failed),
-                       round(time.perf_counter() - t0, 3))
+    report = RunReport(
+        task.stage, run_id, total, total - len(todo), processed, len(failed), round(time.perf_counter() - t0, 3)
+    )
     if executor.is_driver:
         markers.append_run(report.to_json())
-        log.info("stage %s: processed %d blocks in %.1f s (%d failed)", task.stage, processed,
-                 report.seconds, len(failed))
+        log.info(
+            "stage %s: processed %d blocks in %.1f s (%d failed)", task.stage, processed, report.seconds, len(failed)
+        )
     if failed:
         first = failed[0]
         block = next(b for b in task.grid.blocks() if b.block_id == first.block_id)
         box = " ".join(f"{a}[{b}:{e}]" for a, b, e in zip("zyx", block.write_box.begin_zyx, block.write_box.end_zyx))
-        raise StageFailed(f"stage '{task.stage}' failed on block {first.block_id} ({box}) after "
-                          f"{first.attempts} attempts: {first.error}")
+        raise StageFailed(
+            f"stage '{task.stage}' failed on block {first.block_id} ({box}) after "
+            f"{first.attempts} attempts: {first.error}"
+        )
     if executor.is_driver:
         _mark_outputs_complete(task, markers)
     return report

@@ -53,10 +53,20 @@ class Task:
     worker_memory_bytes: int = 200 << 20
 
     def layout(self) -> dict[str, Any]:
-        return {"stage": self.stage, "grid": self.grid.to_json(), "fingerprint": dict(self.fingerprint),
-                "outputs": [{"name": o.name, "dtype": o.dtype, "chunks_zyx": list(o.chunks_zyx),
-                             **({"channels": list(o.channels)} if o.channels else {})}
-                            for o in self.outputs]}
+        return {
+            "stage": self.stage,
+            "grid": self.grid.to_json(),
+            "fingerprint": dict(self.fingerprint),
+            "outputs": [
+                {
+                    "name": o.name,
+                    "dtype": o.dtype,
+                    "chunks_zyx": list(o.chunks_zyx),
+                    **({"channels": list(o.channels)} if o.channels else {}),
+                }
+                for o in self.outputs
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,8 @@ class BlockJob:
                 last = f"{type(exc).__name__}: {exc}{where}"
                 continue
             seconds = time.perf_counter() - t0
-            MarkerStore(self.stage_dir).mark_done(block.block_id, {
-                "run_id": self.run_id, "attempts": attempt, "seconds": round(seconds, 4), "host": host})
+            MarkerStore(self.stage_dir).mark_done(
+                block.block_id, {"run_id": self.run_id, "attempts": attempt, "seconds": round(seconds, 4), "host": host}
+            )
             return BlockResult(block.block_id, True, attempt, seconds, host=host)
         return BlockResult(block.block_id, False, self.max_retries + 1, time.perf_counter() - t0, last, host)

@@ -87,8 +87,10 @@ def run(args, task, command: str) -> int:
             logging.getLogger().handlers[0].setLevel(logging.ERROR)
         report = run_task(task, ex, progress=progress(args), restart=args.restart)
     if ex.is_driver:
-        print(f"{command}: {report.processed} blocks processed, {report.already_done} already done, "
-              f"{report.total} total, {report.seconds:.1f} s")
+        print(
+            f"{command}: {report.processed} blocks processed, {report.already_done} already done, "
+            f"{report.total} total, {report.seconds:.1f} s"
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ into the stage's typed config, plan the blockwise task(s), run them. Declared in
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from connectome.commands import runtime as rt
 from connectome.errors import UserInputError
@@ -47,7 +48,7 @@ def stitch(args) -> int:
     from connectome.montage import stitch_stage
     from connectome.workspace import parse_zyx
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if args.voxel_size:
         overrides["voxel_size_nm"] = list(parse_zyx(args.voxel_size, "--voxel-size"))
     if args.frame_shape:
@@ -145,8 +146,13 @@ def synapses(args) -> int:
     with rt.executor(args) as executor:
         if executor.is_driver:
             add_log_file(args.workspace, "synapses-detect")
-        summary = detect_synapses(args.workspace, syn.detect_config(args.workspace, cfg), executor,
-                                  progress=rt.progress(args), restart=args.restart)
+        summary = detect_synapses(
+            args.workspace,
+            syn.detect_config(args.workspace, cfg),
+            executor,
+            progress=rt.progress(args),
+            restart=args.restart,
+        )
     if executor.is_driver:
         print(summary.describe())
     return 0
@@ -171,12 +177,15 @@ def skeletonize(args) -> int:
     with rt.executor(args) as executor:
         if executor.is_driver and os.path.isdir(args.workspace):  # never create a missing workspace
             add_log_file(args.workspace, "skeletonize")
-        summary = skeletonize_workspace(args.workspace, cfg, voxel, executor, progress=rt.progress(args),
-                                        restart=args.restart)
+        summary = skeletonize_workspace(
+            args.workspace, cfg, voxel, executor, progress=rt.progress(args), restart=args.restart
+        )
     if executor.is_driver:
-        print(f"skeletonize: {summary.get('segments', 0)} skeletons, "
-              f"{summary.get('cable_length_nm', 0.0) / 1e3:.1f} um of cable, {summary['status']}"
-              f"{', in the export' if summary.get('in_export') else ''}, {summary.get('seconds', 0):.1f} s")
+        print(
+            f"skeletonize: {summary.get('segments', 0)} skeletons, "
+            f"{summary.get('cable_length_nm', 0.0) / 1e3:.1f} um of cable, {summary['status']}"
+            f"{', in the export' if summary.get('in_export') else ''}, {summary.get('seconds', 0):.1f} s"
+        )
     return 0
 
 

@@ -14,10 +14,67 @@ Adding a stage: write its module (plan + blocks, and a ``run(args)`` function, o
 from __future__ import annotations
 
 import argparse
-from typing import Union
+from typing import Any, Optional, Union
 
-from connectome.commands.spec import Command, Group, arg
+from connectome.commands.spec import Arg, Command, Group, arg
 from connectome.inputs import float_option
+
+
+def _train(
+    kind: str,
+    *,
+    help: str,
+    description: str,
+    config: str,
+    val_help: str,
+    config_help: str,
+    data_required: bool = True,
+    val_default: Optional[tuple] = (),
+    extra: tuple[Arg, ...] = (),
+) -> Command:
+    """``connectome train KIND``: the options every trainer shares (``extra`` after --out)."""
+    data: dict[str, Any] = {"required": True} if data_required else {"default": []}
+    val: dict[str, Any] = {} if val_default is None else {"default": list(val_default)}
+    return Command(
+        ("train", kind),
+        help=help,
+        description=description,
+        kind="model",
+        config=config,
+        mpi=True,
+        run=f"connectome.commands.train:{kind}",
+        args=(
+            arg(
+                "--data",
+                action="append",
+                **data,
+                metavar="DIR",
+                help="a `connectome synth` output folder (repeat for several)",
+                pipeline="list",
+            ),
+            arg("--val", action="append", **val, metavar="DIR", help=val_help, pipeline="list"),
+            arg("--out", required=True, metavar="MODEL_DIR", help="the model directory to write", pipeline="path"),
+            *extra,
+            arg("--config", metavar="FILE.yaml", help=config_help),
+            arg(
+                "--steps",
+                type=int,
+                metavar="N",
+                help="total training steps (overrides trainer.steps)",
+                pipeline="int",
+                key="trainer.steps",
+            ),
+            arg("--restart", action="store_true", help="discard MODEL_DIR/train and start over"),
+            arg(
+                "--overwrite",
+                action="store_true",
+                help="replace MODEL_DIR if it already holds a finished model (refused otherwise); the new "
+                "model is swapped in only once it is complete",
+                pipeline="bool",
+            ),
+        ),
+    )
+
 
 ENTRIES: tuple[Union[Command, Group], ...] = (
     Command(
@@ -369,35 +426,18 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
             "data-parallel under horovodrun / mpiexec (one process per rank)."
         ),
     ),
-    Command(
-        ("train", "vessel"),
+    _train(
+        "vessel",
         help="the 2D U-Net vessel model",
         description=(
             "Train the 2D vessel U-Net on `connectome synth` folders (truth.zarr: raw, vessels). "
             "Resumes from MODEL_DIR/train/checkpoints."
         ),
-        kind="model",
         config="unet.train:VesselTrainConfig",
-        mpi=True,
-        run="connectome.commands.train:vessel",
-        args=(
-            arg(
-                "--data",
-                action="append",
-                default=[],
-                metavar="DIR",
-                help="a `connectome synth` output folder (repeat for several)",
-                pipeline="list",
-            ),
-            arg(
-                "--val",
-                action="append",
-                default=[],
-                metavar="DIR",
-                help="a held-out `connectome synth` folder for validation (repeat for several)",
-                pipeline="list",
-            ),
-            arg("--out", required=True, metavar="MODEL_DIR", help="the model directory to write", pipeline="path"),
+        val_help="a held-out `connectome synth` folder for validation (repeat for several)",
+        config_help="VesselTrainConfig (YAML); unknown keys are rejected",
+        data_required=False,  # fine-tuning (--init --corrections) may replay no synthetic data
+        extra=(
             arg(
                 "--init",
                 metavar="MODEL_DIR",
@@ -413,179 +453,44 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 ),
                 pipeline="path",
             ),
-            arg("--config", metavar="FILE.yaml", help="VesselTrainConfig (YAML); unknown keys are rejected"),
-            arg(
-                "--steps",
-                type=int,
-                metavar="N",
-                help="total training steps (overrides trainer.steps)",
-                pipeline="int",
-                key="trainer.steps",
-            ),
-            arg("--restart", action="store_true", help="discard MODEL_DIR/train and start over"),
-            arg(
-                "--overwrite",
-                action="store_true",
-                help=(
-                    "replace MODEL_DIR if it already holds a finished model (refused otherwise); the new "
-                    "model is swapped in only once it is complete"
-                ),
-                pipeline="bool",
-            ),
         ),
     ),
-    Command(
-        ("train", "ffn"),
+    _train(
+        "ffn",
         help="the Flood-Filling Network (neurons)",
         description=(
             "Train the FFN on `connectome synth` folders (truth.zarr: raw, neurons, vessels) with "
             "FOV movement; data-parallel under horovodrun/mpiexec. Resumes from "
             "MODEL_DIR/train/checkpoints."
         ),
-        kind="model",
         config="ffn.train:FFNTrainConfig",
-        mpi=True,
-        run="connectome.commands.train:ffn",
-        args=(
-            arg(
-                "--data",
-                action="append",
-                required=True,
-                metavar="DIR",
-                help="a `connectome synth` output folder (repeat for several)",
-                pipeline="list",
-            ),
-            arg(
-                "--val",
-                action="append",
-                metavar="DIR",
-                help="held-out volume for checkpoint choice (repeatable)",
-                pipeline="list",
-            ),
-            arg("--out", required=True, metavar="MODEL_DIR", help="the model directory to write", pipeline="path"),
-            arg("--config", metavar="FILE.yaml", help="FFN training config (model, examples, trainer)"),
-            arg(
-                "--steps",
-                type=int,
-                metavar="N",
-                help="total training steps (overrides trainer.steps)",
-                pipeline="int",
-                key="trainer.steps",
-            ),
-            arg("--restart", action="store_true", help="discard MODEL_DIR/train and start over"),
-            arg(
-                "--overwrite",
-                action="store_true",
-                help=(
-                    "replace MODEL_DIR if it already holds a finished model (refused otherwise); the new "
-                    "model is swapped in only once it is complete"
-                ),
-                pipeline="bool",
-            ),
-        ),
+        val_help="held-out volume for checkpoint choice (repeatable)",
+        config_help="FFN training config (model, examples, trainer)",
+        val_default=None,
     ),
-    Command(
-        ("train", "synapse"),
+    _train(
+        "synapse",
         help="the 3D U-Net synapse model",
         description=(
             "Train the synapse 3D U-Net (cleft + postsynaptic side) on `connectome synth` folders "
-            "(truth.zarr: raw, neurons, synapse_clefts; truth/synapses.csv); calibrates the "
-            "detection threshold and minimum size on --val. Resumes from "
-            "MODEL_DIR/train/checkpoints."
+            "(truth.zarr: raw, neurons, synapse_clefts; truth/synapses.csv); calibrates the detection "
+            "threshold and minimum size on --val. Resumes from MODEL_DIR/train/checkpoints."
         ),
-        kind="model",
         config="unet.synapse_train:SynapseTrainConfig",
-        mpi=True,
-        run="connectome.commands.train:synapse",
-        args=(
-            arg(
-                "--data",
-                action="append",
-                required=True,
-                metavar="DIR",
-                help="a `connectome synth` output folder (repeat for several)",
-                pipeline="list",
-            ),
-            arg(
-                "--val",
-                action="append",
-                default=[],
-                metavar="DIR",
-                help="held-out volume for the checkpoint and the detection calibration (repeatable)",
-                pipeline="list",
-            ),
-            arg("--out", required=True, metavar="MODEL_DIR", help="the model directory to write", pipeline="path"),
-            arg("--config", metavar="FILE.yaml", help="SynapseTrainConfig (YAML); unknown keys are rejected"),
-            arg(
-                "--steps",
-                type=int,
-                metavar="N",
-                help="total training steps (overrides trainer.steps)",
-                pipeline="int",
-                key="trainer.steps",
-            ),
-            arg("--restart", action="store_true", help="discard MODEL_DIR/train and start over"),
-            arg(
-                "--overwrite",
-                action="store_true",
-                help=(
-                    "replace MODEL_DIR if it already holds a finished model (refused otherwise); the new "
-                    "model is swapped in only once it is complete"
-                ),
-                pipeline="bool",
-            ),
-        ),
+        val_help="held-out volume for the checkpoint and the detection calibration (repeatable)",
+        config_help="SynapseTrainConfig (YAML); unknown keys are rejected",
     ),
-    Command(
-        ("train", "boundary"),
+    _train(
+        "boundary",
         help="the 3D U-Net boundary/affinity model (neurons)",
         description=(
             "Train the boundary 3D U-Net (boundary probability + z/y/x affinities) on `connectome "
             "synth` folders (truth.zarr: raw, neurons); data-parallel under horovodrun/mpiexec. "
             "Resumes from MODEL_DIR/train/checkpoints."
         ),
-        kind="model",
         config="unet.boundary_train:BoundaryTrainConfig",
-        mpi=True,
-        run="connectome.commands.train:boundary",
-        args=(
-            arg(
-                "--data",
-                action="append",
-                required=True,
-                metavar="DIR",
-                help="a `connectome synth` output folder (repeat for several)",
-                pipeline="list",
-            ),
-            arg(
-                "--val",
-                action="append",
-                default=[],
-                metavar="DIR",
-                help="held-out volume for the checkpoint choice (repeatable)",
-                pipeline="list",
-            ),
-            arg("--out", required=True, metavar="MODEL_DIR", help="the model directory to write", pipeline="path"),
-            arg("--config", metavar="FILE.yaml", help="BoundaryTrainConfig (YAML); unknown keys are rejected"),
-            arg(
-                "--steps",
-                type=int,
-                metavar="N",
-                help="total training steps (overrides trainer.steps)",
-                pipeline="int",
-                key="trainer.steps",
-            ),
-            arg("--restart", action="store_true", help="discard MODEL_DIR/train and start over"),
-            arg(
-                "--overwrite",
-                action="store_true",
-                help=(
-                    "replace MODEL_DIR if it already holds a finished model (refused otherwise); the new "
-                    "model is swapped in only once it is complete"
-                ),
-                pipeline="bool",
-            ),
-        ),
+        val_help="held-out volume for the checkpoint choice (repeatable)",
+        config_help="BoundaryTrainConfig (YAML); unknown keys are rejected",
     ),
     Command(
         ("synth",),
@@ -784,8 +689,11 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 help="item box shape in voxels (default: vessels 8,96,96; synapses 4,48,48; segmentation 8,64,64)",
             ),
             arg("--seed", type=int, default=0, help="seed of the random strategy"),
-            arg("--overwrite", action="store_true",
-                help="replace a queue that has decisions or corrections (they move to superseded-<time>/)"),
+            arg(
+                "--overwrite",
+                action="store_true",
+                help="replace a queue that has decisions or corrections (they move to superseded-<time>/)",
+            ),
         ),
     ),
     Command(

@@ -15,8 +15,15 @@ def synth(args) -> int:
 
     shape = parse_zyx(args.shape, "--shape", cast=int) if args.shape else None
     overrides = rt.parse_sets(args.set or [], "--set")
-    out = generate(args.out, shape_zyx=shape, seed=args.seed, preset=args.preset, preview=args.preview,
-                   progress=rt.progress(args), **overrides)
+    out = generate(
+        args.out,
+        shape_zyx=shape,
+        seed=args.seed,
+        preset=args.preset,
+        preview=args.preview,
+        progress=rt.progress(args),
+        **overrides,
+    )
     print(f"synth: wrote {out}")
     return 0
 
@@ -27,8 +34,7 @@ def evaluate(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserInputError(f"--workers: expected a positive number, got {args.workers}")
     cfg = rt.stage_config(args, EvaluateConfig, {"downstream": True} if args.downstream else None)
-    results = evaluate_workspace(args.workspace, args.truth, cfg, workers=args.workers,
-                                 progress=rt.progress(args))
+    results = evaluate_workspace(args.workspace, args.truth, cfg, workers=args.workers, progress=rt.progress(args))
     print(format_table(results))
     return 0
 
@@ -72,10 +78,20 @@ def hpo_report(args) -> int:
 def pbs_render(args):
     from connectome import pbs
 
-    spec = pbs.JobSpec(stage=args.stage, system=args.system, nodes=args.nodes, project=args.project,
-                       ppn=args.ppn, depth=args.depth, walltime=args.walltime, queue=args.queue,
-                       filesystems=args.filesystems, workspace=args.workspace, stage_args=args.stage_args,
-                       setup=args.setup)
+    spec = pbs.JobSpec(
+        stage=args.stage,
+        system=args.system,
+        nodes=args.nodes,
+        project=args.project,
+        ppn=args.ppn,
+        depth=args.depth,
+        walltime=args.walltime,
+        queue=args.queue,
+        filesystems=args.filesystems,
+        workspace=args.workspace,
+        stage_args=args.stage_args,
+        setup=args.setup,
+    )
     if pbs.is_pipeline(args.stage):  # one script per pipeline stage
         jobs = pbs.pipeline_jobs(spec, getattr(args, "from_stage", None), getattr(args, "until", None))
         if args._command.words == ("pbs", "submit"):
@@ -106,9 +122,17 @@ def run_pipeline(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserInputError(f"--workers: expected a positive number, got {args.workers}")
-    return run(args.pipeline, args.workspace, from_=args.from_stage, until=args.until, only=args.only,
-               executor=args.executor, workers=args.workers, scheduler_file=args.scheduler_file,
-               progress=args.progress)
+    return run(
+        args.pipeline,
+        args.workspace,
+        from_=args.from_stage,
+        until=args.until,
+        only=args.only,
+        executor=args.executor,
+        workers=args.workers,
+        scheduler_file=args.scheduler_file,
+        progress=args.progress,
+    )
 
 
 def export_precomputed(args) -> int:

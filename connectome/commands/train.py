@@ -22,15 +22,21 @@ def _train(args, kind: str, describe) -> int:
             raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
         overrides["trainer.steps"] = args.steps
     cfg = rt.stage_config(args, train.Config, overrides)
-    summary = getattr(train, f"train_{kind}")(args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart,
-                                              overwrite=args.overwrite)
+    summary = getattr(train, f"train_{kind}")(
+        args.data, args.out, cfg, val_dirs=args.val or (), restart=args.restart, overwrite=args.overwrite
+    )
     if summary.get("stopped"):
-        print(f"train {kind}: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
-              "rerun the same command to resume", file=sys.stderr)
+        print(
+            f"train {kind}: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     if summary:  # rank 0
-        print(f"train {kind}: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
-              f"model in {summary['model_dir']}" + describe(summary))
+        print(
+            f"train {kind}: {summary['steps']} steps on {summary['ranks']} rank(s) in {summary['seconds']:.0f} s; "
+            f"model in {summary['model_dir']}" + describe(summary)
+        )
     return 0
 
 
@@ -42,8 +48,9 @@ def vessel(args) -> int:
     if getattr(args, "init", None) or getattr(args, "corrections", None):
         return _finetune_vessel(args)
     if not args.data:
-        raise UserInputError("--data: give at least one `connectome synth` folder (or --init MODEL_DIR "
-                             "--corrections DIR to fine-tune)")
+        raise UserInputError(
+            "--data: give at least one `connectome synth` folder (or --init MODEL_DIR --corrections DIR to fine-tune)"
+        )
     return _train(args, "vessel", describe)
 
 
@@ -54,11 +61,14 @@ def _finetune_vessel(args) -> int:
     from unet.train import VesselTrainConfig
 
     if not args.init:
-        raise UserInputError("--corrections: fine-tuning needs --init MODEL_DIR (the model to start from, e.g. "
-                             "unet/models/vessel)")
+        raise UserInputError(
+            "--corrections: fine-tuning needs --init MODEL_DIR (the model to start from, e.g. unet/models/vessel)"
+        )
     if not args.corrections:
-        raise UserInputError("--init: give --corrections WS/review/vessels (the reviewed corrections to fine-tune "
-                             "on); to train from synth data only, leave --init out")
+        raise UserInputError(
+            "--init: give --corrections WS/review/vessels (the reviewed corrections to fine-tune "
+            "on); to train from synth data only, leave --init out"
+        )
     if args.val:
         raise UserInputError("--val: fine-tuning validates on held-back corrected boxes; leave --val out")
     check_out_dir(args.out, args.overwrite)  # before anything is loaded or trained
@@ -68,25 +78,34 @@ def _finetune_vessel(args) -> int:
             raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
         overrides["trainer.steps"] = args.steps
     cfg = rt.stage_config(args, VesselTrainConfig, overrides)
-    summary = finetune_vessel(args.init, args.corrections, args.data or (), args.out, cfg, restart=args.restart,
-                              overwrite=args.overwrite)
+    summary = finetune_vessel(
+        args.init, args.corrections, args.data or (), args.out, cfg, restart=args.restart, overwrite=args.overwrite
+    )
     if summary.get("stopped"):
-        print(f"train vessel: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
-              "rerun the same command to resume", file=sys.stderr)
+        print(
+            f"train vessel: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     if summary:
         v = summary["validation"].get("corrected_boxes") or {}
-        extra = f"; held-back boxes IoU {v['iou']:.4f} at threshold {v['threshold']:g}" if v.get("iou") is not None else ""
-        print(f"train vessel: fine-tuned {summary['steps']} steps in {summary['seconds']:.0f} s; model in "
-              f"{summary['model_dir']}{extra}")
+        extra = (
+            f"; held-back boxes IoU {v['iou']:.4f} at threshold {v['threshold']:g}" if v.get("iou") is not None else ""
+        )
+        print(
+            f"train vessel: fine-tuned {summary['steps']} steps in {summary['seconds']:.0f} s; model in "
+            f"{summary['model_dir']}{extra}"
+        )
     return 0
 
 
 def ffn(args) -> int:
     def describe(summary):
         m = summary["validation"]["episodes_f1_at_0.9"]
-        return "; validation episodes P/R/F1 at 0.9: " + "/".join(f"{m.get(k, float('nan')):.3f}"
-                                                                  for k in ("precision", "recall", "f1"))
+        return "; validation episodes P/R/F1 at 0.9: " + "/".join(
+            f"{m.get(k, float('nan')):.3f}" for k in ("precision", "recall", "f1")
+        )
 
     return _train(args, "ffn", describe)
 
@@ -103,7 +122,9 @@ def synapse(args) -> int:
 def boundary(args) -> int:
     def describe(summary):
         m = summary["validation"].get("crops_at_model_resolution") or {}
-        return (f"; validation boundary Dice {m.get('boundary_dice', float('nan')):.4f}, affinity balanced accuracy "
-                f"{m.get('affinity_balanced_accuracy', float('nan')):.4f}")
+        return (
+            f"; validation boundary Dice {m.get('boundary_dice', float('nan')):.4f}, affinity balanced accuracy "
+            f"{m.get('affinity_balanced_accuracy', float('nan')):.4f}"
+        )
 
     return _train(args, "boundary", describe)

@@ -24,17 +24,42 @@ from connectome.evaluate.connectivity import connectivity_metrics
 from connectome.evaluate.masks import mask_overlap
 from connectome.evaluate.report import format_table
 from connectome.evaluate.runner import RESULT_FILE, evaluate_workspace
-from connectome.evaluate.segmentation import (Contingency, adapted_rand, contingency_from_arrays,
-                                              segment_to_truth_map, segmentation_metrics, split_merge_counts,
-                                              voi)
+from connectome.evaluate.segmentation import (
+    Contingency,
+    adapted_rand,
+    contingency_from_arrays,
+    segment_to_truth_map,
+    segmentation_metrics,
+    split_merge_counts,
+    voi,
+)
 from connectome.evaluate.stitching import tile_position_errors
 from connectome.evaluate.synapses import match_points, prf, synapse_metrics
 
 __all__ = [
-    "EvaluateConfig", "evaluate_workspace", "format_table", "RESULT_FILE",
-    "tile_position_errors", "residuals", "neighbour_ncc", "pair_ncc", "patch_shift", "patch_shifts", "mask_overlap",
-    "evaluate_transforms", "transform_criteria", "over_registration",
-    "Contingency", "contingency_from_arrays", "voi", "adapted_rand", "split_merge_counts",
-    "segment_to_truth_map", "segmentation_metrics", "match_points", "synapse_metrics", "prf",
+    "EvaluateConfig",
+    "evaluate_workspace",
+    "format_table",
+    "RESULT_FILE",
+    "tile_position_errors",
+    "residuals",
+    "neighbour_ncc",
+    "pair_ncc",
+    "patch_shift",
+    "patch_shifts",
+    "mask_overlap",
+    "evaluate_transforms",
+    "transform_criteria",
+    "over_registration",
+    "Contingency",
+    "contingency_from_arrays",
+    "voi",
+    "adapted_rand",
+    "split_merge_counts",
+    "segment_to_truth_map",
+    "segmentation_metrics",
+    "match_points",
+    "synapse_metrics",
+    "prf",
     "connectivity_metrics",
 ]

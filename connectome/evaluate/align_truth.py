@@ -81,8 +81,12 @@ import numpy as np
 MAX_POINTS = 1 << 16
 QC_FLAGGED = ("bad", "missing")
 #: targets of (a)-(c) (``EvaluateConfig.target_*`` override them)
-DEFAULT_TARGETS = {"adjacent_median_px": 1.0, "adjacent_p95_px": 2.0, "accumulated_px": 5.0,
-                   "drift_px_per_section": 0.1}
+DEFAULT_TARGETS = {
+    "adjacent_median_px": 1.0,
+    "adjacent_p95_px": 2.0,
+    "accumulated_px": 5.0,
+    "drift_px_per_section": 0.1,
+}
 
 
 def _skip(status: str, reason: str) -> dict:
@@ -118,21 +122,28 @@ def tile_offsets(estimated: Optional[dict], truth: Optional[dict]) -> dict[int, 
     Both arguments are column dicts of ``section,row,col,x,y`` (see :data:`.tables.TILES`)."""
     if estimated is None or truth is None:
         return {}
-    tru = {(int(s), int(r), int(c)): (float(y), float(x)) for s, r, c, x, y in
-           zip(truth["section"], truth["row"], truth["col"], truth["x"], truth["y"])}
+    tru = {
+        (int(s), int(r), int(c)): (float(y), float(x))
+        for s, r, c, x, y in zip(truth["section"], truth["row"], truth["col"], truth["x"], truth["y"])
+    }
     per: dict[int, list] = {}
-    for s, r, c, x, y in zip(estimated["section"], estimated["row"], estimated["col"], estimated["x"],
-                             estimated["y"]):
+    for s, r, c, x, y in zip(estimated["section"], estimated["row"], estimated["col"], estimated["x"], estimated["y"]):
         key = (int(s), int(r), int(c))
         if key in tru:
             per.setdefault(key[0], []).append((float(y) - tru[key][0], float(x) - tru[key][1]))
     return {s: np.median(np.asarray(v, dtype=np.float64), axis=0) for s, v in per.items()}
 
 
-def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Callable[[np.ndarray], np.ndarray]],
-                       status: Mapping[int, str], truth_sections: Mapping[int, Mapping],
-                       offsets: Mapping[int, np.ndarray], grid_px: int = 16, targets: Optional[Mapping] = None
-                       ) -> dict:
+def transform_criteria(
+    n_sections: int,
+    frame_hw,
+    transforms: Mapping[int, Callable[[np.ndarray], np.ndarray]],
+    status: Mapping[int, str],
+    truth_sections: Mapping[int, Mapping],
+    offsets: Mapping[int, np.ndarray],
+    grid_px: int = 16,
+    targets: Optional[Mapping] = None,
+) -> dict:
     """Criteria (a), (b), (c) of the module docstring.
 
     ``transforms[z](points) -> montage points`` (T_z, e.g. ``DisplacementGrid.apply``; a missing key
@@ -172,8 +183,12 @@ def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Calla
             reason = "no tile in common with truth/tiles.csv"
         D = None
         if reason is None:
-            D = np.asarray(transforms[z](pts), dtype=np.float64) - np.asarray(offsets[z], dtype=np.float64) \
+            assert rec is not None  # else a reason above
+            D = (
+                np.asarray(transforms[z](pts), dtype=np.float64)
+                - np.asarray(offsets[z], dtype=np.float64)
                 - forward(rec["transform"], pts)
+            )
             if not np.all(np.isfinite(D)):
                 reason, D = "non-finite transform", None
         if D is None:
@@ -192,8 +207,14 @@ def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Calla
                 excluded_pairs.append(z - 1)
         prev = (z, D) if D is not None else None
 
-    scoring = {"status": "ok", "grid_px": step, "n_points_per_section": n_pts, "n_sections": int(n_sections),
-               "n_sections_scored": len(scored), "excluded_sections": excluded}
+    scoring = {
+        "status": "ok",
+        "grid_px": step,
+        "n_points_per_section": n_pts,
+        "n_sections": int(n_sections),
+        "n_sections_scored": len(scored),
+        "excluded_sections": excluded,
+    }
     out: dict = {"scoring": scoring}
     if not scored:
         reason = "no section could be scored (all flagged, missing or without truth)"
@@ -203,13 +224,23 @@ def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Calla
         return out
 
     # (a)
-    a: dict = {"n_pairs_scored": len(pair_errors), "n_pairs_excluded": len(excluded_pairs),
-               "excluded_pairs": [[z, z + 1] for z in excluded_pairs], **_targets("adjacent_pair_error", t)}
+    a: dict = {
+        "n_pairs_scored": len(pair_errors),
+        "n_pairs_excluded": len(excluded_pairs),
+        "excluded_pairs": [[z, z + 1] for z in excluded_pairs],
+        **_targets("adjacent_pair_error", t),
+    }
     if pair_errors:
         e = np.concatenate(pair_errors).astype(np.float64)
         worst_z, worst_max = max(pair_stats, key=lambda s: (round(s[1], 9), -s[0]))
-        a.update(status="ok", median_px=float(np.median(e)), p95_px=float(np.percentile(e, 95)),
-                 max_px=float(e.max()), worst_pair=[worst_z, worst_z + 1], worst_pair_max_px=worst_max)
+        a.update(
+            status="ok",
+            median_px=float(np.median(e)),
+            p95_px=float(np.percentile(e, 95)),
+            max_px=float(e.max()),
+            worst_pair=[worst_z, worst_z + 1],
+            worst_pair_max_px=worst_max,
+        )
         a["pass_median"] = bool(a["median_px"] <= t["adjacent_median_px"])
         a["pass_p95"] = bool(a["p95_px"] <= t["adjacent_p95_px"])
         a["pass"] = a["pass_median"] and a["pass_p95"]
@@ -228,11 +259,15 @@ def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Calla
         rms[z] = math.sqrt(max(ss, 0.0) / n_pts)
         resid_mean[z] = mean_d[z] - x_mean @ gt
     worst = max(scored, key=lambda z: (round(rms[z], 9), -z))  # a tie (to 1e-9 px): the lowest z
-    b = {"status": "ok", "worst_rms_px": rms[worst], "worst_z": worst,
-         "mean_rms_px": float(np.mean(list(rms.values()))),
-         "global_affine_yx": gt.T.tolist(),  # 2 x 3: D ~ G @ (y, x, 1)
-         "per_section_rms_px": {str(z): round(v, 4) for z, v in rms.items()},
-         **_targets("accumulated_error", t)}
+    b = {
+        "status": "ok",
+        "worst_rms_px": rms[worst],
+        "worst_z": worst,
+        "mean_rms_px": float(np.mean(list(rms.values()))),
+        "global_affine_yx": gt.T.tolist(),  # 2 x 3: D ~ G @ (y, x, 1)
+        "per_section_rms_px": {str(z): round(v, 4) for z, v in rms.items()},
+        **_targets("accumulated_error", t),
+    }
     b["pass"] = bool(b["worst_rms_px"] <= t["accumulated_px"])
     out["accumulated_error"] = b
 
@@ -243,8 +278,9 @@ def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Calla
         m = np.stack([resid_mean[z] for z in scored])
         zc = zs - zs.mean()
         slope = (zc @ (m - m.mean(axis=0))) / float(zc @ zc)
-        c.update(status="ok", slope_px_per_section=float(np.hypot(*slope)), slope_yx=slope.tolist(),
-                 n_sections=len(scored))
+        c.update(
+            status="ok", slope_px_per_section=float(np.hypot(*slope)), slope_yx=slope.tolist(), n_sections=len(scored)
+        )
         c["pass"] = bool(c["slope_px_per_section"] <= t["drift_px_per_section"])
     else:
         c.update(status="no data", reason="fewer than 2 scored sections")
@@ -252,14 +288,16 @@ def transform_criteria(n_sections: int, frame_hw, transforms: Mapping[int, Calla
     return out
 
 
-def over_registration(ws_pairs: np.ndarray, truth_pairs: np.ndarray, left_out_sections,
-                      target: float = 0.02) -> dict:
+def over_registration(ws_pairs: np.ndarray, truth_pairs: np.ndarray, left_out_sections, target: float = 0.02) -> dict:
     """Criterion (d) from per-pair NCCs (index z = pair (z, z+1); NaN = flat section)."""
     ws_pairs = np.asarray(ws_pairs, dtype=np.float64)
     truth_pairs = np.asarray(truth_pairs, dtype=np.float64)
     skip = {int(z) for z in left_out_sections}
-    keep = [z for z in range(min(ws_pairs.size, truth_pairs.size))
-            if z not in skip and z + 1 not in skip and np.isfinite(ws_pairs[z]) and np.isfinite(truth_pairs[z])]
+    keep = [
+        z
+        for z in range(min(ws_pairs.size, truth_pairs.size))
+        if z not in skip and z + 1 not in skip and np.isfinite(ws_pairs[z]) and np.isfinite(truth_pairs[z])
+    ]
     n_left_out = min(ws_pairs.size, truth_pairs.size) - len(keep)
     out: dict = {"n_pairs": len(keep), "n_pairs_left_out": n_left_out, "target": target}
     if not keep:
@@ -271,8 +309,8 @@ def over_registration(ws_pairs: np.ndarray, truth_pairs: np.ndarray, left_out_se
     return out
 
 
-
 # ------------------------------------------------------------------------------------- I/O
+
 
 def read_ws_status(ws_path: Path) -> Optional[dict[int, str]]:
     """z -> status from WS/align/sections.json (None if there is none)."""
@@ -315,8 +353,15 @@ def flagged_sections(ws_path: Path, truth_path: Path) -> set[int]:
     return out
 
 
-def evaluate_transforms(ws_path: Path, truth_path: Path, ws_tiles: Optional[dict], truth_tiles: Optional[dict],
-                        shape_zyx, grid_px: int = 16, targets: Optional[Mapping] = None) -> dict:
+def evaluate_transforms(
+    ws_path: Path,
+    truth_path: Path,
+    ws_tiles: Optional[dict],
+    truth_tiles: Optional[dict],
+    shape_zyx,
+    grid_px: int = 16,
+    targets: Optional[Mapping] = None,
+) -> dict:
     """(a), (b), (c) for a workspace and a truth folder; statuses instead of errors when an input
     is absent ("not run": the workspace lacks it; "no truth": the truth folder does)."""
     from connectome.montage.warp import DisplacementGrid
@@ -351,8 +396,16 @@ def evaluate_transforms(ws_path: Path, truth_path: Path, ws_tiles: Optional[dict
         except ValueError:
             continue
         transforms[z] = _lazy_grid(p, DisplacementGrid)
-    return transform_criteria(int(shape_zyx[0]), shape_zyx[1:], transforms, status, truth["by_z"],
-                              tile_offsets(ws_tiles, truth_tiles), grid_px, targets)
+    return transform_criteria(
+        int(shape_zyx[0]),
+        shape_zyx[1:],
+        transforms,
+        status,
+        truth["by_z"],
+        tile_offsets(ws_tiles, truth_tiles),
+        grid_px,
+        targets,
+    )
 
 
 def _lazy_grid(path: Path, cls):
@@ -364,4 +417,5 @@ def _lazy_grid(path: Path, cls):
         except Exception as exc:  # numpy / zipfile raise a variety of errors for a broken file
             raise UserInputError(f"{path}: not a readable section transform ({type(exc).__name__}: {exc})") from None
         return grid.apply(points)
+
     return apply

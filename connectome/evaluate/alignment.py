@@ -63,8 +63,9 @@ def _as_patches(block: np.ndarray, py: int, px: int) -> np.ndarray:
     return block.reshape(z, h // py, py, w // px, px).transpose(0, 1, 3, 2, 4)
 
 
-def residuals(ws_raw, truth_raw, patch_px: int = 128, min_std: float = 2.0,
-              flag_px: float = 4.0, block_shape_zyx=(16, 512, 512)) -> dict:
+def residuals(
+    ws_raw, truth_raw, patch_px: int = 128, min_std: float = 2.0, flag_px: float = 4.0, block_shape_zyx=(16, 512, 512)
+) -> dict:
     """Patch-wise residual displacement of ``ws_raw`` against ``truth_raw`` (same shape)."""
     nz, ny, nx = (int(s) for s in ws_raw.shape)
     py, px = min(patch_px, ny), min(patch_px, nx)
@@ -122,17 +123,23 @@ def pair_ncc(raw, block_shape_zyx=(16, 512, 512), smooth_px: float = 0.0) -> np.
         if halo:
             y0, y1 = max(0, ys.start - halo), min(ny, ys.stop + halo)
             x0, x1 = max(0, xs.start - halo), min(nx, xs.stop + halo)
-            big = np.asarray(raw[zs.start:zs.stop + 1, y0:y1, x0:x1]).astype(np.float64)
+            big = np.asarray(raw[zs.start : zs.stop + 1, y0:y1, x0:x1]).astype(np.float64)
             big = ndimage.gaussian_filter(big, (0, smooth_px, smooth_px), mode="nearest")
-            blk = big[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+            blk = big[:, ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
         else:
-            blk = np.asarray(raw[zs.start:zs.stop + 1, ys, xs]).astype(np.int64)
+            blk = np.asarray(raw[zs.start : zs.stop + 1, ys, xs]).astype(np.int64)
         a, b = blk[:-1], blk[1:]
-        sums[:, zs] += np.stack([
-            np.full(a.shape[0], a[0].size, dtype=np.int64),
-            a.sum(axis=(1, 2)), b.sum(axis=(1, 2)),
-            (a * a).sum(axis=(1, 2)), (b * b).sum(axis=(1, 2)), (a * b).sum(axis=(1, 2)),
-        ], dtype=np.float64)
+        sums[:, zs] += np.stack(
+            [
+                np.full(a.shape[0], a[0].size, dtype=np.int64),
+                a.sum(axis=(1, 2)),
+                b.sum(axis=(1, 2)),
+                (a * a).sum(axis=(1, 2)),
+                (b * b).sum(axis=(1, 2)),
+                (a * b).sum(axis=(1, 2)),
+            ],
+            dtype=np.float64,
+        )
     n, sa, sb, saa, sbb, sab = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         var_a = saa - sa * sa / n

@@ -34,8 +34,7 @@ def _edge_counts(pre, post, counts, mapping: Optional[dict] = None) -> dict[tupl
     return edges
 
 
-def connectivity_metrics(pred: dict, truth: dict, seg_to_truth: dict,
-                         min_synapses: Sequence[int] = (1, 2)) -> dict:
+def connectivity_metrics(pred: dict, truth: dict, seg_to_truth: dict, min_synapses: Sequence[int] = (1, 2)) -> dict:
     """Edge-level and synapse-weighted scores; ``pred``/``truth`` are column dicts
     (see tables.CONNECTIVITY)."""
     p = _edge_counts(pred["pre_segment_id"], pred["post_segment_id"], pred["synapse_count"], seg_to_truth)
@@ -45,10 +44,13 @@ def connectivity_metrics(pred: dict, truth: dict, seg_to_truth: dict,
         pk = {e for e, c in p.items() if c >= k}
         tk = {e for e, c in t.items() if c >= k}
         tp = len(pk & tk)
-        result[f"edges_min{k}"] = {"n_predicted": len(pk), "n_true": len(tk), "n_correct": tp,
-                                   **prf(tp, len(pk), len(tk))}
+        result[f"edges_min{k}"] = {
+            "n_predicted": len(pk),
+            "n_true": len(tk),
+            "n_correct": tp,
+            **prf(tp, len(pk), len(tk)),
+        }
     tp_w = sum(min(c, t.get(e, 0)) for e, c in p.items())
     n_p, n_t = sum(p.values()), sum(t.values())
-    result["weighted"] = {"n_predicted_synapses": n_p, "n_true_synapses": n_t, "n_correct": tp_w,
-                          **prf(tp_w, n_p, n_t)}
+    result["weighted"] = {"n_predicted_synapses": n_p, "n_true_synapses": n_t, "n_correct": tp_w, **prf(tp_w, n_p, n_t)}
     return result

@@ -86,24 +86,48 @@ def plan_stages(ws_path: Path, ws, scratch: Path, truth_path: Path, voxel_size) 
         ves = load_stage("mask-vessels")
         ves_cfg, ves_src = _stage_config(ws_path, "mask-vessels", ves.Config)
         ves_model = _model_of(ws, "vessel_prob")
-        stages.append(("mask-vessels", [lambda: ves.plan_prob(scratch, ves_cfg, ves_model),
-                                        lambda: ves.plan_mask(scratch, ves_cfg)]))
-        desc["mask-vessels"] = {"config": ves_src, "model": ves_model or "default",
-                                "config_values": config_to_dict(ves_cfg)}
+        stages.append(
+            (
+                "mask-vessels",
+                [lambda: ves.plan_prob(scratch, ves_cfg, ves_model), lambda: ves.plan_mask(scratch, ves_cfg)],
+            )
+        )
+        desc["mask-vessels"] = {
+            "config": ves_src,
+            "model": ves_model or "default",
+            "config_values": config_to_dict(ves_cfg),
+        }
     bnd = load_stage("predict-boundaries")
     bnd_cfg, bnd_src = _stage_config(ws_path, "predict-boundaries", bnd.Config)
     bnd_model = _model_of(ws, "boundary")
     stages.append(("predict-boundaries", [lambda: bnd.plan(scratch, bnd_cfg, bnd_model)]))
-    desc["predict-boundaries"] = {"config": bnd_src, "model": bnd_model or "default",
-                                  "config_values": config_to_dict(bnd_cfg)}
-    stages.append(("segment", [lambda: seg_mod.plan_subvolumes(scratch, seg_cfg, None),
-                               lambda: seg_mod.plan_write(scratch, seg_cfg, None)]))
+    desc["predict-boundaries"] = {
+        "config": bnd_src,
+        "model": bnd_model or "default",
+        "config_values": config_to_dict(bnd_cfg),
+    }
+    stages.append(
+        (
+            "segment",
+            [
+                lambda: seg_mod.plan_subvolumes(scratch, seg_cfg, None),
+                lambda: seg_mod.plan_write(scratch, seg_cfg, None),
+            ],
+        )
+    )
     desc["segment"] = {"config": seg_src, "config_values": config_to_dict(seg_cfg)}
     return stages, desc
 
 
-def run_downstream(outputs, truth, ws_segmentation: Optional[dict], cfg, workers: Optional[int] = None,
-                   progress: bool = False, runner: Optional[Callable] = None) -> dict:
+def run_downstream(
+    outputs,
+    truth,
+    ws_segmentation: Optional[dict],
+    cfg,
+    workers: Optional[int] = None,
+    progress: bool = False,
+    runner: Optional[Callable] = None,
+) -> dict:
     """Criterion (e). ``ws_segmentation``: the evaluation's segmentation section of the workspace.
     ``runner(task)`` runs one planned task (default: :func:`connectome.blockwise.run_task` on a
     local executor with ``workers``)."""
@@ -111,8 +135,10 @@ def run_downstream(outputs, truth, ws_segmentation: Optional[dict], cfg, workers
 
     target = cfg.target_downstream_arand
     if not outputs.has("segmentation"):
-        return {**_skip("not run", "no segmentation in WS/volume.zarr (run predict-boundaries + segment)"),
-                "target": target}
+        return {
+            **_skip("not run", "no segmentation in WS/volume.zarr (run predict-boundaries + segment)"),
+            "target": target,
+        }
     if not isinstance(ws_segmentation, dict) or ws_segmentation.get("status", "ok") != "ok":
         return {**_skip("not run", "the workspace segmentation was not scored"), "target": target}
     if not truth.has("raw"):
@@ -152,8 +178,11 @@ def run_downstream(outputs, truth, ws_segmentation: Optional[dict], cfg, workers
 
     sws = Workspace.open(scratch, mode="r")
     table = segmentation.contingency_from_arrays(
-        truth.array("neurons"), sws.array("segmentation"),
-        truth.array("vessels") if truth.has("vessels") else None, cfg.block_shape_zyx)
+        truth.array("neurons"),
+        sws.array("segmentation"),
+        truth.array("vessels") if truth.has("vessels") else None,
+        cfg.block_shape_zyx,
+    )
     ref = segmentation.segmentation_metrics(table, cfg.overlap_min_fraction, cfg.overlap_min_voxels)
     ws_voi = float(ws_segmentation["voi_split"]) + float(ws_segmentation["voi_merge"])
     ref_voi = float(ref["voi_split"]) + float(ref["voi_merge"])
@@ -168,16 +197,21 @@ def run_downstream(outputs, truth, ws_segmentation: Optional[dict], cfg, workers
         "arand_truth_raw": float(ref["arand_error"]),
         "voi_aligned": ws_voi,
         "voi_truth_raw": ref_voi,
-        "truth_raw_segmentation": {k: ref[k] for k in ("voi_split", "voi_merge", "arand_error", "arand_precision",
-                                                       "arand_recall", "n_segments") if k in ref},
+        "truth_raw_segmentation": {
+            k: ref[k]
+            for k in ("voi_split", "voi_merge", "arand_error", "arand_precision", "arand_recall", "n_segments")
+            if k in ref
+        },
         "target": target,
     }
     out["delta_arand"] = out["arand_aligned"] - out["arand_truth_raw"]
     out["delta_voi"] = ws_voi - ref_voi
     out["pass"] = bool(out["delta_arand"] <= target)
     if out["method_aligned"] != out["method_truth_raw"]:
-        out["note"] = (f"the workspace was segmented with method {out['method_aligned']!r}, the truth raw with "
-                       f"{out['method_truth_raw']!r}")
+        out["note"] = (
+            f"the workspace was segmented with method {out['method_aligned']!r}, the truth raw with "
+            f"{out['method_truth_raw']!r}"
+        )
     return out
 
 
@@ -194,6 +228,12 @@ def _default_runner(workers: Optional[int], progress: bool) -> Callable:
 
         with make_executor("local", workers=workers) as executor:
             report = run_task(task, executor, progress=progress)
-        log.info("evaluate --downstream: %s: %d blocks processed, %d already done, %.1f s", task.stage,
-                 report.processed, report.already_done, report.seconds)
+        log.info(
+            "evaluate --downstream: %s: %d blocks processed, %d already done, %.1f s",
+            task.stage,
+            report.processed,
+            report.already_done,
+            report.seconds,
+        )
+
     return run

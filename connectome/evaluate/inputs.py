@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, cast
 
 import numpy as np
 
 from connectome.errors import UserInputError
+
+if TYPE_CHECKING:
+    import zarr
+
+    from connectome.workspace import Workspace
 
 TRUTH_ARRAYS = ("raw", "neurons", "vessels", "synapse_clefts")
 
@@ -33,7 +38,7 @@ class TruthSet:
     """An opened ground-truth folder."""
 
     path: Path
-    group: object  # zarr.Group
+    group: zarr.Group
     array_names: tuple[str, ...]
 
     @classmethod
@@ -48,8 +53,9 @@ class TruthSet:
             raise UserInputError(f"truth {path}: not a folder (expected a `connectome synth` output folder)")
         zpath = path / "truth.zarr"
         if not (zpath / "zarr.json").is_file():
-            raise UserInputError(f"truth {path}: no truth.zarr (zarr v3 group) inside; "
-                                 "not a `connectome synth` output folder")
+            raise UserInputError(
+                f"truth {path}: no truth.zarr (zarr v3 group) inside; not a `connectome synth` output folder"
+            )
         try:
             group = zarr.open_group(LocalStore(str(zpath), read_only=True), mode="r", zarr_format=3)
             names = tuple(sorted(name for name, _ in group.arrays()))
@@ -70,9 +76,9 @@ class TruthSet:
 
     def voxel_size_nm(self) -> Optional[tuple[float, float, float]]:
         for name in self.array_names:
-            vs = self.group[name].attrs.get("voxel_size_nm")
+            vs: Any = self.group[name].attrs.get("voxel_size_nm")
             if vs is not None and len(vs) == 3:
-                return tuple(float(v) for v in vs)
+                return cast("tuple[float, float, float]", tuple(float(v) for v in vs))
         return None
 
 
@@ -81,7 +87,7 @@ class WorkspaceOutputs:
     """An opened workspace: its arrays (if it has a volume) and its tables."""
 
     path: Path
-    workspace: object  # connectome.workspace.Workspace or None
+    workspace: Workspace | None
 
     @classmethod
     def open(cls, path: str | Path) -> "WorkspaceOutputs":
@@ -95,14 +101,17 @@ class WorkspaceOutputs:
         ws = Workspace.open(path, mode="r") if (path / VOLUME).exists() else None
         out = cls(path, ws)
         if ws is None and not any(out.table(n) for n in ("stitch/tiles.csv", "synapses.csv", "connectivity.csv")):
-            raise UserInputError(f"workspace {path}: nothing to evaluate (no {VOLUME}, stitch/tiles.csv, "
-                                 "synapses.csv or connectivity.csv); not a connectome workspace")
+            raise UserInputError(
+                f"workspace {path}: nothing to evaluate (no {VOLUME}, stitch/tiles.csv, "
+                "synapses.csv or connectivity.csv); not a connectome workspace"
+            )
         return out
 
     def has(self, name: str) -> bool:
         return self.workspace is not None and self.workspace.has(name)
 
     def array(self, name: str):
+        assert self.workspace is not None  # callers check has() first
         return self.workspace.array(name)
 
     def table(self, name: str) -> Optional[Path]:
@@ -122,17 +131,21 @@ def check_pair(outputs: WorkspaceOutputs, ws_name: str, truth: TruthSet, truth_n
     """Shapes of a workspace array and the truth array it is compared with must agree."""
     a, b = outputs.array(ws_name), truth.array(truth_name)
     if tuple(a.shape) != tuple(b.shape):
-        raise UserInputError(f"shape mismatch: workspace array '{ws_name}' has shape {list(a.shape)} (z,y,x) but "
-                             f"truth array '{truth_name}' ({truth.path / 'truth.zarr' / truth_name}) has "
-                             f"{list(b.shape)}")
+        raise UserInputError(
+            f"shape mismatch: workspace array '{ws_name}' has shape {list(a.shape)} (z,y,x) but "
+            f"truth array '{truth_name}' ({truth.path / 'truth.zarr' / truth_name}) has "
+            f"{list(b.shape)}"
+        )
 
 
 def check_voxel_size(outputs: WorkspaceOutputs, truth: TruthSet) -> None:
     """The workspace and the truth must share one voxel size (when both state one)."""
     ws_vs, truth_vs = outputs.voxel_size_nm, truth.voxel_size_nm()
     if ws_vs is not None and truth_vs is not None and not np.allclose(ws_vs, truth_vs):
-        raise UserInputError(f"voxel size mismatch: workspace {outputs.path} has {list(ws_vs)} nm (z,y,x) but "
-                             f"truth {truth.path / 'truth.zarr'} has {list(truth_vs)} nm")
+        raise UserInputError(
+            f"voxel size mismatch: workspace {outputs.path} has {list(ws_vs)} nm (z,y,x) but "
+            f"truth {truth.path / 'truth.zarr'} has {list(truth_vs)} nm"
+        )
 
 
 def iter_boxes(shape_zyx: Sequence[int], block_zyx: Sequence[int]) -> Iterator[tuple[slice, slice, slice]]:
@@ -142,5 +155,8 @@ def iter_boxes(shape_zyx: Sequence[int], block_zyx: Sequence[int]) -> Iterator[t
     for z in range(0, shape[0], block[0]):
         for y in range(0, shape[1], block[1]):
             for x in range(0, shape[2], block[2]):
-                yield (slice(z, min(z + block[0], shape[0])), slice(y, min(y + block[1], shape[1])),
-                       slice(x, min(x + block[2], shape[2])))
+                yield (
+                    slice(z, min(z + block[0], shape[0])),
+                    slice(y, min(y + block[1], shape[1])),
+                    slice(x, min(x + block[2], shape[2])),
+                )

@@ -30,8 +30,17 @@ from pathlib import Path
 from typing import Optional
 
 from connectome.errors import UserInputError
-from connectome.evaluate import (align_truth, alignment, connectivity, downstream, masks, segmentation, stitching,
-                                 synapses, tables)
+from connectome.evaluate import (
+    align_truth,
+    alignment,
+    connectivity,
+    downstream,
+    masks,
+    segmentation,
+    stitching,
+    synapses,
+    tables,
+)
 from connectome.evaluate.config import EvaluateConfig
 from connectome.evaluate.inputs import TruthSet, WorkspaceOutputs, check_pair, check_voxel_size
 
@@ -44,9 +53,13 @@ def _skip(status: str, reason: str) -> dict:
     return {"status": status, "reason": reason}
 
 
-def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
-                       config: Optional[EvaluateConfig] = None, workers: Optional[int] = None,
-                       progress: bool = False) -> dict:
+def evaluate_workspace(
+    workspace: str | Path,
+    truth_dir: str | Path,
+    config: Optional[EvaluateConfig] = None,
+    workers: Optional[int] = None,
+    progress: bool = False,
+) -> dict:
     """Evaluate what the workspace has; write ``WS/evaluation.json``; return the results.
 
     ``workers`` / ``progress``: for the stages the downstream criterion runs (``config.downstream``)."""
@@ -58,15 +71,25 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     check_voxel_size(outputs, truth)
     for name in ("raw", "vessel_mask", "segmentation"):  # never score an unfinished array
         if outputs.has(name):
+            assert outputs.workspace is not None  # has() is False without one
             outputs.workspace.require_complete(name, "evaluate")
-    for ws_name, truth_name in (("raw", "raw"), ("vessel_mask", "vessels"), ("segmentation", "neurons"),
-                                ("segmentation", "vessels")):
+    for ws_name, truth_name in (
+        ("raw", "raw"),
+        ("vessel_mask", "vessels"),
+        ("segmentation", "neurons"),
+        ("segmentation", "vessels"),
+    ):
         if outputs.has(ws_name) and truth.has(truth_name):
             check_pair(outputs, ws_name, truth, truth_name)
-    if truth.has("neurons") and truth.has("vessels") and \
-            tuple(truth.array("neurons").shape) != tuple(truth.array("vessels").shape):
-        raise UserInputError(f"truth {truth.path}: arrays 'neurons' {list(truth.array('neurons').shape)} and "
-                             f"'vessels' {list(truth.array('vessels').shape)} differ in shape")
+    if (
+        truth.has("neurons")
+        and truth.has("vessels")
+        and tuple(truth.array("neurons").shape) != tuple(truth.array("vessels").shape)
+    ):
+        raise UserInputError(
+            f"truth {truth.path}: arrays 'neurons' {list(truth.array('neurons').shape)} and "
+            f"'vessels' {list(truth.array('vessels').shape)} differ in shape"
+        )
     voxel_size = outputs.voxel_size_nm or truth.voxel_size_nm()
 
     # tables are read (and so validated) before any volume is scanned
@@ -77,8 +100,10 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     ws_conn = _read(outputs.table("connectivity.csv"), tables.CONNECTIVITY)
     truth_conn = _read(truth.table("connectivity.csv"), tables.CONNECTIVITY)
     if ws_syn is not None and truth_syn is not None and voxel_size is None:
-        raise UserInputError(f"workspace {outputs.path}: no voxel size known (no volume.zarr and no "
-                             "voxel_size_nm on the truth arrays); cannot compare synapse locations in nm")
+        raise UserInputError(
+            f"workspace {outputs.path}: no voxel size known (no volume.zarr and no "
+            "voxel_size_nm on the truth arrays); cannot compare synapse locations in nm"
+        )
 
     results: dict = {
         "workspace": str(outputs.path),
@@ -95,8 +120,13 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     elif truth_tiles is None:
         results["stitching"] = _skip("no truth", "no truth/tiles.csv")
     else:
-        results["stitching"] = _timed("stitching", stitching.tile_position_errors, ws_tiles, truth_tiles,
-                                      stitching.read_placed(Path(outputs.path) / "stitch" / "tiles.csv"))
+        results["stitching"] = _timed(
+            "stitching",
+            stitching.tile_position_errors,
+            ws_tiles,
+            truth_tiles,
+            stitching.read_placed(Path(outputs.path) / "stitch" / "tiles.csv"),
+        )
 
     # ---- alignment
     if not outputs.has("raw"):
@@ -110,8 +140,9 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     elif not truth.has("vessels"):
         results["vessels"] = _skip("no truth", "no vessels in truth.zarr")
     else:
-        results["vessels"] = _timed("vessels", masks.mask_overlap, outputs.array("vessel_mask"),
-                                    truth.array("vessels"), block)
+        results["vessels"] = _timed(
+            "vessels", masks.mask_overlap, outputs.array("vessel_mask"), truth.array("vessels"), block
+        )
 
     # ---- segmentation (and the segment -> truth id map used by synapses and connectivity)
     seg_map = None
@@ -122,10 +153,14 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     else:
         t0 = time.perf_counter()
         table = segmentation.contingency_from_arrays(
-            truth.array("neurons"), outputs.array("segmentation"),
-            truth.array("vessels") if truth.has("vessels") else None, block)
+            truth.array("neurons"),
+            outputs.array("segmentation"),
+            truth.array("vessels") if truth.has("vessels") else None,
+            block,
+        )
         results["segmentation"] = segmentation.segmentation_metrics(
-            table, cfg.overlap_min_fraction, cfg.overlap_min_voxels)
+            table, cfg.overlap_min_fraction, cfg.overlap_min_voxels
+        )
         results["segmentation"]["ignored_truth_vessels"] = truth.has("vessels")
         seg_map = segmentation.segment_to_truth_map(table)
         log.info("evaluate: segmentation done in %.1f s", time.perf_counter() - t0)
@@ -143,11 +178,19 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
         if not cfg.downstream:
             results["alignment"]["downstream"] = {
                 **_skip("not requested", "opt-in: connectome evaluate --downstream"),
-                "target": cfg.target_downstream_arand}
+                "target": cfg.target_downstream_arand,
+            }
         else:
             results["alignment"]["downstream"] = _timed(
-                "alignment downstream", downstream.run_downstream, outputs, truth, results.get("segmentation"),
-                cfg, workers, progress)
+                "alignment downstream",
+                downstream.run_downstream,
+                outputs,
+                truth,
+                results.get("segmentation"),
+                cfg,
+                workers,
+                progress,
+            )
 
     # ---- synapses
     if ws_syn is None:
@@ -155,8 +198,9 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     elif truth_syn is None:
         results["synapses"] = _skip("no truth", "no truth/synapses.csv")
     else:
-        results["synapses"] = _timed("synapses", synapses.synapse_metrics, ws_syn, truth_syn, voxel_size,
-                                     cfg.synapse_match_distance_nm, seg_map)
+        results["synapses"] = _timed(
+            "synapses", synapses.synapse_metrics, ws_syn, truth_syn, voxel_size, cfg.synapse_match_distance_nm, seg_map
+        )
         if seg_map is None:
             results["synapses"]["partner_note"] = "no segmentation: partner accuracy not computed"
 
@@ -168,8 +212,9 @@ def evaluate_workspace(workspace: str | Path, truth_dir: str | Path,
     elif seg_map is None:
         results["connectivity"] = _skip("not run", "no segmentation to map segment ids to truth neurons")
     else:
-        results["connectivity"] = _timed("connectivity", connectivity.connectivity_metrics, ws_conn, truth_conn,
-                                         seg_map, cfg.edge_min_synapses)
+        results["connectivity"] = _timed(
+            "connectivity", connectivity.connectivity_metrics, ws_conn, truth_conn, seg_map, cfg.edge_min_synapses
+        )
 
     results = tables.jsonable(results)
     tables.write_json_atomic(outputs.path / RESULT_FILE, results)
@@ -192,8 +237,14 @@ def _skeletons(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig, 
 
     true_skels, source = skeletons.truth_skeletons(truth, voxel_size, progress)
     neurons = truth.array("neurons") if truth.has("neurons") else None
-    out = skeletons.evaluate_skeletons(true_skels, outputs.array("segmentation"), neurons, voxel_size,
-                                       cfg.skeleton_min_overlap_nm, cfg.skeleton_top_mergers)
+    out = skeletons.evaluate_skeletons(
+        true_skels,
+        outputs.array("segmentation"),
+        neurons,
+        voxel_size,
+        cfg.skeleton_min_overlap_nm,
+        cfg.skeleton_top_mergers,
+    )
     out["truth_source"] = source
     return out
 
@@ -202,8 +253,11 @@ def _alignment(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig, 
     ws_raw = outputs.array("raw")
     out: dict = {"status": "ok"}
     if truth.has("raw"):
-        out.update(alignment.residuals(ws_raw, truth.array("raw"), cfg.patch_px, cfg.patch_min_std,
-                                       cfg.residual_flag_px, cfg.block_shape_zyx))
+        out.update(
+            alignment.residuals(
+                ws_raw, truth.array("raw"), cfg.patch_px, cfg.patch_min_std, cfg.residual_flag_px, cfg.block_shape_zyx
+            )
+        )
     else:
         out["residual_note"] = "no raw in truth.zarr: residuals not computed"
     ws_pairs = alignment.pair_ncc(ws_raw, cfg.block_shape_zyx)
@@ -219,16 +273,23 @@ def _alignment(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig, 
         out["truth_ncc_neighbour_min"] = ref["min"]
 
     # criteria (a)-(c): the section transforms against the truth's
-    targets = {"adjacent_median_px": cfg.target_adjacent_median_px, "adjacent_p95_px": cfg.target_adjacent_p95_px,
-               "accumulated_px": cfg.target_accumulated_px, "drift_px_per_section": cfg.target_drift_px_per_section}
-    crit = align_truth.evaluate_transforms(outputs.path, truth.path, ws_tiles, truth_tiles, outputs.shape_zyx,
-                                           cfg.align_grid_px, targets)
+    targets = {
+        "adjacent_median_px": cfg.target_adjacent_median_px,
+        "adjacent_p95_px": cfg.target_adjacent_p95_px,
+        "accumulated_px": cfg.target_accumulated_px,
+        "drift_px_per_section": cfg.target_drift_px_per_section,
+    }
+    crit = align_truth.evaluate_transforms(
+        outputs.path, truth.path, ws_tiles, truth_tiles, outputs.shape_zyx, cfg.align_grid_px, targets
+    )
     out["transform_scoring"] = crit.pop("scoring")
     out.update(crit)
     # criterion (d)
     if truth_pairs is None:
-        out["over_registration"] = {**_skip("no truth", "no raw in truth.zarr"),
-                                    "target": cfg.target_over_registration_ncc}
+        out["over_registration"] = {
+            **_skip("no truth", "no raw in truth.zarr"),
+            "target": cfg.target_over_registration_ncc,
+        }
     else:
         # on smoothed sections: resampling alone (stitch and align each interpolate once) smooths
         # the pixel noise and raises the raw neighbour NCC well above the truth's (see align_truth)
@@ -236,8 +297,9 @@ def _alignment(outputs: WorkspaceOutputs, truth: TruthSet, cfg: EvaluateConfig, 
         left_out = align_truth.flagged_sections(outputs.path, truth.path)
         ws_sm = alignment.pair_ncc(ws_raw, cfg.block_shape_zyx, sm) if sm > 0 else ws_pairs
         truth_sm = alignment.pair_ncc(truth.array("raw"), cfg.block_shape_zyx, sm) if sm > 0 else truth_pairs
-        out["over_registration"] = align_truth.over_registration(ws_sm, truth_sm, left_out,
-                                                                 cfg.target_over_registration_ncc)
+        out["over_registration"] = align_truth.over_registration(
+            ws_sm, truth_sm, left_out, cfg.target_over_registration_ncc
+        )
         out["over_registration"]["smooth_px"] = sm
         raw = align_truth.over_registration(ws_pairs, truth_pairs, left_out, cfg.target_over_registration_ncc)
         out["over_registration"]["delta_ncc_unsmoothed"] = raw.get("delta_ncc")

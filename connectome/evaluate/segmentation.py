@@ -96,8 +96,7 @@ class Contingency:
         return int(self.counts.sum())
 
 
-def contingency_from_arrays(truth_array, seg_array, vessel_array=None,
-                            block_shape_zyx=(16, 512, 512)) -> Contingency:
+def contingency_from_arrays(truth_array, seg_array, vessel_array=None, block_shape_zyx=(16, 512, 512)) -> Contingency:
     """Stream two (zarr or numpy) label volumes block by block into one table (all voxels).
 
     Truth vessel voxels (``vessel_array`` != 0) are counted as truth id 0.

@@ -29,7 +29,7 @@ Every node of a true skeleton (nm, z y x) is looked up in the segmentation: the 
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def lookup(labels, skeletons: Mapping[int, Skeleton], voxel_size_nm) -> dict[int
     else:
         vals = _read_points(labels, vox)
     counts = np.cumsum([0] + [skeletons[i].n_vertices for i in ids])
-    return {i: vals[counts[k]:counts[k + 1]].astype(np.uint64) for k, i in enumerate(ids)}
+    return {i: vals[counts[k] : counts[k + 1]].astype(np.uint64) for k, i in enumerate(ids)}
 
 
 def _read_points(array, vox: np.ndarray) -> np.ndarray:
@@ -81,7 +81,7 @@ def _read_points(array, vox: np.ndarray) -> np.ndarray:
         sel = order[a:b]
         ys, xs = vox[sel, 1], vox[sel, 2]
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        slab = np.asarray(array[z0:z0 + cz, y0:y1, x0:x1])
+        slab = np.asarray(array[z0 : z0 + cz, y0:y1, x0:x1])
         out[sel] = slab[vox[sel, 0] - z0, ys - y0, xs - x0]
     return out
 
@@ -117,8 +117,13 @@ def node_weights(sk: Skeleton) -> np.ndarray:
     return w
 
 
-def skeleton_metrics(skeletons: Mapping[int, Skeleton], node_seg: Mapping[int, np.ndarray],
-                     voxel_size_nm=None, min_overlap_nm: float = 0.0, top: int = 10) -> dict:
+def skeleton_metrics(
+    skeletons: Mapping[int, Skeleton],
+    node_seg: Mapping[int, np.ndarray],
+    voxel_size_nm=None,
+    min_overlap_nm: float = 0.0,
+    top: int = 10,
+) -> dict:
     """ERL, merges and splits of a segmentation (``node_seg``: the segment under every node of
     every true skeleton) along ``skeletons`` (true id -> Skeleton, inside the volume)."""
     ids = sorted(skeletons)
@@ -128,8 +133,9 @@ def skeleton_metrics(skeletons: Mapping[int, Skeleton], node_seg: Mapping[int, n
     for t in ids:
         segs, inv = np.unique(node_seg[t], return_inverse=True)
         length = np.bincount(inv.reshape(-1), weights=node_weights(skeletons[t]), minlength=len(segs))
-        held[t] = {int(s): float(c) for s, c in zip(segs.tolist(), length.tolist())
-                   if s != 0 and c >= min_overlap_nm and c > 0}
+        held[t] = {
+            int(s): float(c) for s, c in zip(segs.tolist(), length.tolist()) if s != 0 and c >= min_overlap_nm and c > 0
+        }
         for s, c in held[t].items():
             pairs.setdefault(s, {})[t] = c
     mergers = pairs
@@ -148,31 +154,50 @@ def skeleton_metrics(skeletons: Mapping[int, Skeleton], node_seg: Mapping[int, n
         per_truth_len[t] = L
         total += L
         runs_sq += float((run_lengths(sk, node_seg[t], set(mergers)) ** 2).sum())
-    worst = []
+    worst: list[dict[str, Any]] = []
+    row: dict[str, Any]
     for s, d in mergers.items():
         affected = sum(per_truth_len[t] for t in d)
         # where the merge is: a node of the second-largest skeleton in this segment
         t2 = sorted(d, key=lambda t: (-d[t], t))[1]
         k = int(np.flatnonzero(node_seg[t2] == s)[0])
         pos_nm = skeletons[t2].vertices_nm[k]
-        row = {"segment_id": int(s), "n_skeletons": len(d), "truth_ids": sorted(int(t) for t in d),
-               "cable_in_segment_nm": float(sum(d.values())), "skeleton_length_nm": float(affected),
-               "position_nm_zyx": [float(v) for v in pos_nm]}
+        row = {
+            "segment_id": int(s),
+            "n_skeletons": len(d),
+            "truth_ids": sorted(int(t) for t in d),
+            "cable_in_segment_nm": float(sum(d.values())),
+            "skeleton_length_nm": float(affected),
+            "position_nm_zyx": [float(v) for v in pos_nm],
+        }
         if voxel_size_nm is not None:
             row["position_zyx"] = [int(v) for v in np.floor(pos_nm / np.asarray(voxel_size_nm))]
         worst.append(row)
     worst.sort(key=lambda r: (-r["skeleton_length_nm"], r["segment_id"]))
     n_nodes = int(sum(skeletons[t].n_vertices for t in ids))
-    return {"erl_nm": runs_sq / total if total > 0 else float("nan"),
-            "total_length_nm": total, "n_skeletons": len(ids), "n_nodes": n_nodes,
-            "n_merges": int(n_merges), "n_merger_segments": len(mergers),
-            "n_splits": int(n_splits), "n_split_skeletons": int(split_skeletons),
-            "omitted_node_fraction": omitted / n_nodes if n_nodes else float("nan"),
-            "min_overlap_nm": float(min_overlap_nm), "worst_mergers": worst[:top]}
+    return {
+        "erl_nm": runs_sq / total if total > 0 else float("nan"),
+        "total_length_nm": total,
+        "n_skeletons": len(ids),
+        "n_nodes": n_nodes,
+        "n_merges": int(n_merges),
+        "n_merger_segments": len(mergers),
+        "n_splits": int(n_splits),
+        "n_split_skeletons": int(split_skeletons),
+        "omitted_node_fraction": omitted / n_nodes if n_nodes else float("nan"),
+        "min_overlap_nm": float(min_overlap_nm),
+        "worst_mergers": worst[:top],
+    }
 
 
-def evaluate_skeletons(skeletons: Mapping[int, Skeleton], segmentation, truth_labels, voxel_size_nm,
-                       min_overlap_nm: float = 0.0, top: int = 10) -> dict:
+def evaluate_skeletons(
+    skeletons: Mapping[int, Skeleton],
+    segmentation,
+    truth_labels,
+    voxel_size_nm,
+    min_overlap_nm: float = 0.0,
+    top: int = 10,
+) -> dict:
     """The section ``skeletons`` of ``evaluation.json``: metrics of the segmentation along the
     true skeletons, and the ERL of the truth labels (the ceiling) when given.
 
@@ -216,8 +241,9 @@ def truth_skeletons(truth, voxel_size_nm, progress: bool = False, cfg=None) -> t
     labels = np.asarray(truth.array("neurons")[:])
     if truth.has("vessels"):
         labels[np.asarray(truth.array("vessels")[:]) != 0] = 0
-    return skeletonize_volume(labels, voxel_size_nm, cfg or SkeletonizeConfig(), progress), \
-        "skeletonized from truth.zarr/neurons"
+    return skeletonize_volume(
+        labels, voxel_size_nm, cfg or SkeletonizeConfig(), progress
+    ), "skeletonized from truth.zarr/neurons"
 
 
 def optional(value: Optional[float]) -> Optional[float]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def _errors(keys: list, est_pos: dict, true_pos: dict) -> tuple[list, np.ndarray
     for key in keys:
         by_section.setdefault(key[0], []).append(key)
     out_keys, errors = [], []
-    for section, tiles in sorted(by_section.items()):
+    for _section, tiles in sorted(by_section.items()):
         offsets = np.array([[est_pos[k][0] - true_pos[k][0], est_pos[k][1] - true_pos[k][1]] for k in tiles])
         residual = offsets - np.median(offsets, axis=0)
         out_keys.extend(tiles)
@@ -73,16 +74,24 @@ def tile_position_errors(estimated: dict, truth: dict, placed: dict | None = Non
     """Scores of estimated tile positions; both arguments are column dicts (see tables.TILES).
     ``placed``: ``{(section, row, col): placed}`` (:func:`read_placed`), or a ``placed`` column
     in ``estimated``; without either the scores are over all tiles (see the module docstring)."""
-    true_pos = {(int(s), int(r), int(c)): (float(x), float(y)) for s, r, c, x, y in
-                zip(truth["section"], truth["row"], truth["col"], truth["x"], truth["y"])}
-    est_pos = {(int(s), int(r), int(c)): (float(x), float(y)) for s, r, c, x, y in
-               zip(estimated["section"], estimated["row"], estimated["col"], estimated["x"], estimated["y"])}
+    true_pos = {
+        (int(s), int(r), int(c)): (float(x), float(y))
+        for s, r, c, x, y in zip(truth["section"], truth["row"], truth["col"], truth["x"], truth["y"])
+    }
+    est_pos = {
+        (int(s), int(r), int(c)): (float(x), float(y))
+        for s, r, c, x, y in zip(
+            estimated["section"], estimated["row"], estimated["col"], estimated["x"], estimated["y"]
+        )
+    }
     if placed is None and "placed" in estimated:
-        placed = {(int(s), int(r), int(c)): str(p) for s, r, c, p in
-                  zip(estimated["section"], estimated["row"], estimated["col"], estimated["placed"])}
+        placed = {
+            (int(s), int(r), int(c)): str(p)
+            for s, r, c, p in zip(estimated["section"], estimated["row"], estimated["col"], estimated["placed"])
+        }
     common = sorted(set(true_pos) & set(est_pos))
     keys, errs = _errors(common, est_pos, true_pos)
-    result = {
+    result: dict[str, Any] = {
         "status": "ok" if errs.size else "no common tiles",
         "n_tiles": len(common),
         "n_sections": len({k[0] for k in common}),
@@ -96,12 +105,17 @@ def tile_position_errors(estimated: dict, truth: dict, placed: dict | None = Non
         reg = [k for k in common if placed.get(k, "") in REGISTERED]
         at_nominal = [k for k in common if placed.get(k, "") not in REGISTERED]
         keys, errs = _errors(reg, est_pos, true_pos)
-        result.update(n_tiles_registered=len(reg), n_tiles_at_nominal=len(at_nominal),
-                      at_nominal_sections=sorted({k[0] for k in at_nominal}))
-    result.update(error_median_px=float(np.median(errs)) if errs.size else math.nan,
-                  error_mean_px=float(errs.mean()) if errs.size else math.nan,
-                  error_max_px=float(errs.max()) if errs.size else math.nan,
-                  worst_tile=_worst(keys, errs))
+        result.update(
+            n_tiles_registered=len(reg),
+            n_tiles_at_nominal=len(at_nominal),
+            at_nominal_sections=sorted({k[0] for k in at_nominal}),
+        )
+    result.update(
+        error_median_px=float(np.median(errs)) if errs.size else math.nan,
+        error_mean_px=float(errs.mean()) if errs.size else math.nan,
+        error_max_px=float(errs.max()) if errs.size else math.nan,
+        worst_tile=_worst(keys, errs),
+    )
     return result
 
 

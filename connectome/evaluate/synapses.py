@@ -81,8 +81,9 @@ def match_points(pred_nm: np.ndarray, true_nm: np.ndarray, max_distance_nm: floa
     return np.concatenate(out_p), np.concatenate(out_t), np.concatenate(out_d)
 
 
-def synapse_metrics(pred: dict, truth: dict, voxel_size_nm, max_distance_nm: float = 400.0,
-                    seg_to_truth: Optional[dict] = None) -> dict:
+def synapse_metrics(
+    pred: dict, truth: dict, voxel_size_nm, max_distance_nm: float = 400.0, seg_to_truth: Optional[dict] = None
+) -> dict:
     """Detection and partner scores; ``pred``/``truth`` are column dicts (see tables.SYNAPSES)."""
     scale = np.asarray(voxel_size_nm, dtype=np.float64)
     p_nm = np.stack([pred["z"], pred["y"], pred["x"]], axis=1) * scale if len(pred["z"]) else np.zeros((0, 3))
@@ -103,7 +104,9 @@ def synapse_metrics(pred: dict, truth: dict, voxel_size_nm, max_distance_nm: flo
     if seg_to_truth is not None and tp:
         pre = np.array([seg_to_truth.get(int(v), 0) for v in pred["pre_segment_id"][mp]], dtype=np.uint64)
         post = np.array([seg_to_truth.get(int(v), 0) for v in pred["post_segment_id"][mp]], dtype=np.uint64)
-        correct = (pre == truth["pre_segment_id"][mt]) & (post == truth["post_segment_id"][mt]) & (pre != 0) & (post != 0)
+        correct = (
+            (pre == truth["pre_segment_id"][mt]) & (post == truth["post_segment_id"][mt]) & (pre != 0) & (post != 0)
+        )
         result["n_partners_correct"] = int(correct.sum())
         result["partner_accuracy"] = float(correct.mean())
     elif seg_to_truth is not None:

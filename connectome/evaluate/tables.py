@@ -37,8 +37,10 @@ def read_table(path: str | Path, columns: Mapping[str, str]) -> dict[str, np.nda
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in columns if c not in header]
             if missing:
-                raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} "
-                                     f"(expected a header with {','.join(columns)}; found {','.join(header) or 'none'})")
+                raise UserInputError(
+                    f"{path}: missing column(s) {', '.join(missing)} "
+                    f"(expected a header with {','.join(columns)}; found {','.join(header) or 'none'})"
+                )
             reader.fieldnames = header
             for line, row in enumerate(reader, start=2):
                 for name, kind in columns.items():
@@ -47,8 +49,10 @@ def read_table(path: str | Path, columns: Mapping[str, str]) -> dict[str, np.nda
         raise UserInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise UserInputError(f"{path}: not a text CSV file") from None
-    return {name: np.asarray(vals, dtype=_DTYPES[kind]).reshape(-1) for (name, kind), vals
-            in zip(columns.items(), values.values())}
+    return {
+        name: np.asarray(vals, dtype=_DTYPES[kind]).reshape(-1)
+        for (name, kind), vals in zip(columns.items(), values.values())
+    }
 
 
 def _parse(text, kind: str, path: Path, line: int, column: str):
@@ -63,10 +67,10 @@ def _parse(text, kind: str, path: Path, line: int, column: str):
             value = int(text)
         except ValueError:  # "12.0" (a float-typed writer) is accepted where it is exact
             number = float(text)
-            if not (number.is_integer() and abs(number) < 2 ** 53):
+            if not (number.is_integer() and abs(number) < 2**53):
                 raise
             value = int(number)
-        if kind == "id" and not 0 <= value < 2 ** 64:
+        if kind == "id" and not 0 <= value < 2**64:
             raise ValueError
         return value
     except ValueError:

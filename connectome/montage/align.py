@@ -115,14 +115,21 @@ class MatchParams:
     def __post_init__(self):
         if self.coarse_downsample < 1 or self.patch_px < 16 or self.stride_px < 1:
             raise ValueError("coarse_downsample >= 1, patch_px >= 16 and stride_px >= 1 are required")
-        if self.match_downsample < 1 or self.patch_px % (2 * self.match_downsample) or \
-                self.stride_px % self.match_downsample:
-            raise ValueError(f"patch_px must be a multiple of 2 * match_downsample and stride_px of match_downsample, "
-                             f"got patch_px {self.patch_px}, stride_px {self.stride_px}, "
-                             f"match_downsample {self.match_downsample}")
+        if (
+            self.match_downsample < 1
+            or self.patch_px % (2 * self.match_downsample)
+            or self.stride_px % self.match_downsample
+        ):
+            raise ValueError(
+                f"patch_px must be a multiple of 2 * match_downsample and stride_px of match_downsample, "
+                f"got patch_px {self.patch_px}, stride_px {self.stride_px}, "
+                f"match_downsample {self.match_downsample}"
+            )
         if self.regulariser not in ("bending", "membrane") or self.base not in ("affine", "translation"):
-            raise ValueError(f"regulariser must be 'bending' or 'membrane' and base 'affine' or 'translation', "
-                             f"got {self.regulariser!r}, {self.base!r}")
+            raise ValueError(
+                f"regulariser must be 'bending' or 'membrane' and base 'affine' or 'translation', "
+                f"got {self.regulariser!r}, {self.base!r}"
+            )
         if self.ridge < 0 or self.smoothness < 0:
             raise ValueError("ridge and smoothness must be >= 0")
         if not 0 <= self.min_match_fraction <= 1 or not 0 < self.min_coverage <= 1:
@@ -133,8 +140,8 @@ class MatchParams:
 class PairResult:
     ok: bool
     reason: str
-    grid: DisplacementGrid          # P - identity, canvas coordinates of the fixed section
-    affine: np.ndarray              # A (2x3), canvas coordinates
+    grid: DisplacementGrid  # P - identity, canvas coordinates of the fixed section
+    affine: np.ndarray  # A (2x3), canvas coordinates
     n_candidates: int = 0
     n_accepted: int = 0
     residual_median_px: float = float("nan")
@@ -143,9 +150,9 @@ class PairResult:
     ncc_before: float = float("nan")
     ncc_after: float = float("nan")
     stats: dict = field(default_factory=dict)
-    patch_ncc: np.ndarray | None = None      # per node of the elastic grid (0 where not a candidate)
-    accepted: np.ndarray | None = None       # per node: the match was used
-    offsets: np.ndarray | None = None        # per node: the measured displacement (full-res px)
+    patch_ncc: np.ndarray | None = None  # per node of the elastic grid (0 where not a candidate)
+    accepted: np.ndarray | None = None  # per node: the match was used
+    offsets: np.ndarray | None = None  # per node: the measured displacement (full-res px)
 
 
 def downsample(img: np.ndarray, f: int) -> np.ndarray:
@@ -159,11 +166,13 @@ def extract_patches(img: np.ndarray, centres_yx: np.ndarray, p: int) -> np.ndarr
     out = np.empty((len(c), p, p), dtype=img.dtype)
     if not len(c):
         return out
-    pad = int(max(p // 2 - c.min(), c[:, 0].max() + p // 2 - img.shape[0], c[:, 1].max() + p // 2 - img.shape[1], 0)) + 1
+    pad = (
+        int(max(p // 2 - c.min(), c[:, 0].max() + p // 2 - img.shape[0], c[:, 1].max() + p // 2 - img.shape[1], 0)) + 1
+    )
     padded = np.pad(img, pad)
     for i, (cy, cx) in enumerate(c):
         y0, x0 = cy - p // 2 + pad, cx - p // 2 + pad
-        out[i] = padded[y0:y0 + p, x0:x0 + p]
+        out[i] = padded[y0 : y0 + p, x0 : x0 + p]
     return out
 
 
@@ -175,8 +184,9 @@ def _fill(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def coarse_affine(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmask: np.ndarray,
-                  prm: MatchParams) -> tuple[np.ndarray, DisplacementGrid, float, bool]:
+def coarse_affine(
+    fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmask: np.ndarray, prm: MatchParams
+) -> tuple[np.ndarray, AffinePlusField, float, bool]:
     """The coarse map ``Q(q) = A q + v(q)`` in canvas coordinates: ``A`` an affine, ``v`` a smooth
     field on the coarse patch grid (large warps the fine search could not reach). Returns
     (A, Q as a displacement grid, peak ratio of the global translation, ok)."""
@@ -187,8 +197,8 @@ def coarse_affine(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
     n = int(2 ** np.ceil(np.log2(max(fd.shape))))
     fp = np.zeros((1, n, n), np.float32)
     mp = np.zeros((1, n, n), np.float32)
-    fp[0, :fd.shape[0], :fd.shape[1]] = fd - fd[fmd].mean() if fmd.any() else 0
-    mp[0, :md.shape[0], :md.shape[1]] = md - md.mean()
+    fp[0, : fd.shape[0], : fd.shape[1]] = fd - fd[fmd].mean() if fmd.any() else 0
+    mp[0, : md.shape[0], : md.shape[1]] = md - md.mean()
     pk = phase_correlate(fp, mp, max_shift_px=n // 2 - 2, peak_sigma_px=1.0)[0]
     t = np.array([pk.dy, pk.dx])
     ok = (not pk.at_border) and pk.peak_ratio >= prm.min_coarse_peak_ratio
@@ -204,17 +214,21 @@ def coarse_affine(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
         covered = extract_patches(fmd.astype(np.float32), nodes.astype(int), p).mean(axis=(1, 2)) > 0.9
         shift = np.rint(t).astype(int)
         idx = np.nonzero(covered)[0]
-        peaks = phase_correlate(extract_patches(fd, nodes[idx].astype(int), p),
-                                extract_patches(md, (nodes[idx] + shift).astype(int), p),
-                                max_shift_px=max(2.0, prm.coarse_max_shift_px / f), peak_sigma_px=1.0)
+        peaks = phase_correlate(
+            extract_patches(fd, nodes[idx].astype(int), p),
+            extract_patches(md, (nodes[idx] + shift).astype(int), p),
+            max_shift_px=max(2.0, prm.coarse_max_shift_px / f),
+            peak_sigma_px=1.0,
+        )
         for i, q in zip(idx, peaks):
             if not q.at_border and q.peak_ratio >= prm.min_peak_ratio and q.peak >= prm.min_peak:
                 good[i] = True
                 disp[i] = shift + (q.dy, q.dx)
     # false matches out: each must agree with the median of its good neighbours (the warp is smooth)
     if len(nodes) and good.sum() >= 3:
-        good = _local_median_filter(disp.reshape(len(ys), len(xs), 2), good.reshape(len(ys), len(xs)),
-                                    2.0 * prm.max_deviation_px / f).ravel()
+        good = _local_median_filter(
+            disp.reshape(len(ys), len(xs), 2), good.reshape(len(ys), len(xs)), 2.0 * prm.max_deviation_px / f
+        ).ravel()
     if good.sum() >= 6:
         a_ds, _ = robust_affine(nodes[good], nodes[good] + disp[good], max_residual_px=1.0)
     if good.sum() >= 6 and np.abs(a_ds[:, :2] - np.eye(2)).max() <= prm.max_linear_change:
@@ -255,13 +269,17 @@ class AffinePlusField:
         return out if self.field is None else out + self.field.displacement(points_yx)
 
     def dense(self, begin_yx, shape_hw) -> np.ndarray:
-        yy, xx = np.meshgrid(begin_yx[0] + np.arange(shape_hw[0], dtype=np.float64),
-                             begin_yx[1] + np.arange(shape_hw[1], dtype=np.float64), indexing="ij")
+        yy, xx = np.meshgrid(
+            begin_yx[0] + np.arange(shape_hw[0], dtype=np.float64),
+            begin_yx[1] + np.arange(shape_hw[1], dtype=np.float64),
+            indexing="ij",
+        )
         return self.apply(np.stack([yy, xx], axis=-1))
 
 
-def warp_image(img: np.ndarray, coords_of_rows, shape_hw: tuple[int, int], order: int = 1, cval: float = 0.0,
-               strip: int = 128) -> np.ndarray:
+def warp_image(
+    img: np.ndarray, coords_of_rows, shape_hw: tuple[int, int], order: int = 1, cval: float = 0.0, strip: int = 128
+) -> np.ndarray:
     """``out[i, j] = img(coords[i, j])`` where ``coords_of_rows(y0, y1)`` gives the (y1 - y0, w, 2)
     sample points of rows ``y0..y1``; done in strips of rows so memory stays ~ one image."""
     h, w = shape_hw
@@ -298,10 +316,14 @@ def _difference_ops(gy: int, gx: int, bending: bool):
     idx = np.arange(gy * gx).reshape(gy, gx)
     ops = []
     if bending:
-        stencils = [([idx[:-2, :], idx[1:-1, :], idx[2:, :]], [1.0, -2.0, 1.0]),
-                    ([idx[:, :-2], idx[:, 1:-1], idx[:, 2:]], [1.0, -2.0, 1.0]),
-                    ([idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]], [np.sqrt(2), -np.sqrt(2), -np.sqrt(2),
-                                                                               np.sqrt(2)])]
+        stencils = [
+            ([idx[:-2, :], idx[1:-1, :], idx[2:, :]], [1.0, -2.0, 1.0]),
+            ([idx[:, :-2], idx[:, 1:-1], idx[:, 2:]], [1.0, -2.0, 1.0]),
+            (
+                [idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]],
+                [np.sqrt(2), -np.sqrt(2), -np.sqrt(2), np.sqrt(2)],
+            ),
+        ]
     else:
         stencils = [([idx[:-1, :], idx[1:, :]], [-1.0, 1.0]), ([idx[:, :-1], idx[:, 1:]], [-1.0, 1.0])]
     for cols, coef in stencils:
@@ -315,8 +337,9 @@ def _difference_ops(gy: int, gx: int, bending: bool):
     return ops
 
 
-def smooth_field(r: np.ndarray, acc: np.ndarray, smoothness: float, bending: bool = True,
-                 ridge: float = 1e-6) -> np.ndarray:
+def smooth_field(
+    r: np.ndarray, acc: np.ndarray, smoothness: float, bending: bool = True, ridge: float = 1e-6
+) -> np.ndarray:
     """Regularised field on the node grid: ``sum_accepted (u_i - r_i)^2 + smoothness * |D u|^2``
     with ``D`` the second differences (thin plate; affine fields cost nothing) or, with
     ``bending=False``, the first differences (membrane), plus ``ridge * |u|^2`` (far from any
@@ -326,7 +349,6 @@ def smooth_field(r: np.ndarray, acc: np.ndarray, smoothness: float, bending: boo
     from scipy.sparse.linalg import spsolve
 
     gy, gx = acc.shape
-    n = gy * gx
     w = acc.ravel().astype(np.float64)
     if bending and acc.sum() < 3:
         return np.broadcast_to(r[acc].mean(axis=0) if acc.any() else np.zeros(2), (gy, gx, 2)).copy()
@@ -341,9 +363,17 @@ def smooth_field(r: np.ndarray, acc: np.ndarray, smoothness: float, bending: boo
     return out
 
 
-def fold_score(img: np.ndarray, mask: np.ndarray, n_angles: int = 48, widths=(5, 9, 13),
-               background_px: int = 61, parts: int = 4, downsample_by: int = 2, pixel_step: int = 1,
-               confirm_above: float | None = 3.0) -> float:
+def fold_score(
+    img: np.ndarray,
+    mask: np.ndarray,
+    n_angles: int = 48,
+    widths=(5, 9, 13),
+    background_px: int = 61,
+    parts: int = 4,
+    downsample_by: int = 2,
+    pixel_step: int = 1,
+    confirm_above: float | None = 3.0,
+) -> float:
     """How strongly the section shows a straight dark band *across its whole width* (a fold or
     crease). For each of ``n_angles`` directions the covered pixels are cut into ``parts``
     equal-count stretches along the line direction; in each stretch the mean intensity per
@@ -435,13 +465,15 @@ def _coords_at(transform, f: int, y0: int, y1: int, w_ds: int) -> np.ndarray:
     """Sample points, in the coordinates of an image downsampled ``f`` times, of rows
     ``y0..y1`` of such an image mapped by ``transform`` (full-resolution points -> points)."""
     c = (f - 1) / 2.0
-    yy, xx = np.meshgrid(np.arange(y0, y1, dtype=np.float64) * f + c, np.arange(w_ds, dtype=np.float64) * f + c,
-                         indexing="ij")
+    yy, xx = np.meshgrid(
+        np.arange(y0, y1, dtype=np.float64) * f + c, np.arange(w_ds, dtype=np.float64) * f + c, indexing="ij"
+    )
     return (transform.apply(np.stack([yy, xx], axis=-1)) - c) / f
 
 
-def register_pair(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmask: np.ndarray,
-                  prm: MatchParams, distance: int = 1) -> PairResult:
+def register_pair(
+    fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmask: np.ndarray, prm: MatchParams, distance: int = 1
+) -> PairResult:
     """Register ``moving`` onto ``fixed`` (same canvas shape; masks = tile coverage).
 
     ``distance`` is how many sections apart the two are: structures that run obliquely through
@@ -480,7 +512,7 @@ def register_pair(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
     ff_bp, ma_bp = _bandpass(ff), _bandpass(ma)
     sigma = prm.peak_sigma_px / f
     for start in range(0, len(ci), 256):  # bounded memory
-        sel = ci[start:start + 256]
+        sel = ci[start : start + 256]
         fp = extract_patches(ff, centres[sel], p)
         mp = extract_patches(ma, centres[sel], p)
         first = phase_correlate(fp, mp, prm.max_shift_px / f, peak_sigma_px=sigma)
@@ -488,12 +520,15 @@ def register_pair(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
         # biases large shifts towards 0, small remainders are unbiased
         shift = np.array([(round(pk.dy), round(pk.dx)) for pk in first], dtype=int).reshape(-1, 2)
         # patches at integer shift 0 would be correlated again exactly as they were: only the others
-        second = [Peak(pk.dy - sh[0], pk.dx - sh[1], pk.peak, pk.peak_ratio, pk.sharpness, pk.at_border)
-                  for pk, sh in zip(first, shift)]
+        second = [
+            Peak(pk.dy - sh[0], pk.dx - sh[1], pk.peak, pk.peak_ratio, pk.sharpness, pk.at_border)
+            for pk, sh in zip(first, shift)
+        ]
         moved = np.nonzero(np.any(shift != 0, axis=1))[0] if prm.refine else np.zeros(0, dtype=int)
         if moved.size:
-            again = phase_correlate(fp[moved], extract_patches(ma, centres[sel][moved] + shift[moved], p), 2.0,
-                                    peak_sigma_px=sigma)
+            again = phase_correlate(
+                fp[moved], extract_patches(ma, centres[sel][moved] + shift[moved], p), 2.0, peak_sigma_px=sigma
+            )
             for i, pk2 in zip(moved, again):
                 second[i] = pk2
         pncc = _windowed_ncc(extract_patches(ff_bp, centres[sel], p), extract_patches(ma_bp, centres[sel] + shift, p))
@@ -501,8 +536,12 @@ def register_pair(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
             refined = not pk2.at_border and pk2.peak > 0
             r[k] = (sh[0] + pk2.dy, sh[1] + pk2.dx) if refined else (pk.dy, pk.dx)
             patch_ncc[k] = q
-            acc[k] = (not pk.at_border) and pk.peak >= prm.min_peak and pk.peak_ratio >= prm.min_peak_ratio \
+            acc[k] = (
+                (not pk.at_border)
+                and pk.peak >= prm.min_peak
+                and pk.peak_ratio >= prm.min_peak_ratio
                 and q >= prm.min_patch_ncc
+            )
     r = r.reshape(ny, nx, 2) * f  # full-resolution px from here on
     valid = acc.reshape(ny, nx).copy()
     acc = _local_median_filter(r, valid, tol_dev)
@@ -515,8 +554,9 @@ def register_pair(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
         base = affine_apply(lin_fit, nodes) - nodes
     else:
         base = np.broadcast_to(np.median(r[acc], axis=0) if acc.any() else np.zeros(2), r.shape).copy()
-    u = base + (smooth_field(r - base, acc, prm.smoothness, prm.regulariser == "bending", prm.ridge)
-                if acc.any() else 0.0)
+    u = base + (
+        smooth_field(r - base, acc, prm.smoothness, prm.regulariser == "bending", prm.ridge) if acc.any() else 0.0
+    )
     disp = coarse.apply(nodes + u) - nodes
     grid = DisplacementGrid((c, c), float(s * f), disp)
     res = np.hypot(*(u - r)[acc].T) if acc.any() else np.zeros(0)
@@ -534,9 +574,19 @@ def register_pair(fixed: np.ndarray, fmask: np.ndarray, moving: np.ndarray, mmas
     if outliers > prm.max_outlier_fraction:
         reasons.append(f"{outliers:.0%} of the matches off the smooth field by > {tol_res:g} px")
     return PairResult(
-        ok=not reasons, reason="; ".join(reasons), grid=grid, affine=a, n_candidates=n_cand, n_accepted=n_acc,
+        ok=not reasons,
+        reason="; ".join(reasons),
+        grid=grid,
+        affine=a,
+        n_candidates=n_cand,
+        n_accepted=n_acc,
         residual_median_px=float(np.median(res)) if res.size else float("nan"),
         residual_max_px=float(res.max()) if res.size else float("nan"),
-        coarse_peak_ratio=coarse_ratio, ncc_before=before, ncc_after=after,
+        coarse_peak_ratio=coarse_ratio,
+        ncc_before=before,
+        ncc_after=after,
         stats={"n_valid": n_valid, "outlier_fraction": outliers, "coarse_ok": bool(coarse_ok)},
-        patch_ncc=patch_ncc.reshape(ny, nx), accepted=acc, offsets=r)
+        patch_ncc=patch_ncc.reshape(ny, nx),
+        accepted=acc,
+        offsets=r,
+    )

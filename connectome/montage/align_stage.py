@@ -49,6 +49,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -57,8 +58,17 @@ from connectome.config import config_to_dict
 from connectome.montage.align import MatchParams, fold_score, register_pair
 from connectome.montage.align_config import AlignConfig
 from connectome.montage.align_report import write_report  # noqa: F401 (used by the CLI)
-from connectome.montage.align_store import (align_dir, bridge_refs, match_path, n_sections, present_sections,
-                                            section_health, step1_refs, stitch_fingerprint, transform_path)
+from connectome.montage.align_store import (
+    align_dir,
+    bridge_refs,
+    match_path,
+    n_sections,
+    present_sections,
+    section_health,
+    step1_refs,
+    stitch_fingerprint,
+    transform_path,
+)
 from connectome.montage.compose import Compose
 from connectome.montage.store import is_driver_process, open_montages  # noqa: F401 (used by the CLI)
 from connectome.montage.warp import DisplacementGrid
@@ -73,6 +83,7 @@ Config = AlignConfig
 
 # ---------------------------------------------------------------------------------------------
 # step 1 and 2: pair matches
+
 
 @dataclass(frozen=True)
 class MatchSection:
@@ -94,16 +105,28 @@ class MatchSection:
         mmask = np.asarray(coverage[z]) > 0
         fold = fold_score(moving, mmask)
         for r in self.refs[z]:
-            res = register_pair(np.asarray(montage[r]), np.asarray(coverage[r]) > 0, moving, mmask, self.params,
-                                distance=z - r)
+            res = register_pair(
+                np.asarray(montage[r]), np.asarray(coverage[r]) > 0, moving, mmask, self.params, distance=z - r
+            )
             # canvas -> montage frame: P_m(q) = P_c(q + off) - off
             grid = DisplacementGrid(tuple(res.grid.origin_yx - off), res.grid.spacing, res.grid.disp_yx)
             lin = res.affine[:, :2]
             aff = np.hstack([lin, (res.affine[:, 2] + lin @ off - off)[:, None]])
-            info = {"z": z, "ref": r, "ok": res.ok, "reason": res.reason, "n_candidates": res.n_candidates,
-                    "n_accepted": res.n_accepted, "residual_median_px": res.residual_median_px,
-                    "residual_max_px": res.residual_max_px, "coarse_peak_ratio": res.coarse_peak_ratio,
-                    "ncc_before": res.ncc_before, "ncc_after": res.ncc_after, "fold_score": fold, **res.stats}
+            info = {
+                "z": z,
+                "ref": r,
+                "ok": res.ok,
+                "reason": res.reason,
+                "n_candidates": res.n_candidates,
+                "n_accepted": res.n_accepted,
+                "residual_median_px": res.residual_median_px,
+                "residual_max_px": res.residual_max_px,
+                "coarse_peak_ratio": res.coarse_peak_ratio,
+                "ncc_before": res.ncc_before,
+                "ncc_after": res.ncc_after,
+                "fold_score": fold,
+                **res.stats,
+            }
             grid.to_npz(match_path(self.workspace, z, r), affine_yx=aff, info=np.array(json.dumps(info)))
             if self.first_ok and res.ok:
                 break
@@ -133,9 +156,16 @@ def plan_match(workspace: str | Path, config: AlignConfig = AlignConfig(), resta
     n = n_sections(workspace)
     refs = step1_refs(present, n, config.neighbours)
     fp = {"stitch": stitch_fingerprint(attrs), "config": config_to_dict(config), "refs": [list(r) for r in refs]}
-    return Task("align", Path(workspace), BlockGrid((n, 1, 1), (1, 1, 1)),
-                MatchSection(str(workspace), tuple(refs), config.pair), fp, (),
-                max_retries=config.blockwise.max_retries, setup=ResetOnRestart(str(workspace), restart))
+    return Task(
+        "align",
+        Path(workspace),
+        BlockGrid((n, 1, 1), (1, 1, 1)),
+        MatchSection(str(workspace), tuple(refs), config.pair),
+        fp,
+        (),
+        max_retries=config.blockwise.max_retries,
+        setup=ResetOnRestart(str(workspace), restart),
+    )
 
 
 def plan_bridge(workspace: str | Path, config: AlignConfig = AlignConfig()) -> Task:
@@ -144,19 +174,32 @@ def plan_bridge(workspace: str | Path, config: AlignConfig = AlignConfig()) -> T
     n = n_sections(workspace)
     failed, folded = section_health(workspace, present, config.max_fold_score)
     done = step1_refs(present, n, config.neighbours)
-    refs = [tuple(r for r in extra if r not in done[z]) for z, extra in
-            enumerate(bridge_refs(present, n, failed | folded, config.max_skip))]
+    refs = [
+        tuple(r for r in extra if r not in done[z])
+        for z, extra in enumerate(bridge_refs(present, n, failed | folded, config.max_skip))
+    ]
     fp = {"stitch": stitch_fingerprint(attrs), "config": config_to_dict(config), "refs": [list(r) for r in refs]}
     if failed or folded:
-        log.info("align: failed matches at z=%s, folds at z=%s; bridging from up to z-%d", sorted(failed),
-                 sorted(folded), config.max_skip)
-    return Task("align-bridge", Path(workspace), BlockGrid((n, 1, 1), (1, 1, 1)),
-                MatchSection(str(workspace), tuple(refs), config.pair, first_ok=True), fp, (),
-                max_retries=config.blockwise.max_retries)
+        log.info(
+            "align: failed matches at z=%s, folds at z=%s; bridging from up to z-%d",
+            sorted(failed),
+            sorted(folded),
+            config.max_skip,
+        )
+    return Task(
+        "align-bridge",
+        Path(workspace),
+        BlockGrid((n, 1, 1), (1, 1, 1)),
+        MatchSection(str(workspace), tuple(refs), config.pair, first_ok=True),
+        fp,
+        (),
+        max_retries=config.blockwise.max_retries,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # step 3: render
+
 
 @dataclass(frozen=True)
 class RenderBlock:
@@ -185,8 +228,8 @@ class RenderBlock:
             lo_c, hi_c = np.maximum(lo, 0), np.minimum(hi, (hc, wc))
             if np.any(hi_c <= lo_c):
                 continue
-            img = np.asarray(montage[z, lo_c[0]:hi_c[0], lo_c[1]:hi_c[1]]).astype(np.float32)
-            cov = np.asarray(coverage[z, lo_c[0]:hi_c[0], lo_c[1]:hi_c[1]]).astype(np.float32)
+            img = np.asarray(montage[z, lo_c[0] : hi_c[0], lo_c[1] : hi_c[1]]).astype(np.float32)
+            cov = np.asarray(coverage[z, lo_c[0] : hi_c[0], lo_c[1] : hi_c[1]]).astype(np.float32)
             cc = [c[..., 0] - lo_c[0], c[..., 1] - lo_c[1]]
             vals = ndimage.map_coordinates(img, cc, order=self.order, mode="nearest")
             inside = ndimage.map_coordinates(cov, cc, order=0, mode="constant", cval=0.0) > 0
@@ -209,14 +252,18 @@ def plan_render(workspace: str | Path, config: AlignConfig = AlignConfig()) -> T
     ws = Workspace.open(workspace)
     present, attrs = present_sections(workspace)
     shape = ws.shape_zyx
-    bs = tuple(config.blockwise.block_shape_zyx)
-    fp = {"stitch": stitch_fingerprint(attrs), "matches": _matches_digest(workspace),
-          "config": config_to_dict(config)}
-    out = OutputSpec("raw", "uint8", bs, attrs={"aligned_by": "connectome align",
-                                                "interpolation_order": config.interpolation_order})
-    return Task("align-render", ws.path, BlockGrid(shape, bs), RenderBlock(str(ws.path), tuple(present),
-                                                                         config.interpolation_order),
-                fp, (out,), max_retries=config.blockwise.max_retries,
-                setup=Compose(str(ws.path), tuple(present), tuple(shape[1:]), config))
-
-
+    bs = cast("tuple[int, int, int]", tuple(config.blockwise.block_shape_zyx))
+    fp = {"stitch": stitch_fingerprint(attrs), "matches": _matches_digest(workspace), "config": config_to_dict(config)}
+    out = OutputSpec(
+        "raw", "uint8", bs, attrs={"aligned_by": "connectome align", "interpolation_order": config.interpolation_order}
+    )
+    return Task(
+        "align-render",
+        ws.path,
+        BlockGrid(shape, bs),
+        RenderBlock(str(ws.path), tuple(present), config.interpolation_order),
+        fp,
+        (out,),
+        max_retries=config.blockwise.max_retries,
+        setup=Compose(str(ws.path), tuple(present), (shape[1], shape[2]), config),
+    )

@@ -84,8 +84,9 @@ def section_health(workspace, present: list[int], max_fold_score: float) -> tupl
             continue
         m = read_match(workspace, z, p)
         if m is None:
-            raise UserInputError(f"workspace {workspace}: match of section z={z} to z={p} is missing; "
-                                 "rerun `connectome align`")
+            raise UserInputError(
+                f"workspace {workspace}: match of section z={z} to z={p} is missing; rerun `connectome align`"
+            )
         if not m[2]["ok"]:
             failed.add(z)
         if m[2]["fold_score"] > max_fold_score:
@@ -98,7 +99,7 @@ def bridge_refs(present: list[int], n: int, suspect: set[int], max_skip: int) ->
     failed or shows a fold, and the section after such a section, are also matched to the
     earlier sections down to ``z - max_skip`` that are not suspect themselves (the block stops
     at the first good match)."""
-    refs = [tuple() for _ in range(n)]
+    refs: list[tuple[int, ...]] = [tuple() for _ in range(n)]
     for z in present:
         p = prev_section(present, z)
         if p is None:
@@ -110,9 +111,9 @@ def bridge_refs(present: list[int], n: int, suspect: set[int], max_skip: int) ->
 
 def step1_refs(present: list[int], n: int, neighbours: int) -> list[tuple[int, ...]]:
     """Per z (of ``n``): the ``neighbours`` nearest lower sections with a montage, nearest first."""
-    refs = [tuple() for _ in range(n)]
+    refs: list[tuple[int, ...]] = [tuple() for _ in range(n)]
     for i, z in enumerate(present):
-        refs[z] = tuple(reversed(present[max(0, i - neighbours):i]))
+        refs[z] = tuple(reversed(present[max(0, i - neighbours) : i]))
     return refs
 
 

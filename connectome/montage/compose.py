@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 
 from connectome.blockwise.markers import atomic_write_text
-from connectome.montage.align_store import (align_dir, match_path, n_sections, planned_refs, prev_section,
-                                            read_match, section_health, transform_path)
+from connectome.montage.align_store import (
+    align_dir,
+    match_path,
+    n_sections,
+    planned_refs,
+    prev_section,
+    read_match,
+    section_health,
+    transform_path,
+)
 from connectome.montage.warp import DisplacementGrid, affine_apply, identity_grid
 from connectome.montage.zsolve import Edge, solve
 
@@ -21,6 +31,11 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from connectome.montage.align_config import AlignConfig
+
+
+def _affine_displacement(aff: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The displacement ``aff(q) - q`` of an affine (2, 3) matrix, as a function of (n, 2) points."""
+    return lambda q: affine_apply(aff, q) - q
 
 
 def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int], config: "AlignConfig") -> dict:
@@ -44,24 +59,36 @@ def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int],
     def match_edges(z, chosen, usable):
         # the chosen match, plus every other good match of a good section (redundancy); a match
         # over d sections carries d sections' worth of oblique-content motion: weight 1/d
-        picked = [chosen] + [(r, m) for r, m in usable if r != chosen[0] and records[z]["status"] != "bad"
-                             and records[r]["status"] != "bad"]
+        picked = [chosen] + [
+            (r, m)
+            for r, m in usable
+            if r != chosen[0] and records[z]["status"] != "bad" and records[r]["status"] != "bad"
+        ]
         for r, (grid, _, info) in picked:
             edges.append(Edge(z, r, config.drift_prior.match_weight(info["ncc_after"], z - r), grid.displacement))
         has_t.add(z)
 
     for z in present[1:]:
         p = prev_section(present, z)
+        assert p is not None  # present is sorted
         cands = sorted({r for r in refs[z] if match_path(workspace, z, r).is_file()}, reverse=True)
-        usable = [(r, m) for r in cands for m in [read_match(workspace, z, r)] if m[2]["ok"] and r in has_t]
+        usable = [
+            (r, m) for r in cands for m in [read_match(workspace, z, r)] if m is not None and m[2]["ok"] and r in has_t
+        ]  # m is not None: the file exists
         good = [(r, m) for r, m in usable if records[r]["status"] != "bad"]
         # a good reference if there is one; else, rather than giving up, the nearest bad section
         # that has a transform (its own match or its coarse affine)
         chosen = good[0] if good else (usable[0] if usable else None)
         if z in folded:
-            info = read_match(workspace, z, p)[2]
-            records[z] = {"z": z, "status": "bad", "ref": p,
-                          "reason": f"fold score {info['fold_score']:.1f} > {config.max_fold_score}"}
+            m_prev = read_match(workspace, z, p)
+            assert m_prev is not None  # section_health read it
+            info = m_prev[2]
+            records[z] = {
+                "z": z,
+                "status": "bad",
+                "ref": p,
+                "reason": f"fold score {info['fold_score']:.1f} > {config.max_fold_score}",
+            }
             if chosen is not None:  # the fold breaks part of the section: keep its own (elastic) match
                 records[z].update(ref=chosen[0], fallback=f"own match to z={chosen[0]}")
                 match_edges(z, chosen, usable)
@@ -81,29 +108,37 @@ def compose_transforms(workspace, present: list[int], frame_hw: tuple[int, int],
         if m is not None and info.get("coarse_ok") and p in has_t and records[p]["status"] != "bad":
             aff = m[1]
             w = config.drift_prior.match_weight(info["ncc_after"], z - p)
-            edges.append(Edge(z, p, w, lambda q, a=aff: affine_apply(a, q) - q))
+            edges.append(Edge(z, p, w, _affine_displacement(aff)))
             has_t.add(z)
             records[z]["fallback"] = "coarse affine"
     nodes = base.nodes()
     flow: dict = {}
     solved = solve(nodes, ref0, [z for z in present[1:] if z in has_t], edges, config.drift_prior, info=flow)
     if flow:
-        log.info("align: content flow estimated at (%.2f, %.2f) px per section (y, x), kept in the volume",
-                 *flow["flow_yx"])
-        atomic_write_text(align_dir(workspace) / "flow.json", json.dumps(
-            {"flow_px_per_section_yx": flow["flow_yx"], "estimated": bool(config.drift_prior.estimate_flow),
-             "meaning": "mean motion of the content from section z to z+1 (y, x px) that the joint solve attributed "
-                        "to the tissue (oblique structures), not to the sections' placement; it is not aligned away"},
-            indent=1))
+        log.info(
+            "align: content flow estimated at (%.2f, %.2f) px per section (y, x), kept in the volume", *flow["flow_yx"]
+        )
+        atomic_write_text(
+            align_dir(workspace) / "flow.json",
+            json.dumps(
+                {
+                    "flow_px_per_section_yx": flow["flow_yx"],
+                    "estimated": bool(config.drift_prior.estimate_flow),
+                    "meaning": "mean motion of the content from section z to z+1 (y, x px) that the joint solve attributed "
+                    "to the tissue (oblique structures), not to the sections' placement; it is not aligned away",
+                },
+                indent=1,
+            ),
+        )
     transforms = {ref0: base}
     transforms.update({z: DisplacementGrid(base.origin_yx, base.spacing, u) for z, u in solved.items()})
     # bad sections without any transform: interpolate between good neighbours
-    good = [z for z in present if z in transforms and records[z]["status"] != "bad"]
+    good_z = [z for z in present if z in transforms and records[z]["status"] != "bad"]
     for z in present:
         if z in transforms:
             continue
-        lo = [g for g in good if g < z]
-        hi = [g for g in good if g > z]
+        lo = [g for g in good_z if g < z]
+        hi = [g for g in good_z if g > z]
         a = lo[-1] if lo else hi[0]
         b = hi[0] if hi else a
         w = 0.0 if a == b else (z - a) / (b - a)
@@ -127,5 +162,6 @@ class Compose:
 
     def __call__(self) -> None:
         records = compose_transforms(self.workspace, list(self.present), self.frame_hw, self.config)
-        atomic_write_text(align_dir(self.workspace) / "sections.json",
-                          json.dumps([records[z] for z in sorted(records)], indent=1))
+        atomic_write_text(
+            align_dir(self.workspace) / "sections.json", json.dumps([records[z] for z in sorted(records)], indent=1)
+        )

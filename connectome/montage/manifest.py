@@ -32,6 +32,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, overload
 
 import numpy as np
 
@@ -96,6 +97,15 @@ class BadTile:
 # ---------------------------------------------------------------------------------------------
 # the CSV
 
+
+@overload
+def _number(text: str, what: str, where: str, integer: Literal[True]) -> int: ...
+
+
+@overload
+def _number(text: str, what: str, where: str, integer: Literal[False]) -> float: ...
+
+
 def _number(text: str, what: str, where: str, integer: bool) -> float | int:
     try:
         value = float(text)
@@ -126,8 +136,10 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
     header = [h.strip() for h in header]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise UserInputError(f"{p}: missing column(s) {', '.join(missing)} (expected the header "
-                             f"{','.join(COLUMNS)}, got {','.join(header)})")
+        raise UserInputError(
+            f"{p}: missing column(s) {', '.join(missing)} (expected the header "
+            f"{','.join(COLUMNS)}, got {','.join(header)})"
+        )
     idx = {c: header.index(c) for c in COLUMNS}
     base = p.parent
     tiles: list[TileRecord] = []
@@ -147,8 +159,9 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
         y = _number(row[idx["y"]].strip(), "y", where, False)
         key = (section, r, c)
         if key in seen:
-            raise UserInputError(f"{where}: duplicate tile (section {section}, row {r}, col {c}) "
-                                 f"already listed on line {seen[key]}")
+            raise UserInputError(
+                f"{where}: duplicate tile (section {section}, row {r}, col {c}) already listed on line {seen[key]}"
+            )
         seen[key] = lineno
         rel = row[idx["path"]].strip()
         if not rel:
@@ -159,8 +172,10 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
             inside = base.resolve()
             target = tile_path.resolve()
             if target != inside and inside not in target.parents:
-                raise UserInputError(f"{where}: tile path {rel!r} lies outside the manifest's folder {inside}; "
-                                     "use paths relative to it, or pass --allow-absolute-paths")
+                raise UserInputError(
+                    f"{where}: tile path {rel!r} lies outside the manifest's folder {inside}; "
+                    "use paths relative to it, or pass --allow-absolute-paths"
+                )
         tiles.append(TileRecord(section, r, c, str(tile_path), float(x), float(y), lineno))
     listed = {t.section for t in tiles}
     for section in sorted(empty):
@@ -174,6 +189,7 @@ def read_manifest(path: str | Path, allow_outside: bool = False) -> Manifest:
 
 # ---------------------------------------------------------------------------------------------
 # tile images
+
 
 def probe_tile(path: str) -> tuple[tuple[int, int], str]:
     """``((h, w), dtype)`` of a tile image from its header; raises ``ValueError`` with the reason
@@ -240,8 +256,9 @@ def read_tile(tile: TileRecord, spec: TileSpec) -> np.ndarray:
     if data.dtype == np.int32 and spec.dtype == "uint16":  # PIL mode "I"
         data = data.astype(np.uint16)
     if tuple(data.shape) != tuple(spec.shape_hw) or str(data.dtype) != spec.dtype:
-        raise ValueError(f"tile {tile.name}: decoded {list(data.shape)} {data.dtype}, expected "
-                         f"{list(spec.shape_hw)} {spec.dtype}")
+        raise ValueError(
+            f"tile {tile.name}: decoded {list(data.shape)} {data.dtype}, expected {list(spec.shape_hw)} {spec.dtype}"
+        )
     return data
 
 
@@ -259,8 +276,9 @@ def check_tiles(manifest: Manifest, skip_bad_tiles: bool = False) -> tuple[Manif
                 raise UserInputError(f"{item.message()} (pass --skip-bad-tiles to leave it out)") from None
             bad.append(item)
     if not probes:
-        raise UserInputError(f"{manifest.path}: none of the {len(manifest.tiles)} listed tiles is usable "
-                             f"(first: {bad[0].message()})")
+        raise UserInputError(
+            f"{manifest.path}: none of the {len(manifest.tiles)} listed tiles is usable (first: {bad[0].message()})"
+        )
     counts = Counter(probes.values())
     (shape, dtype), _ = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
     spec = TileSpec(shape, dtype)
@@ -270,8 +288,8 @@ def check_tiles(manifest: Manifest, skip_bad_tiles: bool = False) -> tuple[Manif
             continue
         t_shape, t_dtype = probes[tile.key]
         if (t_shape, t_dtype) != (shape, dtype):
-            what = (f"shape {t_shape[0]}x{t_shape[1]} (h x w)" if t_shape != shape else f"dtype {t_dtype}")
-            want = (f"{shape[0]}x{shape[1]}" if t_shape != shape else dtype)
+            what = f"shape {t_shape[0]}x{t_shape[1]} (h x w)" if t_shape != shape else f"dtype {t_dtype}"
+            want = f"{shape[0]}x{shape[1]}" if t_shape != shape else dtype
             item = BadTile(tile, f"{what}, expected {want} like the other {counts[(shape, dtype)]} tiles")
             if not skip_bad_tiles:
                 raise UserInputError(f"{item.message()} (pass --skip-bad-tiles to leave it out)")

@@ -82,36 +82,43 @@ def analyse_surface(corr: np.ndarray, center_yx: tuple[int, int], exclusion_px: 
     best = float(c[iy, ix])
     at_border = iy == 0 or ix == 0 or iy == h - 1 or ix == w - 1
     # second-highest local maximum outside the exclusion zone
-    local_max = (ndimage.maximum_filter(c, size=3, mode="nearest") == c)
+    local_max = ndimage.maximum_filter(c, size=3, mode="nearest") == c
     yy, xx = np.ogrid[:h, :w]
     far = np.maximum(np.abs(yy - iy), np.abs(xx - ix)) > exclusion_px
     candidates = c[local_max & far]
     second = float(candidates.max()) if candidates.size else -np.inf
     ratio = best / second if second > 0 else np.inf
-    ring = c[max(iy - 2, 0):iy + 3, max(ix - 2, 0):ix + 3]
-    ring_mask = np.maximum(np.abs(yy[max(iy - 2, 0):iy + 3] - iy), np.abs(xx[:, max(ix - 2, 0):ix + 3] - ix)) == 2
+    ring = c[max(iy - 2, 0) : iy + 3, max(ix - 2, 0) : ix + 3]
+    ring_mask = np.maximum(np.abs(yy[max(iy - 2, 0) : iy + 3] - iy), np.abs(xx[:, max(ix - 2, 0) : ix + 3] - ix)) == 2
     ring_vals = ring[ring_mask]
     sharp = 1.0 - float(ring_vals.mean()) / best if (ring_vals.size and best > 0) else 0.0
     sy = sx = 0.0
     if not at_border:
         sy = _subpixel(c[iy - 1, ix], best, c[iy + 1, ix])
         sx = _subpixel(c[iy, ix - 1], best, c[iy, ix + 1])
-    return Peak(dy=iy + sy - center_yx[0], dx=ix + sx - center_yx[1], peak=best, peak_ratio=float(ratio),
-                sharpness=sharp, at_border=bool(at_border))
+    return Peak(
+        dy=float(iy + sy - center_yx[0]),
+        dx=float(ix + sx - center_yx[1]),
+        peak=best,
+        peak_ratio=float(ratio),
+        sharpness=sharp,
+        at_border=bool(at_border),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # overlap strips of neighbouring tiles: masked NCC over the variable overlap
 
+
 @dataclass(frozen=True)
 class Candidate:
     """One possible offset of tile b relative to tile a and the evidence for it."""
 
-    offset_yx: tuple[float, float]   # pos_b - pos_a, (y, x) px, subpixel
-    ncc: float                       # NCC of the two tiles over their overlap at this offset
-    z: float                         # significance: atanh(ncc) * sqrt(independent samples - 3)
-    std_yx: tuple[float, float]      # 1-sigma uncertainty of the offset along y and x, px
-    overlap_hw: tuple[int, int]      # size of the overlap at this offset, px
+    offset_yx: tuple[float, float]  # pos_b - pos_a, (y, x) px, subpixel
+    ncc: float  # NCC of the two tiles over their overlap at this offset
+    z: float  # significance: atanh(ncc) * sqrt(independent samples - 3)
+    std_yx: tuple[float, float]  # 1-sigma uncertainty of the offset along y and x, px
+    overlap_hw: tuple[int, int]  # size of the overlap at this offset, px
 
 
 @dataclass(frozen=True)
@@ -130,8 +137,8 @@ class OverlapMatch:
 
     offset_yx: tuple[float, float]
     peak: Peak
-    search_px: int          # the +/- range searched around the nominal offset
-    overlap_px: int         # width of the nominal overlap (the narrow side)
+    search_px: int  # the +/- range searched around the nominal offset
+    overlap_px: int  # width of the nominal overlap (the narrow side)
     ncc: float = 0.0
     z: float = 0.0
     std_yx: tuple[float, float] = (np.inf, np.inf)
@@ -210,8 +217,8 @@ def masked_ncc(a: np.ndarray, b: np.ndarray, d0_yx: tuple[int, int], search_px: 
     cax = (int(xa0[ok_x].min()), int(xa1[ok_x].max()))
     cby = (int(yb0[ok_y].min()), int(yb1[ok_y].max()))
     cbx = (int(xb0[ok_x].min()), int(xb1[ok_x].max()))
-    x = np.asarray(a[cay[0]:cay[1], cax[0]:cax[1]], dtype=np.float64)
-    y = np.asarray(b[cby[0]:cby[1], cbx[0]:cbx[1]], dtype=np.float64)
+    x = np.asarray(a[cay[0] : cay[1], cax[0] : cax[1]], dtype=np.float64)
+    y = np.asarray(b[cby[0] : cby[1], cbx[0] : cbx[1]], dtype=np.float64)
     x = x - x.mean()
     y = y - y.mean()
     n = ov_h[:, None].astype(np.float64) * ov_w[None, :]
@@ -242,8 +249,13 @@ def masked_ncc(a: np.ndarray, b: np.ndarray, d0_yx: tuple[int, int], search_px: 
         var_b = s_bb - s_b * s_b / nn
         ncc = (s_ab - s_a * s_b / nn) / np.sqrt(var_a * var_b)
     tiny = 1e-6 * n * max(float(x.var()), float(y.var()), 1e-12)
-    valid = ((ov_h[:, None] >= min_overlap_px) & (ov_w[None, :] >= min_overlap_px) & (var_a > tiny) &
-             (var_b > tiny) & np.isfinite(ncc))
+    valid = (
+        (ov_h[:, None] >= min_overlap_px)
+        & (ov_w[None, :] >= min_overlap_px)
+        & (var_a > tiny)
+        & (var_b > tiny)
+        & np.isfinite(ncc)
+    )
     ncc = np.where(valid, np.clip(ncc, -1.0, 1.0), np.nan)
     assert ncc.shape == shape
     return ncc, n, valid, dys, dxs, ov_h, ov_w
@@ -251,8 +263,7 @@ def masked_ncc(a: np.ndarray, b: np.ndarray, d0_yx: tuple[int, int], search_px: 
 
 def _bspline3_weights(t: float) -> tuple[float, float, float, float]:
     """Cubic B-spline weights of the nodes at -1, 0, 1, 2 for a point at fraction ``t``."""
-    return ((1 - t) ** 3 / 6.0, (3 * t ** 3 - 6 * t ** 2 + 4) / 6.0, (-3 * t ** 3 + 3 * t ** 2 + 3 * t + 1) / 6.0,
-            t ** 3 / 6.0)
+    return ((1 - t) ** 3 / 6.0, (3 * t**3 - 6 * t**2 + 4) / 6.0, (-3 * t**3 + 3 * t**2 + 3 * t + 1) / 6.0, t**3 / 6.0)
 
 
 def sample_shifted(coeffs: np.ndarray, shift_yx, out_hw) -> np.ndarray:
@@ -271,12 +282,21 @@ def sample_shifted(coeffs: np.ndarray, shift_yx, out_hw) -> np.ndarray:
             sl[axis] = slice(i0 + k, i0 + k + n)
             term = out[tuple(sl)] * wk
             acc = term if acc is None else acc + term
+        assert acc is not None
         out = acc
     return out
 
 
-def refine_offset(a: np.ndarray, b: np.ndarray, d_int: tuple[int, int], iterations: int = 8, cell_px: float = 1.0,
-                  shading: bool = True, start_yx: tuple[float, float] = (0.0, 0.0), tol_px: float = 2e-3):
+def refine_offset(
+    a: np.ndarray,
+    b: np.ndarray,
+    d_int: tuple[int, int],
+    iterations: int = 8,
+    cell_px: float = 1.0,
+    shading: bool = True,
+    start_yx: tuple[float, float] = (0.0, 0.0),
+    tol_px: float = 2e-3,
+):
     """Gauss-Newton (Lucas-Kanade) subpixel offset of b relative to a from the integer offset
     ``d_int``: minimises ``sum_q (a(q + d) - g(q) b(q) - o(q))^2`` over the overlap (less a
     few px along the tile edges: the cubic spline needs 2 px of a, and the smoothing before
@@ -306,7 +326,7 @@ def refine_offset(a: np.ndarray, b: np.ndarray, d_int: tuple[int, int], iteratio
     if by1 - by0 < 3 or bx1 - bx0 < 3:
         return None
     bt = np.asarray(b[by0:by1, bx0:bx1], dtype=np.float64)
-    reg = np.asarray(a[by0 + dy - margin:by1 + dy + margin, bx0 + dx - margin:bx1 + dx + margin], dtype=np.float64)
+    reg = np.asarray(a[by0 + dy - margin : by1 + dy + margin, bx0 + dx - margin : bx1 + dx + margin], dtype=np.float64)
     coeffs = ndimage.spline_filter(reg, order=3, mode="mirror")
     t = bt.ravel()
     n = float(t.size)
@@ -374,14 +394,23 @@ def _peak_cell_px(ncc: np.ndarray, iy: int, ix: int) -> float:
             if 0 <= j[0] < ncc.shape[0] and 0 <= j[1] < ncc.shape[1] and np.isfinite(ncc[j[0], j[1]]):
                 vals.append(ncc[j[0], j[1]])
         rho = float(np.clip(np.mean(vals) / r0, 1e-3, 0.999)) if vals else 0.999
-        ls.append(-2.0 / np.log(rho))     # l^2
+        ls.append(-2.0 / np.log(rho))  # l^2
     return float(np.clip(2 * np.pi * np.sqrt(ls[0] * ls[1]), 1.0, 400.0 * 4))
 
 
-def match_overlap(a: np.ndarray, b: np.ndarray, offset0_yx: tuple[float, float], max_shift_px: int = 32,
-                  min_overlap_px: int = 6, prior_sigma_px: float = 15.0, exclusion_px: int = 2,
-                  n_alternatives: int = 2, min_template_px: int | None = None, quick_search_px: int = 8,
-                  quick_accept_z: float = 8.0) -> OverlapMatch | None:
+def match_overlap(
+    a: np.ndarray,
+    b: np.ndarray,
+    offset0_yx: tuple[float, float],
+    max_shift_px: int = 32,
+    min_overlap_px: int = 6,
+    prior_sigma_px: float = 15.0,
+    exclusion_px: int = 2,
+    n_alternatives: int = 2,
+    min_template_px: int | None = None,
+    quick_search_px: int = 8,
+    quick_accept_z: float = 8.0,
+) -> OverlapMatch | None:
     """Register tile b against tile a around the nominal offset ``offset0_yx`` (b relative to a).
 
     ``a`` and ``b`` are prefiltered images of equal shape. Every integer offset within
@@ -409,17 +438,23 @@ def match_overlap(a: np.ndarray, b: np.ndarray, offset0_yx: tuple[float, float],
         min_overlap_px = int(min_template_px)
     j = int(max_shift_px)
     if 0 < quick_search_px < j:
-        m = _match(a, b, offset0_yx, int(quick_search_px), min_overlap_px, prior_sigma_px, exclusion_px,
-                   n_alternatives)
-        if (m is not None and not m.note and not m.peak.at_border and m.z >= quick_accept_z and
-                m.peak.peak_ratio >= 1.2 and m.peak.sharpness >= 0.02 and
-                max(abs(m.peak.dy), abs(m.peak.dx)) <= quick_search_px - 2):
+        m = _match(a, b, offset0_yx, int(quick_search_px), min_overlap_px, prior_sigma_px, exclusion_px, n_alternatives)
+        if (
+            m is not None
+            and not m.note
+            and not m.peak.at_border
+            and m.z >= quick_accept_z
+            and m.peak.peak_ratio >= 1.2
+            and m.peak.sharpness >= 0.02
+            and max(abs(m.peak.dy), abs(m.peak.dx)) <= quick_search_px - 2
+        ):
             return m
     return _match(a, b, offset0_yx, j, min_overlap_px, prior_sigma_px, exclusion_px, n_alternatives)
 
 
-def _match(a, b, offset0_yx, j: int, min_overlap_px: int, prior_sigma_px: float, exclusion_px: int,
-           n_alternatives: int) -> OverlapMatch | None:
+def _match(
+    a, b, offset0_yx, j: int, min_overlap_px: int, prior_sigma_px: float, exclusion_px: int, n_alternatives: int
+) -> OverlapMatch | None:
     h, w = a.shape
     d0 = (int(round(offset0_yx[0])), int(round(offset0_yx[1])))
     nominal_overlap = int(min(h - abs(d0[0]), w - abs(d0[1])))
@@ -432,8 +467,9 @@ def _match(a, b, offset0_yx, j: int, min_overlap_px: int, prior_sigma_px: float,
     if not wide.any():
         if (ov_h.max() < min_overlap_px) or (ov_w.max() < min_overlap_px):
             return None
-        return OverlapMatch((float(d0[0]), float(d0[1])), Peak(0.0, 0.0, 0.0, 0.0, 0.0, True), j, nominal_overlap,
-                            note="no contrast")
+        return OverlapMatch(
+            (float(d0[0]), float(d0[1])), Peak(0.0, 0.0, 0.0, 0.0, 0.0, True), j, nominal_overlap, note="no contrast"
+        )
     crop = (slice(max(0, d0[0] - j), min(h, h + d0[0] + j)), slice(max(0, d0[1] - j), min(w, w + d0[1] + j)))
     cell = _cell_px(np.asarray(a[crop], dtype=np.float64))
     # selection counts samples up to the nominal overlap only: a larger overlap than planned
@@ -443,19 +479,19 @@ def _match(a, b, offset0_yx, j: int, min_overlap_px: int, prior_sigma_px: float,
     z = np.where(valid, _z(np.nan_to_num(ncc), np.minimum(n_px, nominal_area), cell), np.nan)
     dev2 = (dys[:, None] - d0[0]) ** 2 + (dxs[None, :] - d0[1]) ** 2
     score = np.where(valid, 0.5 * z * np.abs(z) - dev2 / (2.0 * max(prior_sigma_px, 1e-3) ** 2), -np.inf)
-    iy, ix = np.unravel_index(int(np.argmax(score)), score.shape)
+    iy, ix = (int(v) for v in np.unravel_index(int(np.argmax(score)), score.shape))
     # the NCC's own local maximum next to the best score (the score leans to larger overlaps)
     filled = np.where(valid, ncc, -np.inf)
     for _ in range(4):
         y0, y1, x0, x1 = max(iy - 1, 0), min(iy + 2, ncc.shape[0]), max(ix - 1, 0), min(ix + 2, ncc.shape[1])
         win = filled[y0:y1, x0:x1]
-        ky, kx = np.unravel_index(int(np.argmax(win)), win.shape)
+        ky, kx = (int(v) for v in np.unravel_index(int(np.argmax(win)), win.shape))
         if (y0 + ky, x0 + kx) == (iy, ix):
             break
         iy, ix = y0 + ky, x0 + kx
     best = float(ncc[iy, ix])
     hh, ww = ncc.shape
-    nb = valid[max(iy - 1, 0):iy + 2, max(ix - 1, 0):ix + 2]
+    nb = valid[max(iy - 1, 0) : iy + 2, max(ix - 1, 0) : ix + 2]
     at_border = bool(iy == 0 or ix == 0 or iy == hh - 1 or ix == ww - 1 or not nb.all() or not wide[iy, ix])
     # main lobe: connected offsets around the peak above halfway from the median to the peak
     floor = float(np.nanmedian(ncc))
@@ -481,20 +517,25 @@ def _match(a, b, offset0_yx, j: int, min_overlap_px: int, prior_sigma_px: float,
         off, ncc_reg, std = sub
     else:
         off, ncc_reg, std = (d_int[0] + sy, d_int[1] + sx), best, (1.0, 1.0)
-    pk = Peak(dy=off[0] - d0[0], dx=off[1] - d0[1], peak=best, peak_ratio=float(ratio), sharpness=sharp,
-              at_border=at_border)
+    pk = Peak(
+        dy=off[0] - d0[0], dx=off[1] - d0[1], peak=best, peak_ratio=float(ratio), sharpness=sharp, at_border=at_border
+    )
     area = float(ov_h[iy] * ov_w[ix])
     z_reg = float(_z(ncc_reg, area, peak_cell))
-    alts = []
+    alts: list[Candidate] = []
     if n_alternatives > 0 and local_max.any() and z_reg > 0 and not at_border:
         order = np.argsort(-np.where(local_max, score, -np.inf), axis=None)
-        for flat in order[:4 * n_alternatives]:
-            ay, ax = np.unravel_index(int(flat), score.shape)
+        for flat in order[: 4 * n_alternatives]:
+            ay, ax = (int(v) for v in np.unravel_index(int(flat), score.shape))
             if not local_max[ay, ax] or len(alts) >= n_alternatives:
                 break
-            if ay in (0, hh - 1) or ax in (0, ww - 1) or not valid[max(ay - 1, 0):ay + 2, max(ax - 1, 0):ax + 2].all():
+            if (
+                ay in (0, hh - 1)
+                or ax in (0, ww - 1)
+                or not valid[max(ay - 1, 0) : ay + 2, max(ax - 1, 0) : ax + 2].all()
+            ):
                 continue
-            if z[ay, ax] < 0.6 * z_reg:    # z with the texture's cell is an upper bound
+            if z[ay, ax] < 0.6 * z_reg:  # z with the texture's cell is an upper bound
                 continue
             alt_cell = max(cell, _peak_cell_px(ncc, ay, ax))
             z_alt = float(_z(ncc[ay, ax], float(ov_h[ay] * ov_w[ax]), alt_cell))
@@ -503,22 +544,32 @@ def _match(a, b, offset0_yx, j: int, min_overlap_px: int, prior_sigma_px: float,
             r = refine_offset(a, b, (int(dys[ay]), int(dxs[ax])), cell_px=alt_cell)
             if r is None:
                 continue
-            alts.append(Candidate(r[0], r[1], float(_z(r[1], float(ov_h[ay] * ov_w[ax]), alt_cell)), r[2],
-                                  (int(ov_h[ay]), int(ov_w[ax]))))
-    return OverlapMatch(off, pk, j, nominal_overlap, float(ncc_reg), z_reg, std, (int(ov_h[iy]), int(ov_w[ix])),
-                        tuple(alts))
+            alts.append(
+                Candidate(
+                    r[0],
+                    r[1],
+                    float(_z(r[1], float(ov_h[ay] * ov_w[ax]), alt_cell)),
+                    r[2],
+                    (int(ov_h[ay]), int(ov_w[ax])),
+                )
+            )
+    return OverlapMatch(
+        off, pk, j, nominal_overlap, float(ncc_reg), z_reg, std, (int(ov_h[iy]), int(ov_w[ix])), tuple(alts)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # square patches (section alignment)
+
 
 def hann2d(n: int) -> np.ndarray:
     w = np.hanning(n + 2)[1:-1]
     return np.outer(w, w).astype(np.float32)
 
 
-def phase_correlate(fixed: np.ndarray, moving: np.ndarray, max_shift_px: float, peak_sigma_px: float = 1.0,
-                    exclusion_px: int = 3) -> list[Peak]:
+def phase_correlate(
+    fixed: np.ndarray, moving: np.ndarray, max_shift_px: float, peak_sigma_px: float = 1.0, exclusion_px: int = 3
+) -> list[Peak]:
     """Displacements of ``moving`` relative to ``fixed`` for stacks of square patches
     ``(n, P, P)``: windowed (Hann) phase correlation whose peak is smoothed by a Gaussian of
     ``peak_sigma_px`` (so the three-point Gaussian fit is nearly unbiased), searched within
@@ -537,11 +588,13 @@ def phase_correlate(fixed: np.ndarray, moving: np.ndarray, max_shift_px: float, 
     cross /= np.maximum(mag, 1e-6 * np.maximum(mag.max(axis=(1, 2), keepdims=True), 1e-12))
     ky = np.fft.fftfreq(p)[:, None]
     kx = np.fft.rfftfreq(p)[None, :]
-    cross *= np.exp(-2 * (np.pi * peak_sigma_px) ** 2 * (ky ** 2 + kx ** 2)).astype(np.float32)
+    cross *= np.exp(-2 * (np.pi * peak_sigma_px) ** 2 * (ky**2 + kx**2)).astype(np.float32)
     corr = np.fft.irfft2(cross, s=(p, p))
     corr = np.fft.fftshift(corr, axes=(1, 2))  # displacement 0 at [p//2, p//2]
     # normalise so that a perfect match peaks at 1
-    gain = np.exp(-2 * (np.pi * peak_sigma_px) ** 2 * (np.fft.fftfreq(p)[:, None] ** 2 + np.fft.fftfreq(p)[None, :] ** 2)).mean()
+    gain = np.exp(
+        -2 * (np.pi * peak_sigma_px) ** 2 * (np.fft.fftfreq(p)[:, None] ** 2 + np.fft.fftfreq(p)[None, :] ** 2)
+    ).mean()
     corr /= gain
     r = int(min(np.ceil(max_shift_px) + 1, p // 2 - 1))
     cen = p // 2
@@ -550,6 +603,6 @@ def phase_correlate(fixed: np.ndarray, moving: np.ndarray, max_shift_px: float, 
         if not np.any(f[i]) or not np.any(m[i]):
             out.append(Peak(0.0, 0.0, 0.0, 0.0, 0.0, True))
             continue
-        sub = corr[i, cen - r:cen + r + 1, cen - r:cen + r + 1]
+        sub = corr[i, cen - r : cen + r + 1, cen - r : cen + r + 1]
         out.append(analyse_surface(sub, (r, r), exclusion_px))
     return out

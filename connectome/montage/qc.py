@@ -78,8 +78,9 @@ def overlay(earlier: np.ndarray, later: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def write_preview(path: str | Path, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray],
-                  max_side: int = 1024) -> None:
+def write_preview(
+    path: str | Path, before: tuple[np.ndarray, np.ndarray], after: tuple[np.ndarray, np.ndarray], max_side: int = 1024
+) -> None:
     """Before | after red-green overlays side by side, downsampled to at most ``max_side``."""
     from PIL import Image
 
@@ -87,8 +88,8 @@ def write_preview(path: str | Path, before: tuple[np.ndarray, np.ndarray], after
     h = max(left.shape[0], right.shape[0])
     gap = 8
     canvas = np.full((h, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
-    canvas[:left.shape[0], :left.shape[1]] = left
-    canvas[:right.shape[0], left.shape[1] + gap:] = right
+    canvas[: left.shape[0], : left.shape[1]] = left
+    canvas[: right.shape[0], left.shape[1] + gap :] = right
     step = max(1, int(math.ceil(max(canvas.shape[:2]) / max_side)))
     img = Image.fromarray(canvas[::step, ::step])
     buf = io.BytesIO()

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def _ramp(n: int, frac: float, feather_px: float) -> np.ndarray:
     """Weights along one axis for the tile samples at ``k - frac``, k = 0..n-1."""
     t = np.arange(n, dtype=np.float64) - frac
-    inside = (t >= -0.5) & (t < n - 0.5)   # the tile's pixels cover +/-0.5 px around their centres
+    inside = (t >= -0.5) & (t < n - 0.5)  # the tile's pixels cover +/-0.5 px around their centres
     d = np.clip(np.minimum(t, n - 1 - t), 0.0, None) + 1.0
     return np.where(inside, np.clip(d / max(feather_px, 1e-6), 0.0, 1.0), 0.0).astype(np.float32)
 
@@ -45,8 +45,9 @@ def overlap_boxes(pos_a, pos_b, shape_hw) -> tuple[tuple[slice, slice], tuple[sl
     return (slice(y0, y1), slice(x0, x1)), (slice(y0 - d[0], y1 - d[0]), slice(x0 - d[1], x1 - d[1]))
 
 
-def estimate_gains(tiles: list[np.ndarray], positions_yx: np.ndarray, pairs: list[tuple[int, int]],
-                   prior_weight: float = 1e-2) -> np.ndarray:
+def estimate_gains(
+    tiles: list[np.ndarray], positions_yx: np.ndarray, pairs: list[tuple[int, int]], prior_weight: float = 1e-2
+) -> np.ndarray:
     """Multiplicative tile gains that equalise the mean intensity of the overlaps.
 
     For every pair the means ``m_a, m_b`` of the two tiles over their common area give the
@@ -89,9 +90,15 @@ def _shift_tile(tile: np.ndarray, frac_yx, order: int) -> np.ndarray:
     return sample_shifted(coeffs, (pad - float(frac_yx[0]), pad - float(frac_yx[1])), tile.shape)
 
 
-def render_montage(tiles: list[np.ndarray], positions_yx: np.ndarray, gains: np.ndarray,
-                   canvas_hw: tuple[int, int], offset_yx: tuple[int, int], feather_px: float,
-                   order: int = 3) -> tuple[np.ndarray, np.ndarray, int]:
+def render_montage(
+    tiles: list[np.ndarray],
+    positions_yx: np.ndarray,
+    gains: np.ndarray,
+    canvas_hw: tuple[int, int],
+    offset_yx: tuple[int, int],
+    feather_px: float,
+    order: int = 3,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """(montage float32, coverage bool, number of tiles clipped by the canvas)."""
     num = np.zeros(canvas_hw, dtype=np.float32)
     den = np.zeros(canvas_hw, dtype=np.float32)
@@ -117,7 +124,7 @@ def render_montage(tiles: list[np.ndarray], positions_yx: np.ndarray, gains: np.
     covered = den > 0
     montage = np.zeros(canvas_hw, dtype=np.float32)
     rows, cols = np.flatnonzero(covered.any(axis=1)), np.flatnonzero(covered.any(axis=0))
-    if rows.size:   # only the tiles' bounding box needs the division
+    if rows.size:  # only the tiles' bounding box needs the division
         box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         np.divide(num[box], den[box], out=montage[box], where=covered[box])
     return montage, covered, clipped

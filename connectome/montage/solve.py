@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 #: above this many tiles in a section the solve is sparse and the loop check uses plain
 #: residuals instead of leave-one-out ones (the dense inverse would cost n^3)
 DENSE_MAX_TILES = 1500
@@ -74,31 +73,44 @@ class PairEq:
 
 @dataclass(frozen=True)
 class Solution:
-    positions_yx: np.ndarray        # (n, 2) float64
-    residual_px: np.ndarray         # (n_pairs,) |p_b - p_a - d| for every pair (used or not)
-    used: np.ndarray                # (n_pairs,) bool: kept in the final solve
-    component: np.ndarray           # (n,) int: group id (0 = main group)
+    positions_yx: np.ndarray  # (n, 2) float64
+    residual_px: np.ndarray  # (n_pairs,) |p_b - p_a - d| for every pair (used or not)
+    used: np.ndarray  # (n_pairs,) bool: kept in the final solve
+    component: np.ndarray  # (n,) int: group id (0 = main group)
     n_dropped: int
-    offsets_yx: np.ndarray = field(default=None)   # (n_pairs, 2) the offset finally used per pair
-    chosen: np.ndarray = field(default=None)       # (n_pairs,) 0 = primary offset, k = alternative k
-    loop_residual_px: np.ndarray = field(default=None)  # (n_pairs,) leave-one-out |t|; nan = on no loop
-    reasons: tuple = ()                             # (n_pairs,) why a pair was not used ("" if used)
+    offsets_yx: np.ndarray | None = field(default=None)  # (n_pairs, 2) the offset finally used per pair
+    chosen: np.ndarray | None = field(default=None)  # (n_pairs,) 0 = primary offset, k = alternative k
+    loop_residual_px: np.ndarray | None = field(default=None)  # (n_pairs,) leave-one-out |t|; nan = on no loop
+    reasons: tuple = ()  # (n_pairs,) why a pair was not used ("" if used)
 
 
-def _solve_axis(n: int, a: np.ndarray, b: np.ndarray, d: np.ndarray, w: np.ndarray, nominal: np.ndarray,
-                prior_weight: float, want_leverage: bool = False):
+def _solve_axis(
+    n: int,
+    a: np.ndarray,
+    b: np.ndarray,
+    d: np.ndarray,
+    w: np.ndarray,
+    nominal: np.ndarray,
+    prior_weight: float,
+    want_leverage: bool = False,
+):
     """Minimise sum_e w_e (p[b_e] - p[a_e] - d_e)^2 + prior_weight * sum_i (p_i - nominal_i)^2.
     Returns p (and the leverage of every edge if asked)."""
     keep = w > 0
     a, b, d, w = a[keep], b[keep], d[keep], w[keep]
     rhs = prior_weight * nominal + np.bincount(b, w * d, n) - np.bincount(a, w * d, n)
-    if n > DENSE_MAX_TILES:   # sparse; leverage taken as 0 (plain residuals)
+    if n > DENSE_MAX_TILES:  # sparse; leverage taken as 0 (plain residuals)
         from scipy.sparse import coo_matrix
         from scipy.sparse.linalg import spsolve
 
         diag = np.full(n, prior_weight) + np.bincount(a, w, n) + np.bincount(b, w, n)
-        mat = coo_matrix((np.concatenate([-w, -w, diag]), (np.concatenate([a, b, np.arange(n)]),
-                                                            np.concatenate([b, a, np.arange(n)]))), shape=(n, n))
+        mat = coo_matrix(
+            (
+                np.concatenate([-w, -w, diag]),
+                (np.concatenate([a, b, np.arange(n)]), np.concatenate([b, a, np.arange(n)])),
+            ),
+            shape=(n, n),
+        )
         pos = np.asarray(spsolve(mat.tocsr(), rhs), dtype=np.float64).reshape(n)
         return pos, (np.zeros(len(keep)) if want_leverage else None)
     mat = np.zeros((n, n))
@@ -165,9 +177,17 @@ def bridges(n: int, ia: np.ndarray, ib: np.ndarray, used: np.ndarray) -> np.ndar
     return out
 
 
-def solve_positions(nominal_yx: np.ndarray, pairs: list[PairEq], ref: int, max_residual_px: float = 3.0,
-                    prior_weight: float = 1e-6, origin_offset_yx: tuple[float, float] | None = None,
-                    jitter_px: float = 15.0, min_std_px: float = 0.05, max_std_px: float = 5.0) -> Solution:
+def solve_positions(
+    nominal_yx: np.ndarray,
+    pairs: list[PairEq],
+    ref: int,
+    max_residual_px: float = 3.0,
+    prior_weight: float = 1e-6,
+    origin_offset_yx: tuple[float, float] | None = None,
+    jitter_px: float = 15.0,
+    min_std_px: float = 0.05,
+    max_std_px: float = 5.0,
+) -> Solution:
     """Tile positions from pairwise offsets (see the module docstring).
 
     ``nominal_yx`` (n, 2); ``ref`` the index of the reference tile; ``origin_offset_yx`` the
@@ -200,7 +220,11 @@ def solve_positions(nominal_yx: np.ndarray, pairs: list[PairEq], ref: int, max_r
 
     def rank(k: int) -> tuple:
         p = pairs[k]
-        return (p.strong, not p.ambiguous, 0.5 * p.score * abs(p.score) - 0.5 * (p.deviation_px / max(jitter_px, 1.0)) ** 2)
+        return (
+            p.strong,
+            not p.ambiguous,
+            0.5 * p.score * abs(p.score) - 0.5 * (p.deviation_px / max(jitter_px, 1.0)) ** 2,
+        )
 
     while True:
         pos, lev = solve(m > 0)
@@ -222,8 +246,11 @@ def solve_positions(nominal_yx: np.ndarray, pairs: list[PairEq], ref: int, max_r
             k = min(suspects, key=rank)
             implied = dd[k] + t[k]
             options = [(pairs[k].offset_yx, pairs[k].std_yx)] + list(pairs[k].alternatives)
-            fits = [(float(np.hypot(*(np.asarray(off) - implied))), j) for j, (off, _s) in enumerate(options)
-                    if j != chosen[k] and j not in tried[k]]
+            fits = [
+                (float(np.hypot(*(np.asarray(off) - implied))), j)
+                for j, (off, _s) in enumerate(options)
+                if j != chosen[k] and j not in tried[k]
+            ]
             fits = [f for f in fits if f[0] <= max_residual_px]
             if fits:
                 j = min(fits)[1]
@@ -233,7 +260,7 @@ def solve_positions(nominal_yx: np.ndarray, pairs: list[PairEq], ref: int, max_r
                 std[k] = np.clip(options[j][1], min_std_px, max_std_px)
                 continue
             used[k] = False
-            reasons[k] = (f"dropped: loop does not close (offset {tn[k]:.1f} px from what the other pairs imply)")
+            reasons[k] = f"dropped: loop does not close (offset {tn[k]:.1f} px from what the other pairs imply)"
             dropped += 1
             continue
         # weak pairs need a loop that closes
@@ -241,8 +268,10 @@ def solve_positions(nominal_yx: np.ndarray, pairs: list[PairEq], ref: int, max_r
         if weak_alone:
             for k in weak_alone:
                 used[k] = False
-                reasons[k] = (f"dropped: weak match (z {pairs[k].score:.1f}) on no loop of matched tiles, so "
-                              f"unconfirmed ({pairs[k].deviation_px:.1f} px from the nominal offset)")
+                reasons[k] = (
+                    f"dropped: weak match (z {pairs[k].score:.1f}) on no loop of matched tiles, so "
+                    f"unconfirmed ({pairs[k].deviation_px:.1f} px from the nominal offset)"
+                )
                 dropped += 1
             continue
         break
@@ -260,7 +289,8 @@ def solve_positions(nominal_yx: np.ndarray, pairs: list[PairEq], ref: int, max_r
     relabel = {c: i for i, c in enumerate(order)}
     comp = np.array([relabel[c] for c in comp], dtype=int)
     origin = pos[ref] + (np.asarray(origin_offset_yx, dtype=np.float64) if origin_offset_yx is not None else 0.0)
-    pos = pos - origin
-    res = np.hypot(*(pos[ib] - pos[ia] - dd).T) if m else np.zeros(0)
+    # a new name, not pos: mypy reports a name reassigned after a ``while True`` loop as used before definition
+    positions = pos - origin
+    res = np.hypot(*(positions[ib] - positions[ia] - dd).T) if m else np.zeros(0)
     loo = np.where(used, loo, np.nan)
-    return Solution(pos, res, used, comp, dropped, dd, chosen, loo, tuple(reasons))
+    return Solution(positions, res, used, comp, dropped, dd, chosen, loo, tuple(reasons))

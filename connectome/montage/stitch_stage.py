@@ -86,7 +86,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -96,8 +96,13 @@ from connectome.config import config_to_dict
 from connectome.errors import UserInputError
 from connectome.montage.manifest import Manifest, TileRecord, TileSpec, check_tiles, read_manifest, read_tile
 from connectome.montage.stitch_report import write_tables  # noqa: F401 (used by the CLI)
-from connectome.montage.store import (_open_montages, is_driver_process, montages_path,  # noqa: F401
-                                      open_montages, section_result_path)
+from connectome.montage.store import (  # noqa: F401
+    _open_montages,
+    is_driver_process,
+    montages_path,
+    open_montages,
+    section_result_path,
+)
 from connectome.stages.intensity import IntensityMap
 
 log = logging.getLogger(__name__)
@@ -159,8 +164,11 @@ class StitchConfig:
             raise ValueError(f"voxel_size_nm must be positive, got {list(self.voxel_size_nm)}")
         if self.frame_shape_yx is not None and any(v <= 0 for v in self.frame_shape_yx):
             raise ValueError(f"frame_shape_yx must be positive, got {list(self.frame_shape_yx)}")
-        if (self.max_shift_px is not None and self.max_shift_px < 1) or self.min_overlap_px < 3 or \
-                (self.min_template_px is not None and self.min_template_px < 3):
+        if (
+            (self.max_shift_px is not None and self.max_shift_px < 1)
+            or self.min_overlap_px < 3
+            or (self.min_template_px is not None and self.min_template_px < 3)
+        ):
             raise ValueError("max_shift_px must be >= 1 and min_overlap_px (min_template_px) >= 3")
         if not self.stage_jitter_px >= 0 or not 0 <= self.min_z <= self.strong_z:
             raise ValueError("stage_jitter_px must be >= 0 and 0 <= min_z <= strong_z")
@@ -244,7 +252,7 @@ def _layout(manifest: Manifest, full: Manifest, spec: TileSpec, cfg: StitchConfi
     hi = np.array([-np.inf, -np.inf])
     overlaps = []
     ref_section = sections[0]
-    frame = None
+    frame: tuple[int, int] | None = None
     for s in sections:
         tiles = manifest.section_tiles(s)
         rel = _nominal_rel(tiles, full.section_tiles(s))
@@ -257,10 +265,11 @@ def _layout(manifest: Manifest, full: Manifest, spec: TileSpec, cfg: StitchConfi
             ext = rel.max(axis=0) + (h, w)
             frame = (int(math.ceil(ext[0] - 1e-9)), int(math.ceil(ext[1] - 1e-9)))
     if cfg.frame_shape_yx is not None:
-        frame = tuple(int(v) for v in cfg.frame_shape_yx)
+        frame = cast("tuple[int, int]", tuple(int(v) for v in cfg.frame_shape_yx))
     offset = (int(math.ceil(cfg.margin_px - min(lo[0], 0))), int(math.ceil(cfg.margin_px - min(lo[1], 0))))
     canvas = (int(math.ceil(hi[0])) + offset[0] + cfg.margin_px, int(math.ceil(hi[1])) + offset[1] + cfg.margin_px)
     feather = cfg.feather_px if cfg.feather_px is not None else (float(np.median(overlaps)) if overlaps else 1.0)
+    assert frame is not None  # set by the reference section
     return Layout(first, last - first + 1, ref_section, (h, w), canvas, offset, frame, max(1.0, feather))
 
 
@@ -283,12 +292,13 @@ def _intensity(manifest: Manifest, spec: TileSpec) -> IntensityMap:
 # ---------------------------------------------------------------------------------------------
 # one section
 
+
 @dataclass(frozen=True)
 class StitchSection:
     """Block processor: stitch the section of one block."""
 
     workspace: str
-    tiles: tuple[tuple[TileRecord, ...], ...]     # per z index (may be empty: missing section)
+    tiles: tuple[tuple[TileRecord, ...], ...]  # per z index (may be empty: missing section)
     origins: tuple[Optional[tuple[float, float]], ...]  # nominal (y, x) of tile (0, 0) per z, if listed
     spec: TileSpec
     intensity: IntensityMap
@@ -298,12 +308,20 @@ class StitchSection:
     def __call__(self, block: Block) -> None:
         z = block.index_zyx[0]
         with _one_blas_thread():
-            result = stitch_section(z, self.tiles[z], self.origins[z], self.spec, self.intensity, self.layout,
-                                    self.config, montages_path(self.workspace))
+            result = stitch_section(
+                z,
+                self.tiles[z],
+                self.origins[z],
+                self.spec,
+                self.intensity,
+                self.layout,
+                self.config,
+                montages_path(self.workspace),
+            )
         atomic_write_text(section_result_path(self.workspace, z), json.dumps(result, indent=1))
 
 
-_BLAS = []
+_BLAS: list[Any] = []  # [threadpoolctl's ThreadpoolController, or None]
 
 
 def _one_blas_thread():
@@ -314,6 +332,7 @@ def _one_blas_thread():
     if not _BLAS:
         try:
             from threadpoolctl import ThreadpoolController
+
             _BLAS.append(ThreadpoolController())
         except ImportError:  # optional
             _BLAS.append(None)
@@ -335,7 +354,7 @@ _ARRAYS: dict = {}
 def _montage_arrays(montage_store: Path):
     """(montage, coverage) arrays of the store, opened once per process (opening costs a few ms
     per section); reopened when the store was recreated (its metadata files changed)."""
-    stamp = []
+    stamp: list[tuple[int, int, int] | None] = []
     for name in ("zarr.json", "montage/zarr.json", "coverage/zarr.json"):
         try:
             st = (Path(montage_store) / name).stat()
@@ -350,8 +369,16 @@ def _montage_arrays(montage_store: Path):
     return _ARRAYS[key]
 
 
-def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSpec, intensity: IntensityMap,
-                   layout: Layout, cfg: StitchConfig, montage_store: Path) -> dict:
+def stitch_section(
+    z: int,
+    tiles: tuple[TileRecord, ...],
+    origin00,
+    spec: TileSpec,
+    intensity: IntensityMap,
+    layout: Layout,
+    cfg: StitchConfig,
+    montage_store: Path,
+) -> dict:
     """Register, solve, render and store one section; returns its result record."""
     from connectome.montage.pairwise import match_overlap, prefilter
     from connectome.montage.render import estimate_gains, render_montage
@@ -361,7 +388,14 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
     arrays = _montage_arrays(montage_store)
     canvas = np.zeros(layout.canvas_hw, dtype=np.uint8)
     covered = np.zeros(layout.canvas_hw, dtype=np.uint8)
-    record = {"section": section, "z": z, "status": "missing", "tiles": [], "pairs": [], "bad_tiles": []}
+    record: dict[str, Any] = {
+        "section": section,
+        "z": z,
+        "status": "missing",
+        "tiles": [],
+        "pairs": [],
+        "bad_tiles": [],
+    }
     tiles = tuple(sorted(tiles, key=lambda t: (t.row, t.col)))
     images, kept = [], []
     for t in tiles:
@@ -381,13 +415,25 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
         filtered = [prefilter(im, cfg.smooth_sigma_px, cfg.highpass_sigma_px) for im in images]
         pair_idx = neighbour_pairs(nominal, spec.shape_hw, cfg.min_overlap_fraction)
         search, min_ov, jitter = cfg.search_px, cfg.overlap_min_px, float(cfg.stage_jitter_px)
+        rows: list[dict[str, Any]]
+        eqs: list[PairEq]
+        eq_rows: list[int]
+        row: dict[str, Any]
         rows, eqs, eq_rows = [], [], []
         for a, b in pair_idx:
             d0 = nominal[b] - nominal[a]
-            m = match_overlap(filtered[a], filtered[b], (float(d0[0]), float(d0[1])), search, min_ov,
-                              prior_sigma_px=max(jitter, 1.0))
-            row = {"row_a": kept[a].row, "col_a": kept[a].col, "row_b": kept[b].row, "col_b": kept[b].col,
-                   "nominal_dx": float(d0[1]), "nominal_dy": float(d0[0]), "search_px": search}
+            m = match_overlap(
+                filtered[a], filtered[b], (float(d0[0]), float(d0[1])), search, min_ov, prior_sigma_px=max(jitter, 1.0)
+            )
+            row = {
+                "row_a": kept[a].row,
+                "col_a": kept[a].col,
+                "row_b": kept[b].row,
+                "col_b": kept[b].col,
+                "nominal_dx": float(d0[1]),
+                "nominal_dy": float(d0[0]),
+                "search_px": search,
+            }
             reasons = []
             if m is None:
                 reasons.append(f"no overlap of >= {min_ov} px within +/-{search} px of the nominal offset")
@@ -396,30 +442,57 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
             else:
                 pk = m.peak
                 dev = float(np.hypot(m.offset_yx[0] - d0[0], m.offset_yx[1] - d0[1]))
-                row.update(dx=m.offset_yx[1], dy=m.offset_yx[0], ncc=m.ncc, z=m.z,
-                           peak_ratio=min(pk.peak_ratio, 99.0), sharpness=pk.sharpness, deviation_px=dev,
-                           std_px=float(np.hypot(*m.std_yx)) if np.all(np.isfinite(m.std_yx)) else float("nan"),
-                           overlap_px=int(min(m.overlap_hw)), alternatives=len(m.alternatives))
+                row.update(
+                    dx=m.offset_yx[1],
+                    dy=m.offset_yx[0],
+                    ncc=m.ncc,
+                    z=m.z,
+                    peak_ratio=min(pk.peak_ratio, 99.0),
+                    sharpness=pk.sharpness,
+                    deviation_px=dev,
+                    std_px=float(np.hypot(*m.std_yx)) if np.all(np.isfinite(m.std_yx)) else float("nan"),
+                    overlap_px=int(min(m.overlap_hw)),
+                    alternatives=len(m.alternatives),
+                )
                 if pk.at_border:
-                    reasons.append(f"peak at the edge of the search (+/-{search} px, overlap >= {min_ov} px): "
-                                   "the tiles may not overlap there")
+                    reasons.append(
+                        f"peak at the edge of the search (+/-{search} px, overlap >= {min_ov} px): "
+                        "the tiles may not overlap there"
+                    )
                 elif m.z < cfg.min_z or m.ncc < cfg.min_ncc:
-                    reasons.append(f"no significant match (z {m.z:.1f}, need >= {cfg.min_z:g}; ncc {m.ncc:.2f})"
-                                   if m.z < cfg.min_z else f"ncc {m.ncc:.2f} < {cfg.min_ncc:g}")
+                    reasons.append(
+                        f"no significant match (z {m.z:.1f}, need >= {cfg.min_z:g}; ncc {m.ncc:.2f})"
+                        if m.z < cfg.min_z
+                        else f"ncc {m.ncc:.2f} < {cfg.min_ncc:g}"
+                    )
             if reasons:
                 row["evidence"] = "none"
             else:
+                assert m is not None  # else a reason above
                 strong = m.z >= cfg.strong_z
                 ambiguous = m.peak.peak_ratio < cfg.min_peak_ratio or m.peak.sharpness < cfg.min_sharpness
                 row["evidence"] = ("strong" if strong else "weak") + (" ambiguous" if ambiguous else "")
                 eq_rows.append(len(rows))
-                eqs.append(PairEq(a, b, m.offset_yx, m.std_yx, strong, ambiguous,
-                                  tuple((c.offset_yx, c.std_yx) for c in m.alternatives), m.z, row["deviation_px"]))
+                eqs.append(
+                    PairEq(
+                        a,
+                        b,
+                        m.offset_yx,
+                        m.std_yx,
+                        strong,
+                        ambiguous,
+                        tuple((c.offset_yx, c.std_yx) for c in m.alternatives),
+                        m.z,
+                        row["deviation_px"],
+                    )
+                )
             row["accepted"] = not reasons
             row["reason"] = "; ".join(reasons)
             rows.append(row)
-        sol = solve_positions(nominal, eqs, ref, cfg.max_residual_px, origin_offset_yx=origin_offset,
-                              jitter_px=max(jitter, 1.0))
+        sol = solve_positions(
+            nominal, eqs, ref, cfg.max_residual_px, origin_offset_yx=origin_offset, jitter_px=max(jitter, 1.0)
+        )
+        assert sol.loop_residual_px is not None and sol.chosen is not None  # solve_positions sets them
         for row in rows:
             row["used"] = False
         for k, r_i in enumerate(eq_rows):
@@ -429,18 +502,27 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
             row["loop_residual_px"] = float(sol.loop_residual_px[k])
             if sol.chosen[k]:
                 alt = eqs[k].alternatives[sol.chosen[k] - 1][0]
-                row.update(dx=float(alt[1]), dy=float(alt[0]),
-                           deviation_px=float(np.hypot(alt[0] - row["nominal_dy"], alt[1] - row["nominal_dx"])))
+                row.update(
+                    dx=float(alt[1]),
+                    dy=float(alt[0]),
+                    deviation_px=float(np.hypot(alt[0] - row["nominal_dy"], alt[1] - row["nominal_dx"])),
+                )
                 row["reason"] = f"alternative peak {sol.chosen[k]} chosen: it closes the loops"
             if not sol.used[k]:
                 row["reason"] = sol.reasons[k]
         used_pairs = [(e.a, e.b) for e, u in zip(eqs, sol.used) if u]
-        gains = (estimate_gains(images, sol.positions_yx, used_pairs) if cfg.gain_correction
-                 else np.ones(len(images)))
+        gains = estimate_gains(images, sol.positions_yx, used_pairs) if cfg.gain_correction else np.ones(len(images))
         # nominal positions in the solved frame, for the table
         nominal_solved = nominal - (nominal[ref] + (np.asarray(origin_offset) if origin_offset else 0.0))
-        img, cov, clipped = render_montage(images, sol.positions_yx, gains, layout.canvas_hw, layout.offset_yx,
-                                           layout.feather_px, order=cfg.interpolation_order)
+        img, cov, clipped = render_montage(
+            images,
+            sol.positions_yx,
+            gains,
+            layout.canvas_hw,
+            layout.offset_yx,
+            layout.feather_px,
+            order=cfg.interpolation_order,
+        )
         canvas = np.clip(np.rint(img), 0, 255).astype(np.uint8)
         covered = cov.astype(np.uint8)
         degree = np.zeros(len(kept), dtype=int)
@@ -452,20 +534,40 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
             placed = "solved" if sol.component[i] == 0 else ("isolated" if degree[i] == 0 else "detached group")
             if placed != "solved" and len(kept) > 1:
                 isolated.append(f"r{t.row}c{t.col}")
-            record["tiles"].append({"row": t.row, "col": t.col, "x": float(sol.positions_yx[i, 1]),
-                                    "y": float(sol.positions_yx[i, 0]), "nominal_x": float(nominal_solved[i, 1]),
-                                    "nominal_y": float(nominal_solved[i, 0]), "gain": float(gains[i]),
-                                    "group": int(sol.component[i]), "placed": placed if len(kept) > 1 else "single"})
+            record["tiles"].append(
+                {
+                    "row": t.row,
+                    "col": t.col,
+                    "x": float(sol.positions_yx[i, 1]),
+                    "y": float(sol.positions_yx[i, 0]),
+                    "nominal_x": float(nominal_solved[i, 1]),
+                    "nominal_y": float(nominal_solved[i, 0]),
+                    "gain": float(gains[i]),
+                    "group": int(sol.component[i]),
+                    "placed": placed if len(kept) > 1 else "single",
+                }
+            )
         res_used = sol.residual_px[sol.used] if len(eqs) else np.zeros(0)
-        record.update(status="partial" if isolated else "ok", pairs=rows, summary={
-            "n_tiles": len(kept), "n_pairs": len(rows), "n_accepted": len(eqs), "n_used": int(sol.used.sum()),
-            "n_dropped": sol.n_dropped, "n_groups": int(sol.component.max()) + 1 if len(kept) else 0,
-            "n_at_nominal": len(isolated), "isolated": " ".join(isolated),
-            "residual_median_px": float(np.median(res_used)) if res_used.size else float("nan"),
-            "residual_max_px": float(res_used.max()) if res_used.size else float("nan"),
-            "extent_h": int(math.ceil(float((sol.positions_yx[:, 0] + spec.shape_hw[0]).max()))),
-            "extent_w": int(math.ceil(float((sol.positions_yx[:, 1] + spec.shape_hw[1]).max()))),
-            "clipped_tiles": clipped, "coverage": float(cov.mean())})
+        record.update(
+            status="partial" if isolated else "ok",
+            pairs=rows,
+            summary={
+                "n_tiles": len(kept),
+                "n_pairs": len(rows),
+                "n_accepted": len(eqs),
+                "n_used": int(sol.used.sum()),
+                "n_dropped": sol.n_dropped,
+                "n_groups": int(sol.component.max()) + 1 if len(kept) else 0,
+                "n_at_nominal": len(isolated),
+                "isolated": " ".join(isolated),
+                "residual_median_px": float(np.median(res_used)) if res_used.size else float("nan"),
+                "residual_max_px": float(res_used.max()) if res_used.size else float("nan"),
+                "extent_h": int(math.ceil(float((sol.positions_yx[:, 0] + spec.shape_hw[0]).max()))),
+                "extent_w": int(math.ceil(float((sol.positions_yx[:, 1] + spec.shape_hw[1]).max()))),
+                "clipped_tiles": clipped,
+                "coverage": float(cov.mean()),
+            },
+        )
     if tiles and not kept:
         record["status"] = "empty"
     arrays[0][z] = canvas
@@ -475,6 +577,7 @@ def stitch_section(z: int, tiles: tuple[TileRecord, ...], origin00, spec: TileSp
 
 # ---------------------------------------------------------------------------------------------
 # the montage store
+
 
 @dataclass(frozen=True)
 class PrepareOutputs:
@@ -503,11 +606,16 @@ class PrepareOutputs:
             # no attribute: a run was killed while creating the store (the attribute is written
             # last, before any section is stitched into it), so it holds nothing: create it anew
             if old is not None:
-                same = (old.get("fingerprint") == attrs["fingerprint"] and "montage" in group and
-                        tuple(group["montage"].shape) == shape and tuple(group["montage"].chunks) == chunks)
+                same = (
+                    old.get("fingerprint") == attrs["fingerprint"]
+                    and "montage" in group
+                    and tuple(group["montage"].shape) == shape
+                    and tuple(group["montage"].chunks) == chunks
+                )
                 if not same and not self.restart:
-                    raise UserInputError(f"{path}: was stitched from another manifest or config; rerun with "
-                                         "--restart to replace it")
+                    raise UserInputError(
+                        f"{path}: was stitched from another manifest or config; rerun with --restart to replace it"
+                    )
                 create = not same
         Workspace.create(self.workspace, (lay.n_sections,) + tuple(lay.frame_yx), self.voxel_size_nm)
         atomic_write_text(Path(self.workspace) / "stitch" / "plan_bad_tiles.json", self.bad_tiles_json)
@@ -526,8 +634,9 @@ class PrepareOutputs:
 
         for name in ("montage", "coverage"):
             # zstd level 1: about as small as the default level for these images, and faster
-            group.create_array(name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0,
-                               compressors=ZstdCodec(level=1))
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype="uint8", fill_value=0, compressors=ZstdCodec(level=1)
+            )
         group.attrs["montage"] = attrs
 
 
@@ -535,8 +644,9 @@ def _digest(path: str) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def plan(manifest_path: str | Path, workspace: str | Path, config: StitchConfig = StitchConfig(),
-         restart: bool = False) -> Task:
+def plan(
+    manifest_path: str | Path, workspace: str | Path, config: StitchConfig = StitchConfig(), restart: bool = False
+) -> Task:
     """Validate the manifest and every tile header; nothing is written until the task runs."""
     ws = Path(workspace)
     if ws.exists() and not ws.is_dir():
@@ -549,31 +659,67 @@ def plan(manifest_path: str | Path, workspace: str | Path, config: StitchConfig 
     from connectome.workspace import Frame, Workspace
 
     if Workspace.exists(ws):
-        Workspace.open(ws).check_frame(Frame((layout.n_sections,) + tuple(layout.frame_yx),
-                                             tuple(float(v) for v in config.voxel_size_nm)))
-    per_z = [tuple() for _ in range(layout.n_sections)]
-    origins = [None] * layout.n_sections
+        shape_zyx = cast("tuple[int, int, int]", (layout.n_sections,) + tuple(layout.frame_yx))
+        voxel_nm = cast("tuple[float, float, float]", tuple(float(v) for v in config.voxel_size_nm))
+        Workspace.open(ws).check_frame(Frame(shape_zyx, voxel_nm))
+    per_z: list[tuple[TileRecord, ...]] = [tuple() for _ in range(layout.n_sections)]
+    origins: list[tuple[float, float] | None] = [None] * layout.n_sections
     for s in full.sections():
         z = s - layout.first_section
         per_z[z] = manifest.section_tiles(s)
         origins[z] = _section_origin(full.section_tiles(s))
-    fingerprint = {"manifest": {"path": str(Path(manifest_path).resolve()), "sha1": _digest(str(manifest_path)),
-                                "n_tiles": len(full.tiles), "bad_tiles": [b.message() for b in bad]},
-                   "tile_spec": {"shape_hw": list(spec.shape_hw), "dtype": spec.dtype},
-                   "intensity": intensity.to_json(), "layout": layout.to_json(), "config": config_to_dict(config)}
-    attrs = {"fingerprint": fingerprint, "offset_yx": list(layout.offset_yx), "frame_yx": list(layout.frame_yx),
-             "first_section": layout.first_section, "reference_section": layout.reference_section,
-             "tile_shape_hw": list(spec.shape_hw), "sections_with_tiles": manifest.sections(),
-             "convention": "montage[z, i, j] = point (y, x) = (i - offset_y, j - offset_x) of section "
-                           "first_section + z's montage frame (origin = top-left of its tile (0, 0))"}
+    fingerprint = {
+        "manifest": {
+            "path": str(Path(manifest_path).resolve()),
+            "sha1": _digest(str(manifest_path)),
+            "n_tiles": len(full.tiles),
+            "bad_tiles": [b.message() for b in bad],
+        },
+        "tile_spec": {"shape_hw": list(spec.shape_hw), "dtype": spec.dtype},
+        "intensity": intensity.to_json(),
+        "layout": layout.to_json(),
+        "config": config_to_dict(config),
+    }
+    attrs = {
+        "fingerprint": fingerprint,
+        "offset_yx": list(layout.offset_yx),
+        "frame_yx": list(layout.frame_yx),
+        "first_section": layout.first_section,
+        "reference_section": layout.reference_section,
+        "tile_shape_hw": list(spec.shape_hw),
+        "sections_with_tiles": manifest.sections(),
+        "convention": "montage[z, i, j] = point (y, x) = (i - offset_y, j - offset_x) of section "
+        "first_section + z's montage frame (origin = top-left of its tile (0, 0))",
+    }
     proc = StitchSection(str(ws), tuple(per_z), tuple(origins), spec, intensity, layout, config)
     grid = BlockGrid((layout.n_sections, 1, 1), (1, 1, 1))
-    bad_json = json.dumps([{"section": b.tile.section, "row": b.tile.row, "col": b.tile.col, "path": b.tile.path,
-                            "reason": b.reason} for b in bad])
-    setup = PrepareOutputs(str(ws), layout, tuple(config.chunk_yx), tuple(config.voxel_size_nm),
-                           json.dumps(attrs), bad_json, restart)
-    return Task(STAGE, ws, grid, proc, fingerprint, (), max_retries=config.max_retries, setup=setup,
-                bytes_per_voxel=0.0, worker_memory_bytes=_section_bytes(layout))
+    bad_json = json.dumps(
+        [
+            {"section": b.tile.section, "row": b.tile.row, "col": b.tile.col, "path": b.tile.path, "reason": b.reason}
+            for b in bad
+        ]
+    )
+    setup = PrepareOutputs(
+        str(ws),
+        layout,
+        cast("tuple[int, int]", tuple(config.chunk_yx)),
+        cast("tuple[float, float, float]", tuple(config.voxel_size_nm)),
+        json.dumps(attrs),
+        bad_json,
+        restart,
+    )
+    return Task(
+        STAGE,
+        ws,
+        grid,
+        proc,
+        fingerprint,
+        (),
+        max_retries=config.max_retries,
+        setup=setup,
+        bytes_per_voxel=0.0,
+        worker_memory_bytes=_section_bytes(layout),
+    )
 
 
 #: bytes per canvas pixel while one section is stitched (float32 accumulators, weights, masks)
@@ -597,9 +743,11 @@ def _check_sizes(layout: Layout, ws: Path, config: StitchConfig) -> None:
     n, (fy, fx) = layout.n_sections, layout.frame_yx
     blocks = math.prod(-(-s // b) for s, b in zip((n, fy, fx), _RENDER_BLOCK_ZYX))
     if blocks > MAX_BLOCKS:
-        raise UserInputError(f"{option}: a frame of {fy} x {fx} px over {n} sections makes an aligned volume of "
-                             f"{n * fy * fx:,} voxels ({blocks:,} render blocks of {list(_RENDER_BLOCK_ZYX)}, "
-                             f"limit {MAX_BLOCKS:,}); the tiles span {layout.canvas_hw[0]} x {layout.canvas_hw[1]} px")
+        raise UserInputError(
+            f"{option}: a frame of {fy} x {fx} px over {n} sections makes an aligned volume of "
+            f"{n * fy * fx:,} voxels ({blocks:,} render blocks of {list(_RENDER_BLOCK_ZYX)}, "
+            f"limit {MAX_BLOCKS:,}); the tiles span {layout.canvas_hw[0]} x {layout.canvas_hw[1]} px"
+        )
     check_disk(ws, n * fy * fx, f"the aligned volume ({n} x {fy} x {fx} uint8)", option)
 
 

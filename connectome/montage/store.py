@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 from connectome.errors import UserInputError
 
@@ -26,7 +27,7 @@ def section_result_path(workspace, z: int) -> Path:
     return Path(workspace) / "stitch" / "sections" / f"z{z:05d}.json"
 
 
-def _open_montages(path: Path, mode: str = "r"):
+def _open_montages(path: Path, mode: Literal["r", "r+", "a", "w", "w-"] = "r"):
     import zarr
     from zarr.storage import LocalStore
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -76,8 +77,13 @@ def _elastic(p: np.ndarray, tr: dict) -> np.ndarray:
     if not e:
         return np.zeros_like(p)
     c = [(p[:, 0] - e["origin_yx"][0]) / e["spacing_px"], (p[:, 1] - e["origin_yx"][1]) / e["spacing_px"]]
-    return np.stack([ndi.map_coordinates(np.asarray(e["dy"]), c, order=3, mode="nearest"),
-                     ndi.map_coordinates(np.asarray(e["dx"]), c, order=3, mode="nearest")], axis=1)
+    return np.stack(
+        [
+            ndi.map_coordinates(np.asarray(e["dy"]), c, order=3, mode="nearest"),
+            ndi.map_coordinates(np.asarray(e["dx"]), c, order=3, mode="nearest"),
+        ],
+        axis=1,
+    )
 
 
 def forward(tr: dict, p: np.ndarray) -> np.ndarray:
@@ -97,11 +103,27 @@ def inverse(tr: dict, m: np.ndarray, iterations: int = 10) -> np.ndarray:
     return p
 
 
-def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 150, overlap: float = 0.115,
-                 jitter_px: int = 2, drift_px: float = 6.0, rotation_deg: float = 0.25, scale: float = 0.002,
-                 elastic_px: float = 1.0, elastic_spacing: float = 128.0, noise: float = 8.0,
-                 noise_sections=(), seed: int = 0, texture_kind: str = "em", vignetting: float = 0.0,
-                 gain_sigma: float = 0.025, tile_shifts=None, blank_tiles=()) -> Path:
+def make_dataset(
+    out,
+    n_sections: int = 16,
+    frame_hw=(256, 256),
+    tile_px: int = 150,
+    overlap: float = 0.115,
+    jitter_px: int = 2,
+    drift_px: float = 6.0,
+    rotation_deg: float = 0.25,
+    scale: float = 0.002,
+    elastic_px: float = 1.0,
+    elastic_spacing: float = 128.0,
+    noise: float = 8.0,
+    noise_sections=(),
+    seed: int = 0,
+    texture_kind: str = "em",
+    vignetting: float = 0.0,
+    gain_sigma: float = 0.025,
+    tile_shifts=None,
+    blank_tiles=(),
+) -> Path:
     """Write a known-answer dataset (see the module docstring); ``noise_sections`` are replaced
     by pure noise (damaged beyond use); ``tile_shifts`` maps ``(section, row, col)`` to an extra
     true displacement ``(dy, dx)`` (integers); ``blank_tiles`` lists ``(section, row, col)``."""
@@ -119,9 +141,9 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
     world = texture((h + 2 * margin, w + 2 * margin), seed, texture_kind)
     vig = None
     if vignetting:
-        c = (tile_px - 1) / 2.0
+        ct = (tile_px - 1) / 2.0
         yy, xx = np.mgrid[:tile_px, :tile_px].astype(np.float64)
-        vig = 1.0 - vignetting * ((yy - c) ** 2 + (xx - c) ** 2) / (2 * c * c)
+        vig = 1.0 - vignetting * ((yy - ct) ** 2 + (xx - ct) ** 2) / (2 * ct * ct)
     (out / "tiles").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     manifest, true_rows, sections = [], [], []
@@ -132,26 +154,43 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
 
     for z in range(n_sections):
         if z == 0:
-            tr = {"affine": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "elastic": None}
-            origin = (0, 0)
+            tr: dict[str, Any] = {"affine": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "elastic": None}
+            origin: tuple[int, ...] = (0, 0)
         else:
-            th = float(np.clip(0.9 * th + rng.normal(0, 0.35 * np.deg2rad(rotation_deg)), -np.deg2rad(rotation_deg),
-                               np.deg2rad(rotation_deg)))
+            th = float(
+                np.clip(
+                    0.9 * th + rng.normal(0, 0.35 * np.deg2rad(rotation_deg)),
+                    -np.deg2rad(rotation_deg),
+                    np.deg2rad(rotation_deg),
+                )
+            )
             t = np.clip(0.93 * t + rng.normal(0, 0.3 * drift_px, 2), -drift_px, drift_px)
             s = np.clip(0.9 * s + rng.normal(0, 0.4 * scale, 3), -scale, scale)
             rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
             a = rot @ np.array([[1 + s[0], s[2]], [0.0, 1 + s[1]]])
             tt = c - a @ c + t
-            ny, nx = int(np.ceil((h + 2 * elastic_spacing) / elastic_spacing)) + 1, \
-                int(np.ceil((w + 2 * elastic_spacing) / elastic_spacing)) + 1
-            tr = {"affine": [[a[0, 0], a[0, 1], tt[0]], [a[1, 0], a[1, 1], tt[1]]],
-                  "elastic": {"origin_yx": [-elastic_spacing, -elastic_spacing], "spacing_px": elastic_spacing,
-                              "dy": rng.normal(0, elastic_px, (ny, nx)).tolist(),
-                              "dx": rng.normal(0, elastic_px, (ny, nx)).tolist()} if elastic_px > 0 else None}
+            ny, nx = (
+                int(np.ceil((h + 2 * elastic_spacing) / elastic_spacing)) + 1,
+                int(np.ceil((w + 2 * elastic_spacing) / elastic_spacing)) + 1,
+            )
+            tr = {
+                "affine": [[a[0, 0], a[0, 1], tt[0]], [a[1, 0], a[1, 1], tt[1]]],
+                "elastic": {
+                    "origin_yx": [-elastic_spacing, -elastic_spacing],
+                    "spacing_px": elastic_spacing,
+                    "dy": rng.normal(0, elastic_px, (ny, nx)).tolist(),
+                    "dx": rng.normal(0, elastic_px, (ny, nx)).tolist(),
+                }
+                if elastic_px > 0
+                else None,
+            }
             # the stage places the tiles so that they cover the drifted frame (as connectome synth does)
-            edge = np.concatenate([np.stack(np.meshgrid(np.linspace(0, h - 1, 33), [0, w - 1], indexing="ij"), -1)
-                                   .reshape(-1, 2), np.stack(np.meshgrid([0, h - 1], np.linspace(0, w - 1, 33),
-                                                                         indexing="ij"), -1).reshape(-1, 2)])
+            edge = np.concatenate(
+                [
+                    np.stack(np.meshgrid(np.linspace(0, h - 1, 33), [0, w - 1], indexing="ij"), -1).reshape(-1, 2),
+                    np.stack(np.meshgrid([0, h - 1], np.linspace(0, w - 1, 33), indexing="ij"), -1).reshape(-1, 2),
+                ]
+            )
             lo = forward(tr, edge).min(axis=0)
             origin = tuple(int(np.floor(v)) - jitter_px - int(rng.integers(0, 4)) for v in lo)
         # the section's montage over its tile region, sampled from the world through F^-1
@@ -167,9 +206,17 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
         cy, cx = np.meshgrid(fy, fx, indexing="ij")
         p = [ndi.map_coordinates(coarse[..., k], [cy, cx], order=3, mode="nearest") for k in (0, 1)]
         montage = ndi.map_coordinates(world, [p[0] + margin, p[1] + margin], order=3, mode="nearest")
-        raw[z] = np.clip(np.rint(world[margin:margin + h, margin:margin + w]), 0, 255).astype(np.uint8)
-        sections.append({"section": z, "missing": False, "damaged": z in noise_sections, "damage": None,
-                         "stage_origin_yx": list(origin), "transform": tr})
+        raw[z] = np.clip(np.rint(world[margin : margin + h, margin : margin + w]), 0, 255).astype(np.uint8)
+        sections.append(
+            {
+                "section": z,
+                "missing": False,
+                "damaged": z in noise_sections,
+                "damage": None,
+                "stage_origin_yx": list(origin),
+                "transform": tr,
+            }
+        )
         for r in range(rows):
             for cc in range(cols):
                 nom = (origin[0] + r * step, origin[1] + cc * step)
@@ -179,7 +226,7 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
                 ty, tx = nom[0] + int(j[0]), nom[1] + int(j[1])
                 if (z, r, cc) in tile_shifts:
                     ty, tx = ty + tile_shifts[(z, r, cc)][0], tx + tile_shifts[(z, r, cc)][1]
-                tile = montage[ty - y0:ty - y0 + tile_px, tx - x0:tx - x0 + tile_px]
+                tile = montage[ty - y0 : ty - y0 + tile_px, tx - x0 : tx - x0 + tile_px]
                 if (z, r, cc) in blank_tiles:
                     tile = np.full_like(tile, 140.0)
                 if vig is not None:
@@ -203,7 +250,6 @@ def make_dataset(out, n_sections: int = 16, frame_hw=(256, 256), tile_px: int = 
         wr = csv.writer(f, lineterminator="\n")
         wr.writerow(["section", "row", "col", "x", "y"])
         wr.writerows(true_rows)
-    (out / "truth" / "sections.json").write_text(json.dumps({"shape_zyx": [n_sections, h, w],
-                                                             "sections": sections}))
+    (out / "truth" / "sections.json").write_text(json.dumps({"shape_zyx": [n_sections, h, w], "sections": sections}))
     np.save(out / "truth_raw.npy", raw)
     return out

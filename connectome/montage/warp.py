@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from scipy import ndimage
@@ -77,17 +78,25 @@ class DisplacementGrid:
     # ------------------------------------------------------------------ storage
     def to_npz(self, path: str | Path, **extra) -> None:
         buf = io.BytesIO()
-        np.savez(buf, origin_yx=np.asarray(self.origin_yx, dtype=np.float64), spacing=np.float64(self.spacing),
-                 disp_yx=np.asarray(self.disp_yx, dtype=np.float64), **extra)
+        np.savez(
+            buf,
+            origin_yx=np.asarray(self.origin_yx, dtype=np.float64),
+            spacing=np.float64(self.spacing),
+            disp_yx=np.asarray(self.disp_yx, dtype=np.float64),
+            **extra,
+        )
         atomic_write_bytes(Path(path), buf.getvalue())
 
     @classmethod
     def from_npz(cls, path: str | Path) -> "DisplacementGrid":
         with np.load(str(path)) as f:
-            return cls(tuple(float(v) for v in f["origin_yx"]), float(f["spacing"]), np.array(f["disp_yx"]))
+            origin = cast("tuple[float, float]", tuple(float(v) for v in f["origin_yx"]))
+            return cls(origin, float(f["spacing"]), np.array(f["disp_yx"]))
 
 
-def grid_over(begin_yx: tuple[float, float], end_yx: tuple[float, float], spacing: float) -> tuple[tuple[float, float], tuple[int, int]]:
+def grid_over(
+    begin_yx: tuple[float, float], end_yx: tuple[float, float], spacing: float
+) -> tuple[tuple[float, float], tuple[int, int]]:
     """Origin and node counts of a grid whose nodes cover the box ``[begin, end]``."""
     ny = int(np.ceil((end_yx[0] - begin_yx[0]) / spacing)) + 1
     nx = int(np.ceil((end_yx[1] - begin_yx[1]) / spacing)) + 1
@@ -108,6 +117,7 @@ def compose(outer: DisplacementGrid, inner: DisplacementGrid) -> DisplacementGri
 # ---------------------------------------------------------------------------------------------
 # affines
 
+
 def affine_apply(matrix: np.ndarray, points_yx: np.ndarray) -> np.ndarray:
     m = np.asarray(matrix, dtype=np.float64)
     pts = np.asarray(points_yx, dtype=np.float64)
@@ -124,8 +134,9 @@ def fit_affine(src_yx: np.ndarray, dst_yx: np.ndarray, weights: np.ndarray | Non
     return sol.T
 
 
-def robust_affine(src_yx: np.ndarray, dst_yx: np.ndarray, max_residual_px: float,
-                  min_points: int = 6, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def robust_affine(
+    src_yx: np.ndarray, dst_yx: np.ndarray, max_residual_px: float, min_points: int = 6, iterations: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Affine fit with iterative rejection of points whose residual exceeds
     ``max(max_residual_px, 3 * 1.4826 * MAD)``; falls back to a translation (the median
     displacement) with fewer than ``min_points`` points. Returns (matrix, inlier mask)."""

@@ -46,6 +46,7 @@ Without a prior weight (0) ``c`` is not estimated and the solve is plain composi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,13 +82,14 @@ class DriftPrior:
 
     def weights(self) -> tuple[float, float, float]:
         """Prior weights (translation, linear, warp) in units of 1/px^2."""
-        return tuple(1.0 / v ** 2 if v > 0 else 0.0 for v in (self.translation_px, self.linear_px, self.warp_px))
+        t, lin, w = (1.0 / v**2 if v > 0 else 0.0 for v in (self.translation_px, self.linear_px, self.warp_px))
+        return t, lin, w
 
     def match_weight(self, ncc: float, distance: int) -> float:
         """Weight (1/px^2) of a match with correlation ``ncc`` between sections ``distance`` apart."""
         c = min(max(float(ncc) if ncc == ncc else 0.0, 0.05), 0.999)
         sigma = max(self.match_px * (1.0 - c) / c, 0.02)
-        return 1.0 / (sigma ** 2 * max(1, distance))
+        return 1.0 / (sigma**2 * max(1, distance))
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class Edge:
     z: int
     r: int
     weight: float
-    disp: object  # callable (n, 2) -> (n, 2)
+    disp: Callable[[np.ndarray], np.ndarray]  # (n, 2) -> (n, 2)
 
 
 def flow_coefficient(edge: Edge, prior: DriftPrior) -> float:
@@ -125,8 +127,15 @@ def projectors(nodes_yx: np.ndarray) -> list[np.ndarray]:
     return [p0, p1, np.eye(n) - p0 - p1]
 
 
-def solve(nodes_yx: np.ndarray, reference: int, unknowns: list[int], edges: list[Edge], prior: DriftPrior,
-          iterations: int = 2, info: dict | None = None) -> dict[int, np.ndarray]:
+def solve(
+    nodes_yx: np.ndarray,
+    reference: int,
+    unknowns: list[int],
+    edges: list[Edge],
+    prior: DriftPrior,
+    iterations: int = 2,
+    info: dict | None = None,
+) -> dict[int, np.ndarray]:
     """Node displacements ``u_z`` (ny, nx, 2) for every section of ``unknowns``; ``reference``
     is held at 0. Every unknown must be connected to the reference through ``edges``.
 
@@ -168,7 +177,7 @@ def solve(nodes_yx: np.ndarray, reference: int, unknowns: list[int], edges: list
             mat[imu, imu] += lam * m
         mat[np.diag_indices(m + 2)] += 1e-9
         mat[imu, imu] += 1e-6
-        mat[ic, ic] += 1e-6 + (1.0 / prior.flow_px ** 2 if prior.flow_px > 0 else 0.0)
+        mat[ic, ic] += 1e-6 + (1.0 / prior.flow_px**2 if prior.flow_px > 0 else 0.0)
         factors.append((cho_factor(mat), prior.estimate_flow and lam > 0))
     proj = projectors(pts)
     u = np.zeros((m, n, 2))

@@ -40,8 +40,8 @@ CONSUMER = "review plan"
 
 @dataclass
 class Candidates:
-    boxes: np.ndarray        # (N, 6) int64: z0, y0, x0, z1, y1, x1
-    scores: np.ndarray       # (N,) float64 in [0, 1]
+    boxes: np.ndarray  # (N, 6) int64: z0, y0, x0, z1, y1, x1
+    scores: np.ndarray  # (N,) float64 in [0, 1]
     kinds: list
     reason: Callable[[int], str]
     exclusive: bool = False  # whether picked boxes may not overlap
@@ -73,13 +73,13 @@ def vessel_candidates(ws, box_zyx) -> Candidates:
     prob = ws.require_complete("vessel_prob", CONSUMER)
     shape = ws.shape_zyx
     box = [min(int(b), int(s)) for b, s in zip(box_zyx, shape)]
-    kw = [1 if b == 1 else 2 for b in box]             # window = kw cells per axis
+    kw = [1 if b == 1 else 2 for b in box]  # window = kw cells per axis
     cell = [b // k for b, k in zip(box, kw)]
     ncell = [-(-s // c) for s, c in zip(shape, cell)]
     sums = np.zeros(ncell, np.float64)
     cz = cell[0]
     for iz in range(ncell[0]):
-        slab = np.asarray(prob[iz * cz:min(shape[0], (iz + 1) * cz)]).astype(np.float64) / 255.0
+        slab = np.asarray(prob[iz * cz : min(shape[0], (iz + 1) * cz)]).astype(np.float64) / 255.0
         u = (4.0 * slab * (1.0 - slab)).sum(axis=0)  # (y, x)
         py, px = ncell[1] * cell[1] - u.shape[0], ncell[2] * cell[2] - u.shape[1]
         u = np.pad(u, ((0, py), (0, px)))
@@ -105,8 +105,14 @@ def vessel_candidates(ws, box_zyx) -> Candidates:
         mid = float(np.mean((p > 0.2) & (p < 0.8)))
         return f"vessel probability uncertain: mean 4p(1-p) {scores[i]:.3f}, {mid:.0%} of voxels at 0.2<p<0.8"
 
-    return Candidates(boxes, scores, ["uncertain-region"] * len(scores), reason, exclusive=True,
-                      inputs={"vessel_prob": _digest(ws, "vessel_prob")})
+    return Candidates(
+        boxes,
+        scores,
+        ["uncertain-region"] * len(scores),
+        reason,
+        exclusive=True,
+        inputs={"vessel_prob": _digest(ws, "vessel_prob")},
+    )
 
 
 # ------------------------------------------------------------------------------ synapses
@@ -142,8 +148,10 @@ def synapse_candidates(ws, box_zyx) -> Candidates:
             scores.append(float(np.clip(0.5 * close + 0.5 * (1.0 - margin), 0, 1)))
             boxes.append(b)
             kinds.append("detection")
-            reasons.append(f"synapse {int(tab.synapse_id[k])} score {s:.2f} (threshold {t:.2f}); "
-                           f"partner margin {margin:.2f} ({pre} -> {post})")
+            reasons.append(
+                f"synapse {int(tab.synapse_id[k])} score {s:.2f} (threshold {t:.2f}); "
+                f"partner margin {margin:.2f} ({pre} -> {post})"
+            )
     low8 = max(1, int(round(255 * max(0.0, t - 0.2))))
     lab, n = ndi.label(prob >= low8, structure=np.ones((3, 3, 3), bool))
     if n:
@@ -156,13 +164,20 @@ def synapse_candidates(ws, box_zyx) -> Candidates:
                 boxes.append(centred_box(c, box_zyx, shape))
                 scores.append(float(np.clip(peak[j] / t8, 0, 1)))
                 kinds.append("missed-candidate")
-                reasons.append(f"cleft-like signal below threshold: peak {peak[j] / 255:.2f} < {t:.2f}, "
-                               f"{int(size[j])} voxels")
+                reasons.append(
+                    f"cleft-like signal below threshold: peak {peak[j] / 255:.2f} < {t:.2f}, {int(size[j])} voxels"
+                )
     inputs = {"synapse_prob": _digest(ws, "synapse_prob")}
     if seg is not None:
         inputs["segmentation"] = _digest(ws, "segmentation")
-    return Candidates(np.asarray(boxes, np.int64).reshape(-1, 6), np.asarray(scores, float), kinds,
-                      reasons.__getitem__, exclusive=False, inputs=inputs)
+    return Candidates(
+        np.asarray(boxes, np.int64).reshape(-1, 6),
+        np.asarray(scores, float),
+        kinds,
+        reasons.__getitem__,
+        exclusive=False,
+        inputs=inputs,
+    )
 
 
 def _partner_margin(seg, box, pre: int, post: int) -> float:
@@ -224,11 +239,19 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
         src = "boundary" if bnd is not None else "no boundary array"
 
         def merge_reason(j, uniq=uniq, cnt=cnt, mean_b=mean_b, src=src):
-            return (f"segments {int(uniq[j, 0])} and {int(uniq[j, 1])} touch over {int(cnt[j])} faces; "
-                    f"mean boundary {mean_b[j]:.2f} ({src})")
+            return (
+                f"segments {int(uniq[j, 0])} and {int(uniq[j, 1])} touch over {int(cnt[j])} faces; "
+                f"mean boundary {mean_b[j]:.2f} ({src})"
+            )
 
-        parts.append((centred_boxes(cen, box_zyx, shape), (1.0 - mean_b) * np.minimum(1.0, cnt / 50.0),
-                      "merge-candidate", merge_reason))
+        parts.append(
+            (
+                centred_boxes(cen, box_zyx, shape),
+                (1.0 - mean_b) * np.minimum(1.0, cnt / 50.0),
+                "merge-candidate",
+                merge_reason,
+            )
+        )
     # split candidates: interior (4-neighbours in y, x in the same segment) in two or more pieces
     same = seg > 0
     for ax in (1, 2):
@@ -251,9 +274,11 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
         if len(big):
             zz, yy, xx = np.nonzero(interior)
             lz = lab[zz, yy, xx]
-            com = np.stack([np.bincount(lz, weights=c, minlength=n + 1) for c in (zz, yy, xx)], 1) / \
-                np.maximum(1, size)[:, None]
-            order = big[np.lexsort((-size[big], owner[big]))]      # by segment, largest piece first
+            com = (
+                np.stack([np.bincount(lz, weights=c, minlength=n + 1) for c in (zz, yy, xx)], 1)
+                / np.maximum(1, size)[:, None]
+            )
+            order = big[np.lexsort((-size[big], owner[big]))]  # by segment, largest piece first
             own_o = owner[order]
             first = np.r_[True, own_o[1:] != own_o[:-1]]
             starts = np.nonzero(first)[0]
@@ -265,11 +290,19 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
                 npieces = counts[counts >= 2]
 
                 def split_reason(j, sid=own_o[multi], a=a, b2=b2, npieces=npieces):
-                    return (f"segment {int(sid[j])}: interior in {int(npieces[j])} pieces (largest {int(a[j])}, "
-                            f"{int(b2[j])} voxels): a thin neck")
+                    return (
+                        f"segment {int(sid[j])}: interior in {int(npieces[j])} pieces (largest {int(a[j])}, "
+                        f"{int(b2[j])} voxels): a thin neck"
+                    )
 
-                parts.append((centred_boxes(0.5 * (com[p1] + com[p2]), box_zyx, shape), b2 / (a + b2),
-                              "split-candidate", split_reason))
+                parts.append(
+                    (
+                        centred_boxes(0.5 * (com[p1] + com[p2]), box_zyx, shape),
+                        b2 / (a + b2),
+                        "split-candidate",
+                        split_reason,
+                    )
+                )
     if bnd is not None:
         hot = interior & (bnd >= 0.5)
         if hot.any():
@@ -279,23 +312,28 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
             hc = np.bincount(hidx, minlength=len(uids))
             sel = np.nonzero(hc >= 10)[0]
             if len(sel):
-                cen = np.stack([np.bincount(hidx, weights=c, minlength=len(uids))[sel] for c in (hz, hy, hx)], 1) \
+                cen = (
+                    np.stack([np.bincount(hidx, weights=c, minlength=len(uids))[sel] for c in (hz, hy, hx)], 1)
                     / hc[sel, None]
+                )
                 # a boundary through the segment with cytoplasm on both sides: balanced shares score
                 # highest (a segment lying wholly on a membrane is no split), small evidence less
                 h, t = hc[sel].astype(float), tot[sel].astype(float)
                 score = 2.0 * np.minimum(h, t - h) / t * np.minimum(1.0, h / 100.0)
 
                 def hot_reason(j, sid=uids[sel], hcs=hc[sel], tots=tot[sel]):
-                    return (f"segment {int(sid[j])}: {int(hcs[j])} of {int(tots[j])} interior voxels on a "
-                            "boundary (p >= 0.5)")
+                    return (
+                        f"segment {int(sid[j])}: {int(hcs[j])} of {int(tots[j])} interior voxels on a "
+                        "boundary (p >= 0.5)"
+                    )
 
                 parts.append((centred_boxes(cen, box_zyx, shape), score, "split-candidate", hot_reason))
     if not parts:
         return Candidates(np.zeros((0, 6), np.int64), np.zeros(0), [], lambda i: "", inputs=inputs)
     boxes = np.concatenate([q[0] for q in parts]).astype(np.int64)
     scores = np.clip(np.concatenate([q[1] for q in parts]).astype(float), 0.0, 1.0)
-    kinds, offsets = [], []
+    kinds: list[str] = []
+    offsets: list[int] = []
     for q in parts:
         offsets.append(len(kinds))
         kinds.extend([q[2]] * len(q[1]))

@@ -9,8 +9,15 @@ def plan(args) -> int:
     from connectome.workspace import parse_zyx
 
     box = parse_zyx(args.box, "--box", cast=int) if args.box else None
-    q = plan_review(args.workspace, args.target, args.count, strategy=args.strategy, box_zyx=box, seed=args.seed,
-                    overwrite=args.overwrite)
+    q = plan_review(
+        args.workspace,
+        args.target,
+        args.count,
+        strategy=args.strategy,
+        box_zyx=box,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
     n = max(0, len(q.read_text().splitlines()) - 1)
     print(f"review plan: {n} items ({args.strategy}) in {q}")
     return 0
@@ -31,7 +38,9 @@ def import_(args) -> int:
     offset = parse_zyx(args.offset, "--offset", cast=int, positive=False) if args.offset else None
     meta = import_corrections(args.workspace, args.target, args.labels, offset=offset)
     last = meta["imports"][-1]
-    print(f"review import: {last['voxels']['corrected']} voxels in {len(last['item_ids'])} queued boxes "
-          f"({', '.join(last['item_ids'][:5])}{', ...' if len(last['item_ids']) > 5 else ''}); "
-          f"{meta['voxels']['corrected']} corrected voxels in all")
+    print(
+        f"review import: {last['voxels']['corrected']} voxels in {len(last['item_ids'])} queued boxes "
+        f"({', '.join(last['item_ids'][:5])}{', ...' if len(last['item_ids']) > 5 else ''}); "
+        f"{meta['voxels']['corrected']} corrected voxels in all"
+    )
     return 0

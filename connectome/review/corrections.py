@@ -34,12 +34,16 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from connectome.atomic import atomic_write_text
 from connectome.errors import UserInputError
 from connectome.review.queue import QUEUE, check_identity, read_queue, read_review_json, review_dir
+
+if TYPE_CHECKING:
+    from connectome.sources import VolumeSource
 
 FORMAT = "connectome-corrections/1"
 CORR_ZARR, CORR_JSON = "corrections.zarr", "corrections.json"
@@ -56,28 +60,33 @@ class Corrections:
     labels: object
     mask: object
     item_ids: list
-    boxes: list          # [(z0, y0, x0, z1, y1, x1), ...] of the covered items
+    boxes: list  # [(z0, y0, x0, z1, y1, x1), ...] of the covered items
     meta: dict
     review: dict
 
 
-def _load_labels(path: str, target: str, ws_shape, offset) -> tuple[object, tuple, tuple]:
+def _load_labels(path: str, target: str, ws_shape, offset) -> tuple[VolumeSource, tuple[int, ...], tuple[int, ...]]:
     from connectome.sources import open_source
 
     src = open_source(str(path), dtypes=None)
     dt = np.dtype(src.dtype)
     if dt.kind not in "ui":
-        raise UserInputError(f"{path}: labels must be integers ({'0/1' if target == 'vessels' else 'segment ids'}), "
-                             f"got dtype {dt}")
+        raise UserInputError(
+            f"{path}: labels must be integers ({'0/1' if target == 'vessels' else 'segment ids'}), got dtype {dt}"
+        )
     shape = tuple(int(s) for s in src.shape_zyx)
     if offset is None:
         if shape != tuple(ws_shape):
-            raise UserInputError(f"{path}: shape {list(shape)} (z,y,x) is not the workspace's {list(ws_shape)}; "
-                                 "give --offset Z,Y,X to place a smaller box")
+            raise UserInputError(
+                f"{path}: shape {list(shape)} (z,y,x) is not the workspace's {list(ws_shape)}; "
+                "give --offset Z,Y,X to place a smaller box"
+            )
         offset = (0, 0, 0)
     if any(o < 0 for o in offset) or any(o + s > w for o, s, w in zip(offset, shape, ws_shape)):
-        raise UserInputError(f"{path}: shape {list(shape)} at --offset {list(offset)} does not fit in the "
-                             f"workspace's {list(ws_shape)} (z,y,x)")
+        raise UserInputError(
+            f"{path}: shape {list(shape)} at --offset {list(offset)} does not fit in the "
+            f"workspace's {list(ws_shape)} (z,y,x)"
+        )
     return src, shape, tuple(int(o) for o in offset)
 
 
@@ -106,19 +115,31 @@ def import_corrections(workspace: str | Path, target: str, labels: str, offset=N
         if np.all(a < b):
             touched.append((it, a, b))
     if not touched:
-        raise UserInputError(f"{labels}: its box {list(map(int, lo))}..{list(map(int, hi))} (z,y,x) touches none of the "
-                             f"{len(items)} queued boxes of {folder / QUEUE}")
+        raise UserInputError(
+            f"{labels}: its box {list(map(int, lo))}..{list(map(int, hi))} (z,y,x) touches none of the "
+            f"{len(items)} queued boxes of {folder / QUEUE}"
+        )
     parts = []
     for it, a, b in touched:
-        v = np.asarray(src.read(Box(tuple(int(x) for x in a - lo), tuple(int(x) for x in b - lo))))
+        v = np.asarray(
+            src.read(
+                Box(
+                    cast("tuple[int, int, int]", tuple(int(x) for x in a - lo)),
+                    cast("tuple[int, int, int]", tuple(int(x) for x in b - lo)),
+                )
+            )
+        )
         if target == "vessels":
             bad = (v != 0) & (v != 1) & (v != NOT_CORRECTED)
             if bad.any():
-                raise UserInputError(f"{labels}: vessel labels must be 0 or 1 (255 = not corrected), found "
-                                     f"{int(v[bad].flat[0])} inside queued item {it.item_id}")
+                raise UserInputError(
+                    f"{labels}: vessel labels must be 0 or 1 (255 = not corrected), found "
+                    f"{int(v[bad].flat[0])} inside queued item {it.item_id}"
+                )
         elif v.dtype.kind == "i" and v.size and v.min() < 0:
-            raise UserInputError(f"{labels}: segment ids must be non-negative, found {int(v.min())} inside "
-                                 f"queued item {it.item_id}")
+            raise UserInputError(
+                f"{labels}: segment ids must be non-negative, found {int(v.min())} inside queued item {it.item_id}"
+            )
         parts.append((it, a, b, v))
 
     final = folder / CORR_ZARR
@@ -131,15 +152,23 @@ def import_corrections(workspace: str | Path, target: str, labels: str, offset=N
         else:
             chunks = tuple(int(min(b, s)) for b, s in zip(review.get("box_zyx") or (8, 96, 96), ws.shape_zyx))
             g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            attrs = {"voxel_size_nm": list(ws.voxel_size_nm), "target": target}
+            attrs: dict[str, Any] = {"voxel_size_nm": list(ws.voxel_size_nm), "target": target}
             if target == "vessels":
-                g.create_array("labels", shape=ws.shape_zyx, chunks=chunks, dtype="uint8", fill_value=NOT_CORRECTED,
-                               attributes=attrs)
+                g.create_array(
+                    "labels",
+                    shape=ws.shape_zyx,
+                    chunks=chunks,
+                    dtype="uint8",
+                    fill_value=NOT_CORRECTED,
+                    attributes=attrs,
+                )
             else:
-                g.create_array("labels", shape=ws.shape_zyx, chunks=chunks, dtype="uint64", fill_value=0,
-                               attributes=attrs)
+                g.create_array(
+                    "labels", shape=ws.shape_zyx, chunks=chunks, dtype="uint64", fill_value=0, attributes=attrs
+                )
             g.create_array("mask", shape=ws.shape_zyx, chunks=chunks, dtype="uint8", fill_value=0, attributes=attrs)
         lab, msk = g["labels"], g["mask"]
+        assert isinstance(lab, zarr.Array) and isinstance(msk, zarr.Array)  # arrays this import wrote
         n_corr = n_fg = 0
         for _it, a, b, v in parts:
             sl = tuple(slice(int(x), int(y)) for x, y in zip(a, b))
@@ -161,17 +190,29 @@ def import_corrections(workspace: str | Path, target: str, labels: str, offset=N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     prev = _read_json(folder) if (folder / CORR_JSON).is_file() else None
-    this = {"source": str(Path(str(labels).split(":")[0]).resolve()) + (":" + str(labels).split(":", 1)[1]
-                                                                       if ":" in str(labels) else ""),
-            "offset_zyx": list(off), "shape_zyx": list(shape), "item_ids": [p[0].item_id for p in parts],
-            "voxels": {"corrected": n_corr, "foreground": n_fg}, "time": utc_now()}
+    this = {
+        "source": str(Path(str(labels).split(":")[0]).resolve())
+        + (":" + str(labels).split(":", 1)[1] if ":" in str(labels) else ""),
+        "offset_zyx": list(off),
+        "shape_zyx": list(shape),
+        "item_ids": [p[0].item_id for p in parts],
+        "voxels": {"corrected": n_corr, "foreground": n_fg},
+        "time": utc_now(),
+    }
     imports = (prev or {}).get("imports", []) + [this]
     ids = list(dict.fromkeys([i for imp in imports for i in imp["item_ids"]]))
     boxes = {it.item_id: it.box for it in items}
     total, fg = _count(zarr.open_group(str(final), mode="r"), [boxes[i] for i in ids if i in boxes], target)
-    meta = {"format": FORMAT, "target": target, "import_id": import_id, "item_ids": ids,
-            "voxels": {"corrected": total, "foreground": fg}, "imports": imports,
-            "workspace": review.get("workspace"), "queue_created": review.get("created")}
+    meta = {
+        "format": FORMAT,
+        "target": target,
+        "import_id": import_id,
+        "item_ids": ids,
+        "voxels": {"corrected": total, "foreground": fg},
+        "imports": imports,
+        "workspace": review.get("workspace"),
+        "queue_created": review.get("created"),
+    }
     atomic_write_text(folder / CORR_JSON, json.dumps(meta, indent=1) + "\n")
     return meta
 
@@ -228,8 +269,10 @@ def load_corrections(review_dir_path: str | Path, workspace=None) -> Corrections
     meta = _read_json(folder)
     g = zarr.open_group(str(folder / CORR_ZARR), mode="r")
     if g.attrs.get("import_id") != meta.get("import_id"):
-        raise UserInputError(f"{folder / CORR_ZARR}: does not match {CORR_JSON} (an import was interrupted); "
-                             "rerun the last `connectome review import`")
+        raise UserInputError(
+            f"{folder / CORR_ZARR}: does not match {CORR_JSON} (an import was interrupted); "
+            "rerun the last `connectome review import`"
+        )
     boxes = {it.item_id: it.box for it in read_queue(folder / QUEUE)}
     ids = [i for i in meta["item_ids"] if i in boxes]
     return Corrections(meta["target"], g["labels"], g["mask"], ids, [boxes[i] for i in ids], meta, review)

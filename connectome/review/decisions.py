@@ -41,8 +41,9 @@ def _row(values) -> str:
     return buf.getvalue()
 
 
-def decide(workspace: str | Path, target: str, item_id: str, decision: str, author: str | None = None,
-           when: str | None = None) -> dict:
+def decide(
+    workspace: str | Path, target: str, item_id: str, decision: str, author: str | None = None, when: str | None = None
+) -> dict:
     """Append one decision; exit 2 for an unknown decision or an item not in the queue."""
     from connectome.review.plan import utc_now
 

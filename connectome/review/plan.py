@@ -12,7 +12,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 
@@ -43,8 +43,15 @@ def _decision_rows(folder: Path) -> int:
     return max(0, sum(1 for line in p.read_text().splitlines() if line.strip()) - 1)
 
 
-def plan_review(workspace: str | Path, target: str, count: int, strategy: str = "uncertainty",
-                box_zyx: Sequence[int] | None = None, seed: int = 0, overwrite: bool = False) -> Path:
+def plan_review(
+    workspace: str | Path,
+    target: str,
+    count: int,
+    strategy: str = "uncertainty",
+    box_zyx: Sequence[int] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """Write ``WS/review/<target>/queue.csv`` and ``review.json``; returns the queue's path."""
     from connectome.workspace import Workspace
 
@@ -66,14 +73,25 @@ def plan_review(workspace: str | Path, target: str, count: int, strategy: str = 
     reviewed = queue.exists() and (n_dec or has_corr)
     if reviewed and not overwrite:
         what = f"{n_dec} decisions in {DECISIONS}" if n_dec else "imported corrections"
-        raise UserInputError(f"{queue}: already reviewed ({what}); rerun with --overwrite to replace it "
-                             "(the old queue, decisions and corrections move to superseded-<time>/)")
+        raise UserInputError(
+            f"{queue}: already reviewed ({what}); rerun with --overwrite to replace it "
+            "(the old queue, decisions and corrections move to superseded-<time>/)"
+        )
 
     cands = cand_mod.CANDIDATES[target](ws, box)
     rng = np.random.default_rng(seed)
     order = pick(cands, int(count), rng)
-    items = [Item(f"{target}-{rank:04d}", target, cands.kinds[i], tuple(int(v) for v in cands.boxes[i]),
-                  float(cands.scores[i]), cands.reason(i)) for rank, i in enumerate(order, start=1)]
+    items = [
+        Item(
+            f"{target}-{rank:04d}",
+            target,
+            cands.kinds[i],
+            cast("tuple[int, int, int, int, int, int]", tuple(int(v) for v in cands.boxes[i])),
+            float(cands.scores[i]),
+            cands.reason(i),
+        )
+        for rank, i in enumerate(order, start=1)
+    ]
     if reviewed:  # --overwrite: keep the old review beside the new one
         old = folder / f"superseded-{time.strftime('%Y%m%dT%H%M%S')}"
         old.mkdir(parents=True, exist_ok=False)
@@ -81,9 +99,19 @@ def plan_review(workspace: str | Path, target: str, count: int, strategy: str = 
             if (folder / name).exists():
                 shutil.move(str(folder / name), str(old / name))
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "target": target, "strategy": strategy, "seed": int(seed), "box_zyx": list(box),
-            "count": int(count), "items": len(items), "candidates": len(cands), "created": utc_now(),
-            "workspace": workspace_identity(ws), "inputs": cands.inputs}
+    meta = {
+        "format": FORMAT,
+        "target": target,
+        "strategy": strategy,
+        "seed": int(seed),
+        "box_zyx": list(box),
+        "count": int(count),
+        "items": len(items),
+        "candidates": len(cands),
+        "created": utc_now(),
+        "workspace": workspace_identity(ws),
+        "inputs": cands.inputs,
+    }
     # the record first, then the queue: a queue is never there without the record that made it
     atomic_write_text(folder / REVIEW_JSON, json.dumps(meta, indent=1) + "\n")
     write_queue(queue, items)

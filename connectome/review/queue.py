@@ -121,23 +121,32 @@ def workspace_identity(ws) -> dict:
     raw_digest = ""
     if ws.has("raw"):
         raw_digest = str((ws.array_state("raw") or {}).get("config_digest", ""))
-    ident = {"path": str(Path(ws.path).resolve()), "shape_zyx": [int(s) for s in ws.shape_zyx],
-             "voxel_size_nm": [float(v) for v in ws.voxel_size_nm], "raw_config_digest": raw_digest}
+    ident = {
+        "path": str(Path(ws.path).resolve()),
+        "shape_zyx": [int(s) for s in ws.shape_zyx],
+        "voxel_size_nm": [float(v) for v in ws.voxel_size_nm],
+        "raw_config_digest": raw_digest,
+    }
     blob = json.dumps({k: ident[k] for k in ("shape_zyx", "voxel_size_nm", "raw_config_digest")}, sort_keys=True)
     ident["fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return ident
 
 
-def check_identity(recorded: dict, ws, where: str) -> None:
+def check_identity(recorded: object, ws, where: str) -> None:
     """Exit 2 unless ``recorded`` (a review.json's ``workspace``) names the workspace ``ws``."""
     now = workspace_identity(ws)
-    if not isinstance(recorded, dict) or recorded.get("path") != now["path"] or \
-            recorded.get("fingerprint") != now["fingerprint"]:
+    if (
+        not isinstance(recorded, dict)
+        or recorded.get("path") != now["path"]
+        or recorded.get("fingerprint") != now["fingerprint"]
+    ):
         other = recorded.get("path") if isinstance(recorded, dict) else None
-        raise UserInputError(f"{where}: made for workspace {other or '(unknown)'} "
-                             f"(fingerprint {recorded.get('fingerprint') if isinstance(recorded, dict) else None}), "
-                             f"not {now['path']} (fingerprint {now['fingerprint']}); "
-                             "plan and correct a review on the workspace it is used with")
+        raise UserInputError(
+            f"{where}: made for workspace {other or '(unknown)'} "
+            f"(fingerprint {recorded.get('fingerprint') if isinstance(recorded, dict) else None}), "
+            f"not {now['path']} (fingerprint {now['fingerprint']}); "
+            "plan and correct a review on the workspace it is used with"
+        )
 
 
 def read_review_json(folder: str | Path) -> dict:

@@ -24,6 +24,7 @@ def register(name: str):
     def deco(fn):
         STRATEGIES[name] = fn
         return fn
+
     return deco
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 @dataclass
 class Skeleton:
-    vertices_nm: np.ndarray               # (N, 3) float64, z y x, nm
-    edges: np.ndarray                     # (M, 2) int64, vertex indices
+    vertices_nm: np.ndarray  # (N, 3) float64, z y x, nm
+    edges: np.ndarray  # (M, 2) int64, vertex indices
     radii_nm: Optional[np.ndarray] = None  # (N,) float32, nm
 
     def __post_init__(self) -> None:
@@ -70,8 +70,11 @@ class Skeleton:
         radii = None
         if all(p.radii_nm is not None for p in parts):
             radii = np.concatenate([p.radii_nm for p in parts])
-        return cls(np.concatenate([p.vertices_nm for p in parts]),
-                   np.concatenate([p.edges + o for p, o in zip(parts, offsets)]), radii)
+        return cls(
+            np.concatenate([p.vertices_nm for p in parts]),
+            np.concatenate([p.edges + o for p, o in zip(parts, offsets)]),
+            radii,
+        )
 
     def merged_duplicates(self, decimals: int = 3) -> "Skeleton":
         """Vertices at the same position (to ``decimals`` nm) become one (the largest radius is

@@ -22,9 +22,11 @@ import numpy as np
 
 from connectome.skeletons.model import Skeleton
 
-INFO = {"@type": "neuroglancer_skeletons",
-        "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
-        "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}]}
+INFO = {
+    "@type": "neuroglancer_skeletons",
+    "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+    "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}],
+}
 
 
 def encode(sk: Skeleton) -> bytes:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, cast
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def check_voxel_size(voxel_size_nm) -> tuple[float, float, float]:
     vs = tuple(float(v) for v in voxel_size_nm)
     if len(vs) != 3 or not all(np.isfinite(v) and v > 0 for v in vs):
         raise UserInputError(f"anisotropy / voxel size: expected three positive numbers (z, y, x nm), got {list(vs)}")
-    return vs  # type: ignore[return-value]
+    return vs
 
 
 def join_radius(cfg: SkeletonizeConfig, voxel_size_nm) -> float:
@@ -108,12 +108,11 @@ class Piece:
     vertex ``cut_from[k]`` (kept) was joined to a vertex at ``cut_to_nm[k]`` outside the box."""
 
     skeleton: Skeleton
-    cut_from: np.ndarray   # (K,) int64
+    cut_from: np.ndarray  # (K,) int64
     cut_to_nm: np.ndarray  # (K, 3) float64
 
 
-def skeletonize_block(labels_zyx: np.ndarray, origin_zyx, voxel_size_nm, cfg: SkeletonizeConfig
-                      ) -> dict[int, Skeleton]:
+def skeletonize_block(labels_zyx: np.ndarray, origin_zyx, voxel_size_nm, cfg: SkeletonizeConfig) -> dict[int, Skeleton]:
     """Skeletons (nm, volume frame) of the segments in ``labels_zyx``, whose first voxel is
     ``origin_zyx`` of the volume."""
     import fastremap
@@ -128,21 +127,35 @@ def skeletonize_block(labels_zyx: np.ndarray, origin_zyx, voxel_size_nm, cfg: Sk
     small = np.ascontiguousarray(small.astype(np.uint32, copy=False))
     vs = np.asarray(voxel_size_nm, np.float64)
     skels = kimimaro.skeletonize(
-        small, teasar_params={"scale": cfg.teasar_scale, "const": cfg.teasar_const_nm,
-                              "pdrf_scale": 100000, "pdrf_exponent": 4,
-                              "soma_detection_threshold": 1e12, "soma_acceptance_threshold": 1e12,
-                              "soma_invalidation_const": 300, "soma_invalidation_scale": 2},
-        anisotropy=tuple(vs), dust_threshold=0, fix_branching=True, fix_borders=True, progress=False,
-        parallel=1)
+        small,
+        teasar_params={
+            "scale": cfg.teasar_scale,
+            "const": cfg.teasar_const_nm,
+            "pdrf_scale": 100000,
+            "pdrf_exponent": 4,
+            "soma_detection_threshold": 1e12,
+            "soma_acceptance_threshold": 1e12,
+            "soma_invalidation_const": 300,
+            "soma_invalidation_scale": 2,
+        },
+        anisotropy=tuple(vs),
+        dust_threshold=0,
+        fix_branching=True,
+        fix_borders=True,
+        progress=False,
+        parallel=1,
+    )
     offset = (np.asarray(origin_zyx, np.float64) + 0.5) * vs
     out: dict[int, Skeleton] = {}
     for small_id in sorted(skels):
         sk = skels[small_id]
         if len(sk.vertices) == 0:
             continue
-        out[back[int(small_id)]] = Skeleton(np.asarray(sk.vertices, np.float64) + offset,
-                                            np.asarray(sk.edges, np.int64),
-                                            np.asarray(sk.radii, np.float32))
+        out[back[int(small_id)]] = Skeleton(
+            np.asarray(sk.vertices, np.float64) + offset,
+            np.asarray(sk.edges, np.int64),
+            np.asarray(sk.radii, np.float32),
+        )
     return out
 
 
@@ -169,15 +182,16 @@ def halo_voxels(cfg: SkeletonizeConfig, voxel_size_nm) -> tuple[int, int, int]:
     return tuple(int(np.ceil(cfg.halo_nm / float(v))) for v in voxel_size_nm)  # type: ignore[return-value]
 
 
-def process_region(array, begin_zyx, end_zyx, voxel_size_nm, cfg: SkeletonizeConfig
-                   ) -> tuple[dict[int, Piece], dict[int, int]]:
+def process_region(
+    array, begin_zyx, end_zyx, voxel_size_nm, cfg: SkeletonizeConfig
+) -> tuple[dict[int, Piece], dict[int, int]]:
     """Pieces (cropped to the write box) and voxel counts (write box) of one block of ``array``
     (numpy or zarr), skeletonized with a halo of ``cfg.halo_nm`` around the write box."""
     shape = array.shape
     halo = halo_voxels(cfg, voxel_size_nm)
     lo = tuple(max(0, int(b) - h) for b, h in zip(begin_zyx, halo))
     hi = tuple(min(int(s), int(e) + h) for e, h, s in zip(end_zyx, halo, shape))
-    data = np.asarray(array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    data = np.asarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
     skels = skeletonize_block(data, lo, voxel_size_nm, cfg)
     pieces = {}
     for i, sk in skels.items():
@@ -197,14 +211,20 @@ def pack(pieces: Mapping[int, Piece], counts: Mapping[int, int]) -> bytes:
     cat = Skeleton.concat(sks) if sks else Skeleton.empty()
     cids = np.array(sorted(counts), np.uint64)
     buf = io.BytesIO()
-    np.savez(buf, ids=ids, nv=np.array([s.n_vertices for s in sks], np.int64),
-             ne=np.array([len(s.edges) for s in sks], np.int64),
-             nc=np.array([len(p.cut_from) for p in parts], np.int64),
-             vertices=cat.vertices_nm, radii=cat.radii_nm if cat.radii_nm is not None else np.zeros(0, np.float32),
-             edges=np.concatenate([s.edges for s in sks]) if sks else np.zeros((0, 2), np.int64),
-             cut_from=np.concatenate([p.cut_from for p in parts]) if parts else np.zeros(0, np.int64),
-             cut_to=np.concatenate([p.cut_to_nm for p in parts]) if parts else np.zeros((0, 3)),
-             count_ids=cids, counts=np.array([counts[int(i)] for i in cids], np.int64))
+    np.savez(
+        buf,
+        ids=ids,
+        nv=np.array([s.n_vertices for s in sks], np.int64),
+        ne=np.array([len(s.edges) for s in sks], np.int64),
+        nc=np.array([len(p.cut_from) for p in parts], np.int64),
+        vertices=cat.vertices_nm,
+        radii=cat.radii_nm if cat.radii_nm is not None else np.zeros(0, np.float32),
+        edges=np.concatenate([s.edges for s in sks]) if sks else np.zeros((0, 2), np.int64),
+        cut_from=np.concatenate([p.cut_from for p in parts]) if parts else np.zeros(0, np.int64),
+        cut_to=np.concatenate([p.cut_to_nm for p in parts]) if parts else np.zeros((0, 3)),
+        count_ids=cids,
+        counts=np.array([counts[int(i)] for i in cids], np.int64),
+    )
     return buf.getvalue()
 
 
@@ -215,8 +235,8 @@ def unpack(data) -> tuple[dict[int, Piece], dict[int, int]]:
     vo, eo, co = (np.concatenate([[0], np.cumsum(d[k])]) for k in ("nv", "ne", "nc"))
     out = {}
     for k, i in enumerate(d["ids"].tolist()):
-        sk = Skeleton(d["vertices"][vo[k]:vo[k + 1]], d["edges"][eo[k]:eo[k + 1]], d["radii"][vo[k]:vo[k + 1]])
-        out[int(i)] = Piece(sk, d["cut_from"][co[k]:co[k + 1]], d["cut_to"][co[k]:co[k + 1]])
+        sk = Skeleton(d["vertices"][vo[k] : vo[k + 1]], d["edges"][eo[k] : eo[k + 1]], d["radii"][vo[k] : vo[k + 1]])
+        out[int(i)] = Piece(sk, d["cut_from"][co[k] : co[k + 1]], d["cut_to"][co[k] : co[k + 1]])
     return out, counts
 
 
@@ -268,8 +288,12 @@ def join_segment(pieces: list[Piece], radius_nm: float) -> Skeleton:
     return sk.merged_duplicates().joined_close_components(radius_nm)
 
 
-def join_pieces(blocks: Iterable[tuple[Mapping[int, Piece], Mapping[int, int]]], radius_nm: float,
-                dust_voxels: int = 0, progress: bool = False) -> dict[int, Skeleton]:
+def join_pieces(
+    blocks: Iterable[tuple[Mapping[int, Piece], Mapping[int, int]]],
+    radius_nm: float,
+    dust_voxels: int = 0,
+    progress: bool = False,
+) -> dict[int, Skeleton]:
     """Join the block pieces of every segment (:func:`join_segment`); segments under
     ``dust_voxels`` voxels in all blocks together are dropped. The result does not depend on
     the order of the blocks beyond the order of the pieces, which is by block position."""
@@ -292,8 +316,9 @@ def join_pieces(blocks: Iterable[tuple[Mapping[int, Piece], Mapping[int, int]]],
     return out
 
 
-def skeletonize_volume(labels_zyx: np.ndarray, voxel_size_nm, cfg: SkeletonizeConfig = SkeletonizeConfig(),
-                       progress: bool = False) -> dict[int, Skeleton]:
+def skeletonize_volume(
+    labels_zyx: np.ndarray, voxel_size_nm, cfg: SkeletonizeConfig = SkeletonizeConfig(), progress: bool = False
+) -> dict[int, Skeleton]:
     """Skeletons of every segment of an in-memory (or zarr) volume, blockwise with ``cfg``'s
     blocks, serially (the workspace stage :mod:`connectome.skeletons.stage` runs the same
     :func:`process_region` per block on an executor)."""
@@ -302,8 +327,12 @@ def skeletonize_volume(labels_zyx: np.ndarray, voxel_size_nm, cfg: SkeletonizeCo
     from connectome.blockwise import BlockGrid
 
     vs = check_voxel_size(voxel_size_nm)
-    shape = tuple(labels_zyx.shape)
-    grid = BlockGrid(shape, tuple(min(b, s) for b, s in zip(cfg.blockwise.block_shape_zyx, shape)))
-    blocks = [process_region(labels_zyx, b.write_box.begin_zyx, b.write_box.end_zyx, vs, cfg)
-              for b in tqdm(list(grid.blocks()), disable=not progress, desc="skeletonize", unit="block")]
+    shape = cast("tuple[int, int, int]", tuple(labels_zyx.shape))
+    grid = BlockGrid(
+        shape, cast("tuple[int, int, int]", tuple(min(b, s) for b, s in zip(cfg.blockwise.block_shape_zyx, shape)))
+    )
+    blocks = [
+        process_region(labels_zyx, b.write_box.begin_zyx, b.write_box.end_zyx, vs, cfg)
+        for b in tqdm(list(grid.blocks()), disable=not progress, desc="skeletonize", unit="block")
+    ]
     return join_pieces(blocks, join_radius(cfg, vs), cfg.dust_voxels)

@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 
@@ -56,8 +56,9 @@ class SkeletonBlock:
         from connectome.workspace import open_array
 
         arr = open_array(self.workspace, self.input)
-        pieces, counts = process_region(arr, block.write_box.begin_zyx, block.write_box.end_zyx,
-                                        self.voxel_size_nm, self.config)
+        pieces, counts = process_region(
+            arr, block.write_box.begin_zyx, block.write_box.end_zyx, self.voxel_size_nm, self.config
+        )
         atomic_write_bytes(out_dir(self.workspace) / "blocks" / f"{block.block_id}.npz", pack(pieces, counts))
 
 
@@ -71,10 +72,13 @@ def plan(workspace, cfg: SkeletonizeConfig = SkeletonizeConfig(), voxel_size_nm=
     ws = Workspace.open(workspace)
     ws.require_complete(cfg.input, "skeletonize")
     vs = check_voxel_size(ws.voxel_size_nm if voxel_size_nm is None else voxel_size_nm)
-    block = tuple(min(b, s) for b, s in zip(cfg.blockwise.block_shape_zyx, ws.shape_zyx))
+    block = cast("tuple[int, int, int]", tuple(min(b, s) for b, s in zip(cfg.blockwise.block_shape_zyx, ws.shape_zyx)))
     grid = BlockGrid(ws.shape_zyx, block)
-    fingerprint = {"config": config_to_dict(cfg), "voxel_size_nm": list(vs),
-                   "source": tree_signature(ws.path / VOLUME / cfg.input)}
+    fingerprint = {
+        "config": config_to_dict(cfg),
+        "voxel_size_nm": list(vs),
+        "source": tree_signature(ws.path / VOLUME / cfg.input),
+    }
     proc = SkeletonBlock(str(ws.path), cfg.input, vs, cfg)
     return Task(STAGE, ws.path, grid, proc, fingerprint, (), max_retries=cfg.blockwise.max_retries), vs
 
@@ -90,8 +94,14 @@ def _stale_markers(task) -> bool:
     return old != json.loads(json.dumps(task.layout()))
 
 
-def skeletonize_workspace(workspace, cfg: SkeletonizeConfig = SkeletonizeConfig(), voxel_size_nm=None,
-                          executor=None, progress: bool = False, restart: bool = False) -> dict:
+def skeletonize_workspace(
+    workspace,
+    cfg: SkeletonizeConfig = SkeletonizeConfig(),
+    voxel_size_nm=None,
+    executor=None,
+    progress: bool = False,
+    restart: bool = False,
+) -> dict:
     """Run the stage; returns its summary (also written to ``WS/skeletons/summary.json``)."""
     from connectome.blockwise import run_task
     from connectome.errors import StageFailed
@@ -105,11 +115,19 @@ def skeletonize_workspace(workspace, cfg: SkeletonizeConfig = SkeletonizeConfig(
     except (OSError, ValueError):
         old = None
     fp = json.loads(json.dumps(task.layout()))
-    if (not restart and old and old.get("layout") == fp and (odir / "precomputed" / "info").is_file()
-            and (not cfg.swc or (odir / "swc").is_dir())):
+    if (
+        not restart
+        and old
+        and old.get("layout") == fp
+        and (odir / "precomputed" / "info").is_file()
+        and (not cfg.swc or (odir / "swc").is_dir())
+    ):
         installed = install_in_export(task.workspace)
-        log.info("skeletonize: up to date (%d skeletons)%s", old.get("segments", 0),
-                 "; linked in the export" if installed else "")
+        log.info(
+            "skeletonize: up to date (%d skeletons)%s",
+            old.get("segments", 0),
+            "; linked in the export" if installed else "",
+        )
         return {**old, "status": "up to date", "seconds": round(time.perf_counter() - t0, 2)}
     if not restart and _stale_markers(task):
         log.info("skeletonize: the segmentation or config changed since the last run; redoing every block")
@@ -120,8 +138,9 @@ def skeletonize_workspace(workspace, cfg: SkeletonizeConfig = SkeletonizeConfig(
     if report.failed:
         raise StageFailed(f"skeletonize: {report.failed} block(s) failed; see the log, then rerun to retry them")
     summary = finish(task, cfg, vs, progress)
-    summary.update(status="written", blocks=report.total, blocks_run=report.processed,
-                   seconds=round(time.perf_counter() - t0, 2))
+    summary.update(
+        status="written", blocks=report.total, blocks_run=report.processed, seconds=round(time.perf_counter() - t0, 2)
+    )
     from connectome.viewer.fsutil import write_json
 
     write_json(summary_path, {**summary, "layout": fp})
@@ -156,13 +175,21 @@ def finish(task, cfg: SkeletonizeConfig, vs, progress: bool = False) -> dict:
             write_swc(swc_dir / f"{seg_id}.swc", sk, f"segment {seg_id} of {task.workspace}; nm; x y z")
     lengths = np.array([s.length_nm() for s in skels.values()]) if skels else np.zeros(0)
     n_comp = [s.components()[0] for s in skels.values()]
-    log.info("skeletonize: %d skeletons, %.1f mm cable, joined in %.1f s", len(skels), lengths.sum() / 1e6,
-             time.perf_counter() - t0)
-    return {"segments": len(skels), "cable_length_nm": float(lengths.sum()),
-            "vertices": int(sum(s.n_vertices for s in skels.values())),
-            "segments_in_several_pieces": int(sum(k > 1 for k in n_comp)),
-            "swc": str(swc_dir) if cfg.swc else None, "precomputed": str(odir / "precomputed"),
-            "voxel_size_nm": list(vs)}
+    log.info(
+        "skeletonize: %d skeletons, %.1f mm cable, joined in %.1f s",
+        len(skels),
+        lengths.sum() / 1e6,
+        time.perf_counter() - t0,
+    )
+    return {
+        "segments": len(skels),
+        "cable_length_nm": float(lengths.sum()),
+        "vertices": int(sum(s.n_vertices for s in skels.values())),
+        "segments_in_several_pieces": int(sum(k > 1 for k in n_comp)),
+        "swc": str(swc_dir) if cfg.swc else None,
+        "precomputed": str(odir / "precomputed"),
+        "voxel_size_nm": list(vs),
+    }
 
 
 def install_in_export(workspace, out: Optional[Path] = None) -> bool:
@@ -186,8 +213,9 @@ def install_in_export(workspace, out: Optional[Path] = None) -> bool:
     if summary is not None:
         layout = summary.get("layout") or {}
         name = ((layout.get("fingerprint") or {}).get("config") or {}).get("input", "segmentation")
-        if name != "segmentation" or (layout.get("fingerprint") or {}).get("source") != \
-                tree_signature(workspace / VOLUME / "segmentation"):
+        if name != "segmentation" or (layout.get("fingerprint") or {}).get("source") != tree_signature(
+            workspace / VOLUME / "segmentation"
+        ):
             return False  # made from another array or an older segmentation
     if not (src / "info").is_file():
         return False

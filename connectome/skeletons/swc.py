@@ -23,7 +23,7 @@ def to_swc(sk: Skeleton, comment: str = "") -> str:
     g = coo_matrix((np.ones(2 * len(e)), (np.r_[e[:, 0], e[:, 1]], np.r_[e[:, 1], e[:, 0]])), shape=(n, n)).tocsr()
     seen = np.zeros(n, bool)
     number = np.zeros(n, np.int64)
-    rows = []
+    rows: list[str] = []
     radii = sk.radii_nm if sk.radii_nm is not None else np.zeros(n)
     for root in range(n):
         if seen[root]:
@@ -53,8 +53,9 @@ def from_swc(text: str) -> Skeleton:
         parents.append(int(f[6]))
     index = {i: k for k, i in enumerate(ids)}
     edges = [(index[p], k) for k, p in enumerate(parents) if p != -1 and p in index]
-    return Skeleton(np.array(verts).reshape(-1, 3), np.array(edges, np.int64).reshape(-1, 2),
-                    np.array(radii, np.float32))
+    return Skeleton(
+        np.array(verts).reshape(-1, 3), np.array(edges, np.int64).reshape(-1, 2), np.array(radii, np.float32)
+    )
 
 
 def write_swc(path: str | Path, sk: Skeleton, comment: str = "") -> None:

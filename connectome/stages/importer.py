@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, cast
 
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig, config_to_dict
@@ -59,24 +59,35 @@ def plan(src: str, workspace: str | Path, voxel_size_nm, config: ImportConfig = 
     """Validate the source and the workspace; nothing is written until the task runs."""
     source = open_source(src)
     ws_path = Path(workspace)
-    frame = Frame(source.shape_zyx, tuple(float(v) for v in voxel_size_nm))
+    frame = Frame(source.shape_zyx, cast("tuple[float, float, float]", tuple(float(v) for v in voxel_size_nm)))
     if Workspace.exists(ws_path):
         Workspace.open(ws_path).check_frame(frame)  # refuses before anything is written
     elif ws_path.exists() and not ws_path.is_dir():
         raise UserInputError(f"workspace {ws_path}: exists and is not a directory")
-    intensity = choose_map(source, config.rescale, tuple(config.percentiles), config.intensity_range)
+    intensity = choose_map(source, config.rescale, config.percentiles, config.intensity_range)
     grid = BlockGrid(source.shape_zyx, config.blockwise.block_shape_zyx)
-    fingerprint = {"source": source.identity(), "intensity": intensity.to_json(),
-                   "config": config_to_dict(config)}
+    fingerprint = {"source": source.identity(), "intensity": intensity.to_json(), "config": config_to_dict(config)}
     try:
         st = Path(getattr(source, "path", "") or getattr(source, "files", [""])[0]).stat()
         fingerprint["source"]["mtime_ns"] = st.st_mtime_ns
     except (OSError, IndexError):
         pass
-    out = OutputSpec("raw", "uint8", tuple(config.blockwise.block_shape_zyx),
-                     attrs={"source": source.description, "intensity": intensity.to_json()})
-    return Task(STAGE, ws_path, grid, ImportBlock(source, str(ws_path), intensity), fingerprint, (out,),
-                max_retries=config.blockwise.max_retries, setup=CreateWorkspace(str(ws_path), frame))
+    out = OutputSpec(
+        "raw",
+        "uint8",
+        config.blockwise.block_shape_zyx,
+        attrs={"source": source.description, "intensity": intensity.to_json()},
+    )
+    return Task(
+        STAGE,
+        ws_path,
+        grid,
+        ImportBlock(source, str(ws_path), intensity),
+        fingerprint,
+        (out,),
+        max_retries=config.blockwise.max_retries,
+        setup=CreateWorkspace(str(ws_path), frame),
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from connectome.blockwise.geometry import Box
 
 @dataclass(frozen=True)
 class IntensityMap:
-    rule: str          # "copy" | "linear"
+    rule: str  # "copy" | "linear"
     lo: float = 0.0
     hi: float = 255.0
 
@@ -46,8 +46,9 @@ def sample_sections(source, max_sections: int = 16, max_side: int = 1024) -> np.
     return np.concatenate(parts)
 
 
-def choose_map(source, rescale: str, percentiles: tuple[float, float],
-               intensity_range: tuple[float, float] | None) -> IntensityMap:
+def choose_map(
+    source, rescale: str, percentiles: tuple[float, float], intensity_range: tuple[float, float] | None
+) -> IntensityMap:
     if source.dtype == "uint8" and intensity_range is None:
         return IntensityMap("copy")
     if intensity_range is not None:

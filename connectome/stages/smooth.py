@@ -80,8 +80,13 @@ def plan(workspace: str | Path, config: SmoothConfig = SmoothConfig()) -> Task:
     ws.require_complete(config.input, "smooth")  # clear error if missing or unfinished
     svox = sigma_voxels(config.sigma_nm, ws.voxel_size_nm)
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, halo_for(svox, config.truncate))
-    out = OutputSpec(config.output, config.output_dtype, tuple(config.blockwise.block_shape_zyx),
-                     attrs={"sigma_nm": list(config.sigma_nm), "from": config.input})
+    out = OutputSpec(
+        config.output,
+        config.output_dtype,
+        config.blockwise.block_shape_zyx,
+        attrs={"sigma_nm": list(config.sigma_nm), "from": config.input},
+    )
     proc = SmoothBlock(str(ws.path), config.input, config.output, svox, config.truncate, config.output_dtype)
-    return Task(STAGE, ws.path, grid, proc, {"config": config_to_dict(config)}, (out,),
-                max_retries=config.blockwise.max_retries)
+    return Task(
+        STAGE, ws.path, grid, proc, {"config": config_to_dict(config)}, (out,), max_retries=config.blockwise.max_retries
+    )

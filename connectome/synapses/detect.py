@@ -54,15 +54,21 @@ from connectome.atomic import atomic_write_bytes
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task, run_task
 from connectome.config import BlockwiseConfig, config_to_dict
 from connectome.errors import UserInputError
-from connectome.synapses.partners import (DEFAULT_SHELL_RADIUS_NM, Evidence, choose_partners, merge_evidence,
-                                          shell_evidence, shell_radius_voxels)
+from connectome.synapses.partners import (
+    DEFAULT_SHELL_RADIUS_NM,
+    Evidence,
+    choose_partners,
+    merge_evidence,
+    shell_evidence,
+    shell_radius_voxels,
+)
 from connectome.synapses.table import write_synapses_csv
 from connectome.workspace import Workspace, open_array
 
 log = logging.getLogger(__name__)
 
 FRAGMENTS = "synapse_fragments"
-WORK = "synapses"          # WS/synapses/{label,join,partners}/<block_id>.npz, clefts.npz
+WORK = "synapses"  # WS/synapses/{label,join,partners}/<block_id>.npz, clefts.npz
 STRUCTURE = np.ones((3, 3, 3), bool)
 FORWARD = [d for d in itertools.product((-1, 0, 1), repeat=3) if d > (0, 0, 0)]  # 13 offsets, one per +-d
 
@@ -118,14 +124,15 @@ def _load_npz(path: Path) -> dict:
         raise UserInputError(f"{path}: missing or unreadable ({exc}); rerun with --restart") from None
 
 
-def label_fragments(prob: np.ndarray, threshold_u8: int, block_number: int = 0, offset_zyx=(0, 0, 0),
-                    volume_shape_zyx=None) -> tuple[np.ndarray, dict]:
+def label_fragments(
+    prob: np.ndarray, threshold_u8: int, block_number: int = 0, offset_zyx=(0, 0, 0), volume_shape_zyx=None
+) -> tuple[np.ndarray, dict]:
     """Pass 1 on one block: fragment ids (uint64, 0 = none) and per-fragment sums."""
     from scipy import ndimage as ndi
 
     prob = np.asarray(prob)
     local, n = ndi.label(prob >= threshold_u8, structure=STRUCTURE)
-    if n >= 2 ** 32:
+    if n >= 2**32:
         raise ValueError(f"{n} fragments in one block; use smaller blocks")
     base = np.uint64(block_number) << np.uint64(32)
     frag = np.where(local > 0, local.astype(np.uint64) + base, np.uint64(0))
@@ -135,11 +142,13 @@ def label_fragments(prob: np.ndarray, threshold_u8: int, block_number: int = 0, 
     vy, vx = (volume_shape_zyx or prob.shape)[1:]
     first_pos = np.unique(lab, return_index=True)[1]  # C order within a block = global C order
     glob = (z.astype(np.int64) * vy + y) * vx + x
-    stats = {"ids": np.arange(1, n + 1, dtype=np.uint64) + base,
-             "size": np.bincount(lab, minlength=n + 1)[1:].astype(np.int64),
-             "sum_zyx": np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] for c in (z, y, x)], axis=1),
-             "sum_prob": np.bincount(lab, weights=prob.reshape(-1)[idx], minlength=n + 1)[1:],
-             "first": glob[first_pos].astype(np.int64)}
+    stats = {
+        "ids": np.arange(1, n + 1, dtype=np.uint64) + base,
+        "size": np.bincount(lab, minlength=n + 1)[1:].astype(np.int64),
+        "sum_zyx": np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] for c in (z, y, x)], axis=1),
+        "sum_prob": np.bincount(lab, weights=prob.reshape(-1)[idx], minlength=n + 1)[1:],
+        "first": glob[first_pos].astype(np.int64),
+    }
     return frag, stats
 
 
@@ -174,8 +183,9 @@ class _LabelBlock:
         gz, gy, gx = self.grid_shape_zyx
         iz, iy, ix = block.index_zyx
         prob = np.asarray(open_array(self.workspace, self.prob_array)[block.write_box.slices])
-        frag, stats = label_fragments(prob, self.threshold_u8, (iz * gy + iy) * gx + ix, block.write_box.begin_zyx,
-                                      self.shape_zyx)
+        frag, stats = label_fragments(
+            prob, self.threshold_u8, (iz * gy + iy) * gx + ix, block.write_box.begin_zyx, self.shape_zyx
+        )
         open_array(self.workspace, FRAGMENTS, mode="r+")[block.write_box.slices] = frag
         _save_npz(Path(self.workspace) / WORK / "label" / f"{block.block_id}.npz", **stats)
 
@@ -199,8 +209,11 @@ class _PartnerBlock:
     def __call__(self, block: Block) -> None:
         ws, cfg = self.workspace, self.config
         table = _load_npz(Path(ws) / WORK / "clefts.npz")
-        region = to_synapse_ids(np.asarray(open_array(ws, FRAGMENTS)[block.read_box.slices]),
-                                table["fragment_ids"], table["synapse_of_fragment"])
+        region = to_synapse_ids(
+            np.asarray(open_array(ws, FRAGMENTS)[block.read_box.slices]),
+            table["fragment_ids"],
+            table["synapse_of_fragment"],
+        )
         core = block.write_box.relative_to(block.read_box)
         open_array(ws, cfg.output_array, mode="r+")[block.write_box.slices] = region[core]
         ev = Evidence.empty()
@@ -233,42 +246,69 @@ def check_inputs(ws: Workspace, config: DetectConfig) -> None:
     ws.require_complete(config.prob_array, "synapses")
     ws.require_complete(config.segmentation_array, "synapses")
     if not ws.has(config.post_array):
-        raise UserInputError(f"workspace {ws.path}: has no array '{config.post_array}' (the post-side signal, "
-                             "high on the postsynaptic side of a cleft, that partner assignment needs)")
+        raise UserInputError(
+            f"workspace {ws.path}: has no array '{config.post_array}' (the post-side signal, "
+            "high on the postsynaptic side of a cleft, that partner assignment needs)"
+        )
     if config.pre_array and not ws.has(config.pre_array):
-        raise UserInputError(f"workspace {ws.path}: has no array '{config.pre_array}' (the pre-side signal); "
-                             "rerun `connectome synapses` (its prediction pass writes it)")
+        raise UserInputError(
+            f"workspace {ws.path}: has no array '{config.pre_array}' (the pre-side signal); "
+            "rerun `connectome synapses` (its prediction pass writes it)"
+        )
     for name in filter(None, (config.post_array, config.pre_array)):
         a = ws.require_complete(name, "synapses")
         if np.dtype(a.dtype).kind not in "uif" or a.shape != ws.array(config.prob_array).shape:
-            raise UserInputError(f"workspace {ws.path}: array '{name}' has dtype {a.dtype} and shape {list(a.shape)}, "
-                                 "expected uint8 (0..255) or float (0..1) of the volume's shape")
+            raise UserInputError(
+                f"workspace {ws.path}: array '{name}' has dtype {a.dtype} and shape {list(a.shape)}, "
+                "expected uint8 (0..255) or float (0..1) of the volume's shape"
+            )
 
 
 def plan_label(ws: Workspace, config: DetectConfig) -> Task:
     grid = _grid(ws, config, 0)
     proc = _LabelBlock(str(ws.path), config.prob_array, config.threshold_u8, grid.grid_shape_zyx, ws.shape_zyx)
-    out = OutputSpec(FRAGMENTS, "uint64", tuple(config.blockwise.block_shape_zyx),
-                     attrs={"from": config.prob_array, "threshold_u8": config.threshold_u8})
+    out = OutputSpec(
+        FRAGMENTS,
+        "uint64",
+        config.blockwise.block_shape_zyx,
+        attrs={"from": config.prob_array, "threshold_u8": config.threshold_u8},
+    )
     fp = {"threshold_u8": config.threshold_u8, "prob_array": config.prob_array}
     return Task("synapses-label", ws.path, grid, proc, fp, (out,), max_retries=config.blockwise.max_retries)
 
 
 def plan_join(ws: Workspace, config: DetectConfig) -> Task:
     fp = {"threshold_u8": config.threshold_u8, "prob_array": config.prob_array}
-    return Task("synapses-join", ws.path, _grid(ws, config, 1), _JoinBlock(str(ws.path)), fp,
-                max_retries=config.blockwise.max_retries)
+    return Task(
+        "synapses-join",
+        ws.path,
+        _grid(ws, config, 1),
+        _JoinBlock(str(ws.path)),
+        fp,
+        max_retries=config.blockwise.max_retries,
+    )
 
 
 def plan_partners(ws: Workspace, config: DetectConfig, clefts_digest: str) -> Task:
-    out = OutputSpec(config.output_array, "uint64", tuple(config.blockwise.block_shape_zyx),
-                     attrs={"from": config.prob_array, "rule": "connectome.synapses.detect"})
+    out = OutputSpec(
+        config.output_array,
+        "uint64",
+        config.blockwise.block_shape_zyx,
+        attrs={"from": config.prob_array, "rule": "connectome.synapses.detect"},
+    )
     radius = shell_radius_voxels(config.shell_radius_nm, ws.voxel_size_nm)
     # require_partners only filters the table (driver step): changing it reuses the blocks
     cfg = {k: v for k, v in config_to_dict(config).items() if k != "require_partners"}
     fp = {"config": cfg, "clefts": clefts_digest, "shell_radius_zyx": list(radius)}
-    return Task("synapses-partners", ws.path, _grid(ws, config, radius),
-                _PartnerBlock(str(ws.path), config, radius), fp, (out,), max_retries=config.blockwise.max_retries)
+    return Task(
+        "synapses-partners",
+        ws.path,
+        _grid(ws, config, radius),
+        _PartnerBlock(str(ws.path), config, radius),
+        fp,
+        (out,),
+        max_retries=config.blockwise.max_retries,
+    )
 
 
 def _block_files(ws: Workspace, config: DetectConfig, kind: str) -> list[Path]:
@@ -298,14 +338,24 @@ def resolve_clefts(ws: Workspace, config: DetectConfig) -> str:
     synapse_of_comp[kept] = np.arange(1, kept.size + 1, dtype=np.uint64)
     sum_zyx = np.stack([np.bincount(comp, weights=cat["sum_zyx"][:, i], minlength=k) for i in range(3)], axis=1)
     sum_prob = np.bincount(comp, weights=cat["sum_prob"], minlength=k)
-    table = {"fragment_ids": ids, "synapse_of_fragment": synapse_of_comp[comp] if n else np.zeros(0, np.uint64),
-             "size": size[kept], "centroid_zyx": sum_zyx[kept] / np.maximum(size[kept], 1)[:, None],
-             "score": sum_prob[kept] / np.maximum(size[kept], 1) / 255.0,
-             "dropped_small": np.int64(int((size < config.min_size_voxels).sum()))}
+    table = {
+        "fragment_ids": ids,
+        "synapse_of_fragment": synapse_of_comp[comp] if n else np.zeros(0, np.uint64),
+        "size": size[kept],
+        "centroid_zyx": sum_zyx[kept] / np.maximum(size[kept], 1)[:, None],
+        "score": sum_prob[kept] / np.maximum(size[kept], 1) / 255.0,
+        "dropped_small": np.int64(int((size < config.min_size_voxels).sum())),
+    }
     _save_npz(ws.path / WORK / "clefts.npz", **table)
     digest = hashlib.sha1(table["fragment_ids"].tobytes() + table["synapse_of_fragment"].tobytes()).hexdigest()
-    log.info("synapses: %d fragments, %d cross-block joins, %d synapses (>= %d voxels), %d smaller dropped",
-             n, pairs.shape[0], kept.size, config.min_size_voxels, int((size < config.min_size_voxels).sum()))
+    log.info(
+        "synapses: %d fragments, %d cross-block joins, %d synapses (>= %d voxels), %d smaller dropped",
+        n,
+        pairs.shape[0],
+        kept.size,
+        config.min_size_voxels,
+        int((size < config.min_size_voxels).sum()),
+    )
     return digest
 
 
@@ -320,9 +370,11 @@ class DetectSummary:
     dropped_unpaired: int = 0
 
     def describe(self) -> str:
-        return (f"synapses: {self.synapses} in the table ({self.with_both_partners} with both partners), "
-                f"{self.dropped_unpaired} without two partner segments and {self.dropped_small} components below "
-                f"the minimum size dropped; table {self.csv_path}")
+        return (
+            f"synapses: {self.synapses} in the table ({self.with_both_partners} with both partners), "
+            f"{self.dropped_unpaired} without two partner segments and {self.dropped_small} components below "
+            f"the minimum size dropped; table {self.csv_path}"
+        )
 
 
 def finish(ws: Workspace, config: DetectConfig) -> DetectSummary:
@@ -334,14 +386,27 @@ def finish(ws: Workspace, config: DetectConfig) -> DetectSummary:
     partners = choose_partners(ev, ids)
     both = partners.paired
     rows = both if config.require_partners else np.ones(k, bool)
-    path = write_synapses_csv(ws.path / "synapses.csv", ids[rows], table["centroid_zyx"][rows], partners.pre[rows],
-                              partners.post[rows], table["score"][rows], table["size"][rows], partners.pre_zyx[rows],
-                              partners.post_zyx[rows])
+    path = write_synapses_csv(
+        ws.path / "synapses.csv",
+        ids[rows],
+        table["centroid_zyx"][rows],
+        partners.pre[rows],
+        partners.post[rows],
+        table["score"][rows],
+        table["size"][rows],
+        partners.pre_zyx[rows],
+        partners.post_zyx[rows],
+    )
     return DetectSummary(int(rows.sum()), int(both.sum()), int(table["dropped_small"]), path, int(k - rows.sum()))
 
 
-def detect_synapses(workspace: str | Path, config: DetectConfig = DetectConfig(), executor=None,
-                    progress: bool = False, restart: bool = False) -> DetectSummary:
+def detect_synapses(
+    workspace: str | Path,
+    config: DetectConfig = DetectConfig(),
+    executor=None,
+    progress: bool = False,
+    restart: bool = False,
+) -> DetectSummary:
     """Run all passes on a workspace (``synapse_prob``, ``segmentation`` and the post-side
     signal must exist) and write ``WS/synapses.csv``; see the module docstring."""
     from connectome.blockwise.executors import SerialExecutor

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -51,14 +52,14 @@ import numpy as np
 class Evidence:
     """Per (cleft, segment) sums over shell voxels, rows sorted by (cleft, segment)."""
 
-    cleft: np.ndarray     # int64
-    segment: np.ndarray   # uint64, never 0
-    n: np.ndarray         # int64: shell voxels
-    q: np.ndarray         # int64: sum of 255 - p8
-    p: np.ndarray         # int64: sum of p8
-    zyx: np.ndarray       # (m, 3) float64: sum of coordinates
-    zyx_q: np.ndarray     # (m, 3): sum of (255 - p8) * coordinates
-    zyx_p: np.ndarray     # (m, 3): sum of p8 * coordinates
+    cleft: np.ndarray  # int64
+    segment: np.ndarray  # uint64, never 0
+    n: np.ndarray  # int64: shell voxels
+    q: np.ndarray  # int64: sum of 255 - p8
+    p: np.ndarray  # int64: sum of p8
+    zyx: np.ndarray  # (m, 3) float64: sum of coordinates
+    zyx_q: np.ndarray  # (m, 3): sum of (255 - p8) * coordinates
+    zyx_p: np.ndarray  # (m, 3): sum of p8 * coordinates
 
     def __len__(self) -> int:
         return int(self.cleft.size)
@@ -86,7 +87,7 @@ def post_to_u8(post: np.ndarray) -> np.ndarray:
 
 def shell_radius_voxels(shell_radius_nm: float, voxel_size_nm) -> tuple[int, int, int]:
     """Per-axis shell radius in voxels: the whole voxels within ``shell_radius_nm``."""
-    return tuple(int(np.floor(shell_radius_nm / float(v) + 1e-9)) for v in voxel_size_nm)
+    return cast("tuple[int, int, int]", tuple(int(np.floor(shell_radius_nm / float(v) + 1e-9)) for v in voxel_size_nm))
 
 
 #: the stage's shell radius (``DetectConfig.shell_radius_nm``), and in voxels at 40 x 8 x 8 nm, (0, 2, 2):
@@ -100,16 +101,22 @@ def shell_offsets(radius_zyx) -> list[tuple[int, int, int]]:
     r = [int(v) for v in radius_zyx]
     if any(v < 0 for v in r):
         raise ValueError(f"shell radius must be >= 0 voxels, got {tuple(r)}")
-    out = []
+    out: list[tuple[int, int, int]] = []
     for d in itertools.product(*[range(-v, v + 1) for v in r]):
         if sum((di / ri) ** 2 for di, ri in zip(d, r) if ri) <= 1.0 + 1e-9:
-            out.append(tuple(d))
+            out.append(cast("tuple[int, int, int]", tuple(d)))
     return out
 
 
-def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray,
-                   core: tuple[slice, slice, slice] | None = None, offset_zyx=(0, 0, 0),
-                   radius_zyx=DEFAULT_RADIUS_ZYX, pre: np.ndarray | None = None) -> Evidence:
+def shell_evidence(
+    clefts: np.ndarray,
+    segmentation: np.ndarray,
+    post: np.ndarray,
+    core: tuple[slice, slice, slice] | None = None,
+    offset_zyx=(0, 0, 0),
+    radius_zyx=DEFAULT_RADIUS_ZYX,
+    pre: np.ndarray | None = None,
+) -> Evidence:
     """Evidence from the shell voxels that lie in ``core``.
 
     ``clefts`` covers a region (e.g. a block's write box plus a halo of ``radius_zyx``, clipped to the
@@ -119,12 +126,17 @@ def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarra
     ``clefts`` count as no cleft.
     """
     clefts = np.asarray(clefts)
-    core = core or tuple(slice(0, s) for s in clefts.shape)
+    core = core or cast("tuple[slice, slice, slice]", tuple(slice(0, s) for s in clefts.shape))
     shape = tuple(s.stop - s.start for s in core)
-    if tuple(segmentation.shape) != shape or tuple(post.shape) != shape or (
-            pre is not None and tuple(pre.shape) != shape):
-        raise ValueError(f"segmentation {segmentation.shape}, post {post.shape} and pre "
-                         f"{None if pre is None else pre.shape} must cover the core {shape}")
+    if (
+        tuple(segmentation.shape) != shape
+        or tuple(post.shape) != shape
+        or (pre is not None and tuple(pre.shape) != shape)
+    ):
+        raise ValueError(
+            f"segmentation {segmentation.shape}, post {post.shape} and pre "
+            f"{None if pre is None else pre.shape} must cover the core {shape}"
+        )
     if not clefts.any():
         return Evidence.empty()
     offsets = shell_offsets(radius_zyx)
@@ -140,9 +152,9 @@ def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarra
     if lab.size == 0:
         return Evidence.empty()
     ncore = int(np.prod(shape))
-    if int(lab.max()) >= (2 ** 63 - 1) // max(ncore, 1):
+    if int(lab.max()) >= (2**63 - 1) // max(ncore, 1):
         raise ValueError("cleft ids too large for this block size")
-    key = np.unique(lab * ncore + idx)       # each (cleft, voxel) once
+    key = np.unique(lab * ncore + idx)  # each (cleft, voxel) once
     lab, idx = key // ncore, key % ncore
     seg = np.asarray(segmentation).reshape(-1)[idx].astype(np.uint64)
     keep = seg != 0
@@ -150,8 +162,7 @@ def shell_evidence(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarra
     p8 = post_to_u8(post).reshape(-1)[idx].astype(np.int64)
     q8 = 255 - p8 if pre is None else post_to_u8(pre).reshape(-1)[idx].astype(np.int64)
     coords = np.stack(np.unravel_index(idx, shape), axis=1).astype(np.float64) + np.asarray(offset_zyx, np.float64)
-    return _group(lab, seg, np.ones(lab.size, np.int64), q8, p8, coords,
-                  coords * q8[:, None], coords * p8[:, None])
+    return _group(lab, seg, np.ones(lab.size, np.int64), q8, p8, coords, coords * q8[:, None], coords * p8[:, None])
 
 
 def _group(cleft, segment, n, q, p, zyx, zyx_q, zyx_p) -> Evidence:
@@ -165,8 +176,16 @@ def _group(cleft, segment, n, q, p, zyx, zyx_q, zyx_p) -> Evidence:
     def red(a):
         return np.add.reduceat(np.asarray(a)[order], start, axis=0)
 
-    return Evidence(cleft[start].astype(np.int64), segment[start].astype(np.uint64), red(n), red(q), red(p),
-                    red(zyx), red(zyx_q), red(zyx_p))
+    return Evidence(
+        cleft[start].astype(np.int64),
+        segment[start].astype(np.uint64),
+        red(n),
+        red(q),
+        red(p),
+        red(zyx),
+        red(zyx_q),
+        red(zyx_p),
+    )
 
 
 def merge_evidence(parts) -> Evidence:
@@ -183,9 +202,9 @@ class Partners:
     """Per cleft id (in the order asked for): pre and post segment ids and partner points."""
 
     cleft: np.ndarray
-    pre: np.ndarray        # uint64, 0 = none
-    post: np.ndarray       # uint64, 0 = none
-    pre_zyx: np.ndarray    # (k, 3), NaN where pre is 0
+    pre: np.ndarray  # uint64, 0 = none
+    post: np.ndarray  # uint64, 0 = none
+    pre_zyx: np.ndarray  # (k, 3), NaN where pre is 0
     post_zyx: np.ndarray
 
     @property
@@ -243,12 +262,24 @@ def choose_partners(ev: Evidence, cleft_ids) -> Partners:
     return Partners(ids, seg_of(pre), seg_of(post), point(pre, ev.q, ev.zyx_q), point(post, ev.p, ev.zyx_p))
 
 
-def assign_partners(clefts: np.ndarray, segmentation: np.ndarray, post: np.ndarray,
-                    radius_zyx=DEFAULT_RADIUS_ZYX, pre: np.ndarray | None = None) -> Partners:
+def assign_partners(
+    clefts: np.ndarray,
+    segmentation: np.ndarray,
+    post: np.ndarray,
+    radius_zyx=DEFAULT_RADIUS_ZYX,
+    pre: np.ndarray | None = None,
+) -> Partners:
     """The rule on whole in-memory arrays (same shape), for every non-zero cleft id present."""
     clefts = np.asarray(clefts)
     ids = np.unique(clefts)
     ids = ids[ids != 0].astype(np.int64)
-    return choose_partners(shell_evidence(clefts, np.asarray(segmentation), np.asarray(post),
-                                          radius_zyx=radius_zyx, pre=None if pre is None else np.asarray(pre)),
-                           ids)
+    return choose_partners(
+        shell_evidence(
+            clefts,
+            np.asarray(segmentation),
+            np.asarray(post),
+            radius_zyx=radius_zyx,
+            pre=None if pre is None else np.asarray(pre),
+        ),
+        ids,
+    )

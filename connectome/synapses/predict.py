@@ -26,8 +26,8 @@ import numpy as np
 from connectome.blockwise import Block, BlockGrid, OutputSpec, Task
 from connectome.config import BlockwiseConfig
 from connectome.errors import UserInputError
-from connectome.synapses.partners import DEFAULT_SHELL_RADIUS_NM
 from connectome.resources import MODEL_WORKER_BYTES
+from connectome.synapses.partners import DEFAULT_SHELL_RADIUS_NM
 from connectome.workspace import Workspace, open_array
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ Config = SynapsesConfig
 # ---------------------------------------------------------------------------------------------
 # the model
 
+
 @dataclass(frozen=True)
 class ResolvedModel:
     path: str
@@ -119,8 +120,9 @@ def _read_spec(path: Path):
     return read_model_dir(path, task="synapse", ndim=3, out_channels=(2, 3))
 
 
-def resolve_model(shape_zyx, voxel_size_nm, config: SynapsesConfig, model_dir=None, where: str = "volume"
-                  ) -> ResolvedModel:
+def resolve_model(
+    shape_zyx, voxel_size_nm, config: SynapsesConfig, model_dir=None, where: str = "volume"
+) -> ResolvedModel:
     """Read and check the model (driver side): weights build, pixel size fits, tiling valid."""
     from unet.infer3d import resolve_tiling
     from unet.modeldir import build_model
@@ -130,13 +132,15 @@ def resolve_model(shape_zyx, voxel_size_nm, config: SynapsesConfig, model_dir=No
         raise UserInputError(f"--model {path}: not found (train one with `connectome train synapse`)")
     spec = _read_spec(path)
     build_model(spec)
-    factor, tile, margin = resolve_tiling(spec, path, shape_zyx, voxel_size_nm, config.tile_zyx, config.margin_zyx,
-                                          where, "synapses")
+    factor, tile, margin = resolve_tiling(
+        spec, path, shape_zyx, voxel_size_nm, config.tile_zyx, config.margin_zyx, where, "synapses"
+    )
     out = spec.doc.get("output", {})
     threshold = config.threshold if config.threshold is not None else float(out.get("threshold", 0.5))
     min_size = config.min_size_voxels if config.min_size_voxels is not None else int(out.get("min_size_voxels", 50))
-    return ResolvedModel(str(path), spec.weights_sha256, factor, tile, margin, threshold, min_size,
-                         int(spec.unet.out_channels))
+    return ResolvedModel(
+        str(path), spec.weights_sha256, factor, tile, margin, threshold, min_size, int(spec.unet.out_channels)
+    )
 
 
 def get_predictor(model_dir: str, sha256: str, batch_size: int, tta: int, threads: int):
@@ -147,6 +151,7 @@ def get_predictor(model_dir: str, sha256: str, batch_size: int, tta: int, thread
 
 # ---------------------------------------------------------------------------------------------
 # blockwise prediction
+
 
 @dataclass(frozen=True)
 class PredictBlock:
@@ -165,8 +170,16 @@ class PredictBlock:
         m = self.model
         predictor = get_predictor(m.path, m.sha256, self.batch_size, self.tta, self.threads)
         geom = TileGeometry3D(m.factor, m.tile, m.margin)
-        out = predict_box3d(open_array(self.workspace, "raw"), predictor, geom, IntensityStats(*self.stats),
-                            block.write_box.begin_zyx, block.write_box.end_zyx, m.channels, self.no_data)
+        out = predict_box3d(
+            open_array(self.workspace, "raw"),
+            predictor,
+            geom,
+            IntensityStats(*self.stats),
+            block.write_box.begin_zyx,
+            block.write_box.end_zyx,
+            m.channels,
+            self.no_data,
+        )
         for name, channel in zip((PROB, POST, PRE), out):
             open_array(self.workspace, name, mode="r+")[block.write_box.slices] = channel
 
@@ -177,29 +190,71 @@ def plan_predict(workspace: str | Path, config: SynapsesConfig = SynapsesConfig(
     ws = Workspace.open(workspace)
     raw = ws.require_complete("raw", "synapses")
     if not ws.has("segmentation"):
-        raise UserInputError(f"workspace {ws.path}: has no array 'segmentation' (partners come from it); run "
-                             "`connectome segment` first")
+        raise UserInputError(
+            f"workspace {ws.path}: has no array 'segmentation' (partners come from it); run `connectome segment` first"
+        )
     ws.require_complete("segmentation", "synapses")
     m = resolve_model(ws.shape_zyx, ws.voxel_size_nm, config, model_dir, f"workspace {ws.path}")
     stats = intensity_stats(raw, m.factor)
     halo = (m.margin[0], m.margin[1] * m.factor, m.margin[2] * m.factor)
     grid = BlockGrid(ws.shape_zyx, config.blockwise.block_shape_zyx, halo)
     common = {"from": "raw", "scale": "0..255 = probability 0..1", "model": m.path, "model_sha256": m.sha256}
-    outs = (OutputSpec(PROB, "uint8", tuple(config.blockwise.block_shape_zyx),
-                       attrs={**common, "meaning": "synaptic cleft", "model_threshold": m.threshold,
-                              "model_min_size_voxels": m.min_size_voxels, "model_channels": m.channels}),
-            OutputSpec(POST, "uint8", tuple(config.blockwise.block_shape_zyx),
-                       attrs={**common, "meaning": "postsynaptic side of a cleft"}))
+    outs: tuple[OutputSpec, ...]
+    outs = (
+        OutputSpec(
+            PROB,
+            "uint8",
+            config.blockwise.block_shape_zyx,
+            attrs={
+                **common,
+                "meaning": "synaptic cleft",
+                "model_threshold": m.threshold,
+                "model_min_size_voxels": m.min_size_voxels,
+                "model_channels": m.channels,
+            },
+        ),
+        OutputSpec(
+            POST, "uint8", config.blockwise.block_shape_zyx, attrs={**common, "meaning": "postsynaptic side of a cleft"}
+        ),
+    )
     if m.channels == 3:
-        outs += (OutputSpec(PRE, "uint8", tuple(config.blockwise.block_shape_zyx),
-                            attrs={**common, "meaning": "presynaptic side of a cleft"}),)
-    proc = PredictBlock(str(ws.path), m, (stats.p5, stats.p50, stats.p95), config.batch_size, config.tta,
-                        config.threads, config.no_data_value)
-    fingerprint = {"model_sha256": m.sha256, "factor": m.factor, "tile_zyx": list(m.tile),
-                   "margin_zyx": list(m.margin), "tta": config.tta, "intensity": stats.to_json(),
-                   "no_data_value": config.no_data_value}
-    return Task(STAGE, ws.path, grid, proc, fingerprint, outs, max_retries=config.blockwise.max_retries,
-                bytes_per_voxel=32.0, worker_memory_bytes=MODEL_WORKER_BYTES)
+        outs += (
+            OutputSpec(
+                PRE,
+                "uint8",
+                config.blockwise.block_shape_zyx,
+                attrs={**common, "meaning": "presynaptic side of a cleft"},
+            ),
+        )
+    proc = PredictBlock(
+        str(ws.path),
+        m,
+        (stats.p5, stats.p50, stats.p95),
+        config.batch_size,
+        config.tta,
+        config.threads,
+        config.no_data_value,
+    )
+    fingerprint = {
+        "model_sha256": m.sha256,
+        "factor": m.factor,
+        "tile_zyx": list(m.tile),
+        "margin_zyx": list(m.margin),
+        "tta": config.tta,
+        "intensity": stats.to_json(),
+        "no_data_value": config.no_data_value,
+    }
+    return Task(
+        STAGE,
+        ws.path,
+        grid,
+        proc,
+        fingerprint,
+        outs,
+        max_retries=config.blockwise.max_retries,
+        bytes_per_voxel=32.0,
+        worker_memory_bytes=MODEL_WORKER_BYTES,
+    )
 
 
 def detect_config(workspace: str | Path, config: SynapsesConfig):
@@ -210,18 +265,30 @@ def detect_config(workspace: str | Path, config: SynapsesConfig):
 
     prob = Workspace.open(workspace).array(PROB)
     t = config.threshold if config.threshold is not None else float(prob.attrs.get("model_threshold", 0.5))
-    m = config.min_size_voxels if config.min_size_voxels is not None else int(
-        prob.attrs.get("model_min_size_voxels", 50))
+    m = (
+        config.min_size_voxels
+        if config.min_size_voxels is not None
+        else int(prob.attrs.get("model_min_size_voxels", 50))
+    )
     pre = PRE if config.use_pre_channel and int(prob.attrs.get("model_channels", 2)) == 3 else ""
-    return DetectConfig(blockwise=config.blockwise, threshold=t, min_size_voxels=m, prob_array=PROB, post_array=POST,
-                        pre_array=pre, require_partners=config.require_partners)
+    return DetectConfig(
+        blockwise=config.blockwise,
+        threshold=t,
+        min_size_voxels=m,
+        prob_array=PROB,
+        post_array=POST,
+        pre_array=pre,
+        require_partners=config.require_partners,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # in-memory versions (calibration, benchmarks, tests)
 
-def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir, config: SynapsesConfig = SynapsesConfig()
-                   ) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+
+def predict_arrays(
+    raw: np.ndarray, voxel_size_nm, model_dir, config: SynapsesConfig = SynapsesConfig()
+) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(synapse_prob, synapse_post, synapse_pre) uint8 of a whole in-memory volume: the stage's
     computation; synapse_pre is None for a model without the pre channel."""
     from unet.data import intensity_stats
@@ -230,14 +297,30 @@ def predict_arrays(raw: np.ndarray, voxel_size_nm, model_dir, config: SynapsesCo
 
     m = resolve_model(raw.shape, voxel_size_nm, config, model_dir)
     predictor = Predictor3D(build_model(_read_spec(Path(m.path))), config.batch_size, config.tta)
-    out = predict_box3d(raw, predictor, TileGeometry3D(m.factor, m.tile, m.margin), intensity_stats(raw, m.factor),
-                        (0, 0, 0), raw.shape, m.channels, config.no_data_value)
+    out = predict_box3d(
+        raw,
+        predictor,
+        TileGeometry3D(m.factor, m.tile, m.margin),
+        intensity_stats(raw, m.factor),
+        (0, 0, 0),
+        raw.shape,
+        m.channels,
+        config.no_data_value,
+    )
     return out[0], out[1], (out[2] if m.channels == 3 else None)
 
 
-def detect_arrays(prob: np.ndarray, post: np.ndarray, segmentation: np.ndarray, threshold: float,
-                  min_size_voxels: int, voxel_size_nm=(40.0, 8.0, 8.0), shell_radius_nm: float = DEFAULT_SHELL_RADIUS_NM,
-                  pre: Optional[np.ndarray] = None, require_partners: bool = True) -> dict[str, np.ndarray]:
+def detect_arrays(
+    prob: np.ndarray,
+    post: np.ndarray,
+    segmentation: np.ndarray,
+    threshold: float,
+    min_size_voxels: int,
+    voxel_size_nm=(40.0, 8.0, 8.0),
+    shell_radius_nm: float = DEFAULT_SHELL_RADIUS_NM,
+    pre: Optional[np.ndarray] = None,
+    require_partners: bool = True,
+) -> dict[str, np.ndarray]:
     """The detection + partner rule of :mod:`connectome.synapses.detect` on whole arrays:
     columns synapse_id, z, y, x, pre_segment_id, post_segment_id, score, size_voxels."""
     from scipy import ndimage as ndi
@@ -260,11 +343,17 @@ def detect_arrays(prob: np.ndarray, post: np.ndarray, segmentation: np.ndarray, 
     cnt = np.bincount(cl, minlength=k + 1)[1:].astype(np.float64)
     cen = [np.bincount(cl, weights=c, minlength=k + 1)[1:] / np.maximum(cnt, 1) for c in zyx]
     score = np.bincount(cl, weights=prob.ravel()[idx], minlength=k + 1)[1:] / np.maximum(cnt, 1) / 255.0
-    partners = assign_partners(clefts, segmentation, post, shell_radius_voxels(shell_radius_nm, voxel_size_nm),
-                               pre=pre)
-    out = {"synapse_id": np.arange(1, k + 1, dtype=np.uint64), "z": cen[0], "y": cen[1], "x": cen[2],
-           "pre_segment_id": np.asarray(partners.pre, np.uint64), "post_segment_id": np.asarray(partners.post, np.uint64),
-           "score": score, "size_voxels": cnt.astype(np.int64)}
+    partners = assign_partners(clefts, segmentation, post, shell_radius_voxels(shell_radius_nm, voxel_size_nm), pre=pre)
+    out = {
+        "synapse_id": np.arange(1, k + 1, dtype=np.uint64),
+        "z": cen[0],
+        "y": cen[1],
+        "x": cen[2],
+        "pre_segment_id": np.asarray(partners.pre, np.uint64),
+        "post_segment_id": np.asarray(partners.post, np.uint64),
+        "score": score,
+        "size_voxels": cnt.astype(np.int64),
+    }
     if require_partners:
         out = {c: v[partners.paired] for c, v in out.items()}
     return out
@@ -280,12 +369,17 @@ def read_truth(path: str | Path):
     table = t.table("synapses.csv")
     if table is None:
         raise UserInputError(f"truth {path}: truth/synapses.csv missing")
-    return (np.asarray(t.array("raw")[:]), np.asarray(t.array("neurons")[:]), vs,
-            tables.read_table(table, tables.SYNAPSES))
+    return (
+        np.asarray(t.array("raw")[:]),
+        np.asarray(t.array("neurons")[:]),
+        vs,
+        tables.read_table(table, tables.SYNAPSES),
+    )
 
 
-def score_detection(pred: dict, truth: dict, voxel_size_nm, max_distance_nm: float,
-                    seg_to_truth: Optional[dict] = None) -> dict:
+def score_detection(
+    pred: dict, truth: dict, voxel_size_nm, max_distance_nm: float, seg_to_truth: Optional[dict] = None
+) -> dict:
     """Detection F1 and partner accuracy; ``seg_to_truth`` None means the segmentation is the
     truth's own neuron ids (identity map)."""
     from connectome.evaluate.synapses import synapse_metrics

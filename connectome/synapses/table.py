@@ -65,8 +65,10 @@ def read_synapse_table(path: str | Path) -> SynapseTable:
     header = _read_header(path)
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise UserInputError(f"{path}: missing column(s) {', '.join(missing)} (expected a header with "
-                             f"{','.join(COLUMNS)}; found {','.join(header) or 'nothing'})")
+        raise UserInputError(
+            f"{path}: missing column(s) {', '.join(missing)} (expected a header with "
+            f"{','.join(COLUMNS)}; found {','.join(header) or 'nothing'})"
+        )
     table = _read_fast(path, header)
     if table is None or not _passes_checks(table):
         table = _read_checked(path, header)  # names the first bad line, or accepts what numpy would not
@@ -94,8 +96,17 @@ def _read_fast(path: Path, header: list[str]) -> SynapseTable | None:
             # strict: numpy otherwise parses "-1" or "12.5" as a float and wraps/truncates it (a warning)
             warnings.simplefilter("error")
             warnings.filterwarnings("ignore", message=".*input contained no data")  # header-only file
-            data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=[index[n] for n in order], dtype=dtype,
-                              comments=None, quotechar='"', encoding="utf-8", ndmin=1)
+            data = np.loadtxt(
+                path,
+                delimiter=",",
+                skiprows=1,
+                usecols=[index[n] for n in order],
+                dtype=dtype,
+                comments=None,
+                quotechar='"',
+                encoding="utf-8",
+                ndmin=1,
+            )
     except (ValueError, UnicodeDecodeError, OSError, Warning):
         return None
     return SynapseTable(**{n: np.ascontiguousarray(data[n]) for n in COLUMNS})
@@ -103,8 +114,9 @@ def _read_fast(path: Path, header: list[str]) -> SynapseTable | None:
 
 def _passes_checks(t: SynapseTable) -> bool:
     floats = np.stack([t.z, t.y, t.x, t.score]) if len(t) else np.zeros((4, 0))
-    return bool(np.isfinite(floats).all() and ((t.score >= 0) & (t.score <= 1)).all()
-                and np.unique(t.synapse_id).size == len(t))
+    return bool(
+        np.isfinite(floats).all() and ((t.score >= 0) & (t.score <= 1)).all() and np.unique(t.synapse_id).size == len(t)
+    )
 
 
 def _read_checked(path: Path, header: list[str]) -> SynapseTable:
@@ -127,15 +139,18 @@ def _read_checked(path: Path, header: list[str]) -> SynapseTable:
                     cols[name].append(_parse(row[index[name]], name, path, line))
                 sid = cols["synapse_id"][-1]
                 if sid in first_line:
-                    raise UserInputError(f"{path}: line {line}, column 'synapse_id': duplicate id {sid} "
-                                         f"(first on line {first_line[sid]})")
+                    raise UserInputError(
+                        f"{path}: line {line}, column 'synapse_id': duplicate id {sid} "
+                        f"(first on line {first_line[sid]})"
+                    )
                 first_line[sid] = line
     except OSError as exc:
         raise UserInputError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
         raise UserInputError(f"{path}: not a readable text CSV file ({exc})") from None
-    return SynapseTable(**{n: np.asarray(v, dtype=np.uint64 if n in ID_COLUMNS else np.float64).reshape(-1)
-                           for n, v in cols.items()})
+    return SynapseTable(
+        **{n: np.asarray(v, dtype=np.uint64 if n in ID_COLUMNS else np.float64).reshape(-1) for n, v in cols.items()}
+    )
 
 
 def _parse(text: str, column: str, path: Path, line: int):
@@ -146,26 +161,39 @@ def _parse(text: str, column: str, path: Path, line: int):
                 value = int(text)
             except ValueError:
                 number = float(text)  # "12.0" from a float-typed writer
-                if not (number.is_integer() and abs(number) < 2 ** 53):
+                if not (number.is_integer() and abs(number) < 2**53):
                     raise
                 value = int(number)
-            if not 0 <= value < 2 ** 64:
+            if not 0 <= value < 2**64:
                 raise ValueError
             return value
-        value = float(text)
-        if not math.isfinite(value) or (column == "score" and not 0.0 <= value <= 1.0):
+        real = float(text)
+        if not math.isfinite(real) or (column == "score" and not 0.0 <= real <= 1.0):
             raise ValueError
-        return value
+        return real
     except ValueError:
-        expected = ("an integer id in 0..2**64-1" if column in ID_COLUMNS
-                    else "a number in [0, 1]" if column == "score" else "a finite number")
+        expected = (
+            "an integer id in 0..2**64-1"
+            if column in ID_COLUMNS
+            else "a number in [0, 1]"
+            if column == "score"
+            else "a finite number"
+        )
         raise UserInputError(f"{path}: line {line}, column '{column}': expected {expected}, got {text!r}") from None
 
 
 # ------------------------------------------------------------------------------------ writing
-def write_synapses_csv(path: str | Path, synapse_id: Sequence[int], zyx: np.ndarray, pre: Sequence[int],
-                       post: Sequence[int], score: Sequence[float], size_voxels: Sequence[int] | None = None,
-                       pre_zyx: np.ndarray | None = None, post_zyx: np.ndarray | None = None) -> Path:
+def write_synapses_csv(
+    path: str | Path,
+    synapse_id: Sequence[int],
+    zyx: np.ndarray,
+    pre: Sequence[int],
+    post: Sequence[int],
+    score: Sequence[float],
+    size_voxels: Sequence[int] | None = None,
+    pre_zyx: np.ndarray | None = None,
+    post_zyx: np.ndarray | None = None,
+) -> Path:
     """Write a synapse table atomically (temporary file + rename), rows in the order given.
 
     ``zyx``, ``pre_zyx``, ``post_zyx``: (n, 3) voxel coordinates; coordinates are written with

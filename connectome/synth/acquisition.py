@@ -45,6 +45,7 @@ fold). Missing sections have no tiles at all. The truth arrays are never damaged
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -58,8 +59,8 @@ _COARSE = 16
 
 @dataclass
 class SectionTransform:
-    A: np.ndarray                      # (2, 2)
-    t: np.ndarray                      # (2,)
+    A: np.ndarray  # (2, 2)
+    t: np.ndarray  # (2,)
     elastic_origin_yx: tuple[float, float] | None = None
     elastic_spacing_px: float | None = None
     elastic_dy: np.ndarray | None = None
@@ -72,10 +73,19 @@ class SectionTransform:
     def elastic(self, p: np.ndarray) -> np.ndarray:
         if self.elastic_dy is None:
             return np.zeros_like(p)
-        c = [(p[:, 0] - self.elastic_origin_yx[0]) / self.elastic_spacing_px,
-             (p[:, 1] - self.elastic_origin_yx[1]) / self.elastic_spacing_px]
-        return np.stack([ndi.map_coordinates(self.elastic_dy, c, order=3, mode="nearest"),
-                         ndi.map_coordinates(self.elastic_dx, c, order=3, mode="nearest")], axis=1)
+        # the elastic fields are set together (or not at all)
+        assert self.elastic_origin_yx is not None and self.elastic_spacing_px is not None
+        c = [
+            (p[:, 0] - self.elastic_origin_yx[0]) / self.elastic_spacing_px,
+            (p[:, 1] - self.elastic_origin_yx[1]) / self.elastic_spacing_px,
+        ]
+        return np.stack(
+            [
+                ndi.map_coordinates(self.elastic_dy, c, order=3, mode="nearest"),
+                ndi.map_coordinates(self.elastic_dx, c, order=3, mode="nearest"),
+            ],
+            axis=1,
+        )
 
     def forward(self, p) -> np.ndarray:
         """Aligned (n, 2) (y, x) -> montage."""
@@ -94,14 +104,26 @@ class SectionTransform:
         return p
 
     def to_json(self) -> dict:
-        d = {"affine": [[float(self.A[0, 0]), float(self.A[0, 1]), float(self.t[0])],
-                        [float(self.A[1, 0]), float(self.A[1, 1]), float(self.t[1])]],
-             "elastic": None}
+        d: dict[str, Any] = {
+            "affine": [
+                [float(self.A[0, 0]), float(self.A[0, 1]), float(self.t[0])],
+                [float(self.A[1, 0]), float(self.A[1, 1]), float(self.t[1])],
+            ],
+            "elastic": None,
+        }
         if self.elastic_dy is not None:
-            d["elastic"] = {"origin_yx": [float(v) for v in self.elastic_origin_yx],
-                            "spacing_px": float(self.elastic_spacing_px),
-                            "dy": np.round(self.elastic_dy, 4).tolist(), "dx": np.round(self.elastic_dx, 4).tolist(),
-                            "interpolation": INTERPOLATION}
+            assert (
+                self.elastic_origin_yx is not None
+                and self.elastic_spacing_px is not None
+                and self.elastic_dx is not None
+            )  # set together with elastic_dy
+            d["elastic"] = {
+                "origin_yx": [float(v) for v in self.elastic_origin_yx],
+                "spacing_px": float(self.elastic_spacing_px),
+                "dy": np.round(self.elastic_dy, 4).tolist(),
+                "dx": np.round(self.elastic_dx, 4).tolist(),
+                "interpolation": INTERPOLATION,
+            }
         return d
 
 
@@ -150,8 +172,8 @@ class Section:
 class AcquisitionPlan:
     grid: TileGrid
     sections: list[Section]
-    margin_lo_yx: tuple[int, int]   # world margin before the truth frame (px)
-    margin_hi_yx: tuple[int, int]   # and after it
+    margin_lo_yx: tuple[int, int]  # world margin before the truth frame (px)
+    margin_hi_yx: tuple[int, int]  # and after it
     drift_bound_px: float
 
 
@@ -228,9 +250,9 @@ def plan_acquisition(cfg, seed: int) -> AcquisitionPlan:
     grid = _design_grid(h + pad, w + pad, cfg)
 
     r = rng(seed, "tiles")
-    special = r.permutation(np.arange(1, nz))[:cfg.missing_sections + cfg.damaged_sections]
-    missing = set(int(s) for s in special[:cfg.missing_sections])
-    damaged = set(int(s) for s in special[cfg.missing_sections:])
+    special = r.permutation(np.arange(1, nz))[: cfg.missing_sections + cfg.damaged_sections]
+    missing = set(int(s) for s in special[: cfg.missing_sections])
+    damaged = set(int(s) for s in special[cfg.missing_sections :])
     sections = []
     for z, (tr, m) in enumerate(zip(transforms, mapped)):
         origin = (0, 0) if z == 0 else (int(np.floor(m[:, 0].min())), int(np.floor(m[:, 1].min())))
@@ -252,25 +274,38 @@ def plan_acquisition(cfg, seed: int) -> AcquisitionPlan:
         if z in damaged:
             y0, y1, x0, x1 = sec.region(grid)
             ang = r.uniform(0, np.pi)
-            sec.fold = {"type": "fold", "point_yx": [float(r.uniform(y0 + 0.3 * (y1 - y0), y0 + 0.7 * (y1 - y0))),
-                                                      float(r.uniform(x0 + 0.3 * (x1 - x0), x0 + 0.7 * (x1 - x0)))],
-                        "normal_yx": [float(np.cos(ang)), float(np.sin(ang))],
-                        "width_px": float(r.uniform(6, 14))}
+            sec.fold = {
+                "type": "fold",
+                "point_yx": [
+                    float(r.uniform(y0 + 0.3 * (y1 - y0), y0 + 0.7 * (y1 - y0))),
+                    float(r.uniform(x0 + 0.3 * (x1 - x0), x0 + 0.7 * (x1 - x0))),
+                ],
+                "normal_yx": [float(np.cos(ang)), float(np.sin(ang))],
+                "width_px": float(r.uniform(6, 14)),
+            }
         sections.append(sec)
 
     lo, hi = np.zeros(2), np.zeros(2)
     for sec in sections:
         y0, y1, x0, x1 = sec.region(grid)
-        edge = np.concatenate([np.stack(np.meshgrid(np.r_[np.arange(y0, y1, _COARSE), y1 - 1], [x0, x1 - 1],
-                                                    indexing="ij"), -1).reshape(-1, 2),
-                               np.stack(np.meshgrid([y0, y1 - 1], np.r_[np.arange(x0, x1, _COARSE), x1 - 1],
-                                                    indexing="ij"), -1).reshape(-1, 2)]).astype(float)
+        edge = np.concatenate(
+            [
+                np.stack(
+                    np.meshgrid(np.r_[np.arange(y0, y1, _COARSE), y1 - 1], [x0, x1 - 1], indexing="ij"), -1
+                ).reshape(-1, 2),
+                np.stack(
+                    np.meshgrid([y0, y1 - 1], np.r_[np.arange(x0, x1, _COARSE), x1 - 1], indexing="ij"), -1
+                ).reshape(-1, 2),
+            ]
+        ).astype(float)
         p = sec.transform.inverse(edge)
-        extra = 0.0 if sec.fold is None else sec.fold["width_px"] * float(np.abs(np.linalg.inv(sec.transform.A)).max()) * 2
+        extra = (
+            0.0 if sec.fold is None else sec.fold["width_px"] * float(np.abs(np.linalg.inv(sec.transform.A)).max()) * 2
+        )
         lo = np.maximum(lo, -p.min(axis=0) + extra)
         hi = np.maximum(hi, p.max(axis=0) - (np.array([h, w]) - 1) + extra)
-    margin_lo = tuple(int(np.ceil(v)) + 4 for v in lo)
-    margin_hi = tuple(int(np.ceil(v)) + 4 for v in hi)
+    margin_lo = cast("tuple[int, int]", tuple(int(np.ceil(v)) + 4 for v in lo))
+    margin_hi = cast("tuple[int, int]", tuple(int(np.ceil(v)) + 4 for v in hi))
     return AcquisitionPlan(grid, sections, margin_lo, margin_hi, bound)
 
 
@@ -303,7 +338,7 @@ def render_montage(sec: Section, grid: TileGrid, world: np.ndarray, world_origin
     y0, y1, x0, x1 = sec.region(grid)
     oy, ox = world_origin_yx
     if sec.index == 0 and sec.fold is None:
-        return world[y0 - oy:y1 - oy, x0 - ox:x1 - ox].astype(np.float32), (y0, x0)
+        return world[y0 - oy : y1 - oy, x0 - ox : x1 - ox].astype(np.float32), (y0, x0)
     py, px = source_coordinates(sec, y0, y1, x0, x1)
     band = None
     if sec.fold is not None:
@@ -337,7 +372,7 @@ def cut_tiles(sec: Section, grid: TileGrid, montage: np.ndarray, origin_yx):
     vig = vignetting_profile(grid.tile_px, grid.vignetting) if grid.vignetting else None
     for t in sec.tiles:
         y, x = t.true_yx[0] - origin_yx[0], t.true_yx[1] - origin_yx[1]
-        v = montage[y:y + grid.tile_px, x:x + grid.tile_px]
+        v = montage[y : y + grid.tile_px, x : x + grid.tile_px]
         if vig is not None:
             v = v * vig
         yield t, np.clip(np.rint(t.gain * v + t.offset), 0, 255).astype(np.uint8)

@@ -44,15 +44,16 @@ def white_noise(seed: int, key: str, section: int, y0: int, y1: int, x0: int, x1
             tile = rng(seed, key, section, ty + _OFFSET, tx + _OFFSET).standard_normal((t, t), dtype=np.float32)
             ya, yb = max(y0, ty * t), min(y1, (ty + 1) * t)
             xa, xb = max(x0, tx * t), min(x1, (tx + 1) * t)
-            out[ya - y0:yb - y0, xa - x0:xb - x0] = tile[ya - ty * t:yb - ty * t, xa - tx * t:xb - tx * t]
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[ya - ty * t : yb - ty * t, xa - tx * t : xb - tx * t]
     return out
 
 
-def smooth_noise(seed: int, key: str, section: int, y0: int, y1: int, x0: int, x1: int,
-                 sigma_px: float, halo: int | None = None) -> np.ndarray:
+def smooth_noise(
+    seed: int, key: str, section: int, y0: int, y1: int, x0: int, x1: int, sigma_px: float, halo: int | None = None
+) -> np.ndarray:
     """Gaussian-smoothed white noise with unit standard deviation, seamless across windows."""
     h = int(np.ceil(4 * sigma_px)) if halo is None else halo
     w = white_noise(seed, key, section, y0 - h, y1 + h, x0 - h, x1 + h)
     s = ndi.gaussian_filter(w, sigma_px, mode="nearest", truncate=4.0)
     s *= 2.0 * np.sqrt(np.pi) * sigma_px  # unit variance for 2-D white noise
-    return s[h:h + (y1 - y0), h:h + (x1 - x0)]
+    return s[h : h + (y1 - y0), h : h + (x1 - x0)]

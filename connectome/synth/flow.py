@@ -28,16 +28,18 @@ previous section's patch spectra, so the volume never has to be held whole.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from scipy import fft as sfft
 
 PATCH_PX = 128
 SIGMA_PX = 1.2
-METHOD = ("phase correlation of Hann-windowed, half-overlapping {p} px patches, cross-power summed over the "
-          "patches and Gaussian-weighted (sigma {s} px), log-parabola subpixel peak per consecutive pair; mean and "
-          "std over pairs; flow (dy, dx) = content at (y, x) in section z appears at (y + dy, x + dx) in z+1")
+METHOD = (
+    "phase correlation of Hann-windowed, half-overlapping {p} px patches, cross-power summed over the "
+    "patches and Gaussian-weighted (sigma {s} px), log-parabola subpixel peak per consecutive pair; mean and "
+    "std over pairs; flow (dy, dx) = content at (y, x) in section z appears at (y + dy, x + dx) in z+1"
+)
 
 
 class FlowMeter:
@@ -47,7 +49,7 @@ class FlowMeter:
         self.patch_px = int(patch_px)
         self.sigma_px = float(sigma_px)
         self._prev: np.ndarray | None = None
-        self._shape: tuple[int, int] | None = None
+        self._shape: tuple[int, ...] | None = None
         self._gauss: np.ndarray | None = None
         self._win: np.ndarray | None = None
         #: (dy, dx) of each consecutive pair so far (NaN for a pair with no texture at all)
@@ -59,13 +61,13 @@ class FlowMeter:
         step = max(1, p // 2)
         ys, xs = _starts(h, p, step), _starts(w, p, step)
         a = np.asarray(section, np.float32)
-        patches = np.stack([a[y:y + p, x:x + p] for y in ys for x in xs])
+        patches = np.stack([a[y : y + p, x : x + p] for y in ys for x in xs])
         patches -= patches.mean(axis=(1, 2), keepdims=True)
         if self._gauss is None:
             win = np.hanning(p + 2)[1:-1].astype(np.float32)
             self._win = np.outer(win, win)
             fy, fx = sfft.fftfreq(p)[:, None], sfft.rfftfreq(p)[None, :]
-            self._gauss = np.exp(-2.0 * np.pi ** 2 * self.sigma_px ** 2 * (fy ** 2 + fx ** 2)).astype(np.float32)
+            self._gauss = np.exp(-2.0 * np.pi**2 * self.sigma_px**2 * (fy**2 + fx**2)).astype(np.float32)
         return sfft.rfft2(patches * self._win, axes=(1, 2))
 
     def add(self, section: np.ndarray) -> None:
@@ -78,21 +80,29 @@ class FlowMeter:
         self._shape = section.shape
         spec = self._spectra(section)
         if self._prev is not None:
+            assert self._gauss is not None  # set by _spectra
             self.pairs.append(_pair_shift(self._prev, spec, self._gauss))
         self._prev = spec
 
     def result(self) -> dict:
         """``statistics.content_flow`` of synth.json (None values when there is no pair)."""
         p = min(self.patch_px, *(self._shape or (self.patch_px,)))
-        out = {"mean_px_per_section_yx": None, "magnitude_px_per_section": None, "std_px_yx": None,
-               "pairs": 0, "method": METHOD.format(p=p, s=self.sigma_px)}
+        out: dict[str, Any] = {
+            "mean_px_per_section_yx": None,
+            "magnitude_px_per_section": None,
+            "std_px_yx": None,
+            "pairs": 0,
+            "method": METHOD.format(p=p, s=self.sigma_px),
+        }
         d = np.array([p for p in self.pairs if np.all(np.isfinite(p))], float).reshape(-1, 2)
         out["pairs"] = len(d)
         if len(d):
             mean = d.mean(axis=0)
-            out.update(mean_px_per_section_yx=[round(float(v), 4) for v in mean],
-                       magnitude_px_per_section=round(float(np.hypot(*mean)), 4),
-                       std_px_yx=[round(float(v), 4) for v in d.std(axis=0)])
+            out.update(
+                mean_px_per_section_yx=[round(float(v), 4) for v in mean],
+                magnitude_px_per_section=round(float(np.hypot(*mean)), 4),
+                std_px_yx=[round(float(v), 4) for v in d.std(axis=0)],
+            )
         return out
 
 

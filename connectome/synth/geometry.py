@@ -33,10 +33,10 @@ import numpy as np
 class Capsules:
     """M cone capsules a->b with radii ra->rb (nm) and an integer owner each."""
 
-    a: np.ndarray      # (M, 3) float64
-    b: np.ndarray      # (M, 3)
-    ra: np.ndarray     # (M,)
-    rb: np.ndarray     # (M,)
+    a: np.ndarray  # (M, 3) float64
+    b: np.ndarray  # (M, 3)
+    ra: np.ndarray  # (M,)
+    rb: np.ndarray  # (M,)
     owner: np.ndarray  # (M,) int64
 
     def __post_init__(self) -> None:
@@ -61,12 +61,14 @@ class Capsules:
             rad = np.broadcast_to(np.asarray(rad, float), (len(pts),))
             if len(pts) == 1:
                 pts, rad = np.repeat(pts, 2, axis=0), np.repeat(rad, 2)
-            a.append(pts[:-1]); b.append(pts[1:]); ra.append(rad[:-1]); rb.append(rad[1:])
+            a.append(pts[:-1])
+            b.append(pts[1:])
+            ra.append(rad[:-1])
+            rb.append(rad[1:])
             own.append(np.full(len(pts) - 1, owner, np.int64))
         if not a:
             return cls.empty()
-        return cls(np.concatenate(a), np.concatenate(b), np.concatenate(ra), np.concatenate(rb),
-                   np.concatenate(own))
+        return cls(np.concatenate(a), np.concatenate(b), np.concatenate(ra), np.concatenate(rb), np.concatenate(own))
 
     def touching(self, lo_nm, hi_nm, pad_nm: float = 0.0) -> np.ndarray:
         """Indices of capsules whose bounding box meets the box [lo, hi] grown by pad."""
@@ -83,10 +85,10 @@ def capsule_sdf_grid(zc, yc, xc, a, b, ra, rb) -> np.ndarray:
     dz = (zc - np.float32(a[0]))[:, None, None]
     dy = (yc - np.float32(a[1]))[None, :, None]
     dx = (xc - np.float32(a[2]))[None, None, :]
-    pr = (dz * u[0] + dy * u[1]) + dx * u[2]           # (d . u), full 3-D from here on
+    pr = (dz * u[0] + dy * u[1]) + dx * u[2]  # (d . u), full 3-D from here on
     t = np.multiply(pr, inv)
     np.clip(t, 0.0, 1.0, out=t)
-    d2 = (dz * dz + dy * dy) + dx * dx                  # |d|^2
+    d2 = (dz * dz + dy * dy) + dx * dx  # |d|^2
     # |d - t u|^2 = |d|^2 + t (t L2 - 2 d.u)
     tmp = np.multiply(t, L2)
     tmp -= pr
@@ -131,9 +133,11 @@ class VoxelBox:
 
     def centres(self, voxel_nm):
         vz, vy, vx = voxel_nm
-        return ((np.arange(self.z0, self.z1, dtype=np.float32) + 0.5) * np.float32(vz),
-                (np.arange(self.y0, self.y1, dtype=np.float32) + 0.5) * np.float32(vy),
-                (np.arange(self.x0, self.x1, dtype=np.float32) + 0.5) * np.float32(vx))
+        return (
+            (np.arange(self.z0, self.z1, dtype=np.float32) + 0.5) * np.float32(vz),
+            (np.arange(self.y0, self.y1, dtype=np.float32) + 0.5) * np.float32(vy),
+            (np.arange(self.x0, self.x1, dtype=np.float32) + 0.5) * np.float32(vx),
+        )
 
     def bounds_nm(self, voxel_nm):
         v = np.asarray(voxel_nm, float)
@@ -148,21 +152,31 @@ class VoxelBox:
 
     def slices_in(self, outer: "VoxelBox") -> tuple[slice, slice, slice]:
         """This box as slices of an array that holds ``outer``."""
-        return (slice(self.z0 - outer.z0, self.z1 - outer.z0), slice(self.y0 - outer.y0, self.y1 - outer.y0),
-                slice(self.x0 - outer.x0, self.x1 - outer.x0))
+        return (
+            slice(self.z0 - outer.z0, self.z1 - outer.z0),
+            slice(self.y0 - outer.y0, self.y1 - outer.y0),
+            slice(self.x0 - outer.x0, self.x1 - outer.x0),
+        )
 
 
 def _index_ranges(caps: Capsules, idx, box: VoxelBox, voxel_nm, pad_nm: float):
     v = np.asarray(voxel_nm, float)
-    lo = np.ceil((caps.lo[idx] - pad_nm) / v - 0.5).astype(np.int64)      # first centre >= lo
+    lo = np.ceil((caps.lo[idx] - pad_nm) / v - 0.5).astype(np.int64)  # first centre >= lo
     hi = np.floor((caps.hi[idx] + pad_nm) / v - 0.5).astype(np.int64) + 1  # past the last centre <= hi
     lo = np.maximum(lo, [box.z0, box.y0, box.x0])
     hi = np.minimum(hi, [box.z1, box.y1, box.x1])
     return lo, hi
 
 
-def raster_min(caps: Capsules, box: VoxelBox, voxel_nm, best: np.ndarray, own: np.ndarray | None = None,
-               pad_nm: float = 0.0, owner_map: np.ndarray | None = None) -> None:
+def raster_min(
+    caps: Capsules,
+    box: VoxelBox,
+    voxel_nm,
+    best: np.ndarray,
+    own: np.ndarray | None = None,
+    pad_nm: float = 0.0,
+    owner_map: np.ndarray | None = None,
+) -> None:
     """For each voxel of ``box``: keep the smallest signed distance over the capsules in
     ``best`` (float32, box shape) and the owner of that capsule in ``own``. Only voxels within
     ``pad_nm`` of a capsule are visited (others keep their value)."""
@@ -222,7 +236,7 @@ class ClearanceGrid:
     def covered_fraction(self, lo_nm, hi_nm) -> float:
         i0 = np.clip(np.floor((np.asarray(lo_nm) - self.lo) / self.cell).astype(int), 0, self.c.shape)
         i1 = np.clip(np.ceil((np.asarray(hi_nm) - self.lo) / self.cell).astype(int), 0, self.c.shape)
-        sub = self.c[i0[0]:i1[0], i0[1]:i1[1], i0[2]:i1[2]]
+        sub = self.c[i0[0] : i1[0], i0[1] : i1[1], i0[2] : i1[2]]
         return float(np.count_nonzero(sub < 0)) / max(1, sub.size)
 
 
@@ -254,9 +268,11 @@ class LabelOracle:
         out = np.zeros(len(pts), np.int64)
         centre = pts.mean(axis=0)
         spread = float(np.max(np.linalg.norm(pts - centre, axis=1)))
-        idx = [sel[np.asarray(tree.query_ball_point(centre, spread + reach), dtype=np.int64)]
-               for sel, tree, reach in self.groups]
-        idx = np.concatenate(idx) if idx else np.zeros(0, np.int64)
+        near = [
+            sel[np.asarray(tree.query_ball_point(centre, spread + reach), dtype=np.int64)]
+            for sel, tree, reach in self.groups
+        ]
+        idx = np.concatenate(near) if near else np.zeros(0, np.int64)
         if len(idx):
             sdf = capsule_sdf_points(pts, self.caps, idx)
             k = np.argmin(sdf, axis=1)

@@ -91,8 +91,13 @@ def _vesicles(img, own, syn, z, box, voxel_nm):
     y0n, x0n = box.y0 * vy, box.x0 * vx
     y1n, x1n = box.y1 * vy, box.x1 * vx
     c = syn.ves_centre
-    sel = np.nonzero((dzs < syn.ves_radius) & (c[:, 1] > y0n - 30) & (c[:, 1] < y1n + 30)
-                     & (c[:, 2] > x0n - 30) & (c[:, 2] < x1n + 30))[0]
+    sel = np.nonzero(
+        (dzs < syn.ves_radius)
+        & (c[:, 1] > y0n - 30)
+        & (c[:, 1] < y1n + 30)
+        & (c[:, 2] > x0n - 30)
+        & (c[:, 2] < x1n + 30)
+    )[0]
     if len(sel) == 0:
         return
     r_proj = np.sqrt(syn.ves_radius[sel] ** 2 - dzs[sel] ** 2)
@@ -103,7 +108,9 @@ def _vesicles(img, own, syn, z, box, voxel_nm):
     py = np.rint(cy)[:, None].astype(np.int64) + oy.ravel()[None]
     px = np.rint(cx)[:, None].astype(np.int64) + ox.ravel()[None]
     rho = np.hypot((py - cy[:, None]) * vy, (px - cx[:, None]) * vx)
-    val = np.where(rho < r_proj[:, None] - 7.0, VES_LUMEN, np.where(np.abs(rho - r_proj[:, None]) <= 7.0, VES_RIM, np.nan))
+    val = np.where(
+        rho < r_proj[:, None] - 7.0, VES_LUMEN, np.where(np.abs(rho - r_proj[:, None]) <= 7.0, VES_RIM, np.nan)
+    )
     ok = (~np.isnan(val)) & (py >= 0) & (py < own.shape[0]) & (px >= 0) & (px < own.shape[1])
     pre = np.broadcast_to(syn.ves_pre[sel][:, None], py.shape)
     ok[ok] &= own[py[ok], px[ok]] == pre[ok]
@@ -122,7 +129,6 @@ def render_block(block, core, geom, levels, looks, seed: int):
     nz_total = cfg.shape_zyx[0]
     out = np.empty(core.shape, np.uint8)
     clean_out = np.empty(core.shape, np.float32)
-    wall = geom.vessel.wall_nm if geom.vessel is not None else 0.0
     ys, xs = slice(core.y0 - box.y0, core.y1 - box.y0), slice(core.x0 - box.x0, core.x1 - box.x0)
     win = (box.y0, box.y1, box.x0, box.x1)
     for z in range(core.z0, core.z1):

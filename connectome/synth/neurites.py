@@ -62,8 +62,9 @@ KIND_NAMES = {AXON: "axon", DENDRITE: "dendrite", SPINE: "spine"}
 #: Neighbourhood the clearance grid knows about (nm); bigger spheres are probed in shells.
 REACH_NM = 140.0
 _SHELL_NM = 120.0
-_DIRS = np.array([[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)],
-                 float)
+_DIRS = np.array(
+    [[a, b, c] for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) != (0, 0, 0)], float
+)
 _DIRS /= np.linalg.norm(_DIRS, axis=1, keepdims=True)
 _CAND_SCALES = np.array([1.0, 1.5, 2.5, 2.5, 4.0, 4.0, 6.0, 6.0, 9.0, 9.0])
 
@@ -92,7 +93,7 @@ _DENDRITE = _Walk(10000.0, 0.5, 80.0, 250.0, 150.0, 0.08, 0.10, 0.0)
 @dataclass
 class Tube:
     points: np.ndarray  # (N, 3) nm, z y x
-    radii: np.ndarray   # (N,) nm
+    radii: np.ndarray  # (N,) nm
     neuron: int
     kind: int
 
@@ -100,9 +101,9 @@ class Tube:
 @dataclass
 class Neuropil:
     tubes: list[Tube]
-    neuron_kind: np.ndarray          # kind of each neuron, index = neuron id (0 unused)
-    capsules: Capsules               # every tube segment, owner = neuron id
-    mitos: Capsules                  # mitochondria, owner = neuron id
+    neuron_kind: np.ndarray  # kind of each neuron, index = neuron id (0 unused)
+    capsules: Capsules  # every tube segment, owner = neuron id
+    mitos: Capsules  # mitochondria, owner = neuron id
     stats: dict = field(default_factory=dict)
 
     def point_table(self):
@@ -111,8 +112,12 @@ class Neuropil:
         rad = np.concatenate([t.radii for t in self.tubes])
         neu = np.concatenate([np.full(len(t.points), t.neuron) for t in self.tubes])
         kind = np.concatenate([np.full(len(t.points), t.kind) for t in self.tubes])
-        head = np.concatenate([np.arange(len(t.points)) == len(t.points) - 1 if t.kind == SPINE
-                               else np.zeros(len(t.points), bool) for t in self.tubes])
+        head = np.concatenate(
+            [
+                np.arange(len(t.points)) == len(t.points) - 1 if t.kind == SPINE else np.zeros(len(t.points), bool)
+                for t in self.tubes
+            ]
+        )
         return pts, rad, neu, kind, head
 
 
@@ -289,10 +294,19 @@ class NeuropilBuilder:
                 d = _perpendicular(rng, t)
                 head = pts[i] + d * (rd + neck_l + 0.7 * head_r)
                 neck_mid = pts[i] + d * (rd + 0.5 * neck_l)
-                if (self._clearance(head[None], head_r)[0] >= -0.25 * head_r
-                        and self._clearance(neck_mid[None], neck_r)[0] >= -0.5 * neck_r):
-                    sp = np.array([pts[i], pts[i] + d * (rd + 0.5 * neck_l), pts[i] + d * (rd + neck_l),
-                                   head - d * 0.45 * head_r, head])
+                if (
+                    self._clearance(head[None], head_r)[0] >= -0.25 * head_r
+                    and self._clearance(neck_mid[None], neck_r)[0] >= -0.5 * neck_r
+                ):
+                    sp = np.array(
+                        [
+                            pts[i],
+                            pts[i] + d * (rd + 0.5 * neck_l),
+                            pts[i] + d * (rd + neck_l),
+                            head - d * 0.45 * head_r,
+                            head,
+                        ]
+                    )
                     sr = np.array([neck_r, neck_r, neck_r * 1.15, head_r * 0.8, head_r])
                     self._commit(Tube(sp, sr, tube.neuron, SPINE))
                     break
@@ -306,7 +320,7 @@ class NeuropilBuilder:
         if fibre:  # a fibre crosses the box along the axis, often a shorter way than the diagonal
             axis = np.abs(fibre_axis(cfg.fibre_flow_px, cfg.voxel_size_nm))
             length = min(length, float(np.min((self.hi - self.lo) / np.maximum(axis, 1e-9))))
-        axon_vol = np.pi * cfg.axon_radius_median_nm ** 2 * length
+        axon_vol = np.pi * cfg.axon_radius_median_nm**2 * length
         expected = max(1, int((target - coverage) * world_vol / axon_vol))
         check_every = max(1, expected // 60)
         n_axon, history = 0, []
@@ -329,8 +343,9 @@ class NeuropilBuilder:
 
         dend_vol, n_dend = 0.0, 0
         while dend_vol < cfg.dendrite_fraction * world_vol and n_dend < 10000:
-            dend_vol += self._neurite(DENDRITE, _DENDRITE, radius(cfg.dendrite_radius_median_nm,
-                                                                   cfg.dendrite_radius_range_nm))
+            dend_vol += self._neurite(
+                DENDRITE, _DENDRITE, radius(cfg.dendrite_radius_median_nm, cfg.dendrite_radius_range_nm)
+            )
             n_dend += 1
         for tube in [t for t in self.tubes if t.kind == DENDRITE]:
             self._spines(tube, cfg.spine_density_per_um)
@@ -347,12 +362,15 @@ class NeuropilBuilder:
         neuron_kind = np.array(self.kinds, np.int64)
         caps = Capsules.from_polylines((t.points, t.radii, t.neuron) for t in self.tubes)
         mitos, n_mitos = _mitochondria(self.tubes, cfg, rng)
-        stats = {"dendrites": n_dend, "axons": n_fibre + n_axon,
-                 **({"fibre_axons": n_fibre} if cfg.fibre_fraction > 0 else {}),
-                 "spines": sum(t.kind == SPINE for t in self.tubes),
-                 "mitochondria": n_mitos,
-                 "body_coverage_dendrites": round(cov_after_dendrites, 4),
-                 "body_coverage": round(coverage, 4)}
+        stats = {
+            "dendrites": n_dend,
+            "axons": n_fibre + n_axon,
+            **({"fibre_axons": n_fibre} if cfg.fibre_fraction > 0 else {}),
+            "spines": sum(t.kind == SPINE for t in self.tubes),
+            "mitochondria": n_mitos,
+            "body_coverage_dendrites": round(cov_after_dendrites, 4),
+            "body_coverage": round(coverage, 4),
+        }
         return Neuropil(self.tubes, neuron_kind, caps, mitos, stats)
 
 

@@ -49,22 +49,30 @@ def write_preview(out: Path, max_px: int = 384, sections=None) -> Path:
 
     out = Path(out)
     g = zarr.open_group(LocalStore(str(out / "truth.zarr"), read_only=True), mode="r")
-    nz, h, w = g["raw"].shape
+
+    def array(name: str) -> zarr.Array:
+        a = g[name]
+        assert isinstance(a, zarr.Array)  # truth.zarr holds arrays only
+        return a
+
+    nz, h, w = array("raw").shape
     sy, sx = min(h, max_px), min(w, max_px)
     y0, x0 = (h - sy) // 2, (w - sx) // 2
-    tiles = {}
+    tiles: dict[int, str] = {}
     manifest = out / "tiles" / "manifest.csv"
     if manifest.is_file():
         with open(manifest) as f:
             for row in csv.DictReader(f):
                 tiles.setdefault(int(row["section"]), row["path"])
     rows = []
-    for z in (sections if sections is not None else sorted({0, nz // 2, nz - 1})):
+    for z in sections if sections is not None else sorted({0, nz // 2, nz - 1}):
         sl = (z, slice(y0, y0 + sy), slice(x0, x0 + sx))
         tile = None
         if z in tiles:
             tile = np.asarray(Image.open(out / "tiles" / tiles[z]).convert("L"))
-        rows.append(_panel_row(g["raw"][sl], g["neurons"][sl], g["vessels"][sl], g["synapse_clefts"][sl], tile))
+        rows.append(
+            _panel_row(array("raw")[sl], array("neurons")[sl], array("vessels")[sl], array("synapse_clefts")[sl], tile)
+        )
         rows.append(np.full((GAP, rows[-1].shape[1], 3), 255.0))
     img = np.concatenate(rows[:-1], axis=0)
     path = out / "preview.png"

@@ -34,6 +34,7 @@ What is drawn (``volume.py`` / ``imaging.py``), with sizes from Schikorski & Ste
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,15 +49,15 @@ TARGET_NAMES = {0: "spine", 1: "shaft", 2: "axon"}
 
 @dataclass
 class Synapses:
-    centre: np.ndarray   # (S, 3) nm
-    normal: np.ndarray   # (S, 3) unit, pre -> post
-    radius: np.ndarray   # (S,) nm
-    pre: np.ndarray      # (S,) neuron ids
-    post: np.ndarray     # (S,)
-    target: np.ndarray   # (S,) 0 spine head, 1 dendritic shaft, 2 axon
-    ves_centre: np.ndarray   # (V, 3) nm
-    ves_radius: np.ndarray   # (V,) nm
-    ves_pre: np.ndarray      # (V,) neuron id of the pre-synaptic neurite
+    centre: np.ndarray  # (S, 3) nm
+    normal: np.ndarray  # (S, 3) unit, pre -> post
+    radius: np.ndarray  # (S,) nm
+    pre: np.ndarray  # (S,) neuron ids
+    post: np.ndarray  # (S,)
+    target: np.ndarray  # (S,) 0 spine head, 1 dendritic shaft, 2 axon
+    ves_centre: np.ndarray  # (V, 3) nm
+    ves_radius: np.ndarray  # (V,) nm
+    ves_pre: np.ndarray  # (V,) neuron id of the pre-synaptic neurite
 
     def __len__(self) -> int:
         return len(self.pre)
@@ -73,7 +74,7 @@ def _frame(n):
     return e1, np.cross(n, e1)
 
 
-def _vesicles(c, n, R, rng):
+def _vesicles(c: np.ndarray, n: np.ndarray, R: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Vesicle centres and radii behind the active zone (pre side = -n)."""
     e1, e2 = _frame(n)
     lat, depth = 1.25 * R, rng.uniform(180.0, 280.0)
@@ -91,7 +92,9 @@ def _vesicles(c, n, R, rng):
     return pts, rng.uniform(17.5, 22.0, len(pts))
 
 
-def place_synapses(cfg, neuropil, oracle, truth_hi_nm, world_lo_nm, world_hi_nm, rng):
+def place_synapses(
+    cfg, neuropil, oracle, truth_hi_nm, world_lo_nm, world_hi_nm, rng: np.random.Generator
+) -> tuple[Synapses, dict[str, int]]:
     """Synapses of the whole world (truth frame + margins). Returns (Synapses, stats)."""
     from scipy.spatial import cKDTree
 
@@ -114,10 +117,12 @@ def place_synapses(cfg, neuropil, oracle, truth_hi_nm, world_lo_nm, world_hi_nm,
     v_world = float(np.prod(whi - wlo)) * 1e-9
     m_truth = np.all((pts >= 0) & (pts <= truth_hi), axis=1)
     m_world = np.all((pts >= wlo) & (pts <= whi), axis=1)
-    regions = [(m_truth, in_truth, v_truth),
-               (m_world & ~m_truth, lambda p: in_world(p) and not in_truth(p), v_world - v_truth)]
+    regions = [
+        (m_truth, in_truth, v_truth),
+        (m_world & ~m_truth, lambda p: in_world(p) and not in_truth(p), v_world - v_truth),
+    ]
     centres: list[np.ndarray] = []
-    out = {k: [] for k in ("centre", "normal", "radius", "pre", "post", "target")}
+    out: dict[str, list[Any]] = {k: [] for k in ("centre", "normal", "radius", "pre", "post", "target")}
     used_heads: set[int] = set()
     stats = {"candidates_tried": 0, "rejected_contact": 0}
 
@@ -153,7 +158,7 @@ def place_synapses(cfg, neuropil, oracle, truth_hi_nm, world_lo_nm, world_hi_nm,
         got = 0
         # 1) spine heads first (most excitatory synapses are on spines): the touching axon
         heads = np.nonzero(head & region)[0]
-        for j in rng.permutation(heads)[:2 * need]:
+        for j in rng.permutation(heads)[: 2 * need]:
             if got >= round(SPINE_SHARE * need):
                 break
             nb = np.asarray(tree.query_ball_point(pts[j], rad[j] + rmax_axon + GAP_TOL_NM), dtype=np.int64)
@@ -189,10 +194,17 @@ def place_synapses(cfg, neuropil, oracle, truth_hi_nm, world_lo_nm, world_hi_nm,
     if not centres:
         return Synapses.empty(), {**stats, "placed": 0}
     ves = [_vesicles(c, n, R, rng) for c, n, R in zip(out["centre"], out["normal"], out["radius"])]
-    syn = Synapses(np.array(out["centre"]), np.array(out["normal"]), np.array(out["radius"]),
-                   np.array(out["pre"], np.int64), np.array(out["post"], np.int64), np.array(out["target"], np.int64),
-                   np.concatenate([v[0] for v in ves]), np.concatenate([v[1] for v in ves]),
-                   np.concatenate([np.full(len(v[0]), a, np.int64) for v, a in zip(ves, out["pre"])]))
+    syn = Synapses(
+        np.array(out["centre"]),
+        np.array(out["normal"]),
+        np.array(out["radius"]),
+        np.array(out["pre"], np.int64),
+        np.array(out["post"], np.int64),
+        np.array(out["target"], np.int64),
+        np.concatenate([v[0] for v in ves]),
+        np.concatenate([v[1] for v in ves]),
+        np.concatenate([np.full(len(v[0]), a, np.int64) for v, a in zip(ves, out["pre"])]),
+    )
     stats["placed"] = len(syn)
     stats["on_spines"] = int(np.count_nonzero(syn.target == 0))
     stats["on_shafts"] = int(np.count_nonzero(syn.target == 1))
@@ -207,7 +219,7 @@ def _contact(oracle, p, q, a, b):
     if labs[0] != a or labs[-1] != b:
         return None
     k = int(np.argmax(labs != a))
-    if labs[k] != b or not np.all(labs[k:k + 3] == b):
+    if labs[k] != b or not np.all(labs[k : k + 3] == b):
         return None
     lo, hi = s[k - 1], s[k]
     for _ in range(5):
@@ -244,11 +256,17 @@ def synapse_fields(syn: Synapses, box, voxel_nm, labels: np.ndarray):
     zc, yc, xc = box.centres(v)
     for s in sel:
         c, n, R = syn.centre[s], syn.normal[s], syn.radius[s]
-        sl = tuple(slice(int(np.searchsorted(cc, c[k] - R - 60.0)), int(np.searchsorted(cc, c[k] + R + 60.0)))
-                   for k, cc in enumerate((zc, yc, xc)))
+        sl = tuple(
+            slice(int(np.searchsorted(cc, c[k] - R - 60.0)), int(np.searchsorted(cc, c[k] + R + 60.0)))
+            for k, cc in enumerate((zc, yc, xc))
+        )
         if any(x.start >= x.stop for x in sl):
             continue
-        dz, dy, dx = (zc[sl[0]] - c[0])[:, None, None], (yc[sl[1]] - c[1])[None, :, None], (xc[sl[2]] - c[2])[None, None, :]
+        dz, dy, dx = (
+            (zc[sl[0]] - c[0])[:, None, None],
+            (yc[sl[1]] - c[1])[None, :, None],
+            (xc[sl[2]] - c[2])[None, None, :],
+        )
         ax = dz * n[0] + dy * n[1] + dx * n[2]
         rho2 = dz * dz + dy * dy + dx * dx - ax * ax
         h = 0.5 * float(np.sqrt(np.sum((n * v) ** 2))) + 2.0

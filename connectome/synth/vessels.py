@@ -42,24 +42,28 @@ from connectome.synth.geometry import Capsules
 
 @dataclass
 class Vessel:
-    capsules: Capsules        # centreline, constant outer radius, owner 1
-    radius_nm: float          # outer radius (lumen + wall)
+    capsules: Capsules  # centreline, constant outer radius, owner 1
+    radius_nm: float  # outer radius (lumen + wall)
     wall_nm: float
-    rbc_centre: np.ndarray    # (K, 3) nm
-    rbc_axis: np.ndarray      # (K, 3) unit normal of the disc
+    rbc_centre: np.ndarray  # (K, 3) nm
+    rbc_axis: np.ndarray  # (K, 3) unit normal of the disc
     rbc_radius_nm: np.ndarray  # (K,)
     rbc_half_thickness_nm: np.ndarray  # (K,)
     tilt_deg: float
-    frame: np.ndarray         # (4, 3): centre c0, axis d, e1, e2 (unit, perpendicular)
-    wall_waves: np.ndarray    # (2, 3): amplitude, angular order, phase of two wall waves
-    nucleus: np.ndarray       # (4, 3): centre, semi-axes along d, radial, tangential (row 1 = radii)
+    frame: np.ndarray  # (4, 3): centre c0, axis d, e1, e2 (unit, perpendicular)
+    wall_waves: np.ndarray  # (2, 3): amplitude, angular order, phase of two wall waves
+    nucleus: np.ndarray  # (4, 3): centre, semi-axes along d, radial, tangential (row 1 = radii)
     extra_nuclei: tuple = ()  # more (4, 3) ellipsoids like ``nucleus``: dark endothelial nuclei
-    pericytes: tuple = ()     # (4, 3) ellipsoids on the outer wall
-    sheath_nm: float = 0.0    # glial sheath width outside the wall (0 = none)
+    pericytes: tuple = ()  # (4, 3) ellipsoids on the outer wall
+    sheath_nm: float = 0.0  # glial sheath width outside the wall (0 = none)
 
     def describe(self) -> dict:
-        return {"radius_nm": round(self.radius_nm, 1), "wall_nm": round(self.wall_nm, 1),
-                "tilt_from_z_deg": round(self.tilt_deg, 1), "red_blood_cells": int(len(self.rbc_centre))}
+        return {
+            "radius_nm": round(self.radius_nm, 1),
+            "wall_nm": round(self.wall_nm, 1),
+            "tilt_from_z_deg": round(self.tilt_deg, 1),
+            "red_blood_cells": int(len(self.rbc_centre)),
+        }
 
 
 def make_vessel(cfg, truth_hi_nm, gen_lo_nm, gen_hi_nm, rng) -> Vessel | None:
@@ -85,7 +89,11 @@ def make_vessel(cfg, truth_hi_nm, gen_lo_nm, gen_hi_nm, rng) -> Vessel | None:
     step = max(40.0, min(0.5 * r, 400.0))
     s = np.arange(-half, half + step, step)
     wl, ph = rng.uniform(8, 14) * r, rng.uniform(0, 2 * np.pi, 2)
-    wav = 0.12 * r * (np.sin(2 * np.pi * s / wl + ph[0])[:, None] * e1 + np.sin(2 * np.pi * s / (1.3 * wl) + ph[1])[:, None] * e2)
+    wav = (
+        0.12
+        * r
+        * (np.sin(2 * np.pi * s / wl + ph[0])[:, None] * e1 + np.sin(2 * np.pi * s / (1.3 * wl) + ph[1])[:, None] * e2)
+    )
     pts = c0 + s[:, None] * d + wav
     keep = np.all((pts >= np.asarray(gen_lo_nm) - 2 * r) & (pts <= np.asarray(gen_hi_nm) + 2 * r), axis=1)
     pts = pts[keep]
@@ -105,16 +113,46 @@ def make_vessel(cfg, truth_hi_nm, gen_lo_nm, gen_hi_nm, rng) -> Vessel | None:
     phi = rng.uniform(0, 2 * np.pi)
     radial = np.cos(phi) * e1 + np.sin(phi) * e2
     s_n = rng.uniform(-0.3, 0.3) * truth_hi[0] / max(0.2, d[0])
-    nucleus = np.array([c0 + s_n * d + (r - 0.6 * wall) * radial,
-                        [1.1 * r, max(0.28 * r, 1.6 * wall), 0.6 * r],
-                        radial, np.cross(d, radial)])
-    extra = _wall_cells(rng, int(getattr(cfg, "endothelial_nuclei", 0)), c0, d, e1, e2, r, wall, truth_hi,
-                        depth=0.5, size=(0.9, 0.6, 0.35))
-    peri = _wall_cells(rng, int(getattr(cfg, "pericytes", 0)), c0, d, e1, e2, r, wall, truth_hi,
-                       depth=0.12, size=(0.7, 0.45, 0.45))
-    return Vessel(caps, r, wall, centres, axes, rad, thick, float(np.rad2deg(tilt)),
-                  np.array([c0, d, e1, e2]), waves, nucleus, extra, peri,
-                  float(getattr(cfg, "glial_sheath_nm", 0.0)))
+    nucleus = np.array(
+        [
+            c0 + s_n * d + (r - 0.6 * wall) * radial,
+            [1.1 * r, max(0.28 * r, 1.6 * wall), 0.6 * r],
+            radial,
+            np.cross(d, radial),
+        ]
+    )
+    extra = _wall_cells(
+        rng,
+        int(getattr(cfg, "endothelial_nuclei", 0)),
+        c0,
+        d,
+        e1,
+        e2,
+        r,
+        wall,
+        truth_hi,
+        depth=0.5,
+        size=(0.9, 0.6, 0.35),
+    )
+    peri = _wall_cells(
+        rng, int(getattr(cfg, "pericytes", 0)), c0, d, e1, e2, r, wall, truth_hi, depth=0.12, size=(0.7, 0.45, 0.45)
+    )
+    return Vessel(
+        caps,
+        r,
+        wall,
+        centres,
+        axes,
+        rad,
+        thick,
+        float(np.rad2deg(tilt)),
+        np.array([c0, d, e1, e2]),
+        waves,
+        nucleus,
+        extra,
+        peri,
+        float(getattr(cfg, "glial_sheath_nm", 0.0)),
+    )
 
 
 def _wall_cells(rng, n, c0, d, e1, e2, r, wall, truth_hi, depth, size) -> tuple:
@@ -128,9 +166,16 @@ def _wall_cells(rng, n, c0, d, e1, e2, r, wall, truth_hi, depth, size) -> tuple:
         phi = rng.uniform(0, 2 * np.pi)
         radial = np.cos(phi) * e1 + np.sin(phi) * e2
         s_n = rng.uniform(-1.0, 1.0) * span
-        out.append(np.array([c0 + s_n * d + (r - depth * wall) * radial,
-                             [size[0] * r * rng.uniform(0.8, 1.2), max(40.0, size[1] * wall), size[2] * r],
-                             radial, np.cross(d, radial)]))
+        out.append(
+            np.array(
+                [
+                    c0 + s_n * d + (r - depth * wall) * radial,
+                    [size[0] * r * rng.uniform(0.8, 1.2), max(40.0, size[1] * wall), size[2] * r],
+                    radial,
+                    np.cross(d, radial),
+                ]
+            )
+        )
     return tuple(out)
 
 
@@ -179,11 +224,17 @@ def vessel_fields(vessel: Vessel, box, voxel_nm):
     lumen_c = (sdf_c < -wall) & ~nucleus_c
     rbc = np.zeros(sdf_c.shape, bool)
     for c, ax, rr, th in zip(vessel.rbc_centre, vessel.rbc_axis, vessel.rbc_radius_nm, vessel.rbc_half_thickness_nm):
-        sl = tuple(slice(int(np.searchsorted(cc, c[k] - rr)), int(np.searchsorted(cc, c[k] + rr)))
-                   for k, cc in enumerate((zc, yc, xc)))
+        sl = tuple(
+            slice(int(np.searchsorted(cc, c[k] - rr)), int(np.searchsorted(cc, c[k] + rr)))
+            for k, cc in enumerate((zc, yc, xc))
+        )
         if any(s.start >= s.stop for s in sl):
             continue
-        dz, dy, dx = (zc[sl[0]] - c[0])[:, None, None], (yc[sl[1]] - c[1])[None, :, None], (xc[sl[2]] - c[2])[None, None, :]
+        dz, dy, dx = (
+            (zc[sl[0]] - c[0])[:, None, None],
+            (yc[sl[1]] - c[1])[None, :, None],
+            (xc[sl[2]] - c[2])[None, None, :],
+        )
         a = dz * ax[0] + dy * ax[1] + dx * ax[2]
         rho2 = dz * dz + dy * dy + dx * dx - a * a
         # a biconcave disc: thinner in the middle than at the rim
@@ -209,7 +260,7 @@ def vessel_extras(vessel: Vessel, box, voxel_nm, sdf):
     zc, yc, xc = (c[s] for c, s in zip(box.centres(voxel_nm), crop))
     inside_c = sdf[crop] < 0
     d = vessel.frame[1]
-    out = []
+    out: list[np.ndarray | None] = []
     for cells in (vessel.extra_nuclei, vessel.pericytes):
         if not cells:
             out.append(None)

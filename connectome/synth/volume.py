@@ -22,13 +22,18 @@ The fill in step 3 looks only as far as the halo; gaps wider than the halo (192 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from connectome.synth.geometry import VoxelBox, raster_min
-from connectome.synth.synapses import synapse_fields
-from connectome.synth.vessels import vessel_extras, vessel_fields
+from connectome.synth.synapses import Synapses, synapse_fields
+from connectome.synth.vessels import Vessel, vessel_extras, vessel_fields
+
+if TYPE_CHECKING:
+    from connectome.synth.neurites import Neuropil
+    from connectome.synth.presets import SynthConfig
 
 HALO_ZYX = (3, 24, 24)
 
@@ -37,29 +42,29 @@ HALO_ZYX = (3, 24, 24)
 class Geometry:
     """Everything that is fixed before voxels exist."""
 
-    cfg: object
-    neuropil: object   # neurites.Neuropil
-    vessel: object     # vessels.Vessel | None
-    synapses: object   # synapses.Synapses
+    cfg: SynthConfig
+    neuropil: Neuropil
+    vessel: Vessel | None
+    synapses: Synapses
 
 
 @dataclass
 class BlockVolume:
     box: VoxelBox
-    owner: np.ndarray          # int32
-    ecs: np.ndarray            # bool
+    owner: np.ndarray  # int32
+    ecs: np.ndarray  # bool
     vessel_sdf: np.ndarray | None
     lumen: np.ndarray | None
     rbc: np.ndarray | None
     endo_nucleus: np.ndarray | None
-    mito: np.ndarray           # bool
-    mito_sdf: np.ndarray       # float32 (inf far from mitochondria)
-    cleft: np.ndarray          # int64 synapse id (index + 1)
-    psd: np.ndarray            # bool
-    active_zone: np.ndarray    # bool
+    mito: np.ndarray  # bool
+    mito_sdf: np.ndarray  # float32 (inf far from mitochondria)
+    cleft: np.ndarray  # int64 synapse id (index + 1)
+    psd: np.ndarray  # bool
+    active_zone: np.ndarray  # bool
     dark_nuclei: np.ndarray | None = None  # new-brain parts (vessels.py); None when off/absent
     pericytes: np.ndarray | None = None
-    glia: np.ndarray | None = None         # glial sheath: owner 0 (no neuron), drawn light
+    glia: np.ndarray | None = None  # glial sheath: owner 0 (no neuron), drawn light
 
     def neurons(self) -> np.ndarray:
         """Truth neuron labels (uint64; 0 on vessel, ECS and unowned voxels)."""
@@ -73,18 +78,23 @@ class BlockVolume:
 def grow(core: VoxelBox, world: VoxelBox, halo=HALO_ZYX) -> VoxelBox:
     """``core`` grown by the halo, clipped to the world."""
     hz, hy, hx = halo
-    return VoxelBox(max(world.z0, core.z0 - hz), min(world.z1, core.z1 + hz),
-                    max(world.y0, core.y0 - hy), min(world.y1, core.y1 + hy),
-                    max(world.x0, core.x0 - hx), min(world.x1, core.x1 + hx))
+    return VoxelBox(
+        max(world.z0, core.z0 - hz),
+        min(world.z1, core.z1 + hz),
+        max(world.y0, core.y0 - hy),
+        min(world.y1, core.y1 + hy),
+        max(world.x0, core.x0 - hx),
+        min(world.x1, core.x1 + hx),
+    )
 
 
 def compute_block(geom: Geometry, box: VoxelBox) -> BlockVolume:
     v = tuple(float(x) for x in geom.cfg.voxel_size_nm)
-    vessel_sdf, lumen, rbc, nucleus = (vessel_fields(geom.vessel, box, v) if geom.vessel is not None
-                                       else (None, None, None, None))
+    vessel_sdf, lumen, rbc, nucleus = (
+        vessel_fields(geom.vessel, box, v) if geom.vessel is not None else (None, None, None, None)
+    )
     in_vessel = vessel_sdf < 0 if vessel_sdf is not None else np.zeros(box.shape, bool)
-    dark, peri, glia = (vessel_extras(geom.vessel, box, v, vessel_sdf) if geom.vessel is not None
-                        else (None, None, None))
+    dark, peri, glia = vessel_extras(geom.vessel, box, v, vessel_sdf) if geom.vessel is not None else (None, None, None)
     if dark is not None:  # dark endothelial nuclei are wall, not lumen
         lumen &= ~dark
     if peri is not None:
@@ -126,5 +136,4 @@ def compute_block(geom: Geometry, box: VoxelBox) -> BlockVolume:
     mito = (mito_sdf < 0) & (mito_own == own) & (own > 0)
 
     cleft, psd, az = synapse_fields(geom.synapses, box, v, own)
-    return BlockVolume(box, own, ecs, vessel_sdf, lumen, rbc, nucleus, mito, mito_sdf, cleft, psd, az,
-                       dark, peri, glia)
+    return BlockVolume(box, own, ecs, vessel_sdf, lumen, rbc, nucleus, mito, mito_sdf, cleft, psd, az, dark, peri, glia)

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -55,8 +56,10 @@ def prepare(out: Path, fingerprint: dict) -> bool:
     if out.is_dir() and any(out.iterdir()):
         meta_path, marker = out / "synth.json", out / MARKER
         if not meta_path.is_file() and not marker.is_file():
-            raise UserInputError(f"synth: OUT {out} is not empty and is not a `connectome synth` output "
-                                 "(no synth.json); give a new or empty folder")
+            raise UserInputError(
+                f"synth: OUT {out} is not empty and is not a `connectome synth` output "
+                "(no synth.json); give a new or empty folder"
+            )
         if meta_path.is_file() and not marker.exists():
             try:
                 meta = json.loads(meta_path.read_text())
@@ -72,7 +75,9 @@ def prepare(out: Path, fingerprint: dict) -> bool:
                 elif p.exists() or p.is_symlink():
                     p.unlink()
         except OSError as exc:
-            raise UserInputError(f"synth: OUT {out}: cannot replace the earlier output ({exc.strerror or exc})") from None
+            raise UserInputError(
+                f"synth: OUT {out}: cannot replace the earlier output ({exc.strerror or exc})"
+            ) from None
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / MARKER).write_text(json.dumps(_norm(fingerprint)))
@@ -94,15 +99,16 @@ def create_truth(path: Path, cfg) -> dict:
 
     from connectome.workspace import Frame
 
-    shape = tuple(int(s) for s in cfg.shape_zyx)
+    shape = cast("tuple[int, int, int]", tuple(int(s) for s in cfg.shape_zyx))
     chunks = tuple(int(min(c, s)) for c, s in zip(cfg.chunk_zyx, shape))
     vs = [float(v) for v in cfg.voxel_size_nm]
     group = zarr.open_group(LocalStore(str(path)), mode="w", zarr_format=3)
-    group.attrs["connectome"] = Frame(shape, tuple(vs)).to_json()
+    group.attrs["connectome"] = Frame(shape, cast("tuple[float, float, float]", tuple(vs))).to_json()
     arrays = {}
     for name, dtype in TRUTH_ARRAYS.items():
-        arrays[name] = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                                          attributes={"voxel_size_nm": vs})
+        arrays[name] = group.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, attributes={"voxel_size_nm": vs}
+        )
     return arrays
 
 
@@ -143,12 +149,15 @@ def write_tile(tiles_dir: Path, rel: str, img: np.ndarray, fmt: str) -> None:
         tifffile.imwrite(path, img, photometric="minisblack")
 
 
-def fmt_float(v: float, nd: int = 4) -> str:
+def fmt_float(v: float | np.floating, nd: int = 4) -> str:
     return f"{float(v):.{nd}f}".rstrip("0").rstrip(".") if np.isfinite(v) else "nan"
 
 
-SKELETON_INFO = {"@type": "neuroglancer_skeletons", "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
-                 "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}]}
+SKELETON_INFO = {
+    "@type": "neuroglancer_skeletons",
+    "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+    "vertex_attributes": [{"id": "radius", "data_type": "float32", "num_components": 1}],
+}
 
 
 def truth_skeletons(tubes, shape_zyx, voxel_size_nm) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -167,8 +176,14 @@ def truth_skeletons(tubes, shape_zyx, voxel_size_nm) -> dict[int, tuple[np.ndarr
         pts = np.concatenate([t.points for t in by_neuron[nid]])
         rad = np.concatenate([t.radii for t in by_neuron[nid]])
         starts = np.cumsum([0] + [len(t.points) for t in by_neuron[nid]])
-        edges = np.concatenate([np.stack([np.arange(a, b - 1), np.arange(a + 1, b)], 1)
-                                for a, b in zip(starts[:-1], starts[1:]) if b - a > 1] or [np.zeros((0, 2), int)])
+        edges = np.concatenate(
+            [
+                np.stack([np.arange(a, b - 1), np.arange(a + 1, b)], 1)
+                for a, b in zip(starts[:-1], starts[1:])
+                if b - a > 1
+            ]
+            or [np.zeros((0, 2), int)]
+        )
         key = np.round(pts, 3)
         uniq, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
@@ -190,8 +205,12 @@ def write_truth_skeletons(folder: Path, skeletons) -> int:
 
     folder.mkdir(parents=True, exist_ok=True)
     for nid, (v, e, r) in skeletons.items():
-        data = (struct.pack("<II", len(v), len(e)) + np.ascontiguousarray(v[:, ::-1], "<f4").tobytes()
-                + np.ascontiguousarray(e, "<u4").tobytes() + np.ascontiguousarray(r, "<f4").tobytes())
+        data = (
+            struct.pack("<II", len(v), len(e))
+            + np.ascontiguousarray(v[:, ::-1], "<f4").tobytes()
+            + np.ascontiguousarray(e, "<u4").tobytes()
+            + np.ascontiguousarray(r, "<f4").tobytes()
+        )
         tmp = _atomic(folder / str(nid))
         tmp.write_bytes(data)
         os.replace(tmp, folder / str(nid))

@@ -138,8 +138,10 @@ def horovod_session(mode: str = "auto", intra_op_threads: int = 0, inter_op_thre
     try:
         import horovod.tensorflow as hvd
     except ImportError as exc:
-        raise UserInputError(f"this run needs Horovod ({launcher_size()} ranks were launched) but "
-                             f"`import horovod.tensorflow` failed: {exc}") from None
+        raise UserInputError(
+            f"this run needs Horovod ({launcher_size()} ranks were launched) but "
+            f"`import horovod.tensorflow` failed: {exc}"
+        ) from None
     hvd.init()
     try:
         _pin_gpu(hvd.local_rank())

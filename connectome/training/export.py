@@ -55,8 +55,10 @@ def check_out_dir(out: str | Path, overwrite: bool = False, option: str = "--out
     if out.exists() and not out.is_dir():
         raise UserInputError(f"{option} {out}: exists and is not a directory")
     if not overwrite and is_finished_model_dir(out):
-        raise UserInputError(f"{option} {out}: already holds a finished model ({MODEL_JSON}); pass --overwrite to "
-                             f"replace it or choose another {option}")
+        raise UserInputError(
+            f"{option} {out}: already holds a finished model ({MODEL_JSON}); pass --overwrite to "
+            f"replace it or choose another {option}"
+        )
     return out
 
 
@@ -118,3 +120,16 @@ def staged_model_dir(out: str | Path) -> Iterator[Path]:
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+
+
+def run_summary(out: str | Path, result, seconds: float, validation: dict) -> dict:
+    """What a trainer returns on rank 0 (printed by ``connectome train KIND``): the model
+    directory, steps, ranks, wall time, validation figures and the per-rank weight digests."""
+    return {
+        "model_dir": str(out),
+        "steps": result.steps,
+        "ranks": result.ranks,
+        "seconds": seconds,
+        "validation": validation,
+        "rank_weight_digests": result.rank_weight_digests,
+    }

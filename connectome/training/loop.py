@@ -52,8 +52,17 @@ log = logging.getLogger(__name__)
 STEP_DELAY_ENV = "CONNECTOME_TRAIN_STEP_DELAY_S"
 
 #: trainer fields that may change between a run and its resumption
-_RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "validate_every", "log_every",
-                      "intra_op_threads", "inter_op_threads", "distributed", "prefetch")
+_RESUMABLE_CHANGES = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "validate_every",
+    "log_every",
+    "intra_op_threads",
+    "inter_op_threads",
+    "distributed",
+    "prefetch",
+)
 
 
 class TrainJob(Protocol):
@@ -188,8 +197,10 @@ def _check_run_json(work_dir: Path, fingerprint: dict, restart: bool) -> None:
             raise UserInputError(f"{run_json}: unreadable; rerun with --restart to start over") from None
         diff = _first_difference(old, fingerprint)
         if diff:
-            raise UserInputError(f"{work_dir}: holds a run of a different setup ({diff}); use another output "
-                                 "folder or --restart to discard it")
+            raise UserInputError(
+                f"{work_dir}: holds a run of a different setup ({diff}); use another output "
+                "folder or --restart to discard it"
+            )
     work_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_json.with_name(f".run.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
@@ -210,8 +221,9 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
     return ""
 
 
-def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, session: Session,
-                 restart: bool = False) -> TrainResult:
+def run_training(
+    job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, session: Session, restart: bool = False
+) -> TrainResult:
     """Train ``job`` to ``cfg.steps`` steps (resuming from ``work_dir``); see the module doc."""
     import tensorflow as tf
 
@@ -245,20 +257,35 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
         try:
             ckpt.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
-            raise UserInputError(f"{latest}: checkpoint does not fit this model "
-                                 f"({str(exc).splitlines()[0][:200]}); use --restart") from None
+            raise UserInputError(
+                f"{latest}: checkpoint does not fit this model ({str(exc).splitlines()[0][:200]}); use --restart"
+            ) from None
     start = int(step_var.numpy())
     session.broadcast_variables(model.variables)
 
     writer = tf.summary.create_file_writer(str(work_dir / "tensorboard")) if session.is_root else None
     if session.is_root:
-        _json_line(log_path, {"event": "start", "time": time.time(), "start_step": start, "steps": cfg.steps,
-                              "ranks": size, "batch_per_rank": cfg.batch_size, "global_batch": size * cfg.batch_size,
-                              "resumed": bool(latest)})
+        _json_line(
+            log_path,
+            {
+                "event": "start",
+                "time": time.time(),
+                "start_step": start,
+                "steps": cfg.steps,
+                "ranks": size,
+                "batch_per_rank": cfg.batch_size,
+                "global_batch": size * cfg.batch_size,
+                "resumed": bool(latest),
+            },
+        )
         if latest:
             log.info("resuming from %s (step %d of %d)", latest, start, cfg.steps)
-        log.info("training on %d rank(s), global batch %d, peak learning rate %.3g", size, size * cfg.batch_size,
-                 cfg.learning_rate * cfg.lr_scale(size))
+        log.info(
+            "training on %d rank(s), global batch %d, peak learning rate %.3g",
+            size,
+            size * cfg.batch_size,
+            cfg.learning_rate * cfg.lr_scale(size),
+        )
 
     observe = getattr(job, "observe", None)
 
@@ -286,14 +313,18 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
                 best_step.assign(step)
                 improved = True
         if session.is_root:
-            _json_line(log_path, {"event": "validate", "time": time.time(), "step": step, **metrics,
-                                  "best": improved})
+            _json_line(log_path, {"event": "validate", "time": time.time(), "step": step, **metrics, "best": improved})
+            assert writer is not None  # the root rank has one
             with writer.as_default():
                 for k, v in metrics.items():
                     tf.summary.scalar(f"validation/{k}", v, step=step)
             writer.flush()
-            log.info("step %d validation: %s%s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
-                     " (best)" if improved else "")
+            log.info(
+                "step %d validation: %s%s",
+                step,
+                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+                " (best)" if improved else "",
+            )
             if improved:
                 wio.save_npz(wio.variables_dict(model.weights), work_dir / "best_weights.npz")
         return metrics
@@ -346,8 +377,18 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
                 window_t, window_n = now, 0
                 if session.is_root:
                     lr = cfg.learning_rate_at(step, size)
-                    _json_line(log_path, {"event": "train", "time": time.time(), "step": done, "loss": mean_loss,
-                                          "lr": lr, "examples_per_s": eps})
+                    _json_line(
+                        log_path,
+                        {
+                            "event": "train",
+                            "time": time.time(),
+                            "step": done,
+                            "loss": mean_loss,
+                            "lr": lr,
+                            "examples_per_s": eps,
+                        },
+                    )
+                    assert writer is not None
                     with writer.as_default():
                         tf.summary.scalar("train/loss", mean_loss, step=done)
                         tf.summary.scalar("train/learning_rate", lr, step=done)
@@ -365,7 +406,7 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
         pool.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t_run
     steady = (time.perf_counter() - t_steady) if t_steady is not None else 0.0
-    eps = steady_steps * cfg.batch_size * size / steady if steady_steps and steady > 0 else None
+    steady_eps = steady_steps * cfg.batch_size * size / steady if steady_steps and steady > 0 else None
 
     # every rank hashes its own weights (before any further broadcast): they must agree
     digests = session.allgather_object(wio.digest(wio.variables_dict(model.weights)))
@@ -377,17 +418,37 @@ def run_training(job: TrainJob, cfg: TrainerConfig, work_dir: str | Path, sessio
         weights_file = str(work_dir / "last_weights.npz")
         if job.score_key and int(best_step.numpy()) >= 0 and (work_dir / "best_weights.npz").is_file():
             weights_file = str(work_dir / "best_weights.npz")
-        _json_line(log_path, {"event": "end", "time": time.time(), "step": final_step, "seconds": seconds,
-                              "examples_per_s": eps, "rank_weight_digests": digests, "stopped_by_signal": stopped})
+        _json_line(
+            log_path,
+            {
+                "event": "end",
+                "time": time.time(),
+                "step": final_step,
+                "seconds": seconds,
+                "examples_per_s": steady_eps,
+                "rank_weight_digests": digests,
+                "stopped_by_signal": stopped,
+            },
+        )
+        assert writer is not None
         writer.close()
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks hold different weights after training: {digests}")
-    result = TrainResult(steps=final_step, start_step=start, ranks=size, global_batch=size * cfg.batch_size,
-                         seconds=round(seconds, 3), examples_per_s=None if eps is None else round(eps, 3),
-                         final_loss=float(np.mean(losses[-cfg.log_every:])) if losses else None,
-                         best_step=int(best_step.numpy()) if int(best_step.numpy()) >= 0 else None,
-                         best_metrics={}, last_metrics=last_metrics, rank_weight_digests=digests,
-                         stopped_by_signal=stopped, weights_file=weights_file)
+    result = TrainResult(
+        steps=final_step,
+        start_step=start,
+        ranks=size,
+        global_batch=size * cfg.batch_size,
+        seconds=round(seconds, 3),
+        examples_per_s=None if steady_eps is None else round(steady_eps, 3),
+        final_loss=float(np.mean(losses[-cfg.log_every :])) if losses else None,
+        best_step=int(best_step.numpy()) if int(best_step.numpy()) >= 0 else None,
+        best_metrics={},
+        last_metrics=last_metrics,
+        rank_weight_digests=digests,
+        stopped_by_signal=stopped,
+        weights_file=weights_file,
+    )
     if result.best_step is not None and session.is_root:
         result.best_metrics = _metrics_at(log_path, result.best_step)
     return result

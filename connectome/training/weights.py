@@ -57,13 +57,13 @@ def assign(variables, arrays: dict[str, np.ndarray]) -> None:
     missing = [n for n in names if n not in arrays]
     extra = [n for n in arrays if n not in set(names)]
     if missing or extra:
-        raise ValueError(f"weights do not match the architecture (missing: {missing[:3]}, "
-                         f"unexpected: {extra[:3]})")
+        raise ValueError(f"weights do not match the architecture (missing: {missing[:3]}, unexpected: {extra[:3]})")
     for v in variables:
         a = arrays[v.name]
         if tuple(a.shape) != tuple(v.shape):
-            raise ValueError(f"variable {v.name} has shape {list(a.shape)} in the file but {list(v.shape)} "
-                             "in the architecture")
+            raise ValueError(
+                f"variable {v.name} has shape {list(a.shape)} in the file but {list(v.shape)} in the architecture"
+            )
         v.assign(a.astype(v.dtype.as_numpy_dtype))
 
 
@@ -98,6 +98,7 @@ def read_model_json(path: str | Path, fmt: str, version: int, kind: str, what: s
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise UserInputError(f"{mj}: not a connectome {kind} model (format must be {fmt!r})")
     if doc.get("format_version") != version:
-        raise UserInputError(f"{mj}: format_version {doc.get('format_version')!r} is not supported "
-                             f"(expected {version})")
+        raise UserInputError(
+            f"{mj}: format_version {doc.get('format_version')!r} is not supported (expected {version})"
+        )
     return mj, doc

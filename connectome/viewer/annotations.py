@@ -32,18 +32,22 @@ RECORD = np.dtype([("xyz", "<f4", (3,)), ("score", "<f4")])
 
 
 def _encode_list(records: np.ndarray, ids: np.ndarray) -> bytes:
-    return (np.array([records.size], "<u8").tobytes() + records.tobytes()
-            + np.ascontiguousarray(ids, "<u8").tobytes())
+    return np.array([records.size], "<u8").tobytes() + records.tobytes() + np.ascontiguousarray(ids, "<u8").tobytes()
 
 
 def _sharding(num_labels: int):
-    from cloudvolume.datasource.precomputed.sharding import (ShardingSpecification,
-                                                             compute_shard_params_for_hashed)
+    from cloudvolume.datasource.precomputed.sharding import ShardingSpecification, compute_shard_params_for_hashed
 
     shard_bits, minishard_bits, preshift = compute_shard_params_for_hashed(max(num_labels, 1))
-    return ShardingSpecification("neuroglancer_uint64_sharded_v1", preshift_bits=preshift,
-                                 hash="murmurhash3_x86_128", minishard_bits=minishard_bits,
-                                 shard_bits=shard_bits, minishard_index_encoding="gzip", data_encoding="gzip")
+    return ShardingSpecification(
+        "neuroglancer_uint64_sharded_v1",
+        preshift_bits=preshift,
+        hash="murmurhash3_x86_128",
+        minishard_bits=minishard_bits,
+        shard_bits=shard_bits,
+        minishard_index_encoding="gzip",
+        data_encoding="gzip",
+    )
 
 
 def _write_sharded(folder: Path, data: dict[int, bytes]) -> dict:
@@ -87,9 +91,11 @@ def write_synapse_annotations(table, out_dir: Path, shape_zyx, res_zyx) -> dict:
     pre, post = table.pre_segment_id.astype(np.uint64), table.post_segment_id.astype(np.uint64)
     by_id = {}
     for i in range(n):
-        parts = [rec[i:i + 1].tobytes()]
+        parts = [rec[i : i + 1].tobytes()]
         for seg in (int(pre[i]), int(post[i])):
-            parts.append(np.array([1 if seg else 0], "<u4").tobytes() + (np.array([seg], "<u8").tobytes() if seg else b""))
+            parts.append(
+                np.array([1 if seg else 0], "<u4").tobytes() + (np.array([seg], "<u8").tobytes() if seg else b"")
+            )
         by_id[int(ids[i])] = b"".join(parts)
     by_id_sharding = _write_sharded(out_dir / "by_id", by_id)
 
@@ -103,8 +109,9 @@ def write_synapse_annotations(table, out_dir: Path, shape_zyx, res_zyx) -> dict:
             for part in np.split(o, bounds):
                 groups[int(seg[part[0]])] = part
         data = {s: _encode_list(rec[p], ids[p]) for s, p in groups.items()}
-        relationships.append({"id": name, "key": f"rel_{name}",
-                              "sharding": _write_sharded(out_dir / f"rel_{name}", data)})
+        relationships.append(
+            {"id": name, "key": f"rel_{name}", "sharding": _write_sharded(out_dir / f"rel_{name}", data)}
+        )
 
     res_xyz = [float(r) for r in res_zyx[::-1]]
     info = {
@@ -116,8 +123,14 @@ def write_synapse_annotations(table, out_dir: Path, shape_zyx, res_zyx) -> dict:
         "properties": [{"id": "score", "type": "float32", "description": "synapse confidence in [0, 1]"}],
         "relationships": relationships,
         "by_id": {"key": "by_id", "sharding": by_id_sharding},
-        "spatial": [{"key": "spatial0", "grid_shape": [int(g) for g in grid],
-                     "chunk_size": [float(c) for c in cell], "limit": int(limit)}],
+        "spatial": [
+            {
+                "key": "spatial0",
+                "grid_shape": [int(g) for g in grid],
+                "chunk_size": [float(c) for c in cell],
+                "limit": int(limit),
+            }
+        ],
     }
     write_json(out_dir / "info", info)
     return {"synapses": n, "spatial_cells": int(np.unique(key).size) if n else 0}

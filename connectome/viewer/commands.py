@@ -38,8 +38,9 @@ def _local_manifest(out: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserInputError(f"{path}: not found; run `connectome export-precomputed` first "
-                             "(or `connectome view` without --no-export)") from None
+        raise UserInputError(
+            f"{path}: not found; run `connectome export-precomputed` first (or `connectome view` without --no-export)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise UserInputError(f"{path}: not a readable export manifest ({exc})") from None
 
@@ -61,8 +62,10 @@ def _remote_manifest(base_url: str) -> dict:
             raise FileNotFoundError(url)
         return json.loads(data)
     except Exception as exc:  # network, permissions, bad JSON: all a bad --base-url
-        raise UserInputError(f"--base-url: cannot read {url} ({type(exc).__name__}: {exc}); give --workspace "
-                             "or --out to take the layer list from the local export instead") from None
+        raise UserInputError(
+            f"--base-url: cannot read {url} ({type(exc).__name__}: {exc}); give --workspace "
+            "or --out to take the layer list from the local export instead"
+        ) from None
 
 
 def _out_dir(args) -> Path:
@@ -101,7 +104,9 @@ def view_command(args) -> int:
 
         find_browser()
     port = args.port if args.port is not None else (0 if args.screenshot else DEFAULT_PORT)
-    server = ViewServer(out, bind=args.bind, port=port, cors=tuple(getattr(args, "cors", None) or ()))  # listen first: a busy port fails before any work
+    server = ViewServer(
+        out, bind=args.bind, port=port, cors=tuple(getattr(args, "cors", None) or ())
+    )  # listen first: a busy port fails before any work
     try:
         if not args.no_export:
             from connectome.viewer.export import export_precomputed
@@ -118,8 +123,10 @@ def view_command(args) -> int:
 
         with server:
             result = take_screenshot(url, args.screenshot, size=size, timeout=args.timeout, state=state)
-        print(f"view: wrote {args.screenshot} ({size[0]}x{size[1]}, layers {', '.join(result['layers'])}, "
-              f"{result['seconds']:.1f} s)")
+        print(
+            f"view: wrote {args.screenshot} ({size[0]}x{size[1]}, layers {', '.join(result['layers'])}, "
+            f"{result['seconds']:.1f} s)"
+        )
         return 0
     print(f"view: serving {out} on {server.url} (Ctrl-C stops)")
     print(url)

@@ -45,15 +45,20 @@ SYNAPSES_CSV = "synapses.csv"
 VOLUME_LAYERS = ("raw", "segmentation", "vessel_mask", "boundary")
 #: layers exported when their array exists, without a "missing" note otherwise
 OPTIONAL_LAYERS = ("boundary",)
-LAYER_TYPES = {"raw": "image", "segmentation": "segmentation", "vessel_mask": "image", "boundary": "image",
-               "synapses": "annotation"}
+LAYER_TYPES = {
+    "raw": "image",
+    "segmentation": "segmentation",
+    "vessel_mask": "image",
+    "boundary": "image",
+    "synapses": "annotation",
+}
 TOP_SEGMENTS = 5
 
 
 @dataclass
 class ExportReport:
     out: Path
-    layers: dict[str, str] = field(default_factory=dict)   # layer -> "written" | "resumed" | "up to date"
+    layers: dict[str, str] = field(default_factory=dict)  # layer -> "written" | "resumed" | "up to date"
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -86,8 +91,12 @@ def export_precomputed(workspace: str | Path, out: str | Path | None = None, com
         raise UserInputError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
     report = ExportReport(out)
     shape, res = ws.shape_zyx, ws.voxel_size_nm
-    base = {"export_version": EXPORT_VERSION, "compress": bool(compress), "shape_zyx": list(shape),
-            "voxel_size_nm": list(res)}
+    base = {
+        "export_version": EXPORT_VERSION,
+        "compress": bool(compress),
+        "shape_zyx": list(shape),
+        "voxel_size_nm": list(res),
+    }
     gz = "gzip" if compress else False
 
     fps: dict[str, dict] = {}
@@ -165,8 +174,9 @@ def _export_segmentation(ws, out: Path, step: Step, gz) -> dict:
 
     seg = ws.array("segmentation")
     layer = out / "segmentation"
-    summary = write_volume(seg, layer, SPECS["segmentation"], ws.shape_zyx, ws.voxel_size_nm, step, gz,
-                           on_level0_block=count)
+    summary = write_volume(
+        seg, layer, SPECS["segmentation"], ws.shape_zyx, ws.voxel_size_nm, step, gz, on_level0_block=count
+    )
     summary.update(export_meshes(seg, layer / "mesh", ws.shape_zyx, ws.voxel_size_nm, step))
     parts = [(p["ids"], p["counts"]) for _, p in step.done_payloads("segmentation_p0_")]
     ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint64)
@@ -213,16 +223,35 @@ def _export_segment_properties(out: Path, csv: Path | None) -> dict:
         "inline": {
             "ids": [str(i) for i in ids.tolist()],
             "properties": [
-                {"id": "label", "type": "label",
-                 "values": [f"{s} vox, syn in {a} / out {b}" for s, a, b in
-                            zip(sizes.tolist(), syn_in.tolist(), syn_out.tolist())]},
-                {"id": "size_voxels", "type": "number", "data_type": "uint32",
-                 "description": "voxels of the segment (capped at 2^32-1; exact in the label)",
-                 "values": np.minimum(sizes, u32).tolist()},
-                {"id": "synapses_in", "type": "number", "data_type": "uint32",
-                 "description": "synapses with this segment as post", "values": syn_in.tolist()},
-                {"id": "synapses_out", "type": "number", "data_type": "uint32",
-                 "description": "synapses with this segment as pre", "values": syn_out.tolist()},
+                {
+                    "id": "label",
+                    "type": "label",
+                    "values": [
+                        f"{s} vox, syn in {a} / out {b}"
+                        for s, a, b in zip(sizes.tolist(), syn_in.tolist(), syn_out.tolist())
+                    ],
+                },
+                {
+                    "id": "size_voxels",
+                    "type": "number",
+                    "data_type": "uint32",
+                    "description": "voxels of the segment (capped at 2^32-1; exact in the label)",
+                    "values": np.minimum(sizes, u32).tolist(),
+                },
+                {
+                    "id": "synapses_in",
+                    "type": "number",
+                    "data_type": "uint32",
+                    "description": "synapses with this segment as post",
+                    "values": syn_in.tolist(),
+                },
+                {
+                    "id": "synapses_out",
+                    "type": "number",
+                    "data_type": "uint32",
+                    "description": "synapses with this segment as pre",
+                    "values": syn_out.tolist(),
+                },
             ],
         },
     }
@@ -234,8 +263,18 @@ def _export_segment_properties(out: Path, csv: Path | None) -> dict:
 
 def _write_manifest(out: Path, shape_zyx, res_zyx) -> None:
     layers = {name: kind for name, kind in LAYER_TYPES.items() if (out / name / "info").is_file()}
-    largest = (read_json(out / ".connectome-export" / "segment_properties" / "complete.json", {}) or {}).get(
-        "largest", []) if "segmentation" in layers else []
-    write_json(out / MANIFEST, {"format_version": 1, "shape_zyx": list(shape_zyx),
-                                "voxel_size_nm": [float(v) for v in res_zyx], "layers": layers,
-                                "largest_segments": largest})
+    largest = (
+        (read_json(out / ".connectome-export" / "segment_properties" / "complete.json", {}) or {}).get("largest", [])
+        if "segmentation" in layers
+        else []
+    )
+    write_json(
+        out / MANIFEST,
+        {
+            "format_version": 1,
+            "shape_zyx": list(shape_zyx),
+            "voxel_size_nm": [float(v) for v in res_zyx],
+            "layers": layers,
+            "largest_segments": largest,
+        },
+    )

@@ -60,7 +60,7 @@ def mesh_block(block_zyx: np.ndarray, origin_zyx, shape_zyx, res_zyx) -> dict[in
             continue
         lo = np.array([max(s.start - 1, 0) for s in sl])
         hi = np.array([min(s.stop + 1, n) for s, n in zip(sl, b.shape)])
-        m = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == k
+        m = labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] == k
         pad_lo = ((lo == 0) & at_lo & np.array([s.start == 0 for s in sl])).astype(int)
         pad_hi = ((hi == np.array(b.shape)) & at_hi & np.array([s.stop == n for s, n in zip(sl, b.shape)])).astype(int)
         m = np.pad(m, list(zip(pad_lo, pad_hi))).astype(np.float32)
@@ -112,6 +112,6 @@ def export_meshes(seg_array, mesh_dir: Path, shape_zyx, res_zyx, step, block_zyx
     fragments: dict[int, list[str]] = defaultdict(list)
     for bid, payload in step.done_payloads("mesh_"):
         for seg_id in payload["ids"].tolist():
-            fragments[int(seg_id)].append(f"{seg_id}:0:{bid[len('mesh_'):]}")
+            fragments[int(seg_id)].append(f"{seg_id}:0:{bid[len('mesh_') :]}")
     write_manifests(mesh_dir, fragments)
     return {"mesh_blocks_written": written, "mesh_blocks_skipped": skipped, "meshed_segments": len(fragments)}

@@ -16,9 +16,18 @@ from pathlib import Path
 
 from connectome.errors import StageFailed, UserInputError
 
-CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--no-first-run", "--disable-dev-shm-usage", "--hide-scrollbars")
+CHROME_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
 
 _PROBE = """
 const v = window.viewer;
@@ -43,8 +52,10 @@ def find_browser() -> tuple[str, str]:
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
     if not browser or not driver:
-        raise UserInputError("--screenshot needs headless Chromium and chromedriver on PATH "
-                             "(Debian: apt-get install chromium chromium-driver)")
+        raise UserInputError(
+            "--screenshot needs headless Chromium and chromedriver on PATH "
+            "(Debian: apt-get install chromium chromium-driver)"
+        )
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -52,8 +63,14 @@ def find_browser() -> tuple[str, str]:
     return browser, driver
 
 
-def take_screenshot(url: str, out_png: str | Path, size=(1280, 960), timeout: float = 60.0,
-                    settle_polls: int = 4, state: dict | None = None) -> dict:
+def take_screenshot(
+    url: str,
+    out_png: str | Path,
+    size=(1280, 960),
+    timeout: float = 60.0,
+    settle_polls: int = 4,
+    state: dict | None = None,
+) -> dict:
     """Load ``url`` headless, wait for the layers, write a PNG; returns ``{"layers", "panels",
     "seconds"}``. Raises :class:`StageFailed` if the viewer is not ready within ``timeout``.
 
@@ -76,8 +93,10 @@ def take_screenshot(url: str, out_png: str | Path, size=(1280, 960), timeout: fl
     try:
         driver.set_page_load_timeout(timeout)
         driver.set_script_timeout(10)
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         driver.get(url)
         deadline = time.monotonic() + timeout
         streak, probe = 0, None
@@ -93,8 +112,10 @@ def take_screenshot(url: str, out_png: str | Path, size=(1280, 960), timeout: fl
             if streak >= settle_polls:
                 break
         else:
-            raise StageFailed(f"view --screenshot: the viewer did not finish loading within {timeout:.0f} s "
-                              f"(last status: {(probe or {}).get('status') or 'no viewer'})")
+            raise StageFailed(
+                f"view --screenshot: the viewer did not finish loading within {timeout:.0f} s "
+                f"(last status: {(probe or {}).get('status') or 'no viewer'})"
+            )
         png = driver.get_screenshot_as_png()
         out_png = Path(out_png)
         out_png.parent.mkdir(parents=True, exist_ok=True)

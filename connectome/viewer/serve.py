@@ -29,8 +29,14 @@ log = logging.getLogger(__name__)
 TOKEN = "connectome"
 DEFAULT_PORT = 8585
 ENCODINGS = ((".gz", "gzip"), (".br", "br"))
-MIME = {".js": "application/javascript", ".css": "text/css", ".html": "text/html", ".wasm": "application/wasm",
-        ".map": "application/json", ".json": "application/json"}
+MIME = {
+    ".js": "application/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".wasm": "application/wasm",
+    ".map": "application/json",
+    ".json": "application/json",
+}
 
 
 def client_dir() -> Path:
@@ -116,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
             if start >= len(data) or start > end:
                 return self._send(416, b"", headers={"Content-Range": f"bytes */{len(data)}"})
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            return self._send(206, data[start:end + 1], ctype, headers)
+            return self._send(206, data[start : end + 1], ctype, headers)
         return self._send(200, data, ctype, headers)
 
     # -------------------------------------------------------------- methods
@@ -134,9 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path in ("/", "/v", f"/v/{TOKEN}"):
             return self._send(302, b"", headers={"Location": f"/v/{TOKEN}/"})
         if path.startswith(f"/v/{TOKEN}/"):
-            return self._file(self.server.client_dir, path[len(f"/v/{TOKEN}/"):] or "index.html")
+            return self._file(self.server.client_dir, path[len(f"/v/{TOKEN}/") :] or "index.html")
         if path.startswith("/data/"):
-            return self._file(self.server.data_dir, path[len("/data/"):])
+            return self._file(self.server.data_dir, path[len("/data/") :])
         if path.startswith(f"/events/{TOKEN}"):
             return self._events()
         return self._send(404, b"not found")
@@ -175,6 +181,11 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # set by ViewServer right after binding; read by the handlers
+    client_dir: Path
+    data_dir: Path
+    stopping: threading.Event
+    cors_origins: frozenset[str]
 
 
 class _Server6(_Server):
@@ -184,8 +195,7 @@ class _Server6(_Server):
 class ViewServer:
     """The running server; ``url`` is its base (``http://host:port``)."""
 
-    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 cors: tuple[str, ...] = ()):
+    def __init__(self, data_dir: Path, bind: str = "127.0.0.1", port: int = DEFAULT_PORT, cors: tuple[str, ...] = ()):
         """``cors``: origins (``scheme://host:port``, or ``*``) whose pages may read the data besides
         the viewer's own (``connectome view --cors``); by default only the viewer's own origin."""
         if not 0 <= int(port) <= 65535:
@@ -195,8 +205,9 @@ class ViewServer:
             self.httpd = cls((bind, int(port)), _Handler)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UserInputError(f"--port {port}: {bind}:{port} is already in use; choose another port "
-                                     "(--port 0 picks a free one)") from None
+                raise UserInputError(
+                    f"--port {port}: {bind}:{port} is already in use; choose another port (--port 0 picks a free one)"
+                ) from None
             raise UserInputError(f"--bind {bind} --port {port}: cannot listen ({exc.strerror or exc})") from None
         self.httpd.client_dir = client_dir()
         self.httpd.data_dir = Path(data_dir)

@@ -10,6 +10,7 @@ the segmentation through both relationships (``pre_segment``, ``post_segment``) 
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote
 
 DEFAULT_CLIENT_URL = "https://neuroglancer-demo.appspot.com/"
@@ -49,19 +50,35 @@ def build_state(manifest: dict, data_url: str) -> dict:
     if "raw" in layers_present:
         state["layers"].append({"type": "image", "name": "raw", "source": f"precomputed://{base}/raw"})
     if "segmentation" in layers_present:
-        state["layers"].append({"type": "segmentation", "name": "segmentation",
-                                "source": f"precomputed://{base}/segmentation",
-                                "segments": [str(s) for s in manifest.get("largest_segments", [])],
-                                "selectedAlpha": 0.35})
-    if "boundary" in layers_present:   # the learned boundary map, off until switched on
-        state["layers"].append({"type": "image", "name": "boundary", "source": f"precomputed://{base}/boundary",
-                                "visible": False})
+        state["layers"].append(
+            {
+                "type": "segmentation",
+                "name": "segmentation",
+                "source": f"precomputed://{base}/segmentation",
+                "segments": [str(s) for s in manifest.get("largest_segments", [])],
+                "selectedAlpha": 0.35,
+            }
+        )
+    if "boundary" in layers_present:  # the learned boundary map, off until switched on
+        state["layers"].append(
+            {"type": "image", "name": "boundary", "source": f"precomputed://{base}/boundary", "visible": False}
+        )
     if "vessel_mask" in layers_present:
-        state["layers"].append({"type": "image", "name": "vessel_mask", "source": f"precomputed://{base}/vessel_mask",
-                                "shader": VESSEL_SHADER})
+        state["layers"].append(
+            {
+                "type": "image",
+                "name": "vessel_mask",
+                "source": f"precomputed://{base}/vessel_mask",
+                "shader": VESSEL_SHADER,
+            }
+        )
     if "synapses" in layers_present:
-        layer = {"type": "annotation", "name": "synapses", "source": f"precomputed://{base}/synapses",
-                 "shader": SYNAPSE_SHADER}
+        layer: dict[str, Any] = {
+            "type": "annotation",
+            "name": "synapses",
+            "source": f"precomputed://{base}/synapses",
+            "shader": SYNAPSE_SHADER,
+        }
         if "segmentation" in layers_present:
             layer["linkedSegmentationLayer"] = {"pre_segment": "segmentation", "post_segment": "segmentation"}
             layer["filterBySegmentation"] = ["pre_segment", "post_segment"]

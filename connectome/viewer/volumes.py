@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import numpy as np
 
@@ -25,17 +25,17 @@ from connectome.viewer.steps import Step, block_delay
 
 log = logging.getLogger(__name__)
 
-MAX_BLOCK_VOXELS = 2 ** 24
+MAX_BLOCK_VOXELS = 2**24
 MAX_LEVELS_PER_PASS = 3
 
 
 @dataclass(frozen=True)
 class VolumeSpec:
-    name: str            # layer folder and workspace array
-    layer_type: str      # "image" | "segmentation"
+    name: str  # layer folder and workspace array
+    layer_type: str  # "image" | "segmentation"
     dtype: str
-    encoding: str        # "raw" | "compressed_segmentation"
-    pooling: str         # "mean" | "mode" | "max"
+    encoding: str  # "raw" | "compressed_segmentation"
+    pooling: str  # "mean" | "mode" | "max"
 
 
 SPECS = {
@@ -62,7 +62,7 @@ def plan_factors(shape_xyz, res_xyz, min_xy: int = 32, max_levels: int = 8) -> l
     res = list(map(float, res_xyz))
     while len(cum) < max_levels:
         f = (2, 2, 2) if res[2] <= 1.5 * max(res[0], res[1]) else (2, 2, 1)
-        nxt = tuple(c * k for c, k in zip(cum[-1], f))
+        nxt = cast("tuple[int, int, int]", tuple(c * k for c, k in zip(cum[-1], f)))
         if max(-(-shape_xyz[0] // nxt[0]), -(-shape_xyz[1] // nxt[1])) < min_xy or -(-shape_xyz[2] // nxt[2]) < 1:
             break
         cum.append(nxt)
@@ -78,13 +78,24 @@ def make_info(spec: VolumeSpec, shape_xyz, res_xyz, chunk_xyz, factors) -> dict:
     scales = []
     for f in factors:
         res = [float(r) * k for r, k in zip(res_xyz, f)]
-        scale = {"key": "_".join(f"{r:g}" for r in res), "resolution": res, "voxel_offset": [0, 0, 0],
-                 "size": list(level_shape(shape_xyz, f)), "chunk_sizes": [list(chunk_xyz)], "encoding": spec.encoding}
+        scale = {
+            "key": "_".join(f"{r:g}" for r in res),
+            "resolution": res,
+            "voxel_offset": [0, 0, 0],
+            "size": list(level_shape(shape_xyz, f)),
+            "chunk_sizes": [list(chunk_xyz)],
+            "encoding": spec.encoding,
+        }
         if spec.encoding == "compressed_segmentation":
             scale["compressed_segmentation_block_size"] = [8, 8, 8]
         scales.append(scale)
-    return {"@type": "neuroglancer_multiscale_volume", "type": spec.layer_type, "data_type": spec.dtype,
-            "num_channels": 1, "scales": scales}
+    return {
+        "@type": "neuroglancer_multiscale_volume",
+        "type": spec.layer_type,
+        "data_type": spec.dtype,
+        "num_channels": 1,
+        "scales": scales,
+    }
 
 
 # ------------------------------------------------------------------------------------ pooling
@@ -106,7 +117,7 @@ def downsample(a: np.ndarray, f: Sequence[int], pooling: str) -> np.ndarray:
     if pooling == "mode":
         counts = np.zeros(v.shape, np.float32)
         for j in range(n):
-            counts += v == v[..., j:j + 1]
+            counts += v == v[..., j : j + 1]
         counts -= 0.5 * (v == 0)  # a non-zero id wins a tie against background
         pick = counts.argmax(-1)
         return np.take_along_axis(v, pick[..., None], -1)[..., 0]
@@ -118,12 +129,13 @@ def downsample(a: np.ndarray, f: Sequence[int], pooling: str) -> np.ndarray:
 class Pass:
     index: int
     source_level: int
-    levels: tuple[int, ...]              # levels written by the pass (incl. the source for pass 0)
-    block_xyz: tuple[int, int, int]      # super-block at the source level
+    levels: tuple[int, ...]  # levels written by the pass (incl. the source for pass 0)
+    block_xyz: tuple[int, int, int]  # super-block at the source level
 
 
 def plan_passes(factors, chunk_xyz) -> list[Pass]:
-    passes, src = [], 0
+    passes: list[Pass] = []
+    src = 0
     while True:
         top = src
         while top + 1 < len(factors) and top + 1 - src <= MAX_LEVELS_PER_PASS:
@@ -143,12 +155,28 @@ def plan_passes(factors, chunk_xyz) -> list[Pass]:
 def _cloudvolume(path: Path, mip: int, compress):
     from cloudvolume import CloudVolume
 
-    return CloudVolume(f"file://{path}", mip=mip, compress=compress, progress=False, fill_missing=False,
-                       cache=False, non_aligned_writes=False, delete_black_uploads=False)
+    return CloudVolume(
+        f"file://{path}",
+        mip=mip,
+        compress=compress,
+        progress=False,
+        fill_missing=False,
+        cache=False,
+        non_aligned_writes=False,
+        delete_black_uploads=False,
+    )
 
 
-def write_volume(src_array, layer_dir: Path, spec: VolumeSpec, shape_zyx, res_zyx, step: Step, compress,
-                 on_level0_block: Callable[[str, np.ndarray, tuple], dict] | None = None) -> dict:
+def write_volume(
+    src_array,
+    layer_dir: Path,
+    spec: VolumeSpec,
+    shape_zyx,
+    res_zyx,
+    step: Step,
+    compress,
+    on_level0_block: Callable[[str, np.ndarray, tuple], dict] | None = None,
+) -> dict:
     """Write ``src_array`` (zarr, z,y,x) as a precomputed layer with its pyramid, blockwise and
     resumable (``step`` holds the done-markers). ``on_level0_block(block_id, block_xyz, origin_xyz)``
     may return arrays to keep in the block's marker (e.g. segment counts). Returns a summary."""
@@ -177,9 +205,13 @@ def write_volume(src_array, layer_dir: Path, spec: VolumeSpec, shape_zyx, res_zy
                         continue
                     block_delay()
                     if p.source_level == 0:
-                        block = zyx_to_xyz(np.asarray(src_array[origin[2]:end[2], origin[1]:end[1], origin[0]:end[0]]))
+                        block = zyx_to_xyz(
+                            np.asarray(src_array[origin[2] : end[2], origin[1] : end[1], origin[0] : end[0]])
+                        )
                     else:
-                        block = np.asarray(vols[p.source_level][origin[0]:end[0], origin[1]:end[1], origin[2]:end[2]])[..., 0]
+                        block = np.asarray(
+                            vols[p.source_level][origin[0] : end[0], origin[1] : end[1], origin[2] : end[2]]
+                        )[..., 0]
                     block = block.astype(spec.dtype, copy=False)
                     extra = {}
                     level = p.source_level
@@ -191,7 +223,7 @@ def write_volume(src_array, layer_dir: Path, spec: VolumeSpec, shape_zyx, res_zy
                         rel = tuple(t // s for t, s in zip(factors[target], factors[p.source_level]))
                         o = tuple(a // r for a, r in zip(origin, rel))
                         e = tuple(a + s for a, s in zip(o, block.shape))
-                        vols[target][o[0]:e[0], o[1]:e[1], o[2]:e[2]] = block
+                        vols[target][o[0] : e[0], o[1] : e[1], o[2] : e[2]] = block
                         if target == 0 and on_level0_block is not None:
                             extra = on_level0_block(bid, block, origin) or {}
                     step.mark_done(bid, **extra)

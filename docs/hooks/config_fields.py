@@ -64,8 +64,10 @@ def on_page_markdown(markdown: str, page=None, config=None, files=None, **kwargs
 
 def expand(markdown: str, where: str = "page") -> str:
     """``markdown`` with every ``{{ config_fields("module:Class") }}`` replaced by its table."""
+
     def one(m: re.Match) -> str:
         return render_table(load_class(m.group(1), m.group(2), where))
+
     return PLACEHOLDER.sub(one, markdown)
 
 
@@ -96,7 +98,7 @@ def _build_error(message: str) -> Exception:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    name: str          # dotted, as in the YAML config
+    name: str  # dotted, as in the YAML config
     type: str
     default: str
     doc: str
@@ -255,8 +257,11 @@ def _own_field_docs(cls: type) -> dict[str, str]:
             continue
         name = stmt.target.id
         above = _comment_block_above(comments, stmt.lineno)
-        trailing = [comments[ln][0] for ln in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
-                    if ln in comments and not comments[ln][1]]
+        trailing = [
+            comments[ln][0]
+            for ln in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1)
+            if ln in comments and not comments[ln][1]
+        ]
         below = ""
         if i + 1 < len(body):
             nxt = body[i + 1]
