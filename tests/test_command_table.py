@@ -13,7 +13,7 @@ import pytest
 from connectome.commands.spec import Command, Group
 from connectome.commands.table import ENTRIES
 
-SNAPSHOT = Path(__file__).parent / "data" / "cli_help_before_command_table.json"
+SNAPSHOT = Path(__file__).parent / "snapshots" / "cli_help_before_command_table.json"
 NEW_COMMANDS = {"skeletonize", "review", "review plan", "review import", "review decide"}  # added after the snapshot
 #: choices added to an option after the snapshot (command, dest) -> the new choices, appended
 NEW_CHOICES = {("synth", "preset"): ["newbrain"]}  # issue 23: the held-out new-brain look
