@@ -19,6 +19,15 @@ from typing import Any, Optional, Union
 from connectome.commands.spec import Arg, Command, Group, arg
 from connectome.inputs import float_option
 
+#: ``--workspace WS``, the workspace a command reads and writes
+WORKSPACE = arg("--workspace", required=True, metavar="WS")
+
+
+def _block_shape(help: Optional[str] = None) -> Arg:
+    """``--block-shape Z,Y,X``: overrides ``blockwise.block_shape_zyx`` of the stage's config."""
+    kw = {"help": help} if help else {}
+    return arg("--block-shape", metavar="Z,Y,X", **kw, pipeline="zyx", key="blockwise.block_shape_zyx")
+
 
 def _train(
     kind: str,
@@ -91,7 +100,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         run="connectome.commands.stages:import_volume",
         args=(
             arg("src", metavar="SRC", pipeline="path"),
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--voxel-size", required=True, metavar="Z,Y,X", help="voxel size in nm, e.g. 40,8,8", pipeline="zyx"),
             arg(
                 "--intensity-range",
@@ -100,13 +109,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 pipeline="range",
                 key="intensity_range",
             ),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="block (and chunk) shape in voxels",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            _block_shape("block (and chunk) shape in voxels"),
         ),
     ),
     Command(
@@ -117,7 +120,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="connectome.stages.smooth:SmoothConfig",
         run="connectome.commands.stages:smooth",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--sigma-nm",
                 metavar="Z,Y,X",
@@ -125,7 +128,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 pipeline="zyx",
                 key="sigma_nm",
             ),
-            arg("--block-shape", metavar="Z,Y,X", pipeline="zyx", key="blockwise.block_shape_zyx"),
+            _block_shape(),
         ),
     ),
     Command(
@@ -148,7 +151,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 help="tile manifest: section,row,col,path,x,y",
                 pipeline="path",
             ),
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--voxel-size",
                 metavar="Z,Y,X",
@@ -192,14 +195,8 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="connectome.montage.align_config:AlignConfig",
         run="connectome.commands.stages:align",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="render block (and raw chunk) shape in voxels",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            WORKSPACE,
+            _block_shape("render block (and raw chunk) shape in voxels"),
         ),
     ),
     Command(
@@ -215,20 +212,14 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="unet.vessel:VesselMaskConfig",
         run="connectome.commands.stages:mask_vessels",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--model",
                 metavar="DIR",
                 help="model directory (default: the shipped unet/models/vessel)",
                 pipeline="path",
             ),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="block (and chunk) shape in voxels",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            _block_shape("block (and chunk) shape in voxels"),
         ),
     ),
     Command(
@@ -244,20 +235,14 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="unet.boundary:BoundaryConfig",
         run="connectome.commands.stages:predict_boundaries",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--model",
                 metavar="DIR",
                 help="model directory (default: the shipped unet/models/boundary)",
                 pipeline="path",
             ),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="block (and chunk) shape in voxels",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            _block_shape("block (and chunk) shape in voxels"),
         ),
     ),
     Command(
@@ -277,7 +262,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         mpi=True,
         run="connectome.commands.stages:segment",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--model",
                 metavar="DIR",
@@ -294,13 +279,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 pipeline="str",
                 key="method",
             ),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="subvolume core (= block and chunk) shape in voxels",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            _block_shape("subvolume core (= block and chunk) shape in voxels"),
         ),
     ),
     Command(
@@ -318,7 +297,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="connectome.synapses.predict:SynapsesConfig",
         run="connectome.commands.stages:synapses",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--model",
                 metavar="DIR",
@@ -341,13 +320,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
                 pipeline="int",
                 key="min_size_voxels",
             ),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="block (and chunk) shape in voxels",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            _block_shape("block (and chunk) shape in voxels"),
         ),
     ),
     Command(
@@ -365,7 +338,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="connectome.skeletons.skeletonize:SkeletonizeConfig",
         run="connectome.commands.stages:skeletonize",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--segmentation",
                 metavar="NAME",
@@ -375,13 +348,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
             ),
             arg("--anisotropy", metavar="Z,Y,X", help="voxel size in nm (default: the workspace's)", pipeline="zyx"),
             arg("--swc", action="store_true", help="also write one SWC file per segment", pipeline="bool", key="swc"),
-            arg(
-                "--block-shape",
-                metavar="Z,Y,X",
-                help="block shape in voxels (default 64,256,256)",
-                pipeline="zyx",
-                key="blockwise.block_shape_zyx",
-            ),
+            _block_shape("block shape in voxels (default 64,256,256)"),
         ),
     ),
     Command(
@@ -397,7 +364,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         kind="single",
         run="connectome.commands.stages:graph",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg(
                 "--min-score",
                 type=float_option,
@@ -523,7 +490,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="connectome.evaluate.config:EvaluateConfig",
         run="connectome.commands.tools:evaluate",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--truth", required=True, metavar="DIR", help="a `connectome synth` output folder", pipeline="path"),
             arg("--config", metavar="FILE.yaml", help="evaluation thresholds (EvaluateConfig)"),
             arg(
@@ -581,7 +548,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         run="connectome.commands.tools:run_pipeline",
         args=(
             arg("pipeline", metavar="PIPELINE.yaml"),
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--from", dest="from_stage", metavar="STAGE", help="start at this stage id"),
             arg("--until", metavar="STAGE", help="stop after this stage id"),
             arg("--only", metavar="STAGE", help="run only this stage id (how PBS jobs run a pipeline stage)"),
@@ -603,7 +570,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         kind="single",
         run="connectome.commands.tools:export_precomputed",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--out", metavar="DIR", help="export folder (default WS/precomputed)", pipeline="path"),
             arg(
                 "--no-compress",
@@ -674,7 +641,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         ),
         run="connectome.review.commands:plan",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--target", required=True, choices=["vessels", "synapses", "segmentation"]),
             arg("--count", required=True, type=int, metavar="N", help="how many items to queue"),
             arg(
@@ -705,7 +672,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         ),
         run="connectome.review.commands:decide",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--target", required=True, choices=["vessels", "synapses", "segmentation"]),
             arg("--item", required=True, metavar="ID", help="an item_id of queue.csv"),
             arg("--decision", required=True, choices=["accept", "reject", "missed"]),
@@ -723,7 +690,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         ),
         run="connectome.review.commands:import_",
         args=(
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--target", required=True, choices=["vessels", "segmentation"]),
             arg("--labels", required=True, metavar="FILE", help="the painted label volume"),
             arg("--offset", metavar="Z,Y,X", help="where FILE's first voxel lies in the workspace (voxels)"),
@@ -733,7 +700,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         ("info",),
         help="describe a workspace",
         run="connectome.commands.tools:info",
-        args=(arg("--workspace", required=True, metavar="WS"),),
+        args=(WORKSPACE,),
     ),
     Group(
         ("pbs",),
@@ -807,7 +774,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         run="connectome.commands.tools:pbs_submit",
         args=(
             arg("stage", metavar="PIPELINE.yaml"),
-            arg("--workspace", required=True, metavar="WS"),
+            WORKSPACE,
             arg("--system", required=True, metavar="SYSTEM", help="aurora | polaris | theta | local"),
             arg("--nodes", required=True, type=int, metavar="N", help="nodes per job (a stage's pbs: overrides)"),
             arg("--project", metavar="A", help="allocation to charge (required except for --system local)"),
