@@ -14,14 +14,28 @@ from connectome.commands.spec import Command, Group
 from connectome.commands.table import ENTRIES
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "cli_help_before_command_table.json"
-NEW_COMMANDS = {"skeletonize", "review", "review plan", "review import", "review decide"}  # added after the snapshot
+NEW_COMMANDS = {
+    "skeletonize",
+    "review",
+    "review plan",
+    "review import",
+    "review decide",
+    "review open",
+    "review apply",
+}  # added after the snapshot
 #: choices added to an option after the snapshot (command, dest) -> the new choices, appended
 NEW_CHOICES = {("synth", "preset"): ["newbrain"]}  # issue 23: the held-out new-brain look
 #: options added to a command after the snapshot: command -> the new options' dests (their help
 #: text widens the command's --help, so that is not compared)
-NEW_OPTIONS = {"train vessel": {"init", "corrections"}}  # issue 23: fine-tuning on review corrections
+NEW_OPTIONS = {
+    "train vessel": {"init", "corrections"},
+    "train synapse": {"init", "corrections"},
+    "train boundary": {"init", "corrections"},
+}  # issue 23: fine-tuning on review corrections
 #: option fields changed after the snapshot: (command, dest) -> the new values
-CHANGED_OPTIONS = {("train vessel", "data"): {"required": False, "default": "[]"}}  # --data optional with --init
+CHANGED_OPTIONS = {
+    (f"train {k}", "data"): {"required": False, "default": "[]"} for k in ("vessel", "synapse", "boundary")
+}  # --data optional with --init
 
 
 def _describe(parser: argparse.ArgumentParser, words=(), out=None) -> dict:

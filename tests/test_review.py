@@ -224,6 +224,28 @@ def test_decide_appends_and_refuses_unknown_items(ws, capsys):
     assert "review plan" in _err(capsys)
 
 
+def test_missed_points_go_to_points_csv_and_must_lie_in_the_box(ws, capsys):
+    from connectome.review.decisions import missed_points
+    from connectome.review.queue import read_queue
+
+    assert _plan(ws, "vessels", "--count", 2, "--box", "8,32,32") == 0
+    items = read_queue(ws.path / "review" / "vessels" / "queue.csv")
+    it = items[0]
+    inside = ",".join(str((a + b) // 2) for a, b in zip(it.box[:3], it.box[3:]))
+    outside = ",".join(str(v) for v in it.box[3:])  # the half-open end lies outside
+    capsys.readouterr()
+    assert _decide(ws, it.item_id, "missed", "--point", inside) == 0
+    assert _decide(ws, it.item_id, "missed", "--point", outside) == 2 and "outside" in _err(capsys)
+    assert _decide(ws, it.item_id, "accept", "--point", inside) == 2 and "missed" in _err(capsys)
+    assert _decide(ws, it.item_id, "missed", "--point", "1,2") == 2 and "--point" in _err(capsys)
+    rows = (ws.path / "review" / "vessels" / "points.csv").read_text().splitlines()
+    assert rows[0] == "item_id,z,y,x,author,time" and len(rows) == 2
+    want = tuple(int(v) for v in inside.split(","))
+    assert missed_points(ws.path, "vessels") == {it.item_id: [want]}
+    assert _decide(ws, it.item_id, "accept") == 0  # a later decision supersedes: no missed point counts
+    assert missed_points(ws.path, "vessels") == {}
+
+
 def test_a_killed_write_leaves_the_old_files_intact(ws, monkeypatch):
     import connectome.atomic as atomic
     from connectome.review.decisions import decide

@@ -448,5 +448,8 @@ def finetune_vessel(
                     write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)
                 write_model_card(tmp)
             summary = run_summary(out, result, doc["training"]["seconds"], doc["validation"])
+            v = doc["validation"].get("corrected_boxes") or {}
+            if v.get("iou") is not None:
+                summary["headline"] = f"; held-back boxes IoU {v['iou']:.4f} at threshold {v['threshold']:g}"
         s.barrier()
     return summary

@@ -29,6 +29,27 @@ def _block_shape(help: Optional[str] = None) -> Arg:
     return arg("--block-shape", metavar="Z,Y,X", **kw, pipeline="zyx", key="blockwise.block_shape_zyx")
 
 
+def _finetune_args(kind: str, what: str) -> tuple[Arg, ...]:
+    """``--init`` / ``--corrections`` of ``connectome train KIND`` (fine-tuning on a review, issue 23)."""
+    return (
+        arg(
+            "--init",
+            metavar="MODEL_DIR",
+            help=f"fine-tune: start from this {kind} model's weights (needs --corrections)",
+            pipeline="path",
+        ),
+        arg(
+            "--corrections",
+            metavar="DIR",
+            help=(
+                f"fine-tune on {what}; --data folders are then replayed (half of each batch); "
+                "validates on held-back items"
+            ),
+            pipeline="path",
+        ),
+    )
+
+
 def _train(
     kind: str,
     *,
@@ -404,23 +425,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         val_help="a held-out `connectome synth` folder for validation (repeat for several)",
         config_help="VesselTrainConfig (YAML); unknown keys are rejected",
         data_required=False,  # fine-tuning (--init --corrections) may replay no synthetic data
-        extra=(
-            arg(
-                "--init",
-                metavar="MODEL_DIR",
-                help="fine-tune: start from this vessel model's weights (needs --corrections)",
-                pipeline="path",
-            ),
-            arg(
-                "--corrections",
-                metavar="DIR",
-                help=(
-                    "fine-tune on the dense corrections of a review folder (WS/review/vessels); --data "
-                    "folders are then replayed (half of each batch); validates on held-back boxes"
-                ),
-                pipeline="path",
-            ),
-        ),
+        extra=_finetune_args("vessel", "the dense corrections of a review folder (WS/review/vessels)"),
     ),
     _train(
         "ffn",
@@ -446,6 +451,10 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="unet.synapse_train:SynapseTrainConfig",
         val_help="held-out volume for the checkpoint and the detection calibration (repeatable)",
         config_help="SynapseTrainConfig (YAML); unknown keys are rejected",
+        data_required=False,  # fine-tuning (--init --corrections) may replay no synthetic data
+        extra=_finetune_args(
+            "synapse", "the decisions of a review folder (WS/review/synapses: accept, reject, missed points)"
+        ),
     ),
     _train(
         "boundary",
@@ -458,6 +467,8 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         config="unet.boundary_train:BoundaryTrainConfig",
         val_help="held-out volume for the checkpoint choice (repeatable)",
         config_help="BoundaryTrainConfig (YAML); unknown keys are rejected",
+        data_required=False,  # fine-tuning (--init --corrections) may replay no synthetic data
+        extra=_finetune_args("boundary", "the dense corrections of a review folder (WS/review/segmentation)"),
     ),
     Command(
         ("synth",),
@@ -618,14 +629,16 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
     ),
     Group(
         ("review",),
-        help="proofreading queues, decisions and dense corrections (ACTION: plan, decide, import)",
+        help="proofreading queues, decisions and dense corrections (ACTION: plan, open, decide, import, apply)",
         dest="action",
         metavar="ACTION",
         description=(
             "The review loop (docs/review.md): `plan` ranks where a person's time helps most "
-            "(WS/review/<target>/queue.csv), `decide` records a decision on a queued item "
-            "(decisions.csv), `import` keeps the voxels of a painted label volume inside the queued "
-            "boxes as corrections (corrections.zarr) for fine-tuning."
+            "(WS/review/<target>/queue.csv), `open` walks a person through the queue in Neuroglancer, "
+            "`decide` records a decision on a queued item (decisions.csv), `import` keeps the voxels of "
+            "a painted label volume inside the queued boxes as corrections (corrections.zarr) for "
+            "fine-tuning, `apply` merges the segments of accepted merge candidates (a logged, "
+            "reversible edit)."
         ),
     ),
     Command(
@@ -677,6 +690,53 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
             arg("--item", required=True, metavar="ID", help="an item_id of queue.csv"),
             arg("--decision", required=True, choices=["accept", "reject", "missed"]),
             arg("--author", metavar="A", help="who decided (default: the login name)"),
+            arg(
+                "--point",
+                metavar="Z,Y,X",
+                help="missed: where the missed object is (voxels of raw, inside the item's box; WS/review/<target>/points.csv)",
+            ),
+        ),
+    ),
+    Command(
+        ("review", "open"),
+        help="review the queue in Neuroglancer (keys: accept, reject, missed, next, previous)",
+        description=(
+            "Serve the workspace's layers and the queue (an annotation layer of boxes) with "
+            "neuroglancer's Python server on --bind (loopback by default) and print the URL. The "
+            "view jumps to the first undecided item; keys: a accept, r reject, m missed (a point "
+            "at the mouse), n next, p previous. Every decision goes at once (atomically) to "
+            "WS/review/<target>/decisions.csv (missed points to points.csv), so a killed session "
+            "loses nothing and the next `review open` resumes at the first undecided item."
+        ),
+        run="connectome.review.viewer:run_open",
+        args=(
+            WORKSPACE,
+            arg("--target", required=True, choices=["vessels", "synapses", "segmentation"]),
+            arg("--bind", default="127.0.0.1", metavar="ADDR", help="address to listen on (default 127.0.0.1)"),
+            arg("--port", type=int, default=0, metavar="P", help="port (default 0: a free one)"),
+            arg("--author", metavar="A", help="who decides (default: the login name)"),
+            arg(
+                "--exit-when-done",
+                action="store_true",
+                help="stop serving once every item has a decision",
+            ),
+        ),
+    ),
+    Command(
+        ("review", "apply"),
+        help="merge the segments of accepted merge candidates (logged, reversible)",
+        description=(
+            "Apply the accepted merge-candidate decisions of WS/review/segmentation to the "
+            "segmentation: each pair's segments get one id (the smaller), written blockwise; the "
+            "edit (old id -> new id) goes to WS/review/segmentation/edits/<edit_id>.json and "
+            "edits.csv. --undo EDIT_ID restores the ids that edit changed; --list shows the edits."
+        ),
+        run="connectome.review.apply:run_apply",
+        args=(
+            WORKSPACE,
+            arg("--undo", metavar="EDIT_ID", help="revert this edit (the latest edit first)"),
+            arg("--list", action="store_true", help="list the edits and exit"),
+            arg("--author", metavar="A", help="who applies (default: the login name)"),
         ),
     ),
     Command(

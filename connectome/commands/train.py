@@ -40,64 +40,94 @@ def _train(args, kind: str, describe) -> int:
     return 0
 
 
-def vessel(args) -> int:
-    def describe(summary):
-        ious = ", ".join(f"seed {v['seed']}: {v['iou']:.4f}" for v in summary["validation"].get("volumes", []))
-        return f"; validation IoU {ious}" if ious else ""
+#: kind -> (fine-tuning function "module:attr", its FINETUNE_DEFAULTS "module:attr", config class
+#: "module:attr", the review folder's name, an example init model)
+FINETUNE = {
+    "vessel": (
+        "unet.finetune:finetune_vessel",
+        "unet.finetune:FINETUNE_DEFAULTS",
+        "unet.train:VesselTrainConfig",
+        "vessels",
+        "unet/models/vessel",
+    ),
+    "synapse": (
+        "unet.synapse_finetune:finetune_synapse",
+        "unet.synapse_finetune:FINETUNE_DEFAULTS",
+        "unet.synapse_train:SynapseTrainConfig",
+        "synapses",
+        "unet/models/synapse",
+    ),
+    "boundary": (
+        "unet.boundary_finetune:finetune_boundary",
+        "unet.boundary_finetune:FINETUNE_DEFAULTS",
+        "unet.boundary_train:BoundaryTrainConfig",
+        "segmentation",
+        "unet/models/boundary",
+    ),
+}
 
+
+def _wants_finetune(args, kind: str) -> bool:
     if getattr(args, "init", None) or getattr(args, "corrections", None):
-        return _finetune_vessel(args)
+        return True
     if not args.data:
         raise UserInputError(
             "--data: give at least one `connectome synth` folder (or --init MODEL_DIR --corrections DIR to fine-tune)"
         )
-    return _train(args, "vessel", describe)
+    return False
 
 
-def _finetune_vessel(args) -> int:
-    """``connectome train vessel --init MODEL_DIR --corrections WS/review/vessels``: see :mod:`unet.finetune`."""
+def _finetune(args, kind: str) -> int:
+    """``connectome train KIND --init MODEL_DIR --corrections WS/review/<target>``: start from a
+    model, train on a review's corrections (+ replay of --data), validate on held-back items."""
+    from connectome.commands.spec import resolve
     from connectome.training.export import check_out_dir
-    from unet.finetune import FINETUNE_DEFAULTS, finetune_vessel
-    from unet.train import VesselTrainConfig
 
+    fn, defaults, config, target, example = FINETUNE[kind]
     if not args.init:
         raise UserInputError(
-            "--corrections: fine-tuning needs --init MODEL_DIR (the model to start from, e.g. unet/models/vessel)"
+            f"--corrections: fine-tuning needs --init MODEL_DIR (the model to start from, e.g. {example})"
         )
     if not args.corrections:
         raise UserInputError(
-            "--init: give --corrections WS/review/vessels (the reviewed corrections to fine-tune "
+            f"--init: give --corrections WS/review/{target} (the reviewed corrections to fine-tune "
             "on); to train from synth data only, leave --init out"
         )
     if args.val:
-        raise UserInputError("--val: fine-tuning validates on held-back corrected boxes; leave --val out")
+        raise UserInputError("--val: fine-tuning validates on held-back reviewed items; leave --val out")
     check_out_dir(args.out, args.overwrite)  # before anything is loaded or trained
-    overrides = {} if args.config else dict(FINETUNE_DEFAULTS)
+    overrides = {} if args.config else dict(resolve(defaults))
     if args.steps is not None:
         if args.steps < 1:
             raise UserInputError(f"--steps: expected a positive number, got {args.steps}")
         overrides["trainer.steps"] = args.steps
-    cfg = rt.stage_config(args, VesselTrainConfig, overrides)
-    summary = finetune_vessel(
+    cfg = rt.stage_config(args, resolve(config), overrides)
+    summary = resolve(fn)(
         args.init, args.corrections, args.data or (), args.out, cfg, restart=args.restart, overwrite=args.overwrite
     )
     if summary.get("stopped"):
         print(
-            f"train vessel: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
+            f"train {kind}: stopped at step {summary['steps']} of {summary['total_steps']} (checkpoint saved); "
             "rerun the same command to resume",
             file=sys.stderr,
         )
         return 130
     if summary:
-        v = summary["validation"].get("corrected_boxes") or {}
-        extra = (
-            f"; held-back boxes IoU {v['iou']:.4f} at threshold {v['threshold']:g}" if v.get("iou") is not None else ""
-        )
         print(
-            f"train vessel: fine-tuned {summary['steps']} steps in {summary['seconds']:.0f} s; model in "
-            f"{summary['model_dir']}{extra}"
+            f"train {kind}: fine-tuned {summary['steps']} steps in {summary['seconds']:.0f} s; model in "
+            f"{summary['model_dir']}{summary.get('headline', '')}"
         )
     return 0
+
+
+def vessel(args) -> int:
+    def describe(summary):
+        ious = ", ".join(f"seed {v['seed']}: {v['iou']:.4f}" for v in summary["validation"].get("volumes", []))
+        return f"; validation IoU {ious}" if ious else ""
+
+    if _wants_finetune(args, "vessel"):
+        return _finetune(args, "vessel")
+    return _train(args, "vessel", describe)
 
 
 def ffn(args) -> int:
@@ -116,6 +146,8 @@ def synapse(args) -> int:
         f1 = ", ".join(f"{v['path'].rstrip('/').split('/')[-1]}: F1 {v['f1']}" for v in vols)
         return f"; validation {f1}" if f1 else ""
 
+    if _wants_finetune(args, "synapse"):
+        return _finetune(args, "synapse")
     return _train(args, "synapse", describe)
 
 
@@ -127,4 +159,6 @@ def boundary(args) -> int:
             f"{m.get('affinity_balanced_accuracy', float('nan')):.4f}"
         )
 
+    if _wants_finetune(args, "boundary"):
+        return _finetune(args, "boundary")
     return _train(args, "boundary", describe)

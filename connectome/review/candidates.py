@@ -46,9 +46,16 @@ class Candidates:
     reason: Callable[[int], str]
     exclusive: bool = False  # whether picked boxes may not overlap
     inputs: dict = field(default_factory=dict)  # array name -> its connectome_state digest
+    #: the segment ids an item is about (merge candidate: the pair, split candidate: the segment);
+    #: None when the target has no segments (``review.json``'s ``item_segments``)
+    segments: Callable[[int], tuple[int, ...]] | None = None
 
     def __len__(self) -> int:
         return int(len(self.scores))
+
+    def item_segments(self, i: int) -> list[int]:
+        """The segment ids of candidate ``i`` ([] when there are none)."""
+        return [int(v) for v in self.segments(i)] if self.segments is not None else []
 
 
 def _digest(ws, name) -> dict:
@@ -213,7 +220,7 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
         b = ws.require_complete("boundary", CONSUMER)
         bnd = np.asarray(b[0] if b.ndim == 4 else b[:]).astype(np.float32) / 255.0
         inputs["boundary"] = _digest(ws, "boundary")
-    parts: list[tuple] = []  # (boxes, scores, kind, reason(k))
+    parts: list[tuple] = []  # (boxes, scores, kind, reason(k), segments(k))
     # merge candidates: touching pairs across a weak boundary
     keys, vals, pos = [], [], []
     for ax in range(3):
@@ -250,6 +257,7 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
                 (1.0 - mean_b) * np.minimum(1.0, cnt / 50.0),
                 "merge-candidate",
                 merge_reason,
+                lambda j, uniq=uniq: (int(uniq[j, 0]), int(uniq[j, 1])),
             )
         )
     # split candidates: interior (4-neighbours in y, x in the same segment) in two or more pieces
@@ -301,6 +309,7 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
                         b2 / (a + b2),
                         "split-candidate",
                         split_reason,
+                        lambda j, sid=own_o[multi]: (int(sid[j]),),
                     )
                 )
     if bnd is not None:
@@ -327,9 +336,19 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
                         "boundary (p >= 0.5)"
                     )
 
-                parts.append((centred_boxes(cen, box_zyx, shape), score, "split-candidate", hot_reason))
+                parts.append(
+                    (
+                        centred_boxes(cen, box_zyx, shape),
+                        score,
+                        "split-candidate",
+                        hot_reason,
+                        lambda j, sid=uids[sel]: (int(sid[j]),),
+                    )
+                )
     if not parts:
-        return Candidates(np.zeros((0, 6), np.int64), np.zeros(0), [], lambda i: "", inputs=inputs)
+        return Candidates(
+            np.zeros((0, 6), np.int64), np.zeros(0), [], lambda i: "", inputs=inputs, segments=lambda i: ()
+        )
     boxes = np.concatenate([q[0] for q in parts]).astype(np.int64)
     scores = np.clip(np.concatenate([q[1] for q in parts]).astype(float), 0.0, 1.0)
     kinds: list[str] = []
@@ -342,7 +361,11 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
         k = int(np.searchsorted(offsets, i, side="right")) - 1
         return parts[k][3](i - offsets[k])
 
-    return Candidates(boxes, scores, kinds, reason, exclusive=False, inputs=inputs)
+    def segments(i: int) -> tuple[int, ...]:
+        k = int(np.searchsorted(offsets, i, side="right")) - 1
+        return parts[k][4](i - offsets[k])
+
+    return Candidates(boxes, scores, kinds, reason, exclusive=False, inputs=inputs, segments=segments)
 
 
 CANDIDATES = {"vessels": vessel_candidates, "synapses": synapse_candidates, "segmentation": segmentation_candidates}

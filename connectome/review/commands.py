@@ -25,9 +25,12 @@ def plan(args) -> int:
 
 def decide(args) -> int:
     from connectome.review.decisions import decide as _decide
+    from connectome.workspace import parse_zyx
 
-    row = _decide(args.workspace, args.target, args.item, args.decision, author=args.author)
-    print(f"review decide: {row['item_id']} {row['decision']} by {row['author']}")
+    point = parse_zyx(args.point, "--point", cast=int, positive=False) if args.point else None
+    row = _decide(args.workspace, args.target, args.item, args.decision, author=args.author, point=point)
+    at = f" at {row['point']}" if "point" in row else ""
+    print(f"review decide: {row['item_id']} {row['decision']}{at} by {row['author']}")
     return 0
 
 

@@ -81,17 +81,20 @@ def plan_review(
     cands = cand_mod.CANDIDATES[target](ws, box)
     rng = np.random.default_rng(seed)
     order = pick(cands, int(count), rng)
+    picked = [(f"{target}-{rank:04d}", i) for rank, i in enumerate(order, start=1)]
     items = [
         Item(
-            f"{target}-{rank:04d}",
+            item_id,
             target,
             cands.kinds[i],
             cast("tuple[int, int, int, int, int, int]", tuple(int(v) for v in cands.boxes[i])),
             float(cands.scores[i]),
             cands.reason(i),
         )
-        for rank, i in enumerate(order, start=1)
+        for item_id, i in picked
     ]
+    # the segment ids each item is about (merge: the pair, split: the segment), for `review apply`
+    item_segments = {item_id: cands.item_segments(i) for item_id, i in picked if cands.item_segments(i)}
     if reviewed:  # --overwrite: keep the old review beside the new one
         old = folder / f"superseded-{time.strftime('%Y%m%dT%H%M%S')}"
         old.mkdir(parents=True, exist_ok=False)
@@ -112,6 +115,8 @@ def plan_review(
         "workspace": workspace_identity(ws),
         "inputs": cands.inputs,
     }
+    if cands.segments is not None:
+        meta["item_segments"] = item_segments
     # the record first, then the queue: a queue is never there without the record that made it
     atomic_write_text(folder / REVIEW_JSON, json.dumps(meta, indent=1) + "\n")
     write_queue(queue, items)
