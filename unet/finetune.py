@@ -40,15 +40,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectome.errors import UserInputError
-from connectome.training.provenance import portable_path
+from unet.finetune_common import HOLDOUT_EVERY, REPLAY_FRACTION, split_boxes  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-#: share of each batch drawn from the --data synth folders (replay), when any are given
-REPLAY_FRACTION = 0.5
-#: every this many-th corrected box (in queue order) is held back for validation (at least one)
-HOLDOUT_EVERY = 5
 #: config overrides applied when fine-tuning without --config
 FINETUNE_DEFAULTS = {
     "trainer.steps": 150,
@@ -75,17 +70,6 @@ class _CorrectedLabel:
         if self.weight:
             return m.astype(np.uint8)
         return (m & (np.asarray(self.labels[sl]) == 1)).astype(np.uint8)
-
-
-def split_boxes(n: int) -> tuple[list[int], list[int]]:
-    """Indices of (training, held-back) boxes: every HOLDOUT_EVERY-th held back, at least one."""
-    if n < 2:
-        raise UserInputError(
-            f"--corrections: {n} corrected box(es); fine-tuning needs at least 2 (one is held back for validation)"
-        )
-    val = list(range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY)) or [n - 1]
-    train = [i for i in range(n) if i not in val]
-    return train, val
 
 
 def corrected_target(img_lab_fg: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -317,48 +301,26 @@ def finetune_vessel(
 ) -> dict:
     """Fine-tune ``init_dir`` on the corrections of ``corrections_dir`` (+ replay of ``data_dirs``)
     into ``out_dir`` (atomic export, refused if finished unless ``overwrite``); returns a summary."""
-    from connectome.config import config_to_dict
-    from connectome.review.corrections import load_corrections
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.export import check_out_dir, run_summary, staged_model_dir
     from connectome.training.loop import run_training
-    from connectome.workspace import Workspace
     from unet.data import LabelledVolume, load_synth_volume
+    from unet.finetune_common import (
+        corrections_record,
+        dense_corrections,
+        fine_tuning_doc,
+        finetune_fingerprint,
+        init_record,
+        review_workspace,
+    )
     from unet.modeldir import read_model_dir, write_model_dir
     from unet.train import _NOT_TRAINING, _check_folders, _describe, training_record, write_model_card
 
     out = check_out_dir(out_dir, overwrite)
     spec = read_model_dir(init_dir, task="vessel", what="--init")
-    corr_dir = Path(corrections_dir)
-    if not corr_dir.is_dir():
-        raise UserInputError(f"--corrections {corr_dir}: not found (expected WS/review/vessels)")
-    ws_path = corr_dir.resolve().parent.parent
-    if not (ws_path / "volume.zarr").is_dir():
-        raise UserInputError(
-            f"--corrections {corr_dir}: not inside a workspace (expected WS/review/vessels with "
-            f"WS/volume.zarr; {ws_path} has none)"
-        )
-    ws = Workspace.open(ws_path, mode="r")
-    corr = load_corrections(corr_dir, ws)
-    if corr.target != "vessels":
-        raise UserInputError(
-            f"--corrections {corr_dir}: holds {corr.target} corrections; train vessel needs "
-            "vessel corrections (WS/review/vessels)"
-        )
-    voxels = corr.meta.get("voxels", {})
-    if not corr.boxes or int(voxels.get("corrected", 0)) == 0:
-        raise UserInputError(
-            f"--corrections {corr_dir}: no corrected voxels (import a painted label volume with "
-            "`connectome review import` first)"
-        )
-    # only boxes that carry corrected voxels count
-    boxes, ids = [], []
-    for iid, b in zip(corr.item_ids, corr.boxes):
-        sl = tuple(slice(int(b[i]), int(b[i + 3])) for i in range(3))
-        if np.any(np.asarray(corr.mask[sl]) == 1):
-            boxes.append(tuple(int(v) for v in b))
-            ids.append(iid)
+    corr_dir, ws_path, ws = review_workspace(corrections_dir, "vessels")
+    corr, boxes, ids = dense_corrections(corr_dir, ws, "vessels", "vessel")
     tr, va = split_boxes(len(boxes))
     data = [Path(d) for d in data_dirs]
     _check_folders(data, [])
@@ -367,31 +329,9 @@ def finetune_vessel(
     vs = tuple(float(v) for v in ws.voxel_size_nm)
     corr_vol = LabelledVolume(ws_path, raw, _CorrectedLabel(corr.labels, corr.mask, False), vs, {})
     corr_w = LabelledVolume(ws_path, raw, _CorrectedLabel(corr.labels, corr.mask, True), vs, {})
-    record = {
-        "review_dir": str(corr_dir.resolve()),
-        "import_id": corr.meta.get("import_id"),
-        "item_ids": ids,
-        "train_item_ids": [ids[i] for i in tr],
-        "validation_item_ids": [ids[i] for i in va],
-        "voxels": voxels,
-        "workspace": corr.meta.get("workspace"),
-        "queue_created": corr.meta.get("queue_created"),
-        "strategy": corr.review.get("strategy"),
-    }
-    init_rec = {
-        "path": str(Path(init_dir).resolve()),
-        "portable_path": portable_path(Path(init_dir).resolve()),
-        "weights_sha256": spec.weights_sha256,
-    }
-    fingerprint = {
-        "task": "vessel-finetune",
-        "config": {k: v for k, v in config_to_dict(cfg).items() if k not in _NOT_TRAINING},
-        "init": init_rec["weights_sha256"],
-        "corrections": {k: record[k] for k in ("import_id", "item_ids")},
-        "data": [str(p.resolve()) for p in data],
-        "replay_fraction": REPLAY_FRACTION,
-        "holdout_every": HOLDOUT_EVERY,
-    }
+    record = corrections_record(corr_dir, corr.meta, corr.review, ids, tr, va, voxels=corr.meta.get("voxels", {}))
+    init_rec = init_record(init_dir, spec)
+    fingerprint = finetune_fingerprint("vessel-finetune", cfg, _NOT_TRAINING, init_rec, record, data)
     tcfg = cfg.trainer
     summary: dict = {}
     with horovod_session(tcfg.distributed, tcfg.intra_op_threads, tcfg.inter_op_threads) as s:
@@ -430,12 +370,7 @@ def finetune_vessel(
                 "from_step": result.best_step if result.best_step is not None else result.steps,
             }
             doc["training"] = training_record(result, cfg, out, command, [_describe(d) for d in data], [])
-            doc["fine_tuning"] = {
-                "init": init_rec,
-                "corrections": record,
-                "replay_fraction": REPLAY_FRACTION,
-                "holdout_every": HOLDOUT_EVERY,
-            }
+            doc["fine_tuning"] = fine_tuning_doc(init_rec, record)
             doc["validation"] = {"corrected_boxes_tiles": result.best_metrics or result.last_metrics}
             with staged_model_dir(out) as tmp:
                 write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)

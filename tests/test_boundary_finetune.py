@@ -1,0 +1,251 @@
+"""Fine-tuning the boundary model on segmentation corrections: ``connectome train boundary --init
+MODEL --corrections WS/review/segmentation``. A tiny workspace of toy cells whose corrections are the
+true cells, a 2-step run from the shipped boundary model with replay of the synth folder; the
+exported model predicts, its card lists the corrections and the init model, its weights moved,
+the held-back boxes are scored; the loss weights follow the corrected voxels; bad inputs exit 2
+with one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from connectome.cli import main
+from connectome.workspace import Workspace
+from unet.boundary import DEFAULT_MODEL as SHIPPED
+
+SHAPE = (16, 96, 96)
+TINY_CONFIG = """\
+data: {crop_zyx: [8, 32, 32], val_crop_zyx: [8, 32, 32], scale_range: [1.0, 1.0]}
+trainer: {steps: 2, batch_size: 2, learning_rate: 1.0e-3, warmup_steps: 0, validate_every: 1,
+          checkpoint_every: 1, log_every: 1, prefetch: 0}
+"""
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def _workspace(path, raw, seg) -> Workspace:
+    ws = Workspace.create(path, SHAPE, (40.0, 8.0, 8.0))
+    ws.require_array("raw", "uint8", SHAPE)[...] = raw
+    ws.require_array("segmentation", "uint64", SHAPE)[...] = seg
+    return ws
+
+
+def _plan(ws, target, count, box="8,32,32") -> None:
+    args = ["review", "plan", "--workspace", str(ws.path), "--target", target, "--count", str(count), "--box", box]
+    assert main(args) == 0
+
+
+def _import(ws, target, labels) -> int:
+    return main(["review", "import", "--workspace", str(ws.path), "--target", target, "--labels", str(labels)])
+
+
+def _cells(seed: int = 0, n: int = 40) -> np.ndarray:
+    """(z, y, x) uint64 Voronoi cells 1..n (drifting slowly along z): a toy neuropil."""
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(0, SHAPE[1], size=(n, 2))
+    drift = rng.normal(0, 0.6, size=(n, 2))
+    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    out = np.empty(SHAPE, np.uint64)
+    for z in range(SHAPE[0]):
+        p = pts + z * drift
+        d = (yy[None] - p[:, 0, None, None]) ** 2 + (xx[None] - p[:, 1, None, None]) ** 2
+        out[z] = np.argmin(d, axis=0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def corrected(tmp_path_factory):
+    """A workspace of toy cells (dark membranes) whose segmentation merged two cells; 3 queued
+    boxes corrected to the true cells (one held back); and a synth folder for replay."""
+    from connectome.synth import generate
+    from unet.boundary_data import boundary_full_res
+
+    root = tmp_path_factory.mktemp("bft")
+    generate(root / "syn", preset="small", seed=11, shape_zyx=(16, 128, 128))
+    cells = _cells()
+    noise = np.random.default_rng(1).normal(0, 15, SHAPE)
+    raw = (np.where(boundary_full_res(cells), 70, 170) + noise).clip(0, 255).astype(np.uint8)
+    seg = np.where(cells == 2, 1, cells)  # a merge error
+    ws = _workspace(root / "ws", raw, seg)
+    _plan(ws, "segmentation", 3)
+    a = zarr.create_array(str(root / "truth.zarr"), shape=SHAPE, chunks=SHAPE, dtype="uint64", zarr_format=3)
+    a[:] = cells
+    assert _import(ws, "segmentation", root / "truth.zarr") == 0
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    return root
+
+
+def _train(root, out, *extra, init=SHIPPED, corrections=None) -> int:
+    return main(
+        [
+            "train",
+            "boundary",
+            "--init",
+            str(init),
+            "--corrections",
+            str(corrections or root / "ws" / "review" / "segmentation"),
+            "--out",
+            str(out),
+            "--config",
+            str(root / "tiny.yaml"),
+            *map(str, extra),
+        ]
+    )
+
+
+def test_finetune_writes_a_model_whose_card_lists_the_corrections(corrected, tmp_path, capsys):
+    from connectome.training import weights as wio
+    from unet.boundary import CHANNELS, predict_arrays
+    from unet.boundary import read_spec as read_boundary
+
+    out = tmp_path / "model"
+    assert _train(corrected, out, "--data", corrected / "syn") == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned 2 steps" in printed and "held-back boxes boundary Dice" in printed and "(init " in printed
+    spec, init = read_boundary(out), read_boundary(SHIPPED)
+    doc = spec.doc
+    ft = doc["fine_tuning"]
+    queue = [
+        line.split(",")[0]
+        for line in (corrected / "ws" / "review" / "segmentation" / "queue.csv").read_text().splitlines()[1:]
+    ]
+    c = ft["corrections"]
+    assert c["item_ids"] == queue and len(queue) == 3
+    assert c["validation_item_ids"] == [queue[2]] and c["train_item_ids"] == queue[:2]
+    assert 0 < c["voxels"]["corrected"] <= 3 * 8 * 32 * 32
+    assert c["workspace"]["path"] == str((corrected / "ws").resolve())
+    assert ft["init"]["weights_sha256"] == init.weights_sha256 and ft["replay_fraction"] == 0.5
+    assert doc["architecture"] == init.doc["architecture"] and doc["output"]["channels"] == list(CHANNELS)
+    assert doc["training"]["steps"] == 2 and doc["training"]["data"][0]["seed"] == 11  # the replay folder
+    assert doc["weights"]["from_step"] >= 1  # the init weights (step 0) are a baseline, never exported
+    crops = doc["validation"]["corrected_boxes_crops"]
+    assert crops["weighted_voxels"] > 0 and np.isfinite(crops["loss"]) and 0 <= crops["boundary_dice"] <= 1
+    fin = doc["validation"]["corrected_boxes"]
+    assert fin["boundary_voxels_scored"] > 0 and fin["boundary_dice"] is not None
+    assert doc["validation"]["corrected_boxes_init"]["boundary_voxels_scored"] == fin["boundary_voxels_scored"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Fine-tuning on reviewed corrections" in card and init.weights_sha256 in card
+    assert all(i in card for i in queue) and "Held-back boxes" in card
+    # the weights moved, and the model directory predicts
+    a, b = wio.load_npz(spec.weights_file), wio.load_npz(init.weights_file)
+    assert a.keys() == b.keys() and any(not np.array_equal(a[k], b[k]) for k in a)
+    raw = np.asarray(Workspace.open(corrected / "ws").array("raw")[:])
+    pred = predict_arrays(raw, (40.0, 8.0, 8.0), model_dir=out)
+    assert pred.shape == (4, *SHAPE) and pred.dtype == np.uint8
+    # a finished --out is never overwritten without --overwrite
+    before = (out / "weights.npz").read_bytes()
+    assert _train(corrected, out) == 2
+    assert "--overwrite" in _err(capsys)
+    assert (out / "weights.npz").read_bytes() == before
+
+
+def test_loss_weights_follow_the_corrected_voxels(corrected):
+    import tensorflow as tf
+
+    from connectome.review.corrections import load_corrections
+    from unet.boundary_finetune import (
+        _box_keep,
+        boundary_weight_full_res,
+        corrected_box,
+        crop_corrected,
+        weighted_boundary_loss,
+        weighted_targets,
+    )
+    from unet.boundary_train import BoundaryTrainConfig
+    from unet.data import IntensityStats, reflect_index
+
+    c = load_corrections(corrected / "ws" / "review" / "segmentation", corrected / "ws")
+    raw = np.zeros(SHAPE, np.uint8)
+    box = c.boxes[0]
+    cb = corrected_box(
+        raw, c.labels, c.mask, box, 2, (4, 16, 16), (40, 8, 8), IntensityStats(0, 0.5, 1), _box_keep([box], [])
+    )
+    centre = tuple((lo + hi) // 2 for lo, hi in zip(cb.lo, cb.hi))
+    img, bnd, bw, lab = crop_corrected(cb, centre, (8, 32, 32))
+    y = weighted_targets(bnd, bw, lab)
+    assert y.shape == (8, 32, 32, 8)
+    # weights: 1 where the target is defined by corrected voxels (here: the box's) only
+    # (reads outside the region are mirrored, as in boundary_data.crop_example; "m": with the one-voxel margin)
+    r, n = cb.vol.meta["region_zyx"], cb.vol.image.shape
+    gz, gy, gx = (
+        r[k] // (1 if k == 0 else 2) + reflect_index(np.arange(centre[k] - h - 1, centre[k] + h + 1), n[k])
+        for k, h in enumerate((4, 16, 16))
+    )
+    full = np.zeros(SHAPE, bool)
+    full[tuple(slice(box[k], box[k + 3]) for k in range(3))] = True
+    pooled = boundary_weight_full_res(full, ((True, True), (True, True))).reshape(16, 48, 2, 48, 2).min(axis=(2, 4))
+    sub = full[:, ::2, ::2][gz][:, gy][:, :, gx]  # corrected, at the model grid, crop + margin
+    core = sub[1:-1, 1:-1, 1:-1]
+    assert np.array_equal(y[..., 4] == 1, pooled[gz[1:-1]][:, gy[1:-1]][:, :, gx[1:-1]])
+    assert np.array_equal(y[..., 5] == 1, core & sub[:-2, 1:-1, 1:-1])  # both voxels of the pair
+    assert np.array_equal(y[..., 6] == 1, core & sub[1:-1, :-2, 1:-1])
+    assert np.array_equal(y[..., 7] == 1, core & sub[1:-1, 1:-1, :-2])
+    assert y[..., 4].any() and not y[..., 4][~core].any() and (~core).any()  # the crop reaches past the box
+    # the targets are boundary_data's where the weights are 1
+    from unet.boundary_data import affinities_from_labels
+
+    lab0 = np.maximum(lab, 0)
+    aff = affinities_from_labels(lab0).transpose(1, 2, 3, 0)
+    assert np.array_equal(y[..., 1:4], aff)
+    # the loss ignores whatever the target says where the weight is 0, and with weights 1 it is the normal loss
+    cfg = BoundaryTrainConfig()
+    logits = tf.constant(np.random.default_rng(1).normal(size=(1, 8, 32, 32, 4)), tf.float32)
+    a = float(weighted_boundary_loss(tf.constant(y[None]), logits, cfg))
+    y2 = y.copy()
+    y2[..., :4] = np.where(y[..., 4:] == 0, 1.0 - y[..., :4], y[..., :4])
+    assert float(weighted_boundary_loss(tf.constant(y2[None]), logits, cfg)) == pytest.approx(a, abs=1e-6)
+    y3 = y.copy()
+    y3[..., :4] = np.where(y[..., 4:] > 0, 1.0 - y[..., :4], y[..., :4])
+    assert float(weighted_boundary_loss(tf.constant(y3[None]), logits, cfg)) != pytest.approx(a, abs=1e-3)
+    from unet.boundary_train import BoundaryJob
+
+    ones = y.copy()
+    ones[..., 4:] = 1.0
+    want = float(BoundaryJob(cfg, [], [], {}).loss(tf.constant(y[None, ..., :4]), logits))
+    assert float(weighted_boundary_loss(tf.constant(ones[None]), logits, cfg)) == pytest.approx(want, rel=1e-5)
+
+
+def test_bad_inputs_exit_2_with_one_line(corrected, tmp_path, capsys):
+    corr = corrected / "ws" / "review" / "segmentation"
+    out = tmp_path / "m"
+    # --init that is not a boundary model, or no model at all
+    assert _train(corrected, out, init=SHIPPED.parent / "vessel") == 2
+    assert "--init" in (e := _err(capsys)) and "'vessel' model" in e
+    assert _train(corrected, out, init=tmp_path) == 2
+    _err(capsys)
+    assert _train(corrected, out, init=tmp_path / "none") == 2
+    assert "not found" in _err(capsys)
+    # a review folder without corrections (planned, nothing imported); one of another target
+    g = zarr.open_group(str(corrected / "ws" / "volume.zarr"), mode="r")
+    raw, seg = np.asarray(g["raw"][:]), np.asarray(g["segmentation"][:])
+    ws2 = _workspace(tmp_path / "ws2", raw, seg)
+    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    disk = ((yy - 48) ** 2 + (xx - 48) ** 2 < 20**2)[None].repeat(SHAPE[0], 0)
+    ws2.require_array("vessel_prob", "uint8", SHAPE)[...] = np.where(disk, 128, 20).astype(np.uint8)
+    ws2.require_array("vessel_mask", "uint8", SHAPE)[...] = disk.astype(np.uint8)
+    _plan(ws2, "segmentation", 2)
+    assert _train(corrected, out, corrections=ws2.path / "review" / "segmentation") == 2
+    assert "no corrections" in _err(capsys)
+    _plan(ws2, "vessels", 2)
+    a = zarr.create_array(str(tmp_path / "v.zarr"), shape=SHAPE, chunks=SHAPE, dtype="uint8", zarr_format=3)
+    a[:] = disk.astype(np.uint8)
+    assert _import(ws2, "vessels", tmp_path / "v.zarr") == 0
+    capsys.readouterr()
+    assert _train(corrected, out, corrections=ws2.path / "review" / "vessels") == 2
+    assert "segmentation corrections" in _err(capsys)
+    # corrections copied next to another workspace are refused (review.json names the original)
+    shutil.copytree(corrected / "ws", tmp_path / "moved")
+    assert _train(corrected, out, corrections=tmp_path / "moved" / "review" / "segmentation") == 2
+    assert "made for workspace" in _err(capsys)
+    # fine-tuning validates on held-back items: --val is refused
+    assert _train(corrected, out, "--val", corrected / "syn") == 2
+    assert "--val" in _err(capsys)
+    assert corr.is_dir() and not (out / "model.json").exists()
