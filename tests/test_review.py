@@ -117,7 +117,7 @@ def test_random_strategy_is_seeded(ws):
 
 
 def test_synapse_plan_puts_near_threshold_and_weak_partners_first(ws):
-    assert _plan(ws, "synapses", "--count", 10) == 0
+    assert _plan(ws, "synapses", "--count", 10, "--box", "4,48,48") == 0
     rows = _rows(ws, "synapses")[1:]
     kinds = [r[2] for r in rows]
     assert kinds == ["detection", "missed-candidate", "detection"]
@@ -242,8 +242,9 @@ def test_missed_points_go_to_points_csv_and_must_lie_in_the_box(ws, capsys):
     assert rows[0] == "item_id,z,y,x,author,time" and len(rows) == 2
     want = tuple(int(v) for v in inside.split(","))
     assert missed_points(ws.path, "vessels") == {it.item_id: [want]}
-    assert _decide(ws, it.item_id, "accept") == 0  # a later decision supersedes: no missed point counts
-    assert missed_points(ws.path, "vessels") == {}
+    assert _decide(ws, it.item_id, "accept") == 0  # the item accepted: the point still counts
+    assert _decide(ws, it.item_id, "missed", "--point", inside) == 0  # marked twice: counted once
+    assert missed_points(ws.path, "vessels") == {it.item_id: [want]}
 
 
 def test_a_killed_write_leaves_the_old_files_intact(ws, monkeypatch):

@@ -209,11 +209,19 @@ class SynapseJob:
         )
 
     def example(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        d = self.cfg.data
         vol = self.train[int(rng.integers(len(self.train)))]
+        return self.example_from(vol, rng, self.cfg.data.positive_fraction)
+
+    def example_from(
+        self, vol: SynapseVolume, rng: np.random.Generator, positive_fraction: float, channels: Optional[int] = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented (image, targets) crop of ``vol``: centred on one of ``vol.positives``
+        with probability ``positive_fraction``; the first ``channels`` target channels (default:
+        the model's outputs)."""
+        d = self.cfg.data
         lo, hi = d.scale_range
         scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) if hi > lo else float(lo)
-        centre = draw_centre(rng, vol, d.positive_fraction, d.jitter_zyx)
+        centre = draw_centre(rng, vol, positive_fraction, d.jitter_zyx)
         img, tgt = crop_example(vol, centre, d.crop_zyx, scale)
         img, tgt, g, noise = augment(img, tgt, rng, self.cfg.augment, d.section_shift_prob, d.section_shift_px)
         if d.fill_band_prob and d.fill_band_max_px and rng.random() < d.fill_band_prob:
@@ -226,7 +234,7 @@ class SynapseJob:
             st = IntensityStats(
                 st.p50 + shift - (st.p50 - st.p5) * grow, st.p50 + shift, st.p50 + shift + (st.p95 - st.p50) * grow
             )
-        return st.standardize(img)[..., None], np.moveaxis(tgt[: self.cfg.model.out_channels], 0, -1)
+        return st.standardize(img)[..., None], np.moveaxis(tgt[: channels or self.cfg.model.out_channels], 0, -1)
 
     def batch(self, step: int, rank: int, size: int, batch_size: int):
         rng = np.random.default_rng([self.cfg.trainer.seed, step, rank])

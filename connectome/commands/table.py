@@ -666,7 +666,7 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
             arg(
                 "--box",
                 metavar="Z,Y,X",
-                help="item box shape in voxels (default: vessels 8,96,96; synapses 4,48,48; segmentation 8,64,64)",
+                help="item box shape in voxels (default: vessels 8,96,96; synapses 8,96,96; segmentation 8,64,64)",
             ),
             arg("--seed", type=int, default=0, help="seed of the random strategy"),
             arg(

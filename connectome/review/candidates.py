@@ -369,4 +369,4 @@ def segmentation_candidates(ws, box_zyx) -> Candidates:
 
 
 CANDIDATES = {"vessels": vessel_candidates, "synapses": synapse_candidates, "segmentation": segmentation_candidates}
-DEFAULT_BOX = {"vessels": (8, 96, 96), "synapses": (4, 48, 48), "segmentation": (8, 64, 64)}
+DEFAULT_BOX = {"vessels": (8, 96, 96), "synapses": (8, 96, 96), "segmentation": (8, 64, 64)}

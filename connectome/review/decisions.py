@@ -10,8 +10,9 @@ the old file intact. A later row for the same item supersedes the earlier one
 A ``missed`` decision may carry a point (where the missed object is, voxels of ``raw``, inside
 the item's box): it goes to ``WS/review/<target>/points.csv`` (``item_id,z,y,x,author,time``),
 point first, then the decision, both the same way. An item may get several points (several
-missed synapses in one box); :func:`missed_points` returns those of items whose latest decision
-is ``missed``.
+missed synapses in one box). A point is a statement of its own: it stays when the item is then
+accepted or rejected (a reviewer accepts a detection *and* marks a synapse the model missed
+beside it); :func:`missed_points` returns every point.
 """
 
 from __future__ import annotations
@@ -145,10 +146,10 @@ def read_points(workspace: str | Path, target: str) -> list[dict]:
 
 
 def missed_points(workspace: str | Path, target: str) -> dict[str, list[tuple[int, int, int]]]:
-    """item_id -> the points of the items whose latest decision is ``missed``."""
-    latest = latest_decisions(workspace, target)
+    """item_id -> the missed points marked in its box (each once, in the order marked)."""
     out: dict[str, list[tuple[int, int, int]]] = {}
     for row in read_points(workspace, target):
-        if latest.get(row["item_id"], {}).get("decision") == "missed":
-            out.setdefault(row["item_id"], []).append((row["z"], row["y"], row["x"]))
+        pts = out.setdefault(row["item_id"], [])
+        if (row["z"], row["y"], row["x"]) not in pts:
+            pts.append((row["z"], row["y"], row["x"]))
     return out
