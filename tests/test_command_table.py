@@ -31,10 +31,11 @@ NEW_OPTIONS = {
     "train vessel": {"init", "corrections"},
     "train synapse": {"init", "corrections"},
     "train boundary": {"init", "corrections"},
+    "train ffn": {"init", "corrections"},
 }  # issue 23: fine-tuning on review corrections
 #: option fields changed after the snapshot: (command, dest) -> the new values
 CHANGED_OPTIONS = {
-    (f"train {k}", "data"): {"required": False, "default": "[]"} for k in ("vessel", "synapse", "boundary")
+    (f"train {k}", "data"): {"required": False, "default": "[]"} for k in ("vessel", "synapse", "boundary", "ffn")
 }  # --data optional with --init
 
 

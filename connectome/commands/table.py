@@ -439,6 +439,8 @@ ENTRIES: tuple[Union[Command, Group], ...] = (
         val_help="held-out volume for checkpoint choice (repeatable)",
         config_help="FFN training config (model, examples, trainer)",
         val_default=None,
+        data_required=False,  # fine-tuning (--init --corrections) may replay no synthetic data
+        extra=_finetune_args("ffn", "the dense corrections of a review folder (WS/review/segmentation)"),
     ),
     _train(
         "synapse",

@@ -64,6 +64,13 @@ FINETUNE = {
         "segmentation",
         "unet/models/boundary",
     ),
+    "ffn": (
+        "ffn.finetune:finetune_ffn",
+        "ffn.finetune:FINETUNE_DEFAULTS",
+        "ffn.train:FFNTrainConfig",
+        "segmentation",
+        "ffn/models/boundary16",
+    ),
 }
 
 
@@ -137,6 +144,8 @@ def ffn(args) -> int:
             f"{m.get(k, float('nan')):.3f}" for k in ("precision", "recall", "f1")
         )
 
+    if _wants_finetune(args, "ffn"):
+        return _finetune(args, "ffn")
     return _train(args, "ffn", describe)
 
 
