@@ -79,7 +79,7 @@ from ffn.train import (
     new_episode,
     run_episode,
 )
-from unet.finetune_common import REPLAY_FRACTION, split_boxes
+from unet.finetune_common import REPLAY_FRACTION, run_finetune, split_boxes
 
 log = logging.getLogger(__name__)
 
@@ -497,7 +497,7 @@ def finetune_ffn(
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.export import check_out_dir, run_summary, staged_model_dir
-    from connectome.training.loop import _metrics_at, run_training
+    from connectome.training.loop import _metrics_at
     from connectome.training.provenance import portable_command, portable_path
     from ffn.modeldir import read_model_dir, write_model_dir
     from ffn.train import load_training_volume
@@ -579,19 +579,10 @@ def finetune_ffn(
             fresh=fresh,
             validate_every=tcfg.validate_every,
         )
-        if s.is_root:
-            log.info(
-                "fine-tuning %s on %d corrected box(es) (%d held back) of %s%s",
-                init_dir,
-                len(train_cv),
-                len(va),
-                ws_path,
-                f", replay of {len(data)} synth folder(s)" if data else "",
-            )
-        result = run_training(job, tcfg, out / "train", s, restart=restart)
-        if result.stopped_by_signal:
-            s.barrier()
-            return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
+        what = f"{len(train_cv)} corrected box(es) ({len(va)} held back) from {init_dir}"
+        result, stopped = run_finetune(job, tcfg, out, s, restart, what, ws_path, len(data))
+        if stopped:
+            return stopped
         if s.is_root:
             assert result.weights_file is not None
             arrays = wio.load_npz(result.weights_file)

@@ -32,7 +32,6 @@ learning rate, a short warm-up, frequent validation); ``--steps`` overrides ``tr
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -304,15 +303,15 @@ def finetune_vessel(
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.export import check_out_dir, run_summary, staged_model_dir
-    from connectome.training.loop import run_training
     from unet.data import LabelledVolume, load_synth_volume
     from unet.finetune_common import (
         corrections_record,
         dense_corrections,
-        fine_tuning_doc,
         finetune_fingerprint,
+        finetuned_doc,
         init_record,
         review_workspace,
+        run_finetune,
     )
     from unet.modeldir import read_model_dir, write_model_dir
     from unet.train import _NOT_TRAINING, _check_folders, _describe, training_record, write_model_card
@@ -347,30 +346,14 @@ def finetune_vessel(
             fingerprint,
             fresh=fresh,
         )
-        if s.is_root:
-            log.info(
-                "fine-tuning %s on %d corrected box(es) (%d held back) of %s%s",
-                init_dir,
-                len(tr),
-                len(va),
-                ws_path,
-                f", replay of {len(replay)} synth folder(s)" if replay else "",
-            )
-        result = run_training(job, tcfg, out / "train", s, restart=restart)
-        if result.stopped_by_signal:
-            s.barrier()
-            return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
+        what = f"{len(tr)} corrected box(es) ({len(va)} held back) from {init_dir}"
+        result, stopped = run_finetune(job, tcfg, out, s, restart, what, ws_path, len(replay))
+        if stopped:
+            return stopped
         if s.is_root:
             arrays = wio.load_npz(result.weights_file)
-            doc = json.loads(json.dumps(spec.doc))  # the init's input/output/inference sections
-            doc.pop("test", None)
-            doc.pop("notes", None)
-            doc["weights"] = {
-                "parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
-                "from_step": result.best_step if result.best_step is not None else result.steps,
-            }
-            doc["training"] = training_record(result, cfg, out, command, [_describe(d) for d in data], [])
-            doc["fine_tuning"] = fine_tuning_doc(init_rec, record)
+            training = training_record(result, cfg, out, command, [_describe(d) for d in data], [])
+            doc = finetuned_doc(spec.doc, arrays, result, training, init_rec, record)
             doc["validation"] = {"corrected_boxes_tiles": result.best_metrics or result.last_metrics}
             with staged_model_dir(out) as tmp:
                 write_model_dir(tmp, arrays, doc, float_dtype=cfg.weights_dtype)

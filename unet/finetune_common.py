@@ -116,3 +116,38 @@ def finetune_fingerprint(task: str, cfg, not_training, init_rec: dict, record: d
 def fine_tuning_doc(init_rec: dict, record: dict) -> dict:
     """``model.json``'s ``fine_tuning`` section."""
     return {"init": init_rec, "corrections": record, "replay_fraction": REPLAY_FRACTION, "holdout_every": HOLDOUT_EVERY}
+
+
+def run_finetune(job, tcfg, out: Path, session, restart: bool, what: str, ws_path, n_replay: int):
+    """Log what is fine-tuned, run (or resume) the training; returns ``(result, stopped)`` where
+    ``stopped`` is the summary of a run interrupted by a signal (else None)."""
+    import logging
+
+    from connectome.training.loop import run_training
+
+    if session.is_root:
+        logging.getLogger("unet.finetune").info(
+            "fine-tuning on %s of %s%s", what, ws_path, f", replay of {n_replay} synth folder(s)" if n_replay else ""
+        )
+    result = run_training(job, tcfg, Path(out) / "train", session, restart=restart)
+    if result.stopped_by_signal:
+        session.barrier()
+        return result, {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
+    return result, None
+
+
+def finetuned_doc(init_doc: dict, arrays: dict, result, training: dict, init_rec: dict, record: dict) -> dict:
+    """``model.json`` of a fine-tuned U-Net: the init's input/output/inference sections, the new
+    weights' step, the training record and the ``fine_tuning`` section."""
+    import json
+
+    doc = json.loads(json.dumps(init_doc))
+    for k in ("test", "notes"):
+        doc.pop(k, None)
+    doc["weights"] = {
+        "parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
+        "from_step": result.best_step if result.best_step is not None else result.steps,
+    }
+    doc["training"] = training
+    doc["fine_tuning"] = fine_tuning_doc(init_rec, record)
+    return doc

@@ -396,14 +396,14 @@ def finetune_synapse(
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.export import check_out_dir, run_summary, staged_model_dir
-    from connectome.training.loop import run_training
     from unet.data import intensity_stats, model_factor
     from unet.finetune_common import (
         corrections_record,
-        fine_tuning_doc,
         finetune_fingerprint,
+        finetuned_doc,
         init_record,
         review_workspace,
+        run_finetune,
     )
     from unet.modeldir import read_model_dir, write_model_dir
     from unet.synapse_data import load_synapse_volume
@@ -472,32 +472,16 @@ def finetune_synapse(
         job = SynapseFinetuneJob(
             cfg, spec, [vols[i] for i in tr], [vols[i] for i in va], replay, fingerprint, fresh=fresh
         )
-        if s.is_root:
-            log.info(
-                "fine-tuning %s on %d decided item(s) (%d held back; %s) of %s%s",
-                init_dir,
-                len(tr),
-                len(va),
-                ", ".join(f"{v} {k}" for k, v in sorted(n_dec.items())),
-                ws_path,
-                f", replay of {len(replay)} synth folder(s)" if replay else "",
-            )
-        result = run_training(job, tcfg, out / "train", s, restart=restart)
-        if result.stopped_by_signal:
-            s.barrier()
-            return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
+        decided_txt = ", ".join(f"{v} {k}" for k, v in sorted(n_dec.items()))
+        what = f"{len(tr)} decided item(s) ({len(va)} held back; {decided_txt}) from {init_dir}"
+        result, stopped = run_finetune(job, tcfg, out, s, restart, what, ws_path, len(replay))
+        if stopped:
+            return stopped
         if s.is_root:
             assert result.weights_file is not None
             arrays = wio.load_npz(result.weights_file)
-            doc = json.loads(json.dumps(spec.doc))  # the init's input/output/inference sections
-            for k in ("test", "notes"):
-                doc.pop(k, None)
-            doc["weights"] = {
-                "parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
-                "from_step": result.best_step if result.best_step is not None else result.steps,
-            }
-            doc["training"] = training_record(result, cfg, out, command, [_describe(p) for p in data], [])
-            doc["fine_tuning"] = fine_tuning_doc(init_rec, record)
+            training = training_record(result, cfg, out, command, [_describe(p) for p in data], [])
+            doc = finetuned_doc(spec.doc, arrays, result, training, init_rec, record)
             doc["validation"] = {"held_back_items_crops": result.best_metrics or result.last_metrics}
             held = [items[i] for i in va]
             with staged_model_dir(out) as tmp:
