@@ -123,16 +123,21 @@ def test_finetune_writes_a_model_whose_card_lists_the_corrections(corrected, tmp
     assert 0 < c["voxels"]["corrected"] <= 3 * 8 * 32 * 32
     assert c["workspace"]["path"] == str((corrected / "ws").resolve())
     assert ft["init"]["weights_sha256"] == init.weights_sha256 and ft["replay_fraction"] == 0.5
+    assert ft["class_balance"]["channels"] == ["aff_z", "aff_y", "aff_x"]
     assert doc["architecture"] == init.doc["architecture"] and doc["output"]["channels"] == list(CHANNELS)
     assert doc["training"]["steps"] == 2 and doc["training"]["data"][0]["seed"] == 11  # the replay folder
     assert doc["weights"]["from_step"] >= 1  # the init weights (step 0) are a baseline, never exported
     crops = doc["validation"]["corrected_boxes_crops"]
     assert crops["weighted_voxels"] > 0 and np.isfinite(crops["loss"]) and 0 <= crops["boundary_dice"] <= 1
+    # the exported step is chosen by boundary Dice and affinity balanced accuracy together
+    want = 0.5 * (crops["boundary_dice"] + crops["affinity_balanced_accuracy"])
+    assert crops["score"] == pytest.approx(want, abs=1e-3)
     fin = doc["validation"]["corrected_boxes"]
     assert fin["boundary_voxels_scored"] > 0 and fin["boundary_dice"] is not None
     assert doc["validation"]["corrected_boxes_init"]["boundary_voxels_scored"] == fin["boundary_voxels_scored"]
     card = (out / "MODEL_CARD.md").read_text()
     assert "Fine-tuning on reviewed corrections" in card and init.weights_sha256 in card
+    assert "Class balance" in card and f"{ft['class_balance']['negative_share']:.0%} of its loss weight" in card
     assert all(i in card for i in queue) and "Held-back boxes" in card
     # the weights moved, and the model directory predicts
     a, b = wio.load_npz(spec.weights_file), wio.load_npz(init.weights_file)
@@ -211,6 +216,65 @@ def test_loss_weights_follow_the_corrected_voxels(corrected):
     ones[..., 4:] = 1.0
     want = float(BoundaryJob(cfg, [], [], {}).loss(tf.constant(y[None, ..., :4]), logits))
     assert float(weighted_boundary_loss(tf.constant(ones[None]), logits, cfg)) == pytest.approx(want, rel=1e-5)
+
+
+def test_class_balanced_weights_share_each_channel_between_its_classes():
+    from unet.boundary_finetune import BALANCED_CHANNELS, NEGATIVE_SHARE, class_balanced
+
+    rng = np.random.default_rng(0)
+    y = np.zeros((2, 4, 6, 6, 8), np.float32)
+    y[..., :4] = rng.random(y.shape[:-1] + (4,)) < 0.1  # rare positives, as the disconnected pairs are rare
+    y[..., 4:] = rng.random(y.shape[:-1] + (4,)) < 0.7  # uncorrected voxels: weight 0
+    y[..., 3] = 1.0  # one channel with a single class is left as it is
+    out = class_balanced(y)
+    assert np.array_equal(out[..., :4], y[..., :4]) and np.array_equal(out[..., 4:] > 0, y[..., 4:] > 0)
+    assert set(BALANCED_CHANNELS) >= {1, 2, 3} and 0.25 <= NEGATIVE_SHARE <= 0.5  # the affinities are balanced
+    for c in range(4):
+        w, pos = out[..., 4 + c], y[..., c] >= 0.5
+        assert w.sum() == pytest.approx(y[..., 4 + c].sum(), rel=1e-5)  # the channel's total weight is kept
+        if c in BALANCED_CHANNELS and c != 3:
+            assert w[~pos].sum() == pytest.approx(NEGATIVE_SHARE * w.sum(), rel=1e-5) and w[pos].sum() > 0
+        else:
+            assert np.array_equal(w, y[..., 4 + c])
+
+
+def test_training_batches_balance_the_corrected_affinities(corrected):
+    """The disconnected pairs (a few % of a crop) weigh as much as the connected ones in the loss of
+    the corrected examples; replay examples keep weight 1 (the normal training loss)."""
+    import dataclasses
+
+    from connectome.review.corrections import load_corrections
+    from unet.boundary_data import load_boundary_volume
+    from unet.boundary_finetune import NEGATIVE_SHARE, BoundaryFinetuneJob, _box_keep, corrected_box
+    from unet.boundary_train import BoundaryTrainConfig
+    from unet.data import IntensityStats
+
+    c = load_corrections(corrected / "ws" / "review" / "segmentation", corrected / "ws")
+    raw = np.asarray(Workspace.open(corrected / "ws").array("raw")[:])
+    st = IntensityStats(60.0 / 255, 120.0 / 255, 180.0 / 255)
+    cbs = [
+        corrected_box(raw, c.labels, c.mask, b, 2, (4, 16, 16), (40, 8, 8), st, _box_keep([], [])) for b in c.boxes[:2]
+    ]
+    cfg = BoundaryTrainConfig()
+    cfg = dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, crop_zyx=(8, 32, 32), val_crop_zyx=(8, 32, 32), scale_range=(1.0, 1.0))
+    )
+    job = BoundaryFinetuneJob(cfg, None, cbs, [], [], {})
+    x, y = job.batch(0, 0, 1, 4)
+    assert x.shape == (4, 8, 32, 32, 1) and y.shape == (4, 8, 32, 32, 8)
+    for ch in (1, 2, 3):
+        t, w = y[..., ch] >= 0.5, y[..., 4 + ch]
+        n_pos, n_neg = np.count_nonzero(t & (w > 0)), np.count_nonzero(~t & (w > 0))
+        assert 0 < n_neg < 0.3 * n_pos  # the disconnected pairs are rare ...
+        # ... and carry NEGATIVE_SHARE of the weight, far above their count
+        assert w[~t].sum() == pytest.approx(NEGATIVE_SHARE * w.sum(), rel=1e-4)
+        assert w[~t & (w > 0)].min() > 1.2 * w[t & (w > 0)].max()
+    # with replay, the replay half of the batch keeps weight 1
+    job = BoundaryFinetuneJob(cfg, None, cbs, [], [load_boundary_volume(corrected / "syn", 16.0)], {})
+    x, y = job.batch(0, 0, 1, 4)
+    assert np.all(y[:2, ..., 4:] == 1.0)
+    w, t = y[2:, ..., 5], y[2:, ..., 1] >= 0.5
+    assert w[~t].sum() == pytest.approx(NEGATIVE_SHARE * w.sum(), rel=1e-4)
 
 
 def test_bad_inputs_exit_2_with_one_line(corrected, tmp_path, capsys):
