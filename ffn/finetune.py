@@ -79,7 +79,7 @@ from ffn.train import (
     new_episode,
     run_episode,
 )
-from unet.finetune_common import REPLAY_FRACTION, run_finetune, split_boxes
+from unet.finetune_common import REPLAY_FRACTION, box_keep, run_finetune, split_boxes
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +501,6 @@ def finetune_ffn(
     from connectome.training.provenance import portable_command, portable_path
     from ffn.modeldir import read_model_dir, write_model_dir
     from ffn.train import load_training_volume
-    from unet.boundary_finetune import _box_keep
     from unet.data import intensity_stats, model_factor
     from unet.finetune_common import (
         corrections_record,
@@ -545,8 +544,8 @@ def finetune_ffn(
             raw, corr.labels, corr.mask, boundary8, boxes[i], factor, model, ex, stats, vs, keep, ids[i], seed
         )
 
-    train_cv = [volume(i, _box_keep([], val_boxes)) for i in tr]
-    val_cv = [volume(i, _box_keep([boxes[i]], val_boxes[:k])) for k, i in enumerate(va)]  # a voxel counts once
+    train_cv = [volume(i, box_keep([], val_boxes)) for i in tr]
+    val_cv = [volume(i, box_keep([boxes[i]], val_boxes[:k])) for k, i in enumerate(va)]  # a voxel counts once
     train_cv = [v for v in train_cv if len(v.sampler)]
     if not train_cv:
         raise UserInputError(

@@ -157,7 +157,6 @@ def test_loss_weights_follow_the_corrected_voxels(corrected):
 
     from connectome.review.corrections import load_corrections
     from unet.boundary_finetune import (
-        _box_keep,
         boundary_weight_full_res,
         corrected_box,
         crop_corrected,
@@ -166,12 +165,13 @@ def test_loss_weights_follow_the_corrected_voxels(corrected):
     )
     from unet.boundary_train import BoundaryTrainConfig
     from unet.data import IntensityStats, reflect_index
+    from unet.finetune_common import box_keep
 
     c = load_corrections(corrected / "ws" / "review" / "segmentation", corrected / "ws")
     raw = np.zeros(SHAPE, np.uint8)
     box = c.boxes[0]
     cb = corrected_box(
-        raw, c.labels, c.mask, box, 2, (4, 16, 16), (40, 8, 8), IntensityStats(0, 0.5, 1), _box_keep([box], [])
+        raw, c.labels, c.mask, box, 2, (4, 16, 16), (40, 8, 8), IntensityStats(0, 0.5, 1), box_keep([box], [])
     )
     centre = tuple((lo + hi) // 2 for lo, hi in zip(cb.lo, cb.hi))
     img, bnd, bw, lab = crop_corrected(cb, centre, (8, 32, 32))
@@ -245,15 +245,16 @@ def test_training_batches_balance_the_corrected_affinities(corrected):
 
     from connectome.review.corrections import load_corrections
     from unet.boundary_data import load_boundary_volume
-    from unet.boundary_finetune import NEGATIVE_SHARE, BoundaryFinetuneJob, _box_keep, corrected_box
+    from unet.boundary_finetune import NEGATIVE_SHARE, BoundaryFinetuneJob, corrected_box
     from unet.boundary_train import BoundaryTrainConfig
     from unet.data import IntensityStats
+    from unet.finetune_common import box_keep
 
     c = load_corrections(corrected / "ws" / "review" / "segmentation", corrected / "ws")
     raw = np.asarray(Workspace.open(corrected / "ws").array("raw")[:])
     st = IntensityStats(60.0 / 255, 120.0 / 255, 180.0 / 255)
     cbs = [
-        corrected_box(raw, c.labels, c.mask, b, 2, (4, 16, 16), (40, 8, 8), st, _box_keep([], [])) for b in c.boxes[:2]
+        corrected_box(raw, c.labels, c.mask, b, 2, (4, 16, 16), (40, 8, 8), st, box_keep([], [])) for b in c.boxes[:2]
     ]
     cfg = BoundaryTrainConfig()
     cfg = dataclasses.replace(

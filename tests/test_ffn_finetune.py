@@ -154,8 +154,8 @@ def _volumes(root, ex_overrides=None):
     from ffn.finetune import corrected_volume
     from ffn.modeldir import read_model_dir
     from ffn.train import FFNExampleConfig
-    from unet.boundary_finetune import _box_keep
     from unet.data import IntensityStats
+    from unet.finetune_common import box_keep
 
     c = load_corrections(root / "ws" / "review" / "segmentation", root / "ws")
     raw = np.asarray(Workspace.open(root / "ws").array("raw")[:])
@@ -164,7 +164,7 @@ def _volumes(root, ex_overrides=None):
     bnd8 = (255 - raw).astype(np.uint8)  # any boundary channel
     st = IntensityStats(60.0 / 255, 120.0 / 255, 180.0 / 255)
     vols = [
-        corrected_volume(raw, c.labels, c.mask, lambda sl: bnd8[sl], b, 2, model, ex, st, (40, 8, 8), _box_keep([], []))
+        corrected_volume(raw, c.labels, c.mask, lambda sl: bnd8[sl], b, 2, model, ex, st, (40, 8, 8), box_keep([], []))
         for b in c.boxes
     ]
     return c, model, ex, vols

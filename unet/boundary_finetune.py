@@ -75,7 +75,7 @@ import numpy as np
 
 from connectome.errors import UserInputError
 from unet.boundary_data import CHANNELS, BoundaryVolume
-from unet.finetune_common import REPLAY_FRACTION, split_boxes
+from unet.finetune_common import REPLAY_FRACTION, box_keep, split_boxes
 
 log = logging.getLogger(__name__)
 
@@ -422,28 +422,6 @@ def apply_boundary_init(cfg, spec):
         raise UserInputError(f"--config: {exc} (with the architecture of --init {spec.path})") from None
 
 
-def _box_keep(inside: Sequence, outside: Sequence):
-    """``keep(region)`` for :func:`corrected_box`: voxels inside one of ``inside`` (all if empty)
-    and inside none of ``outside`` (boxes in raw voxels)."""
-
-    def keep(region):
-        shape = tuple(s.stop - s.start for s in region)
-        grid = [np.arange(s.start, s.stop) for s in region]
-
-        def within(b):
-            z, y, x = (((g >= b[k]) & (g < b[k + 3])) for k, g in enumerate(grid))
-            return z[:, None, None] & y[None, :, None] & x[None, None, :]
-
-        k = np.zeros(shape, bool) if inside else np.ones(shape, bool)
-        for b in inside:
-            k |= within(b)
-        for b in outside:
-            k &= ~within(b)
-        return k
-
-    return keep
-
-
 def final_validation_boxes(model_dir: Path, raw, vs, labels, mask, boxes, stats) -> dict:
     """Boundary Dice and affinity balanced accuracy on the corrected voxels of ``boxes`` through
     ``predict-boundaries``' inference path (:func:`unet.infer3d.predict_box3d`: global tile grid,
@@ -461,7 +439,7 @@ def final_validation_boxes(model_dir: Path, raw, vs, labels, mask, boxes, stats)
     keys = ("b_inter", "b_pred", "b_true", "a_tp", "a_pos", "a_tn", "a_neg", "voxels")
     sums = dict.fromkeys(keys, 0)
     for k, b in enumerate(boxes):  # a voxel in several boxes counts once
-        cb = corrected_box(raw, labels, mask, b, f, (1, 1, 1), vs, stats, _box_keep([b], boxes[:k]))
+        cb = corrected_box(raw, labels, mask, b, f, (1, 1, 1), vs, stats, box_keep([b], boxes[:k]))
         z0, y0, x0, z1, y1, x1 = cb.box
         rz0, ry0, rx0 = cb.vol.meta["region_zyx"][:3]
         lab = np.pad(cb.vol.labels, 1, constant_values=-1)  # outside the region: not corrected
@@ -585,17 +563,17 @@ def finetune_boundary(
     from connectome.training import weights as wio
     from connectome.training.distributed import horovod_session
     from connectome.training.export import check_out_dir, run_summary, staged_model_dir
-    from connectome.training.loop import run_training
     from unet.boundary_data import load_boundary_volume
     from unet.boundary_train import _NOT_TRAINING
     from unet.data import intensity_stats, model_factor
     from unet.finetune_common import (
         corrections_record,
         dense_corrections,
-        fine_tuning_doc,
         finetune_fingerprint,
+        finetuned_doc,
         init_record,
         review_workspace,
+        run_finetune,
     )
     from unet.modeldir import read_model_dir, write_model_dir
     from unet.train import _check_folders, _describe, training_record
@@ -628,9 +606,9 @@ def finetune_boundary(
     def box_volume(i: int, keep) -> CorrectedBox:
         return corrected_box(raw, corr.labels, corr.mask, boxes[i], factor, context, vs, stats, keep, ids[i], ws_path)
 
-    train_cb = [box_volume(i, _box_keep([], val_boxes)) for i in tr]
+    train_cb = [box_volume(i, box_keep([], val_boxes)) for i in tr]
     # a voxel in several held-back boxes counts once
-    val_cb = [box_volume(i, _box_keep([boxes[i]], val_boxes[:k])) for k, i in enumerate(va)]
+    val_cb = [box_volume(i, box_keep([boxes[i]], val_boxes[:k])) for k, i in enumerate(va)]
     record = corrections_record(corr_dir, corr.meta, corr.review, ids, tr, va, voxels=voxels)
     init_rec = init_record(init_dir, spec)
     fingerprint = finetune_fingerprint("boundary-finetune", cfg, _NOT_TRAINING, init_rec, record, data)
@@ -640,31 +618,15 @@ def finetune_boundary(
         replay = [load_boundary_volume(p, d.input_voxel_size_nm, "--data") for p in data]
         fresh = restart or not (out / "train" / "checkpoints" / "checkpoint").is_file()
         job = BoundaryFinetuneJob(cfg, spec, train_cb, val_cb, replay, fingerprint, fresh=fresh)
-        if s.is_root:
-            log.info(
-                "fine-tuning %s on %d corrected box(es) (%d held back) of %s%s",
-                init_dir,
-                len(tr),
-                len(va),
-                ws_path,
-                f", replay of {len(replay)} synth folder(s)" if replay else "",
-            )
-        result = run_training(job, tcfg, out / "train", s, restart=restart)
-        if result.stopped_by_signal:
-            s.barrier()
-            return {"stopped": True, "steps": result.steps, "total_steps": tcfg.steps, "model_dir": str(out)}
+        what = f"{len(tr)} corrected box(es) ({len(va)} held back) from {init_dir}"
+        result, stopped = run_finetune(job, tcfg, out, s, restart, what, ws_path, len(replay))
+        if stopped:
+            return stopped
         if s.is_root:
             assert result.weights_file is not None
             arrays = wio.load_npz(result.weights_file)
-            doc = json.loads(json.dumps(spec.doc))  # the init's input/output/inference sections
-            for k in ("test", "notes"):
-                doc.pop(k, None)
-            doc["weights"] = {
-                "parameters": int(sum(int(np.prod(a.shape)) for a in arrays.values())),
-                "from_step": result.best_step if result.best_step is not None else result.steps,
-            }
-            doc["training"] = training_record(result, cfg, out, command, [_describe(p) for p in data], [])
-            doc["fine_tuning"] = fine_tuning_doc(init_rec, record)
+            training = training_record(result, cfg, out, command, [_describe(p) for p in data], [])
+            doc = finetuned_doc(spec.doc, arrays, result, training, init_rec, record)
             doc["fine_tuning"]["class_balance"] = {
                 "channels": [CHANNELS[c] for c in BALANCED_CHANNELS],
                 "negative_share": NEGATIVE_SHARE,

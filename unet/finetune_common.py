@@ -151,3 +151,25 @@ def finetuned_doc(init_doc: dict, arrays: dict, result, training: dict, init_rec
     doc["training"] = training
     doc["fine_tuning"] = fine_tuning_doc(init_rec, record)
     return doc
+
+
+def box_keep(inside: Sequence, outside: Sequence):
+    """``keep(region)`` for the corrected-box volumes: voxels inside one of ``inside`` (all if empty)
+    and inside none of ``outside`` (boxes in raw voxels)."""
+
+    def keep(region):
+        shape = tuple(s.stop - s.start for s in region)
+        grid = [np.arange(s.start, s.stop) for s in region]
+
+        def within(b):
+            z, y, x = (((g >= b[k]) & (g < b[k + 3])) for k, g in enumerate(grid))
+            return z[:, None, None] & y[None, :, None] & x[None, None, :]
+
+        k = np.zeros(shape, bool) if inside else np.ones(shape, bool)
+        for b in inside:
+            k |= within(b)
+        for b in outside:
+            k &= ~within(b)
+        return k
+
+    return keep
