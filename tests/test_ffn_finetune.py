@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from toy_cells import SHAPE, cells, corrected_review, err_line, import_labels, plan, toy_raw, workspace
 
 from connectome.cli import main
 from connectome.workspace import Workspace
 
 INIT = Path(__file__).resolve().parents[1] / "ffn" / "models" / "boundary16"
 BOUNDARY_INIT = Path(__file__).resolve().parents[1] / "unet" / "models" / "boundary"
-SHAPE = (16, 96, 96)
 TINY_CONFIG = """\
 examples: {episode_rounds: 1, episode_max_fovs: 3, val_episodes_per_volume: 2, section_shift_prob: 0.0}
 trainer: {steps: 2, batch_size: 2, learning_rate: 1.0e-3, warmup_steps: 0, validate_every: 1,
@@ -28,63 +28,10 @@ trainer: {steps: 2, batch_size: 2, learning_rate: 1.0e-3, warmup_steps: 0, valid
 """
 
 
-def _err(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
-def _workspace(path, raw, seg) -> Workspace:
-    ws = Workspace.create(path, SHAPE, (40.0, 8.0, 8.0))
-    ws.require_array("raw", "uint8", SHAPE)[...] = raw
-    ws.require_array("segmentation", "uint64", SHAPE)[...] = seg
-    return ws
-
-
-def _plan(ws, target, count, box="8,32,32") -> None:
-    args = ["review", "plan", "--workspace", str(ws.path), "--target", target, "--count", str(count), "--box", box]
-    assert main(args) == 0
-
-
-def _import(ws, target, labels) -> int:
-    return main(["review", "import", "--workspace", str(ws.path), "--target", target, "--labels", str(labels)])
-
-
-def _cells(seed: int = 0, n: int = 40) -> np.ndarray:
-    """(z, y, x) uint64 Voronoi cells 1..n (drifting slowly along z): a toy neuropil."""
-    rng = np.random.default_rng(seed)
-    pts = rng.uniform(0, SHAPE[1], size=(n, 2))
-    drift = rng.normal(0, 0.6, size=(n, 2))
-    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
-    out = np.empty(SHAPE, np.uint64)
-    for z in range(SHAPE[0]):
-        p = pts + z * drift
-        d = (yy[None] - p[:, 0, None, None]) ** 2 + (xx[None] - p[:, 1, None, None]) ** 2
-        out[z] = np.argmin(d, axis=0) + 1
-    return out
-
-
-def _toy(cells) -> np.ndarray:
-    from unet.boundary_data import boundary_full_res
-
-    noise = np.random.default_rng(1).normal(0, 15, SHAPE)
-    return (np.where(boundary_full_res(cells), 70, 170) + noise).clip(0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def corrected(tmp_path_factory):
-    """A workspace of toy cells (dark membranes) whose segmentation merged two cells; 3 queued
-    boxes corrected to the true cells (one held back)."""
-    root = tmp_path_factory.mktemp("fft")
-    cells = _cells()
-    seg = np.where(cells == 2, 1, cells)  # a merge error
-    ws = _workspace(root / "ws", _toy(cells), seg)
-    _plan(ws, "segmentation", 3)
-    a = zarr.create_array(str(root / "truth.zarr"), shape=SHAPE, chunks=SHAPE, dtype="uint64", zarr_format=3)
-    a[:] = cells
-    assert _import(ws, "segmentation", root / "truth.zarr") == 0
-    (root / "tiny.yaml").write_text(TINY_CONFIG)
-    return root
+    """The toy review of tests/toy_cells.py."""
+    return corrected_review(tmp_path_factory.mktemp("fft"), TINY_CONFIG)
 
 
 def _train(root, out, *extra, init=INIT, corrections=None) -> int:
@@ -145,7 +92,7 @@ def test_finetune_writes_a_model_whose_card_lists_the_corrections(corrected, tmp
     # a finished --out is never overwritten without --overwrite
     before = (out / "weights.npz").read_bytes()
     assert _train(corrected, out) == 2
-    assert "--overwrite" in _err(capsys)
+    assert "--overwrite" in err_line(capsys)
     assert (out / "weights.npz").read_bytes() == before
 
 
@@ -231,10 +178,10 @@ def test_batches_replay_with_weight_1(corrected):
     from ffn.train import TrainingVolume, example_shape
 
     c, model, ex, vols = _volumes(corrected)
-    cells = _cells(3)[:, 1::2, 1::2].astype(np.int64)
-    img = _toy(_cells(3))[:, ::2, ::2].astype(np.float32) / 255
-    sampler = CentreSampler.from_labels(cells, (6, 12, 12), example_shape(model, ex), 1)
-    replay = TrainingVolume("syn", img, cells, sampler, vols[0].stats, (40, 16, 16), 1 - img)
+    lab = cells(3)[:, 1::2, 1::2].astype(np.int64)
+    img = toy_raw(cells(3))[:, ::2, ::2].astype(np.float32) / 255
+    sampler = CentreSampler.from_labels(lab, (6, 12, 12), example_shape(model, ex), 1)
+    replay = TrainingVolume("syn", img, lab, sampler, vols[0].stats, (40, 16, 16), 1 - img)
     job = FFNFinetuneJob(model, ex, vols[:2], vols[2:], [replay], 0, 10, {})
     x, y = job.batch(0, 0, 1, 4)
     assert x.shape == (4, *model.fov_zyx, 3) and y.shape == (4, *model.fov_zyx, 2)
@@ -269,41 +216,41 @@ def test_bad_inputs_exit_2_with_one_line(corrected, tmp_path, capsys):
     out = tmp_path / "m"
     # --init that is not an FFN model, or no model at all
     assert _train(corrected, out, init=BOUNDARY_INIT) == 2
-    assert "not a connectome FFN model" in _err(capsys)
+    assert "not a connectome FFN model" in err_line(capsys)
     assert _train(corrected, out, init=tmp_path / "none") == 2
-    assert "not found" in _err(capsys)
+    assert "not found" in err_line(capsys)
     # a review folder without corrections (planned, nothing imported); one of another target
     g = zarr.open_group(str(corrected / "ws" / "volume.zarr"), mode="r")
     raw, seg = np.asarray(g["raw"][:]), np.asarray(g["segmentation"][:])
-    ws2 = _workspace(tmp_path / "ws2", raw, seg)
+    ws2 = workspace(tmp_path / "ws2", raw, seg)
     yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
     disk = ((yy - 48) ** 2 + (xx - 48) ** 2 < 20**2)[None].repeat(SHAPE[0], 0)
     ws2.require_array("vessel_prob", "uint8", SHAPE)[...] = np.where(disk, 128, 20).astype(np.uint8)
     ws2.require_array("vessel_mask", "uint8", SHAPE)[...] = disk.astype(np.uint8)
-    _plan(ws2, "segmentation", 2)
+    plan(ws2, "segmentation", 2)
     assert _train(corrected, out, corrections=ws2.path / "review" / "segmentation") == 2
-    assert "no corrections" in _err(capsys)
-    _plan(ws2, "vessels", 2)
+    assert "no corrections" in err_line(capsys)
+    plan(ws2, "vessels", 2)
     a = zarr.create_array(str(tmp_path / "v.zarr"), shape=SHAPE, chunks=SHAPE, dtype="uint8", zarr_format=3)
     a[:] = disk.astype(np.uint8)
-    assert _import(ws2, "vessels", tmp_path / "v.zarr") == 0
+    assert import_labels(ws2, "vessels", tmp_path / "v.zarr") == 0
     capsys.readouterr()
     assert _train(corrected, out, corrections=ws2.path / "review" / "vessels") == 2
-    assert "segmentation corrections" in _err(capsys)
+    assert "segmentation corrections" in err_line(capsys)
     # one corrected box only: one is needed for training and one held back
-    ws3 = _workspace(tmp_path / "ws3", raw, seg)
-    _plan(ws3, "segmentation", 1)
-    assert _import(ws3, "segmentation", corrected / "truth.zarr") == 0
+    ws3 = workspace(tmp_path / "ws3", raw, seg)
+    plan(ws3, "segmentation", 1)
+    assert import_labels(ws3, "segmentation", corrected / "truth.zarr") == 0
     capsys.readouterr()
     assert _train(corrected, out, corrections=ws3.path / "review" / "segmentation") == 2
-    assert "at least 2" in _err(capsys)
+    assert "at least 2" in err_line(capsys)
     # corrections copied next to another workspace are refused (review.json names the original)
     shutil.copytree(corrected / "ws", tmp_path / "moved")
     assert _train(corrected, out, corrections=tmp_path / "moved" / "review" / "segmentation") == 2
-    assert "made for workspace" in _err(capsys)
+    assert "made for workspace" in err_line(capsys)
     # fine-tuning validates on held-back items: --val is refused
     assert _train(corrected, out, "--val", corrected) == 2
-    assert "--val" in _err(capsys)
+    assert "--val" in err_line(capsys)
     # no boundary array and no boundary model for the FFN's boundary channel
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -315,5 +262,5 @@ def test_bad_inputs_exit_2_with_one_line(corrected, tmp_path, capsys):
         main(["train", "ffn", "--init", str(INIT), "--corrections", str(corr), "--out", str(out), "--config", str(bad)])
         == 2
     )
-    assert "boundary" in _err(capsys)
+    assert "boundary" in err_line(capsys)
     assert corr.is_dir() and not (out / "model.json").exists()
