@@ -125,18 +125,11 @@ def _evaluate(out: Path, run: Path, model: Path, log: Path) -> dict:
     return scores
 
 
-def one_run(out: Path, strategy: str, n: int, a) -> dict:
+def review_and_finetune(out: Path, ws: Path, run: Path, strategy: str, n: int, a, init: Path, log: Path):
+    """Plan N items on ``ws``, the simulated reviewer decides them, fine-tune ``init`` on them
+    into ``run/model``; returns (review folder, model)."""
     import zarr
 
-    run = out / "runs" / (f"{strategy}-{n}" + _tag(a, strategy))
-    res = run / "result.json"
-    if res.is_file():
-        return json.loads(res.read_text())
-    run.mkdir(parents=True, exist_ok=True)
-    log = run / "run.log"
-    ws = run / "ws"
-    copy_workspace(out / "ws_train", ws, WS_ARRAYS)
-    shutil.copy2(out / "ws_train" / "synapses.csv", ws / "synapses.csv")
     review = ws / "review" / "synapses"
     if not (review / "decisions.csv").is_file():
         sh(CONNECTOME, "review", "plan", "--workspace", ws, "--target", "synapses", "--count", n,
@@ -153,8 +146,22 @@ def one_run(out: Path, strategy: str, n: int, a) -> dict:
                "--decision", decision, "--author", "simulated", log=log)  # fmt: skip
     model = run / "model"
     if not (model / "model.json").is_file():
-        sh(CONNECTOME, "train", "synapse", "--init", SHIPPED, "--corrections", review, "--data",
+        sh(CONNECTOME, "train", "synapse", "--init", init, "--corrections", review, "--data",
            out / "synth_replay", "--out", model, "--steps", a.steps, log=log)  # fmt: skip
+    return review, model
+
+
+def one_run(out: Path, strategy: str, n: int, a) -> dict:
+    run = out / "runs" / (f"{strategy}-{n}" + _tag(a, strategy))
+    res = run / "result.json"
+    if res.is_file():
+        return json.loads(res.read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "run.log"
+    ws = run / "ws"
+    copy_workspace(out / "ws_train", ws, WS_ARRAYS)
+    shutil.copy2(out / "ws_train" / "synapses.csv", ws / "synapses.csv")
+    review, model = review_and_finetune(out, ws, run, strategy, n, a, SHIPPED, log)
     doc = json.loads((model / "model.json").read_text())
     corr = doc["fine_tuning"]["corrections"]
     lines = (review / "decisions.csv").read_text().splitlines()
@@ -167,6 +174,41 @@ def one_run(out: Path, strategy: str, n: int, a) -> dict:
         "points": corr.get("points"),
         "steps": doc["training"]["steps"],
         "finetune_seconds": doc["training"]["seconds"],
+        "heldback_agreement": (doc["validation"].get("held_back_items") or {}).get("agreement"),
+        "heldback_agreement_init": (doc["validation"].get("held_back_items_init") or {}).get("agreement"),
+        "model": str(model),
+    }
+    res.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def second_round(out: Path, n1: int, n2: int, a) -> dict:
+    """The loop twice: the round-1 model (``runs/uncertainty-<n1>``) runs on volume A, the
+    reviewer decides ``n2`` more items of a new uncertainty queue there, and the round-1 model is
+    fine-tuned on them; scored on volume B like every run."""
+    first = out / "runs" / (f"uncertainty-{n1}" + _tag(a, "uncertainty"))
+    r1 = one_run(out, "uncertainty", n1, a)
+    run = out / "runs" / (f"uncertainty-{n1}+{n2}" + _tag(a, "uncertainty"))
+    res = run / "result.json"
+    if res.is_file():
+        return json.loads(res.read_text())
+    run.mkdir(parents=True, exist_ok=True)
+    log = run / "run.log"
+    ws = run / "ws"
+    if not ws.exists():
+        copy_workspace(out / "ws_train", ws, ("raw", "segmentation"))
+        sh(CONNECTOME, "synapses", "--workspace", ws, "--model", first / "model", log=log)
+    review, model = review_and_finetune(out, ws, run, "uncertainty", n2, a, first / "model", log)
+    doc = json.loads((model / "model.json").read_text())
+    lines = (review / "decisions.csv").read_text().splitlines()
+    result = {
+        "strategy": "uncertainty, 2 rounds",
+        "items": n1 + n2,
+        "decisions": r1["decisions"] + len(lines) - 1,
+        **_evaluate(out, run, model, log),
+        "points": r1["points"] + doc["fine_tuning"]["corrections"].get("points", 0),
+        "steps": r1["steps"] + doc["training"]["steps"],
+        "finetune_seconds": round(r1["finetune_seconds"] + doc["training"]["seconds"], 1),
         "heldback_agreement": (doc["validation"].get("held_back_items") or {}).get("agreement"),
         "heldback_agreement_init": (doc["validation"].get("held_back_items_init") or {}).get("agreement"),
         "model": str(model),
@@ -280,6 +322,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-seed", type=int, default=11)
     ap.add_argument("--replay-seed", type=int, default=101)
     ap.add_argument("--upper-bound", action="store_true")
+    ap.add_argument("--second-round", metavar="N1,N2", help="also the loop twice: N1 items, fine-tune, N2 more items")
     a = ap.parse_args(argv)
     out = a.out.resolve()
     prepare(out, a)
@@ -289,6 +332,10 @@ def main(argv=None) -> int:
             if n > 0:
                 r = one_run(out, strat, n, a)
                 print(f"{strat} {n}: F1 {r['f1']:.3f} (P {r['precision']:.3f} R {r['recall']:.3f})", flush=True)
+    if a.second_round:
+        n1, n2 = (int(v) for v in a.second_round.split(","))
+        r = second_round(out, n1, n2, a)
+        print(f"uncertainty {n1}+{n2}: F1 {r['f1']:.3f} (P {r['precision']:.3f} R {r['recall']:.3f})", flush=True)
     if a.upper_bound:
         upper_bound(out, a)
     rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/result.json"))]

@@ -245,6 +245,10 @@ def test_missed_points_go_to_points_csv_and_must_lie_in_the_box(ws, capsys):
     assert _decide(ws, it.item_id, "accept") == 0  # the item accepted: the point still counts
     assert _decide(ws, it.item_id, "missed", "--point", inside) == 0  # marked twice: counted once
     assert missed_points(ws.path, "vessels") == {it.item_id: [want]}
+    # re-planning moves the points away with the decisions (new item ids may reuse the old ones)
+    assert _plan(ws, "vessels", "--count", 2, "--box", "8,32,32", "--overwrite") == 0
+    assert missed_points(ws.path, "vessels") == {}
+    assert list((ws.path / "review" / "vessels").glob("superseded-*/points.csv"))
 
 
 def test_a_killed_write_leaves_the_old_files_intact(ws, monkeypatch):

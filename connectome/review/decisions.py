@@ -26,10 +26,9 @@ from pathlib import Path
 
 from connectome.atomic import atomic_write_text
 from connectome.errors import UserInputError
-from connectome.review.queue import DECISIONS, QUEUE, read_queue, review_dir
+from connectome.review.queue import DECISIONS, POINTS, QUEUE, read_queue, review_dir
 
 COLUMNS = ("item_id", "decision", "author", "time")
-POINTS = "points.csv"
 POINT_COLUMNS = ("item_id", "z", "y", "x", "author", "time")
 DECISION_KINDS = ("accept", "reject", "missed")
 

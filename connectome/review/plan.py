@@ -23,6 +23,7 @@ from connectome.review import strategies
 from connectome.review.queue import (
     DECISIONS,
     FORMAT,
+    POINTS,
     QUEUE,
     REVIEW_JSON,
     Item,
@@ -69,10 +70,10 @@ def plan_review(
 
     queue = folder / QUEUE
     n_dec = _decision_rows(folder)
-    has_corr = (folder / "corrections.json").exists()
+    has_corr = (folder / "corrections.json").exists() or (folder / POINTS).exists()
     reviewed = queue.exists() and (n_dec or has_corr)
     if reviewed and not overwrite:
-        what = f"{n_dec} decisions in {DECISIONS}" if n_dec else "imported corrections"
+        what = f"{n_dec} decisions in {DECISIONS}" if n_dec else "imported corrections or missed points"
         raise UserInputError(
             f"{queue}: already reviewed ({what}); rerun with --overwrite to replace it "
             "(the old queue, decisions and corrections move to superseded-<time>/)"
@@ -98,7 +99,7 @@ def plan_review(
     if reviewed:  # --overwrite: keep the old review beside the new one
         old = folder / f"superseded-{time.strftime('%Y%m%dT%H%M%S')}"
         old.mkdir(parents=True, exist_ok=False)
-        for name in (QUEUE, REVIEW_JSON, DECISIONS, "corrections.json", "corrections.zarr"):
+        for name in (QUEUE, REVIEW_JSON, DECISIONS, POINTS, "corrections.json", "corrections.zarr"):
             if (folder / name).exists():
                 shutil.move(str(folder / name), str(old / name))
     folder.mkdir(parents=True, exist_ok=True)

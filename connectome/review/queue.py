@@ -41,7 +41,7 @@ from connectome.errors import UserInputError
 COLUMNS = ("item_id", "target", "kind", "z0", "y0", "x0", "z1", "y1", "x1", "score", "reason")
 TARGETS = ("vessels", "synapses", "segmentation")
 FORMAT = "connectome-review/1"
-QUEUE, REVIEW_JSON, DECISIONS = "queue.csv", "review.json", "decisions.csv"
+QUEUE, REVIEW_JSON, DECISIONS, POINTS = "queue.csv", "review.json", "decisions.csv", "points.csv"
 
 
 @dataclass(frozen=True)
