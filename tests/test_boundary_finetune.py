@@ -12,9 +12,8 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from toy_cells import SHAPE, corrected_review, err_line, import_labels, plan, workspace
+from toy_cells import SHAPE, corrected_review, err_line, finetune, import_labels, plan, workspace
 
-from connectome.cli import main
 from connectome.workspace import Workspace
 from unet.boundary import DEFAULT_MODEL as SHIPPED
 
@@ -36,21 +35,7 @@ def corrected(tmp_path_factory):
 
 
 def _train(root, out, *extra, init=SHIPPED, corrections=None) -> int:
-    return main(
-        [
-            "train",
-            "boundary",
-            "--init",
-            str(init),
-            "--corrections",
-            str(corrections or root / "ws" / "review" / "segmentation"),
-            "--out",
-            str(out),
-            "--config",
-            str(root / "tiny.yaml"),
-            *map(str, extra),
-        ]
-    )
+    return finetune("boundary", root, out, *extra, init=init, corrections=corrections)
 
 
 def test_finetune_writes_a_model_whose_card_lists_the_corrections(corrected, tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from toy_cells import SHAPE, cells, corrected_review, err_line, import_labels, plan, toy_raw, workspace
+from toy_cells import SHAPE, cells, corrected_review, err_line, finetune, import_labels, plan, toy_raw, workspace
 
 from connectome.cli import main
 from connectome.workspace import Workspace
@@ -35,21 +35,7 @@ def corrected(tmp_path_factory):
 
 
 def _train(root, out, *extra, init=INIT, corrections=None) -> int:
-    return main(
-        [
-            "train",
-            "ffn",
-            "--init",
-            str(init),
-            "--corrections",
-            str(corrections or root / "ws" / "review" / "segmentation"),
-            "--out",
-            str(out),
-            "--config",
-            str(root / "tiny.yaml"),
-            *map(str, extra),
-        ]
-    )
+    return finetune("ffn", root, out, *extra, init=init, corrections=corrections)
 
 
 def test_finetune_writes_a_model_whose_card_lists_the_corrections(corrected, tmp_path, capsys):

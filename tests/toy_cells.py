@@ -71,3 +71,11 @@ def corrected_review(root: Path, tiny_config: str) -> Path:
     assert import_labels(ws, "segmentation", root / "truth.zarr") == 0
     (root / "tiny.yaml").write_text(tiny_config)
     return root
+
+
+def finetune(kind: str, root: Path, out, *extra, init, corrections=None) -> int:
+    """``connectome train KIND --init INIT --corrections root/ws/review/segmentation --out OUT
+    --config root/tiny.yaml EXTRA...``."""
+    corrections = corrections or root / "ws" / "review" / "segmentation"
+    args = ["train", kind, "--init", init, "--corrections", corrections, "--out", out, "--config", root / "tiny.yaml"]
+    return main([str(a) for a in (*args, *extra)])
