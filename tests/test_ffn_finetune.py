@@ -13,8 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
-from toy_cells import SHAPE, cells, corrected_review, err_line, finetune, import_labels, plan, toy_raw, workspace
+from toy_cells import (
+    cells,
+    check_wrong_reviews_refused,
+    corrected_review,
+    err_line,
+    finetune,
+    import_labels,
+    plan,
+    toy_raw,
+    workspace,
+)
 
 from connectome.cli import main
 from connectome.workspace import Workspace
@@ -206,23 +215,7 @@ def test_bad_inputs_exit_2_with_one_line(corrected, tmp_path, capsys):
     assert _train(corrected, out, init=tmp_path / "none") == 2
     assert "not found" in err_line(capsys)
     # a review folder without corrections (planned, nothing imported); one of another target
-    g = zarr.open_group(str(corrected / "ws" / "volume.zarr"), mode="r")
-    raw, seg = np.asarray(g["raw"][:]), np.asarray(g["segmentation"][:])
-    ws2 = workspace(tmp_path / "ws2", raw, seg)
-    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
-    disk = ((yy - 48) ** 2 + (xx - 48) ** 2 < 20**2)[None].repeat(SHAPE[0], 0)
-    ws2.require_array("vessel_prob", "uint8", SHAPE)[...] = np.where(disk, 128, 20).astype(np.uint8)
-    ws2.require_array("vessel_mask", "uint8", SHAPE)[...] = disk.astype(np.uint8)
-    plan(ws2, "segmentation", 2)
-    assert _train(corrected, out, corrections=ws2.path / "review" / "segmentation") == 2
-    assert "no corrections" in err_line(capsys)
-    plan(ws2, "vessels", 2)
-    a = zarr.create_array(str(tmp_path / "v.zarr"), shape=SHAPE, chunks=SHAPE, dtype="uint8", zarr_format=3)
-    a[:] = disk.astype(np.uint8)
-    assert import_labels(ws2, "vessels", tmp_path / "v.zarr") == 0
-    capsys.readouterr()
-    assert _train(corrected, out, corrections=ws2.path / "review" / "vessels") == 2
-    assert "segmentation corrections" in err_line(capsys)
+    raw, seg = check_wrong_reviews_refused(corrected, tmp_path, capsys, lambda **kw: _train(corrected, out, **kw))
     # one corrected box only: one is needed for training and one held back
     ws3 = workspace(tmp_path / "ws3", raw, seg)
     plan(ws3, "segmentation", 1)

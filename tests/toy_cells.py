@@ -79,3 +79,27 @@ def finetune(kind: str, root: Path, out, *extra, init, corrections=None) -> int:
     corrections = corrections or root / "ws" / "review" / "segmentation"
     args = ["train", kind, "--init", init, "--corrections", corrections, "--out", out, "--config", root / "tiny.yaml"]
     return main([str(a) for a in (*args, *extra)])
+
+
+def check_wrong_reviews_refused(root: Path, tmp_path: Path, capsys, train) -> tuple[np.ndarray, np.ndarray]:
+    """``train(corrections=...)`` on a segmentation review with nothing imported and on a vessel
+    review exits 2 with one line naming the problem; returns the toy workspace's raw and
+    segmentation (for more refusals)."""
+    g = zarr.open_group(str(root / "ws" / "volume.zarr"), mode="r")
+    raw, seg = np.asarray(g["raw"][:]), np.asarray(g["segmentation"][:])
+    ws2 = workspace(tmp_path / "ws2", raw, seg)
+    yy, xx = np.mgrid[: SHAPE[1], : SHAPE[2]]
+    disk = ((yy - 48) ** 2 + (xx - 48) ** 2 < 20**2)[None].repeat(SHAPE[0], 0)
+    ws2.require_array("vessel_prob", "uint8", SHAPE)[...] = np.where(disk, 128, 20).astype(np.uint8)
+    ws2.require_array("vessel_mask", "uint8", SHAPE)[...] = disk.astype(np.uint8)
+    plan(ws2, "segmentation", 2)
+    assert train(corrections=ws2.path / "review" / "segmentation") == 2
+    assert "no corrections" in err_line(capsys)
+    plan(ws2, "vessels", 2)
+    a = zarr.create_array(str(tmp_path / "v.zarr"), shape=SHAPE, chunks=SHAPE, dtype="uint8", zarr_format=3)
+    a[:] = disk.astype(np.uint8)
+    assert import_labels(ws2, "vessels", tmp_path / "v.zarr") == 0
+    capsys.readouterr()
+    assert train(corrections=ws2.path / "review" / "vessels") == 2
+    assert "segmentation corrections" in err_line(capsys)
+    return raw, seg
